@@ -1,0 +1,345 @@
+"""TOML configs: schema, defaults, grid expansion, and errors that name the offending key.
+
+A config has the tables `[problem]`, `[flows]`, `[grid]`, `[solve]`, `[sweep]`, `[analysis]`,
+`[check]` and `[output]`. Every key is optional (see `SCHEMA` for defaults); unknown keys and wrong
+types are `InputError`s of the form `problem.n=-3: must be >= 1`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._errors import InputError
+
+_REQUIRED = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """One config key: accepted Python types, default, and an optional extra check."""
+
+    types: tuple[type, ...]
+    default: Any
+    check: Any = None  # callable(value) -> error message or None
+    doc: str = ""
+
+
+def _positive(v):
+    return None if v > 0 and math.isfinite(v) else "must be finite and > 0"
+
+
+def _at_least(lo):
+    return lambda v: None if v >= lo else f"must be >= {lo}"
+
+
+def _one_of(*choices):
+    return lambda v: None if v in choices else f"expected one of {list(choices)}"
+
+
+def _nonneg(v):
+    return None if v >= 0 and math.isfinite(v) else "must be finite and >= 0"
+
+
+_NUM = (int, float)
+_GRID = (list, dict, int, float)
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "problem": {
+        "kind": Key((str,), "sparse_gaussian", _one_of("sparse_gaussian", "file")),
+        "n": Key((int,), 40, _at_least(1)),
+        "d": Key((int,), 200, _at_least(1)),
+        "k": Key((int,), 5, _at_least(1)),
+        "noise": Key(_NUM, 0.0, _nonneg),
+        "signs": Key((bool,), False, doc="random signs on the planted nonzeros"),
+        "seed": Key((int,), 0, _at_least(0)),
+        "path": Key((str,), None, doc="the .npz file (kind = 'file')"),
+        "normalization": Key((str,), "mean", _one_of("mean", "sum")),
+    },
+    "flows": {
+        "kinds": Key((list,), ["gf", "ssd"]),
+        "duals": Key((bool,), False, doc="also solve the paired dual flows and check equivalence"),
+        "dual_form": Key((str,), "rho", _one_of("rho", "theta")),
+        "a": Key((str, int, float, list), "grad0", doc="frozen magnitudes: 'grad0' (|g(0)|), a number or a list"),
+    },
+    "grid": {
+        "eps": Key(_GRID, [1e-2, 1e-1, 1.0]),
+        "alpha": Key(_GRID, [0.01, 0.1]),
+        "seed": Key((list, int), None, doc="problem seeds; default [problem.seed]"),
+    },
+    "solve": {
+        "solver": Key((str,), "auto"),
+        "rtol": Key(_NUM, 1e-8, _positive),
+        "atol": Key(_NUM, 1e-10, _positive),
+        "t1": Key(_NUM, 100.0, _positive),
+        "num_ts": Key((int,), 200, _at_least(2)),
+        "t_min": Key(_NUM, None, _positive),
+        "max_steps": Key((int,), 500_000, _at_least(1)),
+        "stop_rel_residual": Key(_NUM, None, _positive),
+        "pcoeff": Key(_NUM, 0.4, _nonneg),
+        "icoeff": Key(_NUM, 0.3, _positive),
+    },
+    "sweep": {
+        "chunk_size": Key((int,), 16, _at_least(1)),
+    },
+    "analysis": {
+        "kkt": Key((bool,), False),
+        "stages": Key((bool,), False),
+        "discrete": Key((bool,), False),
+        "discrete_etas": Key((list,), [0.1, 0.05, 0.025, 0.0125]),
+    },
+    "check": {
+        "tolerance": Key(_NUM, 1e-6, _positive),
+        "floor": Key(_NUM, 1e-12, _positive),
+    },
+    "output": {
+        "dir": Key((str,), "results/quickstart"),
+        "save": Key((str,), "trajectories", _one_of("trajectories", "final")),
+        "figures": Key((bool,), True),
+    },
+}
+
+
+def _type_name(types):
+    return " or ".join(t.__name__ for t in types)
+
+
+def _check_value(table: str, key: str, value: Any, spec: Key) -> Any:
+    name = f"{table}.{key}"
+    if isinstance(value, bool) and bool not in spec.types:
+        raise InputError(f"{name}={value!r}: expected {_type_name(spec.types)}, got bool")
+    if not isinstance(value, spec.types):
+        raise InputError(f"{name}={value!r}: expected {_type_name(spec.types)}, got {type(value).__name__}")
+    if spec.check is not None and not isinstance(value, (list, dict)):
+        msg = spec.check(value)
+        if msg:
+            raise InputError(f"{name}={value!r}: {msg}")
+    return float(value) if spec.types == _NUM else value
+
+
+def expand_axis(name: str, value: Any, *, positive: bool = True) -> list[float]:
+    """A grid axis: a number, a list of numbers, or `{start, stop, num, spacing = "log" | "linear"}`."""
+    if isinstance(value, dict):
+        allowed = {"start", "stop", "num", "spacing"}
+        unknown = set(value) - allowed
+        if unknown:
+            raise InputError(f"{name}.{sorted(unknown)[0]}: unknown key (allowed: {sorted(allowed)})")
+        for key in ("start", "stop", "num"):
+            if key not in value:
+                raise InputError(f"{name}: range needs '{key}' (got {value})")
+        start, stop, num = value["start"], value["stop"], value["num"]
+        spacing = value.get("spacing", "log")
+        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+            raise InputError(f"{name}.num={num!r}: expected an integer >= 1")
+        for key, v in (("start", start), ("stop", stop)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise InputError(f"{name}.{key}={v!r}: expected a number")
+        if spacing == "log":
+            if not (start > 0 and stop > 0):
+                raise InputError(f"{name}: log spacing needs start > 0 and stop > 0 (got {start}, {stop})")
+            values = np.geomspace(start, stop, num)
+        elif spacing == "linear":
+            values = np.linspace(start, stop, num)
+        else:
+            raise InputError(f"{name}.spacing={spacing!r}: expected 'log' or 'linear'")
+        values = [float(v) for v in values]
+    elif isinstance(value, list):
+        if not value:
+            raise InputError(f"{name}=[]: needs at least one value")
+        values = []
+        for i, v in enumerate(value):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise InputError(f"{name}[{i}]={v!r}: expected a number")
+            values.append(float(v))
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        values = [float(value)]
+    else:
+        raise InputError(f"{name}={value!r}: expected a number, a list or a range table")
+    if positive:
+        for v in values:
+            if not (v > 0 and math.isfinite(v)):
+                raise InputError(f"{name}={v!r}: must be finite and > 0")
+    return values
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One primal run of a sweep: flow kind and its scalar parameters, on the problem with `seed`."""
+
+    flow: str
+    eps: float | None
+    alpha: float
+    seed: int
+
+    def key(self) -> str:
+        return f"{self.flow}|eps={self.eps!r}|alpha={self.alpha!r}|seed={self.seed}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A validated config: `raw` holds every table with defaults filled in."""
+
+    raw: dict[str, dict[str, Any]]
+    source: str = "<built-in quickstart>"
+
+    def __getitem__(self, table: str) -> dict[str, Any]:
+        return self.raw[table]
+
+    @property
+    def seeds(self) -> list[int]:
+        seeds = self.raw["grid"]["seed"]
+        if seeds is None:
+            return [self.raw["problem"]["seed"]]
+        return [seeds] if isinstance(seeds, int) else list(seeds)
+
+    @property
+    def eps_values(self) -> list[float]:
+        return expand_axis("grid.eps", self.raw["grid"]["eps"])
+
+    @property
+    def alpha_values(self) -> list[float]:
+        return expand_axis("grid.alpha", self.raw["grid"]["alpha"])
+
+    def run_specs(self) -> list[RunSpec]:
+        """The expanded grid, in config order: flows × seeds × ε × α (GF has no ε axis)."""
+        specs = []
+        for kind in self.raw["flows"]["kinds"]:
+            for seed in self.seeds:
+                for eps in [None] if kind == "gf" else self.eps_values:
+                    for alpha in self.alpha_values:
+                        specs.append(RunSpec(kind, eps, alpha, seed))
+        return specs
+
+    def problem(self, seed: int | None = None):
+        """The problem for one seed (`file` problems ignore the seed)."""
+        from ._problem import load_npz, sparse_gaussian
+
+        p = self.raw["problem"]
+        if p["kind"] == "file":
+            if p["path"] is None:
+                raise InputError("problem.path: required when problem.kind = 'file'")
+            path = Path(p["path"])
+            if not path.is_absolute() and self.source and not self.source.startswith("<"):
+                path = Path(self.source).parent / path
+            return load_npz(path, normalization=p["normalization"])
+        if p["k"] > p["d"]:
+            raise InputError(f"problem.k={p['k']}: must be <= problem.d={p['d']}")
+        return sparse_gaussian(
+            p["n"], p["d"], p["k"], noise=p["noise"], signs=p["signs"],
+            seed=p["seed"] if seed is None else seed, normalization=p["normalization"],
+        )
+
+    def solve_policy(self, **overrides):
+        from ._solve import SolvePolicy
+
+        s = self.raw["solve"]
+        kwargs = {k: s[k] for k in ("solver", "rtol", "atol", "t1", "num_ts", "t_min", "max_steps",
+                                    "stop_rel_residual", "pcoeff", "icoeff")}
+        kwargs["save"] = "trajectory" if self.raw["output"]["save"] == "trajectories" else "final"
+        kwargs.update(overrides)
+        return SolvePolicy(**kwargs)
+
+    def to_json(self) -> dict[str, Any]:
+        return copy.deepcopy(self.raw)
+
+    def hash(self) -> str:
+        """Hash of everything that determines results (not the output folder)."""
+        content = {k: v for k, v in self.raw.items() if k != "output"}
+        content["output"] = {"save": self.raw["output"]["save"]}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
+    """Validate a config dict (e.g. a parsed TOML file) and fill in defaults."""
+    from ._flows import PRIMAL_FLOWS
+    from ._solve import SOLVERS
+
+    if not isinstance(data, dict):
+        raise InputError(f"config: expected a table, got {type(data).__name__}")
+    raw: dict[str, dict[str, Any]] = {}
+    for table in data:
+        if table not in SCHEMA:
+            raise InputError(f"{table}: unknown table (known: {sorted(SCHEMA)})")
+        if not isinstance(data[table], dict):
+            raise InputError(f"{table}={data[table]!r}: expected a table")
+    for table, keys in SCHEMA.items():
+        given = data.get(table, {})
+        for key in given:
+            if key not in keys:
+                raise InputError(f"{table}.{key}: unknown key (known: {sorted(keys)})")
+        raw[table] = {}
+        for key, spec in keys.items():
+            value = given.get(key, spec.default)
+            if value is not None and key in given:
+                value = _check_value(table, key, value, spec)
+            raw[table][key] = copy.deepcopy(value)
+    # Cross-key checks.
+    kinds = raw["flows"]["kinds"]
+    if not kinds:
+        raise InputError("flows.kinds=[]: needs at least one flow")
+    for i, kind in enumerate(kinds):
+        if kind not in PRIMAL_FLOWS:
+            raise InputError(f"flows.kinds[{i}]={kind!r}: unknown flow (known: {sorted(PRIMAL_FLOWS)})")
+    if len(set(kinds)) != len(kinds):
+        raise InputError(f"flows.kinds={kinds!r}: duplicate flow")
+    a = raw["flows"]["a"]
+    if isinstance(a, str) and a != "grad0":
+        raise InputError(f"flows.a={a!r}: expected 'grad0', a number or a list of numbers")
+    if isinstance(a, (int, float)) and not isinstance(a, bool) and not a >= 0:
+        raise InputError(f"flows.a={a!r}: must be >= 0")
+    solver = raw["solve"]["solver"]
+    if solver != "auto" and solver not in SOLVERS:
+        raise InputError(f"solve.solver={solver!r}: expected 'auto' or one of {sorted(SOLVERS)}")
+    t_min = raw["solve"]["t_min"]
+    if t_min is not None and not t_min < raw["solve"]["t1"]:
+        raise InputError(f"solve.t_min={t_min!r}: must be < solve.t1={raw['solve']['t1']}")
+    seeds = raw["grid"]["seed"]
+    if seeds is not None:
+        for i, s in enumerate([seeds] if isinstance(seeds, int) else seeds):
+            if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+                raise InputError(f"grid.seed[{i}]={s!r}: expected an integer >= 0")
+    for i, eta in enumerate(raw["analysis"]["discrete_etas"]):
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta > 0:
+            raise InputError(f"analysis.discrete_etas[{i}]={eta!r}: expected a number > 0")
+    if raw["problem"]["kind"] == "file" and raw["problem"]["path"] is None:
+        raise InputError("problem.path: required when problem.kind = 'file'")
+    config = Config(raw, source)
+    # Expand the axes now so that grid errors surface before any work.
+    config.eps_values, config.alpha_values  # noqa: B018
+    return config
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a TOML config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"config {str(path)!r}: no such file")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"config {str(path)!r}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"config {str(path)!r}: not a text file") from None
+    return from_dict(data, source=str(path))
+
+
+QUICKSTART: dict[str, Any] = {
+    "problem": {"kind": "sparse_gaussian", "n": 40, "d": 200, "k": 5, "seed": 0},
+    "flows": {"kinds": ["gf", "ssd"]},
+    "grid": {"eps": [1e-2, 1e-1, 1.0], "alpha": [0.01, 0.1]},
+    "solve": {"t1": 1e4, "num_ts": 200, "rtol": 1e-8, "atol": 1e-10, "stop_rel_residual": 1e-8},
+    "output": {"dir": "results/quickstart", "save": "trajectories"},
+}
+
+
+def quickstart() -> Config:
+    """The built-in default that `mdflow run` uses without a config file."""
+    return from_dict(QUICKSTART, source="<built-in quickstart>")

@@ -1,0 +1,241 @@
+"""The one place that calls diffrax: solver policy, save grid, interpolation stop, statuses, stats.
+
+Everything numeric that a user sweeps (ε, α, a, tolerances, the time grid, the stop tolerance) enters
+the compiled function as an array, so changing it never recompiles; only the flow *type*, the problem
+*shape*, the solver name and `max_steps` / save mode are static.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+from ._errors import InputError
+from ._flows import AbstractFlow
+from ._problem import Problem
+
+# Run statuses, in the order of their integer codes.
+STATUSES = ("ok", "max_steps", "nonfinite", "failed")
+
+
+@dataclasses.dataclass(frozen=True)
+class SolvePolicy:
+    """How to integrate: solver, tolerances, horizon, save grid, early stop.
+
+    - `solver`: a name in `SOLVERS` (`"auto"` picks per flow, see `select_solver`).
+    - `rtol`, `atol`, `pcoeff`, `icoeff`: the PID step-size controller.
+    - `t1`: horizon; `num_ts` saved times, log-spaced on `[t_min, t1]` plus `t = 0`
+      (`t_min` defaults to `t1 · 1e-5`).
+    - `stop_rel_residual`: stop a run when `||Xw − y|| / ||y||` falls below it (`None`: never).
+    - `save`: `"trajectory"` keeps the state on the grid, `"final"` only summaries and the end state.
+    """
+
+    solver: str = "auto"
+    rtol: float = 1e-8
+    atol: float = 1e-10
+    t1: float = 100.0
+    num_ts: int = 200
+    t_min: float | None = None
+    max_steps: int = 500_000
+    stop_rel_residual: float | None = None
+    pcoeff: float = 0.4
+    icoeff: float = 0.3
+    save: str = "trajectory"
+
+    def __post_init__(self):
+        checks = {
+            "rtol": self.rtol > 0,
+            "atol": self.atol > 0,
+            "t1": self.t1 > 0 and np.isfinite(self.t1),
+            "num_ts": isinstance(self.num_ts, int) and self.num_ts >= 2,
+            "max_steps": isinstance(self.max_steps, int) and self.max_steps >= 1,
+            "pcoeff": self.pcoeff >= 0,
+            "icoeff": self.icoeff > 0,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise InputError(f"solve.{key}={getattr(self, key)!r}: invalid value")
+        if self.t_min is not None and not (0 < self.t_min < self.t1):
+            raise InputError(f"solve.t_min={self.t_min!r}: must satisfy 0 < t_min < t1={self.t1}")
+        if self.stop_rel_residual is not None and not self.stop_rel_residual > 0:
+            raise InputError(f"solve.stop_rel_residual={self.stop_rel_residual!r}: must be > 0")
+        if self.save not in ("trajectory", "final"):
+            raise InputError(f"output.save={self.save!r}: expected 'trajectory' or 'final'")
+        if self.solver not in SOLVERS and self.solver != "auto":
+            raise InputError(f"solve.solver={self.solver!r}: expected 'auto' or one of {sorted(SOLVERS)}")
+
+    def time_grid(self) -> np.ndarray:
+        """`t = 0` followed by `num_ts − 1` log-spaced times on `[t_min, t1]`."""
+        t_min = self.t_min if self.t_min is not None else self.t1 * 1e-5
+        return np.concatenate([[0.0], np.geomspace(t_min, self.t1, self.num_ts - 1)])
+
+
+# name -> factory(flow) returning a diffrax solver. Other modules register stiff solvers here.
+SOLVERS: dict[str, Callable[[AbstractFlow], diffrax.AbstractSolver]] = {
+    "tsit5": lambda flow: diffrax.Tsit5(),
+    "dopri5": lambda flow: diffrax.Dopri5(),
+    "dopri8": lambda flow: diffrax.Dopri8(),
+    "kvaerno5": lambda flow: diffrax.Kvaerno5(),
+}
+
+
+def select_solver(policy: SolvePolicy, flow: AbstractFlow) -> str:
+    """The solver name a run uses: `policy.solver`, or for `"auto"` an explicit method."""
+    if policy.solver != "auto":
+        return policy.solver
+    return "tsit5"
+
+
+class Solution(eqx.Module):
+    """One run's output (or a batch of them, with a leading batch axis on every array).
+
+    `ys` is the saved state on `ts` (`None` when only the end point was kept). After an interpolation
+    stop at `t_end`, later grid points hold the stopped state; after a failure they are NaN.
+    """
+
+    ts: Float[Array, " T"]
+    ys: Float[Array, "T K d"] | None
+    loss: Float[Array, " T"]
+    rel_residual: Float[Array, " T"]
+    y_final: Float[Array, "K d"]
+    t_end: Float[Array, ""]
+    status: Int[Array, ""]
+    stopped: Bool[Array, ""]
+    num_steps: Int[Array, ""]
+    num_rejected: Int[Array, ""]
+
+
+def _field(t, y, args):
+    flow, problem, _ = args
+    return flow.vector_field(t, y, problem)
+
+
+def _interpolated(t, y, args, **kwargs):
+    flow, problem, stop_tol = args
+    return problem.rel_residual(flow.weights(y, problem)) < stop_tol
+
+
+@eqx.filter_jit
+def _solve(flow, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol, *, solver_name, max_steps, keep_states, stop):
+    solver = SOLVERS[solver_name](flow)
+    y0 = flow.init(problem)
+
+    def observe(t, y, args):
+        w = flow.weights(y, problem)
+        out = {"loss": problem.loss(w), "rel_residual": problem.rel_residual(w)}
+        if keep_states:
+            out["y"] = y
+        return out
+
+    saveat = diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=ts, fn=observe), diffrax.SubSaveAt(t1=True)])
+    controller = diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=pcoeff, icoeff=icoeff)
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(_field),
+        solver,
+        t0=ts[0],
+        t1=ts[-1],
+        dt0=None,
+        y0=y0,
+        args=(flow, problem, stop_tol),
+        saveat=saveat,
+        stepsize_controller=controller,
+        max_steps=max_steps,
+        throw=False,
+        event=diffrax.Event(_interpolated) if stop else None,
+    )
+    grid, final = sol.ys
+    y_final = final[0]
+    t_end = sol.ts[1][0]
+    finite = jnp.all(jnp.isfinite(y_final))
+    stopped = sol.result == diffrax.RESULTS.event_occurred
+    success = (sol.result == diffrax.RESULTS.successful) | stopped
+    status = jnp.where(
+        ~finite,
+        2,
+        jnp.where(success, 0, jnp.where(sol.result == diffrax.RESULTS.max_steps_reached, 1, 3)),
+    )
+    ok = status == 0
+    after = ts > t_end
+
+    def hold(saved, final_value):
+        # Grid points after the end: the held end state after a stop, NaN after a failure.
+        mask = after.reshape(after.shape + (1,) * (saved.ndim - 1))
+        fill = jnp.where(ok, final_value, jnp.nan)
+        return jnp.where(mask, fill, saved)
+
+    w_final = flow.weights(y_final, problem)
+    loss = hold(grid["loss"], problem.loss(w_final))
+    rel = hold(grid["rel_residual"], problem.rel_residual(w_final))
+    ys = hold(grid["y"], y_final) if keep_states else None
+    return Solution(
+        ts=ts,
+        ys=ys,
+        loss=loss,
+        rel_residual=rel,
+        y_final=y_final,
+        t_end=t_end,
+        status=status,
+        stopped=stopped,
+        num_steps=sol.stats["num_steps"],
+        num_rejected=sol.stats["num_rejected_steps"],
+    )
+
+
+def _arguments(policy: SolvePolicy, problem: Problem, ts):
+    dtype = problem.X.dtype
+    ts = jnp.asarray(policy.time_grid() if ts is None else ts, dtype)
+    stop = policy.stop_rel_residual is not None
+    numeric = [jnp.asarray(v, dtype) for v in (policy.rtol, policy.atol, policy.pcoeff, policy.icoeff)]
+    stop_tol = jnp.asarray(policy.stop_rel_residual if stop else 0.0, dtype)
+    return ts, numeric, stop_tol, stop
+
+
+def solve(flow: AbstractFlow, problem: Problem, policy: SolvePolicy, ts=None) -> Solution:
+    """Integrate one flow on one problem under `policy` (optionally on an explicit time grid `ts`)."""
+    ts, numeric, stop_tol, stop = _arguments(policy, problem, ts)
+    return _solve(
+        flow, problem, ts, *numeric, stop_tol,
+        solver_name=select_solver(policy, flow),
+        max_steps=policy.max_steps,
+        keep_states=policy.save == "trajectory",
+        stop=stop,
+    )
+
+
+def stack_flows(flows: list[AbstractFlow]) -> AbstractFlow:
+    """Stack same-type flows into one batched flow (leading axis on every array leaf)."""
+    kinds = {type(f) for f in flows}
+    if len(kinds) != 1:
+        raise ValueError(f"stack_flows needs flows of one type, got {kinds}")
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *flows)
+
+
+@eqx.filter_jit
+def _solve_batch(flows, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol, **static):
+    def one(flow):
+        return _solve(flow, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol, **static)
+
+    return eqx.filter_vmap(one)(flows)
+
+
+def solve_batch(flows: AbstractFlow, problem: Problem, policy: SolvePolicy, ts=None) -> Solution:
+    """`vmap` of `solve` over a batched flow (see `stack_flows`); every member shares the problem."""
+    ts, numeric, stop_tol, stop = _arguments(policy, problem, ts)
+    return _solve_batch(
+        flows, problem, ts, *numeric, stop_tol,
+        solver_name=select_solver(policy, flows),
+        max_steps=policy.max_steps,
+        keep_states=policy.save == "trajectory",
+        stop=stop,
+    )
+
+
+def status_name(code) -> str:
+    return STATUSES[int(code)]
