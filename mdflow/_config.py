@@ -335,7 +335,7 @@ QUICKSTART: dict[str, Any] = {
     "problem": {"kind": "sparse_gaussian", "n": 40, "d": 200, "k": 5, "seed": 0},
     "flows": {"kinds": ["gf", "ssd"]},
     "grid": {"eps": [1e-2, 1e-1, 1.0], "alpha": [0.01, 0.1]},
-    "solve": {"t1": 1e4, "num_ts": 200, "rtol": 1e-8, "atol": 1e-10, "stop_rel_residual": 1e-8},
+    "solve": {"t1": 1e4, "num_ts": 200, "rtol": 1e-8, "atol": 1e-10, "stop_rel_residual": 1e-7},
     "output": {"dir": "results/quickstart", "save": "trajectories"},
 }
 

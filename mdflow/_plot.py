@@ -1,0 +1,78 @@
+"""Figures from stored results. Reads only the output folder: plotting never solves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ._style import PALETTE, figure, save
+
+
+def run_label(record: dict) -> str:
+    eps = "" if record["eps"] is None else f", ε={record['eps']:.3g}"
+    return f"{record['flow']}{eps}, α={record['alpha']:.3g}"
+
+
+def load_results(out_dir: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """`summary.json` and `trajectories.npz` of a results folder."""
+    out_dir = Path(out_dir)
+    summary = json.loads((out_dir / "summary.json").read_text())
+    with np.load(out_dir / "trajectories.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    return summary, arrays
+
+
+def plot_loss(summary: dict, arrays: dict, stem: Path) -> list[Path]:
+    """Loss against time, log-log, one line per run."""
+    fig, axes = figure(width=3.4, height=2.6)
+    ax = axes[0, 0]
+    ts = arrays["ts"]
+    styles = {"gf": "-", "ssd": "--", "ssd_frozen": ":"}
+    for i, rec in enumerate(summary["runs"]):
+        loss = arrays["loss"][i]
+        keep = (ts > 0) & np.isfinite(loss) & (loss > 0)
+        if rec["stopped"]:
+            keep &= ts <= rec["t_end"]
+        ax.loglog(ts[keep], loss[keep], styles.get(rec["flow"], "-"), color=PALETTE[i % len(PALETTE)],
+                  label=run_label(rec))
+    ax.set_xlabel("t")
+    ax.set_ylabel("loss L(w(t))")
+    ax.legend(ncol=1, frameon=False, fontsize=5)
+    return save(fig, stem)
+
+
+def plot_coordinates(summary: dict, arrays: dict, stem: Path, *, num_coords: int = 5) -> list[Path]:
+    """`w_i(t)` of the largest final coordinates, one panel per run."""
+    runs = summary["runs"]
+    ncols = min(3, len(runs))
+    nrows = int(np.ceil(len(runs) / ncols))
+    fig, axes = figure(ncols, nrows, width=7.0, height=1.7 * nrows, sharex=True)
+    ts = arrays["ts"]
+    for i, rec in enumerate(runs):
+        ax = axes[i // ncols, i % ncols]
+        top = np.argsort(-np.abs(arrays["w_final"][i]))[:num_coords]
+        for c, coord in enumerate(top):
+            ax.semilogx(ts[1:], arrays["w"][i][1:, coord], color=PALETTE[c % len(PALETTE)], label=f"w[{coord}]")
+        ax.set_title(run_label(rec), fontsize=6)
+        ax.set_xlabel("t")
+    for j in range(len(runs), nrows * ncols):
+        axes[j // ncols, j % ncols].set_visible(False)
+    axes[0, 0].legend(frameon=False, fontsize=5)
+    return save(fig, stem)
+
+
+def plot_run_figures(out_dir: str | Path) -> list[Path]:
+    """The figures of `mdflow run`: loss curves, and coordinate trajectories when stored."""
+    out_dir = Path(out_dir)
+    summary, arrays = load_results(out_dir)
+    paths = plot_loss(summary, arrays, out_dir / "figures" / "loss")
+    if "w" in arrays:
+        paths += plot_coordinates(summary, arrays, out_dir / "figures" / "coordinates")
+    return paths
+
+
+def plot_all(out_dir: str | Path) -> list[Path]:
+    """Every figure a results folder supports (`mdflow plot`)."""
+    return plot_run_figures(out_dir)

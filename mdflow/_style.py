@@ -1,0 +1,49 @@
+"""The one figure style: column-width sizes, Type-42 fonts, a colour-blind-safe palette, PDF + PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+# Okabe & Ito (2008), safe for the common colour-vision deficiencies.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+COLUMN_WIDTH = 3.4  # inches, one column of a two-column paper
+FULL_WIDTH = 7.0
+
+RC = {
+    "pdf.fonttype": 42,
+    "ps.fonttype": 42,
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "axes.labelsize": 8,
+    "legend.fontsize": 6.5,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "lines.linewidth": 1.1,
+    "axes.prop_cycle": matplotlib.cycler(color=PALETTE),
+    "figure.dpi": 150,
+    "savefig.bbox": "tight",
+}
+
+
+def figure(ncols: int = 1, nrows: int = 1, *, width: float = COLUMN_WIDTH, height: float | None = None, **kwargs):
+    """A new figure in the house style (`plt.subplots` arguments pass through)."""
+    plt.rcParams.update(RC)
+    height = height if height is not None else 0.75 * width * nrows / ncols
+    return plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False, **kwargs)
+
+
+def save(fig, stem: str | Path) -> list[Path]:
+    """Write `stem.pdf` (vector) and `stem.png`; return both paths."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".pdf"), stem.with_suffix(".png")]
+    with matplotlib.rc_context(RC):
+        for path in paths:
+            fig.savefig(path)
+    plt.close(fig)
+    return paths
