@@ -224,18 +224,20 @@ class Config:
 
         p = self.raw["problem"]
         if p["kind"] == "file":
-            if p["path"] is None:
-                raise InputError("problem.path: required when problem.kind = 'file'")
-            path = Path(p["path"])
-            if not path.is_absolute() and self.source and not self.source.startswith("<"):
-                path = Path(self.source).parent / path
-            return load_npz(path, normalization=p["normalization"])
-        if p["k"] > p["d"]:
-            raise InputError(f"problem.k={p['k']}: must be <= problem.d={p['d']}")
+            return load_npz(self.data_path(), normalization=p["normalization"])
         return sparse_gaussian(
             p["n"], p["d"], p["k"], noise=p["noise"], signs=p["signs"],
             seed=p["seed"] if seed is None else seed, normalization=p["normalization"],
         )
+
+    def data_path(self) -> Path:
+        """`problem.path`, relative to the config file's folder."""
+        if self.raw["problem"]["path"] is None:
+            raise InputError("problem.path: required when problem.kind = 'file'")
+        path = Path(self.raw["problem"]["path"])
+        if not path.is_absolute() and not self.source.startswith("<"):
+            path = Path(self.source).parent / path
+        return path
 
     def solve_policy(self, **overrides):
         from ._solve import SolvePolicy
@@ -309,9 +311,13 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
     for i, eta in enumerate(raw["analysis"]["discrete_etas"]):
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta > 0:
             raise InputError(f"analysis.discrete_etas[{i}]={eta!r}: expected a number > 0")
-    if raw["problem"]["kind"] == "file" and raw["problem"]["path"] is None:
-        raise InputError("problem.path: required when problem.kind = 'file'")
     config = Config(raw, source)
+    if raw["problem"]["kind"] == "sparse_gaussian" and raw["problem"]["k"] > raw["problem"]["d"]:
+        raise InputError(f"problem.k={raw['problem']['k']}: must be <= problem.d={raw['problem']['d']}")
+    if raw["problem"]["kind"] == "file":
+        path = config.data_path()
+        if not path.is_file():
+            raise InputError(f"problem.path={str(path)!r}: no such file")
     # Expand the axes now so that grid errors surface before any work.
     config.eps_values, config.alpha_values  # noqa: B018
     return config

@@ -20,6 +20,7 @@ from jaxtyping import Array, Bool, Float, Int
 from ._errors import InputError
 from ._flows import AbstractFlow
 from ._problem import Problem
+from ._rosenbrock import Rodas3, Rodas4, jacobian_for
 
 # Run statuses, in the order of their integer codes.
 STATUSES = ("ok", "max_steps", "nonfinite", "failed")
@@ -83,6 +84,8 @@ SOLVERS: dict[str, Callable[[AbstractFlow], diffrax.AbstractSolver]] = {
     "dopri5": lambda flow: diffrax.Dopri5(),
     "dopri8": lambda flow: diffrax.Dopri8(),
     "kvaerno5": lambda flow: diffrax.Kvaerno5(),
+    "rodas4": lambda flow: Rodas4(jacobian=jacobian_for(flow)),
+    "rodas3": lambda flow: Rodas3(jacobian=jacobian_for(flow)),
 }
 
 

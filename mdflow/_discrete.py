@@ -1,0 +1,108 @@
+"""The discrete counterpart of SSD (MATH.md §7): Adam with `β1 = β2 = 0` against the flow.
+
+`optax.adam(η, b1=0, b2=0, eps=ε, eps_root=0)` on `θ = (u, v)` is exactly
+`θ_{k+1} = θ_k − η ∇/(|∇| + ε)`; iterate k sits at time `t = kη`.
+
+**Comparison.** On a horizon `T`, `M` comparison times `t_j = jT/M` (j = 0..M). For each η the step
+count per comparison interval is `s = round(T/(Mη))` and the step actually used is `η' = T/(Ms)`
+(reported), so every `t_j` is an iterate. The flow is solved once on the same grid (the solve layer,
+no interpolation stop). Error: `max_j ||w_{k_j} − w(t_j)|| / max_j ||w(t_j)||`. The slope is the
+least-squares fit of `log error` against `log η'` over the step sizes without overshoot.
+**Overshoot:** a step after which some coordinate of `u` or `v` is `≤ 0` (the flow keeps them > 0).
+Adam runs are one `jit`'d `lax.scan` over the comparison times with an inner `fori_loop` of traced
+length, so every η reuses one compilation.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ._problem import Problem
+
+
+@eqx.filter_jit
+def adam_path(problem: Problem, alpha, eps, eta, steps_per_save, num_saves: int):
+    """Adam(b1 = b2 = 0) on `(u, v)` from `u = v = α`: `w` at every `steps_per_save`-th step (M + 1 rows,
+    row 0 the start), the number of steps with an overshoot and the first such step (−1 if none)."""
+    # optax's bias correction mixes float and int32 (`b ** count`): allow it under strict promotion.
+    with jax.numpy_dtype_promotion("standard"):
+        return _adam_path(problem, alpha, eps, eta, steps_per_save, num_saves)
+
+
+def _adam_path(problem, alpha, eps, eta, steps_per_save, num_saves):
+    dtype = problem.X.dtype
+    u0 = jnp.broadcast_to(jnp.asarray(alpha, dtype), (problem.d,))
+    params = (u0, u0)
+    opt = optax.adam(learning_rate=eta, b1=0.0, b2=0.0, eps=eps, eps_root=0.0)
+
+    def loss(params):
+        u, v = params
+        return problem.loss(u * u - v * v)
+
+    grad = jax.grad(loss)
+
+    def step(k, carry):
+        params, state, count, first, index = carry
+        updates, state = opt.update(grad(params), state, params)
+        params = optax.apply_updates(params, updates)
+        bad = (jnp.min(params[0]) <= 0) | (jnp.min(params[1]) <= 0)
+        first = jnp.where(bad & (first < 0), index, first)
+        return params, state, count + bad.astype(count.dtype), first, index + 1
+
+    def save(carry, _):
+        carry = jax.lax.fori_loop(0, steps_per_save, step, carry)
+        u, v = carry[0]
+        return carry, u * u - v * v
+
+    carry = (params, opt.init(params), jnp.zeros((), jnp.int32), -jnp.ones((), jnp.int32), jnp.ones((), jnp.int32))
+    carry, ws = jax.lax.scan(save, carry, None, length=num_saves)
+    ws = jnp.concatenate([(u0 * u0 - u0 * u0)[None], ws])
+    return ws, carry[2], carry[3]
+
+
+def fit_slope(etas, errors) -> float | None:
+    """Least-squares slope of `log error` against `log η` (None with fewer than 2 usable points)."""
+    etas, errors = np.asarray(etas, np.float64), np.asarray(errors, np.float64)
+    keep = np.isfinite(errors) & (errors > 0)
+    if keep.sum() < 2:
+        return None
+    return float(np.polyfit(np.log(etas[keep]), np.log(errors[keep]), 1)[0])
+
+
+def discrete_record(
+    problem: Problem, flow, etas, *, t1: float = 2.0, num_saves: int = 50, policy=None
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """Adam vs the SSD flow for each η (module docstring). Returns the `discrete` sub-record
+    (`etas`, `errors`, `overshoot_steps`, `first_overshoot`, `slope`, `t1`) and arrays (`discrete_etas`,
+    `discrete_errors`)."""
+    from ._solve import SolvePolicy, solve
+
+    eps = float(flow.eps)
+    ts = np.linspace(0.0, t1, num_saves + 1)
+    if policy is None:
+        policy = SolvePolicy(rtol=1e-10, atol=1e-12)
+    policy = SolvePolicy(**{**policy.__dict__, "t1": t1, "stop_rel_residual": None, "save": "trajectory"})
+    sol = solve(flow, problem, policy, ts=ts)
+    w_flow = np.asarray(jax.vmap(lambda y: flow.weights(y, problem))(sol.ys))
+    scale = np.max(np.linalg.norm(w_flow, axis=1))
+    used, errors, counts, firsts = [], [], [], []
+    for eta in etas:
+        s = max(1, int(round(t1 / (num_saves * float(eta)))))
+        eta_used = t1 / (num_saves * s)
+        ws, count, first = adam_path(problem, flow.alpha, jnp.asarray(eps), jnp.asarray(eta_used),
+                                     jnp.asarray(s), num_saves)
+        err = np.max(np.linalg.norm(np.asarray(ws) - w_flow, axis=1)) / scale
+        used.append(eta_used)
+        errors.append(float(err) if np.isfinite(err) else None)
+        counts.append(int(count))
+        firsts.append(int(first))
+    clean = [c == 0 and e is not None for c, e in zip(counts, errors)]
+    slope = fit_slope([e for e, ok in zip(used, clean) if ok], [x for x, ok in zip(errors, clean) if ok])
+    record = {"etas": used, "errors": errors, "overshoot_steps": counts, "first_overshoot": firsts,
+              "slope": slope, "t1": t1, "flow_status": int(sol.status)}
+    arrays = {"discrete_etas": np.asarray(used), "discrete_errors": np.asarray([np.nan if e is None else e for e in errors])}
+    return record, arrays

@@ -1,0 +1,397 @@
+"""Mirror maps (MATH.md §3): hypentropy, the SSD potential Φ_{a,ε,α}, its ε → 0 limit; Lambert W.
+
+A mirror map is a Legendre potential `Φ` on `R^d`, separable across coordinates. Every map exposes the
+same small interface, which is all the dual flows, the equivalence checker and the KKT analysis use:
+
+- `grad(w)`: `∇Φ(w)` (the dual variable θ);
+- `grad_conj(θ)`: `∇Φ*(θ) = (∇Φ)⁻¹(θ)` (the weights w);
+- `conj(θ)`: `Φ*(θ)`, and `value(w)`: `Φ(w)` (scalars, summed over coordinates);
+- `conj_hess(θ)`: the diagonal of `∇²Φ*(θ) = dw/dθ`; `hess_inv(w) = conj_hess(grad(w))`, the diagonal
+  of `(∇²Φ(w))⁻¹` (the preconditioner of the mirror flow `ẇ = −(∇²Φ)⁻¹ g`);
+- `bregman(w, w')`: `D_Φ(w, w')`.
+
+Parameters (α, ε, a) are array fields, so maps are traced under `jit`/`vmap` (stack them like flows).
+They broadcast against `w`: scalars or `(d,)` vectors. All maps here satisfy `∇Φ(0) = 0`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
+
+Vector = Float[Array, " d"]
+Scalar = Float[Array, ""]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Lambert W in log form
+
+
+_LAMBERTW_ITERATIONS = 4  # Halley from the start below: ≤ 4e-15 relative on [-40, 50], exact beyond
+_LAMBERTW_TINY = -40.0  # below, W(e^ℓ) = e^ℓ (1 − e^ℓ) to float64 precision
+
+
+@jax.custom_jvp
+def lambertw_log(ell: ArrayLike) -> Array:
+    """`x = W(e^ℓ)`, the principal Lambert W of `e^ℓ`, computed without forming `e^ℓ`.
+
+    Solves `x + log x = ℓ` elementwise by Halley's method from `x0 = ℓ − log ℓ` (ℓ > 1) or `e^ℓ`
+    (ℓ ≤ 1), so huge ℓ (where `e^ℓ` overflows, e.g. ℓ ~ 2/ε for small ε) is fine. Differentiable by
+    the implicit-function rule `dx = x / (1 + x) dℓ`, not through the iteration.
+    """
+    ell = jnp.asarray(ell, dtype=jnp.result_type(float, ell))
+    tiny = ell < _LAMBERTW_TINY
+    ell_it = jnp.maximum(ell, _LAMBERTW_TINY)
+    big = ell_it > 1
+    ell_big = jnp.where(big, ell_it, 2.0)
+    x = jnp.where(big, ell_big - jnp.log(ell_big), jnp.exp(jnp.minimum(ell_it, 1.0)))
+    for _ in range(_LAMBERTW_ITERATIONS):
+        f = x + jnp.log(x) - ell_it
+        fp = 1 + 1 / x
+        fpp = -1 / (x * x)
+        x = x - 2 * f * fp / (2 * fp * fp - f * fpp)
+    e = jnp.exp(jnp.minimum(ell, _LAMBERTW_TINY))
+    return jnp.where(tiny, e * (1 - e), x)
+
+
+@lambertw_log.defjvp
+def _lambertw_log_jvp(primals, tangents):
+    (ell,), (dell,) = primals, tangents
+    x = lambertw_log(ell)
+    return x, x / (1 + x) * dell
+
+
+# ---------------------------------------------------------------------------------------------------
+# Interface
+
+
+class AbstractMirrorMap(eqx.Module):
+    """A separable Legendre potential `Φ(w) = Σ_i φ_i(w_i)`; see the module docstring."""
+
+    kind: ClassVar[str]
+
+    def grad(self, w: Vector) -> Vector:
+        raise NotImplementedError
+
+    def grad_conj(self, theta: Vector) -> Vector:
+        raise NotImplementedError
+
+    def conj(self, theta: Vector) -> Scalar:
+        raise NotImplementedError
+
+    def conj_hess(self, theta: Vector) -> Vector:
+        """Diagonal of `∇²Φ*(θ)`, i.e. `dw/dθ`."""
+        raise NotImplementedError
+
+    def value(self, w: Vector) -> Scalar:
+        """`Φ(w) = ⟨θ, w⟩ − Φ*(θ)` with `θ = ∇Φ(w)` (maps with a closed form override this)."""
+        theta = self.grad(w)
+        return jnp.sum(theta * w) - self.conj(theta)
+
+    def hess_inv(self, w: Vector) -> Vector:
+        """Diagonal of `(∇²Φ(w))⁻¹ = ∇²Φ*(∇Φ(w))`."""
+        return self.conj_hess(self.grad(w))
+
+    def bregman(self, w: Vector, w_prime: Vector) -> Scalar:
+        """`D_Φ(w, w') = Φ(w) − Φ(w') − ⟨∇Φ(w'), w − w'⟩ ≥ 0`."""
+        return self.value(w) - self.value(w_prime) - jnp.sum(self.grad(w_prime) * (w - w_prime))
+
+    def params(self) -> dict[str, float | None]:
+        """Scalar parameters for records (None where a parameter is absent or a vector)."""
+        raise NotImplementedError
+
+
+def _scalar_or_none(x) -> float | None:
+    x = jnp.asarray(x)
+    return float(x) if x.ndim == 0 else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hypentropy (§3.1)
+
+
+class Hypentropy(AbstractMirrorMap):
+    """The gradient-flow potential (Woodworth et al. 2020), in GF time:
+    `∇Φ*(θ) = 2α² sinh(4θ)`, `∇Φ(w) = ¼ arcsinh(w / (2α²))`, `Φ = ¼ Q_α`."""
+
+    alpha: Float[Array, "..."]
+
+    kind: ClassVar[str] = "hypentropy"
+
+    def grad(self, w):
+        return 0.25 * jnp.arcsinh(w / (2 * self.alpha**2))
+
+    def grad_conj(self, theta):
+        return 2 * self.alpha**2 * jnp.sinh(4 * theta)
+
+    def conj(self, theta):
+        # (α²/2)(cosh 4θ − 1) = α² sinh²(2θ), without the cancellation at small θ.
+        return jnp.sum(self.alpha**2 * jnp.sinh(2 * theta) ** 2 * jnp.ones_like(theta))
+
+    def conj_hess(self, theta):
+        return 8 * self.alpha**2 * jnp.cosh(4 * theta)
+
+    def hess_inv(self, w):
+        return 4 * jnp.sqrt(w * w + 4 * self.alpha**4)
+
+    def value(self, w):
+        # ¼ α² q(w/α²), q(z) = 2 − √(4+z²) + z arcsinh(z/2), with 2 − √(4+z²) = −z²/(2 + √(4+z²)).
+        a2 = self.alpha**2
+        z = w / a2
+        s = jnp.sqrt(4 + z * z)
+        return jnp.sum(0.25 * a2 * (z * jnp.arcsinh(z / 2) - z * z / (2 + s)))
+
+    def params(self):
+        return {"eps": None, "alpha": _scalar_or_none(self.alpha), "a": None}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The SSD potential (§3.2)
+
+
+def _log_U(z, a, eps, alpha):
+    """`log U(z)` with `U = ψ⁻¹`, `ψ(p) = a(p − α) + (ε/2) log(p/α)`, elementwise, `a ≥ 0`.
+
+    `U = (ε/(2a)) W(e^ℓ)`, `ℓ = log(2aα/ε) + 2(z + aα)/ε`. Since `log x = ℓ − x` for `x = W(e^ℓ)`,
+    also `U = α exp(2(z + aα)/ε − x)`, which is exact at `a = 0` (`x = 0`: `U = α e^{2z/ε}`) and used
+    for `x ≤ 1`; the first form (no cancellation) for `x > 1`.
+    """
+    pos = a > 0
+    a_s = jnp.where(pos, a, 1.0)
+    ell = jnp.log(2 * a_s * alpha / eps) + 2 * (z + a_s * alpha) / eps
+    x = lambertw_log(ell)
+    large = x > 1
+    log_large = jnp.log(eps / (2 * a_s)) + jnp.log(jnp.where(large, x, 1.0))
+    log_small = jnp.log(alpha) + 2 * (z + a_s * alpha) / eps - jnp.where(large, 0.0, x)
+    log_pos = jnp.where(large, log_large, log_small)
+    return jnp.where(pos, log_pos, jnp.log(alpha) + 2 * z / eps)
+
+
+def _psi(p, a, eps, alpha):
+    return a * (p - alpha) + 0.5 * eps * jnp.log(p / alpha)
+
+
+_GRAD_MAX_ITERATIONS = 100
+_ITER_PROBE = []
+
+
+def _ssd_grad_solve(w, a, eps, alpha):
+    """The θ with `∇Φ*(θ) = w`, per coordinate: bracketed Newton (bisection fallback) on `|w|`.
+
+    For `θ ≥ 0`, `u = U(θ) ≥ α ≥ v` and `u² = w + v² ∈ [w, w + α²]`, so
+    `θ ∈ [ψ(max(α, √w)), ψ(√(w + α²))]`, a bracket whose u-ratio is at most √2 (tight for all ε).
+    `θ(−w) = −θ(w)`.
+    """
+    shape = jnp.broadcast_shapes(jnp.shape(w), jnp.shape(a), jnp.shape(eps), jnp.shape(alpha))
+    w, a, eps, alpha = (jnp.broadcast_to(x, shape) for x in (w, a, eps, alpha))
+    absw = jnp.abs(w)
+    lo = _psi(jnp.maximum(alpha, jnp.sqrt(absw)), a, eps, alpha)
+    hi = _psi(jnp.sqrt(absw + alpha**2), a, eps, alpha)
+    lo = jnp.maximum(lo, 0.0)
+    hi = jnp.maximum(hi, lo)
+
+    def f_and_slope(theta):
+        return _ssd_grad_conj(theta, a, eps, alpha) - absw, _ssd_conj_hess(theta, a, eps, alpha)
+
+    def cond(state):
+        i, _, _, _, done = state
+        return (i < _GRAD_MAX_ITERATIONS) & ~jnp.all(done)
+
+    def body(state):
+        i, theta, lo, hi, done = state
+        f, slope = f_and_slope(theta)
+        lo = jnp.where(f < 0, theta, lo)
+        hi = jnp.where(f > 0, theta, hi)
+        newton = theta - f / slope
+        inside = (newton > lo) & (newton < hi)
+        new = jnp.where(inside, newton, 0.5 * (lo + hi))
+        new = jnp.where(done, theta, new)
+        step = jnp.abs(new - theta)
+        done = done | (f == 0) | (step <= 4 * jnp.finfo(theta.dtype).eps * jnp.abs(new)) | (hi - lo <= 0)
+        return i + 1, new, lo, hi, done
+
+    theta0 = 0.5 * (lo + hi)
+    state = (0, theta0, lo, hi, jnp.zeros(shape, bool))
+    n_it, theta, _, _, _ = jax.lax.while_loop(cond, body, state)
+    _ITER_PROBE.append(n_it)
+    return jnp.sign(w) * theta
+
+
+def _ssd_grad_conj(theta, a, eps, alpha):
+    """`U(θ)² − U(−θ)²`, accurate to relative rounding even where `u ≈ v` (|w| ≪ α²).
+
+    With `D = log(u/v)` and `m = (u + v)/2`: `w = 4m² tanh(D/2)`, and `ψ(u) − ψ(v) = θ − (−θ) = 2θ` reads
+    `2am tanh(D/2) + (ε/2) D = 2θ`, a well-conditioned equation for small D; one Newton step on it
+    removes the cancellation of `log u − log v`.
+    """
+    lu, lv = _log_U(theta, a, eps, alpha), _log_U(-theta, a, eps, alpha)
+    u, v = jnp.exp(lu), jnp.exp(lv)
+    direct = u * u - v * v
+    m = 0.5 * (u + v)
+    d0 = lu - lv
+    small = jnp.abs(d0) < 1
+    d0 = jnp.where(small, d0, 0.0)
+    t0 = jnp.tanh(0.5 * d0)
+    resid = 2 * a * m * t0 + 0.5 * eps * d0 - 2 * theta
+    d1 = d0 - resid / (a * m * (1 - t0 * t0) + 0.5 * eps)
+    return jnp.where(small, 4 * m * m * jnp.tanh(0.5 * d1), direct)
+
+
+def _ssd_conj_hess(theta, a, eps, alpha):
+    u, v = jnp.exp(_log_U(theta, a, eps, alpha)), jnp.exp(_log_U(-theta, a, eps, alpha))
+    return 4 * u * u / (2 * a * u + eps) + 4 * v * v / (2 * a * v + eps)
+
+
+@jax.custom_jvp
+def _ssd_grad(w, a, eps, alpha):
+    theta = _ssd_grad_solve(w, a, eps, alpha)
+    # a = 0 exactly: the closed form (ε/4) arcsinh(w/(2α²)).
+    closed = 0.25 * eps * jnp.arcsinh(w / (2 * alpha**2))
+    return jnp.where(a > 0, theta, closed)
+
+
+@_ssd_grad.defjvp
+def _ssd_grad_jvp(primals, tangents):
+    # Implicit function theorem on ∇Φ*(θ; a, ε, α) = w:  dθ = (dw − ∂_p∇Φ*(θ) dp) / (dw/dθ).
+    w, a, eps, alpha = primals
+    dw, da, deps, dalpha = tangents
+    theta = _ssd_grad(w, a, eps, alpha)
+    _, dgc = jax.jvp(lambda a_, e_, al_: _ssd_grad_conj(theta, a_, e_, al_), (a, eps, alpha), (da, deps, dalpha))
+    return theta, (dw - dgc) / _ssd_conj_hess(theta, a, eps, alpha)
+
+
+class SSDPotential(AbstractMirrorMap):
+    """`Φ_{a,ε,α}` (MATH.md §3.2), the exact potential of frozen SSD(ε, a) from `u = v = α`.
+
+    `∇Φ*(θ) = U(θ)² − U(−θ)²` with `U = ψ⁻¹`, `ψ(p) = a(p − α) + (ε/2) log(p/α)` (Lambert W in log
+    form), `dw/dθ = 4u²/(2au + ε) + 4v²/(2av + ε)`, `Φ*(θ) = F(U(θ)) + F(U(−θ)) − 2F(α)`,
+    `F(p) = a p³/3 + ε p²/4`. `∇Φ` is the per-coordinate root of `∇Φ*(θ) = w` (bracketed Newton, with
+    an implicit-function derivative). `a ≥ 0` may be a vector; `a = 0` is handled exactly.
+    """
+
+    a: Float[Array, "..."]
+    eps: Float[Array, ""]
+    alpha: Float[Array, "..."]
+
+    kind: ClassVar[str] = "ssd"
+
+    def log_u(self, theta: Vector) -> Vector:
+        """`log u = log U(θ)` (and `log v = log_u(−θ)`): the primal state in log coordinates."""
+        return _log_U(theta, self.a, self.eps, self.alpha)
+
+    def grad(self, w):
+        return _ssd_grad(w, self.a, self.eps, self.alpha)
+
+    def grad_conj(self, theta):
+        return _ssd_grad_conj(theta, self.a, self.eps, self.alpha)
+
+    def conj_hess(self, theta):
+        return _ssd_conj_hess(theta, self.a, self.eps, self.alpha)
+
+    def conj(self, theta):
+        u, v = jnp.exp(self.log_u(theta)), jnp.exp(self.log_u(-theta))
+
+        def F(p):
+            return self.a * p**3 / 3 + 0.25 * self.eps * p**2
+
+        return jnp.sum(F(u) + F(v) - 2 * F(self.alpha * jnp.ones_like(theta)))
+
+    def params(self):
+        return {"eps": float(self.eps), "alpha": _scalar_or_none(self.alpha), "a": _scalar_or_none(self.a)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The ε → 0 limit (§3.2)
+
+
+class L32Limit(AbstractMirrorMap):
+    """The ε → 0 limit of `Φ_{a,ε,α}` (needs `a > 0`), piecewise and in closed form:
+    `∇Φ(w) = a w/(4α)` for `|w| ≤ 4α²`, `a sign(w)(√|w| − α)` otherwise; `U(z) = max(α + z/a, 0)`;
+    `Φ(w) = a w²/(8α)` inside, `a(⅔|w|^{3/2} − α|w| + ⅔α³)` outside, → `(2a/3)|w|^{3/2}` as α → 0."""
+
+    a: Float[Array, "..."]
+    alpha: Float[Array, "..."]
+
+    kind: ClassVar[str] = "l32"
+
+    def _U(self, z):
+        return jnp.maximum(self.alpha + z / self.a, 0.0)
+
+    def grad(self, w):
+        absw = jnp.abs(w)
+        inner = absw <= 4 * self.alpha**2
+        outer = self.a * jnp.sign(w) * (jnp.sqrt(jnp.where(inner, 4 * self.alpha**2, absw)) - self.alpha)
+        return jnp.where(inner, self.a * w / (4 * self.alpha), outer)
+
+    def grad_conj(self, theta):
+        return self._U(theta) ** 2 - self._U(-theta) ** 2
+
+    def conj_hess(self, theta):
+        return 2 * (self._U(theta) + self._U(-theta)) / self.a
+
+    def conj(self, theta):
+        u, v = self._U(theta), self._U(-theta)
+        return jnp.sum(self.a / 3 * (u**3 + v**3 - 2 * self.alpha**3))
+
+    def value(self, w):
+        absw = jnp.abs(w)
+        inner = absw <= 4 * self.alpha**2
+        outer = self.a * (2 / 3 * absw**1.5 - self.alpha * absw + 2 / 3 * self.alpha**3)
+        return jnp.sum(jnp.where(inner, self.a * w * w / (8 * self.alpha), outer))
+
+    def params(self):
+        return {"eps": 0.0, "alpha": _scalar_or_none(self.alpha), "a": _scalar_or_none(self.a)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Construction
+
+
+MIRROR_MAPS: dict[str, type[AbstractMirrorMap]] = {cls.kind: cls for cls in (Hypentropy, SSDPotential, L32Limit)}
+
+
+def make_mirror(kind: str, *, alpha, eps=None, a=None, dtype=jnp.float64) -> AbstractMirrorMap:
+    """Build a mirror map by name: `"hypentropy"` (α), `"ssd"` (a, ε, α; a defaults to 0), `"l32"` (a, α).
+
+    Values become arrays of `dtype`; `a` and `α` may be scalars or `(d,)` vectors.
+    """
+    from ._errors import InputError
+
+    if kind not in MIRROR_MAPS:
+        raise InputError(f"mirror map {kind!r}: unknown (known: {sorted(MIRROR_MAPS)})")
+    alpha_arr = jnp.asarray(alpha, dtype)
+    if not bool(jnp.all(alpha_arr > 0)):
+        raise InputError(f"alpha={alpha!r}: must be > 0")
+    if kind == "hypentropy":
+        return Hypentropy(alpha_arr)
+    a_arr = jnp.asarray(0.0 if a is None else a, dtype)
+    if kind == "l32":
+        if not bool(jnp.all(a_arr > 0)):
+            raise InputError("a: the ε → 0 limit needs magnitudes a > 0")
+        return L32Limit(a_arr, alpha_arr)
+    if eps is None or not float(eps) > 0:
+        raise InputError(f"eps={eps!r}: the SSD potential needs eps > 0")
+    if not bool(jnp.all(a_arr >= 0)):
+        raise InputError("a: magnitudes must be >= 0")
+    return SSDPotential(a_arr, jnp.asarray(eps, dtype), alpha_arr)
+
+
+def mirror_for_flow(flow, problem) -> AbstractMirrorMap:
+    """The mirror map whose dual reproduces a primal flow (MATH.md §4).
+
+    GF ↔ `Hypentropy(α)` (E1, exact); FrozenSSD(ε, a) ↔ `SSDPotential(a, ε, α)` (E2, exact);
+    SSD(ε) ↔ `SSDPotential(|g(w(0))|, ε, α)` (approximate: exact only while `|g| = a`).
+    """
+    from ._flows import GF, SSD, FrozenSSD
+
+    if isinstance(flow, GF):
+        return Hypentropy(flow.alpha)
+    if isinstance(flow, FrozenSSD):
+        return SSDPotential(flow.a, flow.eps, flow.alpha)
+    if isinstance(flow, SSD):
+        return SSDPotential(FrozenSSD.default_a(problem), flow.eps, flow.alpha)
+    raise TypeError(f"no mirror map known for flow {type(flow).__name__}")

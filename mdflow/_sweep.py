@@ -1,0 +1,264 @@
+"""Sweeps: runs sorted by expected difficulty, cut into equal-size chunks, each chunk one vmapped solve
+sharded over every device.
+
+Why chunks: `vmap(diffeqsolve)` is a vmapped while loop that runs until its *slowest* member is done
+(finished members are masked, not skipped). One stiff member (small ε) would make the whole sweep pay
+its step count. Sorting the runs by expected difficulty and solving them `chunk_size` at a time makes
+each chunk stop at its own slowest member, gives a natural unit for progress lines and for the results
+store (`_store.py`), and bounds memory (`chunk_size × T × d` for trajectories).
+
+Why one compiled function: every chunk is padded to the same size (repeating a member; the copies are
+discarded), ε, α, a, tolerances and the time grid are arrays, so all chunks of one
+(flow type, problem shape, solver, save mode) reuse one compiled function. `num_traces()` counts
+traces so tests can prove it.
+
+Devices: one call solves up to one chunk per device. The stacked batch axis (devices × chunk_size) is
+split over a 1-D `Mesh` of all devices with `jax.shard_map`, so each device runs its own vmapped while
+loop on its own chunk (no per-step cross-device reduction; each device stops at its own slowest
+member). Every device always sees a batch of exactly `chunk_size` members, so per-run results do not
+depend on the device count (a vmapped batch of another size may round differently: matrix-vector vs
+matrix-matrix kernels). One device is the same code path with a mesh of size one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ._flows import AbstractFlow
+from ._problem import Problem
+from ._solve import Solution, SolvePolicy, _arguments, _solve, select_solver, stack_flows
+
+AXIS = "batch"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Difficulty and chunk plans
+
+
+def difficulty(eps: float | None, alpha) -> tuple[float, float]:
+    """Sort key: larger = expected to take more solver steps.
+
+    Explicit solvers need ~1/ε steps once SSD is near convergence (the field is GF sped up by 1/ε, and
+    stability limits the step), so `1/ε` is the primary key (0 for flows without ε). A smaller
+    initialization α only lengthens the saddle-escape time, by a factor ~log(1/α), so `log(1/α)` breaks
+    ties. (Implicit solvers grow more slowly in 1/ε but in the same order.)
+    """
+    inv_eps = 0.0 if eps is None else 1.0 / float(eps)
+    log_inv_alpha = float(np.mean(-np.log(np.asarray(alpha, dtype=np.float64))))
+    return inv_eps, log_inv_alpha
+
+
+def flow_difficulty(flow: AbstractFlow) -> tuple[float, float]:
+    """`difficulty` read off a (single) flow object: its `eps` (if any) and `alpha`."""
+    eps = getattr(flow, "eps", None)
+    return difficulty(None if eps is None else float(eps), np.asarray(getattr(flow, "alpha", 1.0)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    """A batch of runs solved together: same problem (`seed`), flow type and solver."""
+
+    index: int
+    seed: int
+    flow: str
+    solver: str
+    runs: tuple[int, ...]  # indices into the config-order run list
+
+    def to_json(self) -> dict:
+        return {"index": self.index, "seed": self.seed, "flow": self.flow, "solver": self.solver,
+                "runs": list(self.runs)}
+
+
+def plan_chunks(
+    groups: Sequence[tuple[tuple[int, str, str], Sequence[int], Sequence[tuple[float, float]]]], chunk_size: int
+) -> list[Chunk]:
+    """Cut each group `((seed, flow, solver), run indices, difficulty keys)` into chunks of at most
+    `chunk_size` runs, easiest first within the group, groups in the order given."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size}: must be >= 1")
+    chunks: list[Chunk] = []
+    for (seed, flow, solver), runs, keys in groups:
+        order = [runs[j] for j in sorted(range(len(runs)), key=lambda j: (keys[j], runs[j]))]
+        for start in range(0, len(order), chunk_size):
+            chunks.append(Chunk(len(chunks), seed, flow, solver, tuple(order[start:start + chunk_size])))
+    return chunks
+
+
+# ---------------------------------------------------------------------------------------------------
+# Devices
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh with axis `"batch"` over `devices` (default: every device, all hosts included once
+    `jax.distributed.initialize()` has run)."""
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), (AXIS,))
+
+
+def _body(flows, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol, *, mesh, **static):
+    def local(flows, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol):
+        def one(flow):
+            return _solve(flow, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol, **static)
+
+        return eqx.filter_vmap(one)(flows)
+
+    rep = P()
+    return jax.shard_map(
+        local, mesh=mesh, in_specs=(P(AXIS), rep, rep, rep, rep, rep, rep, rep), out_specs=P(AXIS), check_vma=False
+    )(flows, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol)
+
+
+# `_traced` counts how often the sharded batch solve is traced (= compiled): see `num_traces`.
+_traced = eqx.debug.assert_max_traces(_body, max_traces=None)
+_solve_sharded = eqx.filter_jit(_traced)
+
+
+def num_traces() -> int:
+    """How many times the chunk solver has been traced in this process (one per compiled variant)."""
+    return eqx.debug.get_num_traces(_traced)
+
+
+def solve_chunks(
+    chunks: Sequence[Sequence[AbstractFlow]], problem: Problem, policy: SolvePolicy, *, chunk_size: int,
+    mesh: Mesh | None = None, solver: str | None = None,
+) -> list[Solution]:
+    """Solve up to one chunk per device in one call: chunk `i` (same-type flows, at most `chunk_size`)
+    runs on device `i` as its own vmapped batch. Every chunk is padded to `chunk_size` members and idle
+    devices get a copy of the first chunk, so each device always sees a batch of `chunk_size`: the same
+    compiled function for every call, and per-run results that do not depend on the device count.
+    Returns one batched `Solution` (NumPy arrays, real members only) per chunk.
+
+    `solver`: the solver name for every member (default `select_solver(policy, chunks[0][0])`).
+    """
+    chunks = [list(c) for c in chunks]
+    mesh = make_mesh() if mesh is None else mesh
+    ndev = mesh.devices.size
+    if not 1 <= len(chunks) <= ndev or any(not 1 <= len(c) <= chunk_size for c in chunks):
+        raise ValueError(f"solve_chunks: needs 1..{ndev} chunks of 1..{chunk_size} flows")
+    solver = select_solver(policy, chunks[0][0]) if solver is None else solver
+    padded = [c + [c[0]] * (chunk_size - len(c)) for c in chunks]
+    padded += [padded[0]] * (ndev - len(padded))
+    batched = stack_flows([f for c in padded for f in c])
+    ts, numeric, stop_tol, stop = _arguments(policy, problem, None)
+    batched = jax.device_put(batched, NamedSharding(mesh, P(AXIS)))
+    replicated = NamedSharding(mesh, P())
+    problem, ts, numeric, stop_tol = jax.device_put((problem, ts, numeric, stop_tol), replicated)
+    sol = _solve_sharded(
+        batched, problem, ts, *numeric, stop_tol, mesh=mesh, solver_name=solver, max_steps=policy.max_steps,
+        keep_states=policy.save == "trajectory", stop=stop,
+    )
+    sol = jax.tree.map(_to_host, sol)
+    return [jax.tree.map(lambda x, i=i, m=len(c): x[i * chunk_size:i * chunk_size + m], sol)
+            for i, c in enumerate(chunks)]
+
+
+def solve_chunk(
+    flows: Sequence[AbstractFlow], problem: Problem, policy: SolvePolicy, *, chunk_size: int | None = None,
+    mesh: Mesh | None = None, solver: str | None = None,
+) -> Solution:
+    """One chunk (see `solve_chunks`), padded to `chunk_size` (default `len(flows)`)."""
+    flows = list(flows)
+    return solve_chunks([flows], problem, policy, chunk_size=chunk_size or len(flows), mesh=mesh, solver=solver)[0]
+
+
+def _to_host(x) -> np.ndarray:
+    """A (possibly multi-host) global array as one NumPy array on this process."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The in-memory sweep (Python API) and progress lines
+
+
+class Progress:
+    """One line per chunk through `log`: runs done/total, elapsed, ETA.
+
+    The ETA extrapolates the mean wall time per *computed* run to the runs left; chunks run easiest
+    first, so it is optimistic early in a sweep.
+    """
+
+    def __init__(self, total_runs: int, total_chunks: int, log: Callable[[str], None] | None):
+        self.total_runs, self.total_chunks, self.log = total_runs, total_chunks, log
+        self.done_runs = self.computed_runs = 0
+        self.computed_wall = 0.0
+        self.start = time.perf_counter()
+
+    def update(self, chunk: int, runs: int, what: str, *, wall: float | None = None) -> None:
+        self.done_runs += runs
+        if wall is not None:
+            self.computed_runs += runs
+            self.computed_wall += wall
+        if self.log is None:
+            return
+        elapsed = time.perf_counter() - self.start
+        left = self.total_runs - self.done_runs
+        if left == 0:
+            eta = "0 s"
+        elif self.computed_runs:
+            eta = f"{self.computed_wall / self.computed_runs * left:.1f} s"
+        else:
+            eta = "?"
+        self.log(f"[chunk {chunk + 1}/{self.total_chunks}] {self.done_runs}/{self.total_runs} runs, "
+                 f"elapsed {elapsed:.1f} s, ETA {eta}: {what}")
+
+
+def batches(plan: Sequence[Chunk], ndev: int) -> list[list[Chunk]]:
+    """Group consecutive chunks of the same (seed, flow, solver) into calls of at most `ndev` chunks."""
+    calls: list[list[Chunk]] = []
+    for chunk in plan:
+        last = calls[-1] if calls else None
+        if last and len(last) < ndev and (last[0].seed, last[0].flow, last[0].solver) == (
+            chunk.seed, chunk.flow, chunk.solver
+        ):
+            last.append(chunk)
+        else:
+            calls.append([chunk])
+    return calls
+
+
+def sweep(
+    flows: Sequence[AbstractFlow], problem: Problem, policy: SolvePolicy, *, chunk_size: int = 16,
+    mesh: Mesh | None = None, log: Callable[[str], None] | None = None,
+) -> Solution:
+    """Solve many flows of one type on one problem: sorted by `flow_difficulty`, in chunks of
+    `chunk_size`, one chunk per device per call (`mesh`: default all devices). Any array parameter of
+    the flows (ε, α, a, ...) may vary: all chunks share one compiled function. Returns the batched
+    `Solution` (NumPy arrays) in the order of `flows`.
+    """
+    flows = list(flows)
+    if not flows:
+        raise ValueError("sweep needs at least one flow")
+    mesh = make_mesh() if mesh is None else mesh
+    solvers = [select_solver(policy, f) for f in flows]
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(solvers):
+        groups.setdefault(s, []).append(i)
+    plan = plan_chunks([((0, type(flows[0]).__name__, s), runs, [flow_difficulty(flows[i]) for i in runs])
+                        for s, runs in groups.items()], chunk_size)
+    progress = Progress(len(flows), len(plan), log)
+    parts: list[tuple[tuple[int, ...], Solution]] = []
+    for call in batches(plan, mesh.devices.size):
+        start = time.perf_counter()
+        sols = solve_chunks([[flows[i] for i in c.runs] for c in call], problem, policy, chunk_size=chunk_size,
+                            mesh=mesh, solver=call[0].solver)
+        wall = time.perf_counter() - start
+        runs = sum(len(c.runs) for c in call)
+        for chunk, sol in zip(call, sols):
+            parts.append((chunk.runs, sol))
+            progress.update(chunk.index, len(chunk.runs), f"{len(chunk.runs)} x {chunk.solver}",
+                            wall=wall * len(chunk.runs) / runs)
+    order = np.argsort(np.concatenate([np.asarray(runs) for runs, _ in parts]))
+    return jax.tree.map(lambda *xs: np.concatenate(xs)[order], *[s for _, s in parts])

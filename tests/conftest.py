@@ -1,0 +1,16 @@
+"""Test setup: float64 and strict dtype promotion, before any array exists."""
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+import pytest  # noqa: E402
+
+import mdflow  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def small_problem():
+    """n=10, d=30, k=3: over-parameterized, fast to solve."""
+    return mdflow.sparse_gaussian(10, 30, 3, seed=1)

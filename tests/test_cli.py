@@ -1,0 +1,126 @@
+"""The command line: bad input exits 2 with one line naming the problem; runs write their outputs."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mdflow.cli import main
+
+TINY = """
+[problem]
+n = 8
+d = 24
+k = 2
+[flows]
+kinds = ["gf", "ssd"]
+[grid]
+eps = [0.1, 1.0]
+alpha = [0.1]
+[solve]
+t1 = 1000.0
+num_ts = 20
+stop_rel_residual = 1e-6
+[output]
+save = "trajectories"
+figures = false
+"""
+
+
+def run_cli(tmp_path, text, *extra):
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(text)
+    return main(["run", str(cfg), "--out", str(tmp_path / "out"), *extra])
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("[problem]\nn = 8\nbogus = 1\n", "problem.bogus"),
+        ("[nope]\nx = 1\n", "nope"),
+        ("[problem]\nn = 'ten'\n", "problem.n='ten'"),
+        ("[problem]\nn = -3\n", "problem.n=-3"),
+        ("[grid]\neps = [0.1, -1.0]\n", "grid.eps=-1.0"),
+        ("[grid]\neps = [0.0]\n", "grid.eps=0.0"),
+        ("[grid]\nalpha = [0.0]\n", "grid.alpha=0.0"),
+        ("[grid]\nalpha = { start = 0.1, stop = 1.0 }\n", "grid.alpha"),
+        ("[solve]\nt1 = 0.0\n", "solve.t1=0.0"),
+        ("[solve]\nt1 = -5\n", "solve.t1=-5"),
+        ("[solve]\nrtol = true\n", "solve.rtol=True"),
+        ("[solve]\nsolver = 'magic'\n", "solve.solver='magic'"),
+        ("[flows]\nkinds = ['adam']\n", "flows.kinds[0]='adam'"),
+        ("[problem]\nkind = 'file'\n", "problem.path"),
+        ("[problem]\nkind = 'file'\npath = 'missing.npz'\n", "missing.npz"),
+        ("[problem]\nk = 50\nd = 20\n", "problem.k=50"),
+        ("this is [not toml", "not valid TOML"),
+    ],
+)
+def test_bad_input_exits_2_naming_the_key(tmp_path, capsys, text, needle):
+    assert run_cli(tmp_path, text) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0] and "Traceback" not in err[0], err
+
+
+def test_missing_config_file_exits_2(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "nope.toml")]) == 2
+    assert "nope.toml" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "arrays, needle",
+    [
+        ({"X": np.ones((3, 4, 1)), "y": np.ones(3)}, "2-D"),
+        ({"X": np.ones((3, 4)), "y": np.ones(5)}, "3 rows but y has 5"),
+        ({"X": np.full((3, 4), np.nan), "y": np.ones(3)}, "non-finite"),
+        ({"X": np.ones((0, 4)), "y": np.ones(0)}, "empty"),
+        ({"y": np.ones(3)}, "missing array 'X'"),
+    ],
+)
+def test_bad_data_file_exits_2(tmp_path, capsys, arrays, needle):
+    np.savez(tmp_path / "data.npz", **arrays)
+    assert run_cli(tmp_path, "[problem]\nkind = 'file'\npath = 'data.npz'\n") == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_run_on_user_data_writes_outputs(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((8, 24))
+    w = np.zeros(24)
+    w[:2] = 1.0
+    np.savez(tmp_path / "data.npz", X=X, y=X @ w)
+    text = TINY.replace("[problem]\nn = 8\nd = 24\nk = 2", "[problem]\nkind = 'file'\npath = 'data.npz'")
+    assert run_cli(tmp_path, text) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    runs = summary["runs"]
+    assert [r["flow"] for r in runs] == ["gf", "ssd", "ssd"]
+    assert [r["eps"] for r in runs] == [None, 0.1, 1.0]
+    for r in runs:
+        assert r["status"] == "ok" and r["rel_residual"] <= 1e-6
+        for key in ("alpha", "seed", "num_steps", "final_loss", "w_l1", "w_l2", "t_end", "wall_s", "solver"):
+            assert key in r
+    data = np.load(tmp_path / "out" / "trajectories.npz")
+    assert data["w"].shape == (3, 20, 24) and data["w_final"].shape == (3, 24) and data["ts"][0] == 0.0
+    np.testing.assert_allclose(data["w"][:, -1], data["w_final"])
+    assert summary["versions"]["x64"] is True
+
+
+def test_run_writes_figures_and_plot_regenerates_them(tmp_path):
+    assert run_cli(tmp_path, TINY.replace("figures = false", "figures = true")) == 0
+    figs = tmp_path / "out" / "figures"
+    for name in ("loss", "coordinates"):
+        assert (figs / f"{name}.pdf").stat().st_size > 0 and (figs / f"{name}.png").stat().st_size > 0
+        (figs / f"{name}.png").unlink()
+    assert main(["plot", str(tmp_path / "out")]) == 0
+    assert (figs / "loss.png").is_file() and (figs / "coordinates.png").is_file()
+
+
+def test_plot_on_missing_folder_exits_2(tmp_path, capsys):
+    assert main(["plot", str(tmp_path)]) == 2
+    assert "summary.json" in capsys.readouterr().err
+
+
+def test_info_reports_x64():
+    out = subprocess.run([sys.executable, "-m", "mdflow.cli", "info"], capture_output=True, text=True, check=True)
+    assert "x64: True" in out.stdout and "jax" in out.stdout
