@@ -7,7 +7,24 @@ import jax as _jax
 
 _jax.config.update("jax_enable_x64", True)
 
+from ._dual import DUAL_FORMS as DUAL_FORMS, DualFlow as DualFlow, dual_flow as dual_flow
+from ._equivalence import (
+    format_table as format_table,
+    pair_record as pair_record,
+    paired_dual as paired_dual,
+    plot_pair as plot_pair,
+)
 from ._errors import InputError as InputError
+from ._mirror import (
+    MIRROR_MAPS as MIRROR_MAPS,
+    AbstractMirrorMap as AbstractMirrorMap,
+    Hypentropy as Hypentropy,
+    L32Limit as L32Limit,
+    SSDPotential as SSDPotential,
+    lambertw_log as lambertw_log,
+    make_mirror as make_mirror,
+    mirror_for_flow as mirror_for_flow,
+)
 from ._flows import (
     GF as GF,
     SSD as SSD,
@@ -34,5 +51,15 @@ from ._solve import (
     stack_flows as stack_flows,
     status_name as status_name,
 )
+from ._analysis import analyze_run as analyze_run
+from ._discrete import discrete_record as discrete_record
+from ._interpolators import min_l1 as min_l1, min_l2 as min_l2, min_l32 as min_l32, min_lp as min_lp
+from ._kkt import (
+    KKTSolution as KKTSolution,
+    bregman_projection as bregman_projection,
+    kkt_errors as kkt_errors,
+    kkt_record as kkt_record,
+)
+from ._stages import stages_record as stages_record
 
 __version__ = "0.1.0"

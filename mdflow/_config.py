@@ -95,6 +95,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "stages": Key((bool,), False),
         "discrete": Key((bool,), False),
         "discrete_etas": Key((list,), [0.1, 0.05, 0.025, 0.0125]),
+        "discrete_t1": Key(_NUM, 2.0, _positive, doc="horizon of the Adam-vs-flow comparison (§7)"),
     },
     "check": {
         "tolerance": Key(_NUM, 1e-6, _positive),

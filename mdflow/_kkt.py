@@ -161,6 +161,12 @@ def bregman_projection(
     return sol
 
 
+@eqx.filter_jit
+def mirror_grad(mirror: AbstractMirrorMap, w: Float[Array, " d"]) -> Float[Array, " d"]:
+    """`∇Φ(w)`, compiled (the SSD potential's root solve is a while loop: slow when run eagerly)."""
+    return mirror.grad(w)
+
+
 def row_space_projector(X) -> np.ndarray:
     """An orthonormal basis `Q` (d×n) of `range(Xᵀ)`, so that `P⊥ z = z − Q(Qᵀz)`."""
     q, _ = np.linalg.qr(np.asarray(X, np.float64).T)
@@ -176,7 +182,7 @@ def kkt_errors(
     X = problem.X
     w = jnp.asarray(w, X.dtype)
     w0 = jnp.zeros(problem.d, X.dtype) if w0 is None else jnp.asarray(w0, X.dtype)
-    z = np.asarray(mirror.grad(w) - mirror.grad(w0))
+    z = np.asarray(mirror_grad(mirror, w) - mirror_grad(mirror, w0))
     return {"feasibility": float(problem.rel_residual(w)), "stationarity": stationarity(z, X, basis=basis)}
 
 
@@ -213,7 +219,7 @@ def potential_entry(
 
     `grad_w` overrides `∇Φ(w)` where a more accurate form is known (the log form of the effective
     hypentropy). Returns the entry and the minimizer (NaN where the dual solve failed)."""
-    z = np.asarray(mirror.grad(jnp.asarray(w)) if grad_w is None else grad_w)
+    z = np.asarray(mirror_grad(mirror, jnp.asarray(w)) if grad_w is None else grad_w)
     entry = {"feasibility": _finite(problem.rel_residual(jnp.asarray(w))),
              "stationarity": _finite(stationarity(z, problem.X, basis=basis))}
     sol = bregman_projection(mirror, problem, w_guess=jnp.asarray(w))
@@ -231,15 +237,16 @@ def potential_entry(
 
 
 def kkt_record(
-    problem: Problem, flow, y_final, *, references: dict[str, np.ndarray], gamma=None
+    problem: Problem, flow, y_final, *, references: dict[str, np.ndarray], identity=None
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """The `kkt` sub-record of a converged run (§5) and its arrays (minimizers, `E`).
 
     **Arguments:**
     - `flow`, `y_final`: the run's flow and end state (log coordinates `p, q` in rows 0, 1).
     - `references`: `{"l1", "l32", "l2"}` interpolators of the problem (`reference_interpolators`).
-    - `gamma`: `Γ∞ = ∫g dt = Xᵀρ∞` for SSD (row 2 of a `track_identity` state), for the exact
-      final-state error `E = (ε/2) log(u∞/v∞) + 2Γ∞` (§5). Without it `E` is not reported.
+    - `identity`: for SSD, the end state `(p, q, Γ, J^u, J^v)` of a `track_identity=True` solve
+      (`Γ∞ = ∫g dt = Xᵀρ∞`, already including the loss scale), for the exact final-state error
+      `E = (ε/2) log(u∞/v∞) + 2Γ∞` (§5). Without it `E` is not reported.
 
     Entries: `hypentropy` (`Q_α`), `ssd_potential` (`Φ_{a,ε,α}` with the flow's `a`, `|g(0)|` for SSD;
     None for GF) and `effective_hypentropy` (scales `α²_eff = u∞v∞`; its `∇Φ(w∞) = (p − q)/2`
@@ -275,11 +282,12 @@ def kkt_record(
         w_eff = np.full(problem.d, np.nan)
     record["effective_hypentropy"], arrays["kkt_w_effective_hypentropy"] = entry, w_eff
     record["min_log_alpha_eff"] = float(np.min(log_alpha_eff))
-    if isinstance(flow, SSD) and gamma is not None:
+    if isinstance(flow, SSD) and identity is not None:
         eps = float(flow.eps)
-        E = 0.5 * eps * (p - q) + 2 * np.asarray(gamma)
+        pi, qi, gamma = (np.asarray(row) for row in np.asarray(identity)[:3])
+        E = 0.5 * eps * (pi - qi) + 2 * gamma
         record["E_norm"] = _finite(np.linalg.norm(E))
-        record["E_rel"] = _finite(np.linalg.norm(E) / np.linalg.norm(0.5 * eps * (p - q)))
+        record["E_rel"] = _finite(np.linalg.norm(E) / np.linalg.norm(0.5 * eps * (pi - qi)))
         arrays["E"] = E
     else:
         record["E_norm"] = record["E_rel"] = None

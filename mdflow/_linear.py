@@ -35,7 +35,7 @@ State = Float[Array, "K d"]
 class CoordinatewiseJacobian(eqx.Module):
     """`J = B + diag(c) · scale·XᵀX · diag(v)` (see the module docstring) at one state."""
 
-    B: Float[Array, "d K K"]
+    B: Float[Array, "K K d"]
     c: Float[Array, "K d"]
     v: Float[Array, "K d"]
     X: Float[Array, "n d"]
@@ -52,14 +52,14 @@ class CoordinatewiseJacobian(eqx.Module):
         zeros_g = jnp.zeros_like(g)
         # cols[l][k, i] = ∂h_k/∂y_l at coordinate i (coordinatewise: one jvp per component l).
         cols = jax.vmap(lambda e: h_lin(e, zeros_g))(basis)
-        B = jnp.transpose(cols, (2, 1, 0))  # (d, k, l)
+        B = jnp.transpose(cols, (1, 0, 2))  # B[k, l, i] = ∂h_k/∂y_l at coordinate i
         c = h_lin(jnp.zeros_like(y), jnp.ones_like(g))
         v = jax.vmap(w_lin)(basis)  # (K, d): ∂w_i/∂y_{l,i}
         return cls(B, c, v, problem.X, jnp.asarray(problem.scale, y.dtype))
 
     def mv(self, x: State) -> State:
         """`J x` without forming `J`."""
-        local = jnp.einsum("ikl,li->ki", self.B, x)
+        local = _block_apply(self.B, x)
         t = jnp.sum(self.v * x, axis=0)
         return local + self.c * (self.scale * (self.X.T @ (self.X @ t)))
 
@@ -72,9 +72,9 @@ class CoordinatewiseJacobian(eqx.Module):
     def factor(self, gamma_h: Float[Array, ""]) -> WoodburyFactor:
         """Factorize `I − γh·J` (Woodbury: block inverses and an `n × n` LU)."""
         K = self.c.shape[0]
-        eye = jnp.eye(K, dtype=self.c.dtype)
-        A_inv = jnp.linalg.inv(eye - gamma_h * self.B)  # (d, K, K)
-        a = jnp.einsum("ikl,li->ki", A_inv, self.c)  # A_i⁻¹ c_i
+        eye = jnp.eye(K, dtype=self.c.dtype)[:, :, None]
+        A_inv = _block_inv(eye - gamma_h * self.B)
+        a = _block_apply(A_inv, self.c)  # A_i⁻¹ c_i
         m = jnp.sum(self.v * a, axis=0)
         coef = gamma_h * self.scale
         n = self.X.shape[0]
@@ -85,7 +85,7 @@ class CoordinatewiseJacobian(eqx.Module):
 class WoodburyFactor(eqx.Module):
     """A factorized `I − γh·J` for a `CoordinatewiseJacobian`; `solve` costs `O(K² d + n d + n²)`."""
 
-    A_inv: Float[Array, "d K K"]
+    A_inv: Float[Array, "K K d"]
     a: Float[Array, "K d"]
     v: Float[Array, "K d"]
     X: Float[Array, "n d"]
@@ -93,7 +93,7 @@ class WoodburyFactor(eqx.Module):
     lu: tuple[Array, Array]
 
     def solve(self, b: State) -> State:
-        z = jnp.einsum("ikl,li->ki", self.A_inv, b)
+        z = _block_apply(self.A_inv, b)
         r = jsl.lu_solve(self.lu, self.X @ jnp.sum(self.v * z, axis=0))
         return z + self.a * (self.coef * (self.X.T @ r))
 
@@ -129,6 +129,22 @@ class DenseFactor(eqx.Module):
 
     def solve(self, b: PyTree) -> PyTree:
         return self.unravel(jsl.lu_solve(self.lu, jax.flatten_util.ravel_pytree(b)[0]))
+
+
+def _block_apply(M: Float[Array, "K K d"], x: Float[Array, "K d"]) -> Float[Array, "K d"]:
+    """Per-coordinate `M_i x_i` (elementwise over d; K is small)."""
+    return jnp.sum(M * x[None, :, :], axis=1)
+
+
+def _block_inv(M: Float[Array, "K K d"]) -> Float[Array, "K K d"]:
+    """Per-coordinate inverses of small blocks: closed forms for K ≤ 2, batched LU otherwise."""
+    K = M.shape[0]
+    if K == 1:
+        return 1.0 / M
+    if K == 2:
+        det = M[0, 0] * M[1, 1] - M[0, 1] * M[1, 0]
+        return jnp.stack([jnp.stack([M[1, 1], -M[0, 1]]), jnp.stack([-M[1, 0], M[0, 0]])]) / det
+    return jnp.moveaxis(jnp.linalg.inv(jnp.moveaxis(M, -1, 0)), 0, -1)
 
 
 def is_coordinatewise(flow) -> bool:

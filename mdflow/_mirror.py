@@ -36,6 +36,7 @@ _LAMBERTW_TINY = -40.0  # below, W(e^ℓ) = e^ℓ (1 − e^ℓ) to float64 preci
 
 
 @jax.custom_jvp
+@jax.jit
 def lambertw_log(ell: ArrayLike) -> Array:
     """`x = W(e^ℓ)`, the principal Lambert W of `e^ℓ`, computed without forming `e^ℓ`.
 
@@ -153,6 +154,7 @@ class Hypentropy(AbstractMirrorMap):
 # The SSD potential (§3.2)
 
 
+@jax.jit
 def _log_U(z, a, eps, alpha):
     """`log U(z)` with `U = ψ⁻¹`, `ψ(p) = a(p − α) + (ε/2) log(p/α)`, elementwise, `a ≥ 0`.
 
@@ -171,16 +173,25 @@ def _log_U(z, a, eps, alpha):
     return jnp.where(pos, log_pos, jnp.log(alpha) + 2 * z / eps)
 
 
+def _log_uv(theta, a, eps, alpha):
+    """`(log U(θ), log U(−θ))` = `(log u, log v)`, through one stacked evaluation (half the graph)."""
+    shape = jnp.broadcast_shapes(jnp.shape(theta), jnp.shape(a), jnp.shape(eps), jnp.shape(alpha))
+    theta = jnp.broadcast_to(theta, shape)
+    lu, lv = _log_U(jnp.stack([theta, -theta]), a, eps, alpha)
+    return lu, lv
+
+
 def _psi(p, a, eps, alpha):
     return a * (p - alpha) + 0.5 * eps * jnp.log(p / alpha)
 
 
 _GRAD_MAX_ITERATIONS = 100
-_ITER_PROBE = []
 
 
+@jax.jit
 def _ssd_grad_solve(w, a, eps, alpha):
     """The θ with `∇Φ*(θ) = w`, per coordinate: bracketed Newton (bisection fallback) on `|w|`.
+    Runs until every coordinate has converged (a converged one takes one more Newton step).
 
     For `θ ≥ 0`, `u = U(θ) ≥ α ≥ v` and `u² = w + v² ∈ [w, w + α²]`, so
     `θ ∈ [ψ(max(α, √w)), ψ(√(w + α²))]`, a bracket whose u-ratio is at most √2 (tight for all ε).
@@ -189,38 +200,43 @@ def _ssd_grad_solve(w, a, eps, alpha):
     shape = jnp.broadcast_shapes(jnp.shape(w), jnp.shape(a), jnp.shape(eps), jnp.shape(alpha))
     w, a, eps, alpha = (jnp.broadcast_to(x, shape) for x in (w, a, eps, alpha))
     absw = jnp.abs(w)
-    lo = _psi(jnp.maximum(alpha, jnp.sqrt(absw)), a, eps, alpha)
-    hi = _psi(jnp.sqrt(absw + alpha**2), a, eps, alpha)
-    lo = jnp.maximum(lo, 0.0)
+    lo = jnp.where(absw > alpha**2, _psi(jnp.sqrt(absw), a, eps, alpha), 0.0)
+    # ψ(√(w + α²)) with δ = √(w + α²) − α formed without cancellation (|w| ≪ α² included)
+    delta = absw / (jnp.sqrt(absw + alpha**2) + alpha)
+    hi = a * delta + 0.5 * eps * jnp.log1p(delta / alpha)
     hi = jnp.maximum(hi, lo)
 
-    def f_and_slope(theta):
-        return _ssd_grad_conj(theta, a, eps, alpha) - absw, _ssd_conj_hess(theta, a, eps, alpha)
+    positive = absw > 0
+    log_w = jnp.log(jnp.where(positive, absw, 1.0))
 
     def cond(state):
         i, _, _, _, done = state
         return (i < _GRAD_MAX_ITERATIONS) & ~jnp.all(done)
 
     def body(state):
+        # Newton on log ∇Φ*(θ) = log|w| (concave in θ: from the left end it converges monotonically,
+        # ≤ 7 iterations measured over ε ∈ [1e-8, 10], α ∈ [1e-3, 1], a ∈ [0, 5], |w| ∈ [1e-12, 1e3]),
+        # bisection if a step leaves the bracket.
         i, theta, lo, hi, done = state
-        f, slope = f_and_slope(theta)
+        gc = _ssd_grad_conj(theta, a, eps, alpha)
+        slope = _ssd_conj_hess(theta, a, eps, alpha)
+        f = gc - absw
         lo = jnp.where(f < 0, theta, lo)
         hi = jnp.where(f > 0, theta, hi)
-        newton = theta - f / slope
-        inside = (newton > lo) & (newton < hi)
+        step = (jnp.log(jnp.where(positive, gc, 1.0)) - log_w) * gc / slope
+        newton = theta - step
+        converged = (f == 0) | ~positive | (jnp.abs(step) <= 1e-13 * jnp.abs(theta)) | (hi - lo <= 0)
+        inside = (newton >= lo) & (newton <= hi)
         new = jnp.where(inside, newton, 0.5 * (lo + hi))
-        new = jnp.where(done, theta, new)
-        step = jnp.abs(new - theta)
-        done = done | (f == 0) | (step <= 4 * jnp.finfo(theta.dtype).eps * jnp.abs(new)) | (hi - lo <= 0)
-        return i + 1, new, lo, hi, done
+        new = jnp.where(done | ~positive, theta, new)
+        return i + 1, new, lo, hi, done | converged
 
-    theta0 = 0.5 * (lo + hi)
-    state = (0, theta0, lo, hi, jnp.zeros(shape, bool))
-    n_it, theta, _, _, _ = jax.lax.while_loop(cond, body, state)
-    _ITER_PROBE.append(n_it)
+    state = (0, lo, lo, hi, jnp.zeros(shape, bool))
+    _, theta, _, _, _ = jax.lax.while_loop(cond, body, state)
     return jnp.sign(w) * theta
 
 
+@jax.jit
 def _ssd_grad_conj(theta, a, eps, alpha):
     """`U(θ)² − U(−θ)²`, accurate to relative rounding even where `u ≈ v` (|w| ≪ α²).
 
@@ -228,7 +244,7 @@ def _ssd_grad_conj(theta, a, eps, alpha):
     `2am tanh(D/2) + (ε/2) D = 2θ`, a well-conditioned equation for small D; one Newton step on it
     removes the cancellation of `log u − log v`.
     """
-    lu, lv = _log_U(theta, a, eps, alpha), _log_U(-theta, a, eps, alpha)
+    lu, lv = _log_uv(theta, a, eps, alpha)
     u, v = jnp.exp(lu), jnp.exp(lv)
     direct = u * u - v * v
     m = 0.5 * (u + v)
@@ -241,12 +257,14 @@ def _ssd_grad_conj(theta, a, eps, alpha):
     return jnp.where(small, 4 * m * m * jnp.tanh(0.5 * d1), direct)
 
 
+@jax.jit
 def _ssd_conj_hess(theta, a, eps, alpha):
-    u, v = jnp.exp(_log_U(theta, a, eps, alpha)), jnp.exp(_log_U(-theta, a, eps, alpha))
+    u, v = jnp.exp(jnp.stack(_log_uv(theta, a, eps, alpha)))
     return 4 * u * u / (2 * a * u + eps) + 4 * v * v / (2 * a * v + eps)
 
 
 @jax.custom_jvp
+@jax.jit
 def _ssd_grad(w, a, eps, alpha):
     theta = _ssd_grad_solve(w, a, eps, alpha)
     # a = 0 exactly: the closed form (ε/4) arcsinh(w/(2α²)).
@@ -328,7 +346,9 @@ class L32Limit(AbstractMirrorMap):
         return jnp.where(inner, self.a * w / (4 * self.alpha), outer)
 
     def grad_conj(self, theta):
-        return self._U(theta) ** 2 - self._U(-theta) ** 2
+        # inside (|θ| ≤ aα) u² − v² = 4αθ/a exactly, without the cancellation of the squares
+        inner = jnp.abs(theta) <= self.a * self.alpha
+        return jnp.where(inner, 4 * self.alpha * theta / self.a, jnp.sign(theta) * self._U(jnp.abs(theta)) ** 2)
 
     def conj_hess(self, theta):
         return 2 * (self._U(theta) + self._U(-theta)) / self.a

@@ -48,18 +48,21 @@ def plot_coordinates(summary: dict, arrays: dict, stem: Path, *, num_coords: int
     runs = summary["runs"]
     ncols = min(3, len(runs))
     nrows = int(np.ceil(len(runs) / ncols))
-    fig, axes = figure(ncols, nrows, width=7.0, height=1.7 * nrows, sharex=True)
+    fig, axes = figure(ncols, nrows, width=7.0, height=1.6 * nrows, layout="constrained")
     ts = arrays["ts"]
     for i, rec in enumerate(runs):
         ax = axes[i // ncols, i % ncols]
         top = np.argsort(-np.abs(arrays["w_final"][i]))[:num_coords]
+        # Show the run up to a little past its end (a stopped run is flat afterwards).
+        keep = (ts > 0) & (ts <= 3 * rec["t_end"])
         for c, coord in enumerate(top):
-            ax.semilogx(ts[1:], arrays["w"][i][1:, coord], color=PALETTE[c % len(PALETTE)], label=f"w[{coord}]")
+            ax.semilogx(ts[keep], arrays["w"][i][keep, coord], color=PALETTE[c % len(PALETTE)], label=f"w[{coord}]")
         ax.set_title(run_label(rec), fontsize=6)
-        ax.set_xlabel("t")
+        if i // ncols == nrows - 1 or i + ncols >= len(runs):
+            ax.set_xlabel("t")
+        ax.legend(frameon=False, fontsize=4.5, loc="best")
     for j in range(len(runs), nrows * ncols):
         axes[j // ncols, j % ncols].set_visible(False)
-    axes[0, 0].legend(frameon=False, fontsize=5)
     return save(fig, stem)
 
 
@@ -74,5 +77,7 @@ def plot_run_figures(out_dir: str | Path) -> list[Path]:
 
 
 def plot_all(out_dir: str | Path) -> list[Path]:
-    """Every figure a results folder supports (`mdflow plot`)."""
-    return plot_run_figures(out_dir)
+    """Every figure a results folder supports (`mdflow plot`): run figures and the paper figures F1–F6."""
+    from ._figures import plot_paper_figures
+
+    return plot_run_figures(out_dir) + plot_paper_figures(out_dir)

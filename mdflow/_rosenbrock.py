@@ -157,33 +157,43 @@ class AbstractRosenbrock(diffrax.AbstractAdaptiveSolver):
         return DenseJacobian.from_field(lambda y: terms.vf(t0, y, args), y0)
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        y1, y_error, dense_info, f1, _ = self.step_with_jacobian(terms, t0, t1, y0, args, solver_state, made_jump)
+        return y1, y_error, dense_info, f1, diffrax.RESULTS.successful
+
+    def step_with_jacobian(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        """One step; also returns the Jacobian it linearized (for stiffness estimates)."""
         tab = self.tableau
         f0 = solver_state
         if made_jump is not False:
             f0 = lax.cond(eqxi.unvmap_any(made_jump), lambda: terms.vf(t0, y0, args), lambda: f0)
         h = t1 - t0
         gh = tab.gamma * h
-        factor = self.linearize(terms, t0, y0, args).factor(gh)
-        s = len(tab.m)
+        jac = self.linearize(terms, t0, y0, args)
+        factor = jac.factor(gh)
         ks = []
-        for i in range(s):
-            if i == 0:
-                fi = f0
-            else:
-                fi = terms.vf(t0, _axpy(tab.a[i, :i], ks, y0), args)
-            rhs = jtu.tree_map(lambda x: gh * x, fi)
-            rhs = _axpy(tab.gamma * tab.c[i, :i], ks, rhs)
+        for i in range(len(tab.m)):
+            fi = f0 if i == 0 else terms.vf(t0, _axpy(tab.a[i, :i], ks, y0), args)
+            rhs = _axpy(tab.gamma * tab.c[i, :i], ks, jtu.tree_map(lambda x: gh * x, fi))
             ks.append(factor.solve(rhs))
         y1 = _axpy(tab.m, ks, y0)
         y_error = _axpy(tab.e, ks)
         f1 = terms.vf(t1, y1, args)
-        k0 = jtu.tree_map(lambda x: h * x, f0)
-        k1 = jtu.tree_map(lambda x: h * x, f1)
-        finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jtu.tree_leaves(y1)]))
         # A non-finite trial step is rejected (not a failure): the controller shrinks the step.
-        y_error = jtu.tree_map(lambda x: jnp.where(finite, x, jnp.inf), y_error)
-        dense_info = dict(y0=y0, y1=y1, k0=k0, k1=k1)
-        return y1, y_error, dense_info, f1, diffrax.RESULTS.successful
+        y_error = jtu.tree_map(lambda x: jnp.where(_all_finite(y1), x, jnp.inf), y_error)
+        dense_info = dict(y0=y0, y1=y1, k0=_scale(h, f0), k1=_scale(h, f1))
+        return y1, y_error, dense_info, f1, jac
+
+
+def _scale(h, tree):
+    return jtu.tree_map(lambda x: h * x, tree)
+
+
+def _all_finite(tree):
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jtu.tree_leaves(tree)]))
+
+
+def _norm(tree):
+    return jnp.sqrt(sum(jnp.sum(x * x) for x in jtu.tree_leaves(tree)))
 
 
 class Rodas4(AbstractRosenbrock):
@@ -203,3 +213,84 @@ def jacobian_for(flow) -> str:
     from ._linear import is_coordinatewise
 
     return "structured" if is_coordinatewise(flow) else "dense"
+
+
+def spectral_radius(jac, v, iterations: int = 4):
+    """A power-iteration estimate of the spectral radius of `jac` (a lower bound), started at `v`."""
+    for _ in range(iterations):
+        v = jtu.tree_map(lambda x: x / (_norm(v) + 1e-300), v)
+        v = jac.mv(v)
+    return _norm(v)
+
+
+class _TsitStages:
+    """Where Tsit5's last two stages sit: both at c = 1 (stage 6 at `Y6`, stage 7 at `y1`)."""
+
+    tab = diffrax.Tsit5.tableau
+    # y1 − Y6 = Σ_j (b_j − a_6j) k_j  (k = h·f, stages 1..6)
+    diff = np.asarray(tab.b_sol[:6]) - np.concatenate([tab.a_lower[4], [0.0]])
+
+
+class StiffSwitch(diffrax.AbstractAdaptiveSolver):
+    """Explicit Tsit5 while the flow is non-stiff, a Rosenbrock method while it is stiff, switching
+    automatically inside one `diffeqsolve` (the idea of LSODA).
+
+    Stiffness is measured as `h·ρ(J)` on accepted steps: on an explicit step from its last two stages
+    (both at `t1`: `ρ ≈ |f(y1) − f(Y6)| / |y1 − Y6|`, Hairer's DOPRI5 test), on an implicit step by
+    power iteration on the Jacobian the step already built. After `patience` explicit steps with
+    `h·ρ > to_stiff` (the step is held at Tsit5's stability boundary ≈ 3.5) it switches to the
+    implicit method; after `patience` implicit steps with `h·ρ < to_explicit` it switches back.
+    Both methods share the first-same-as-last value `f(y0)` and the cubic Hermite dense output.
+    Under `vmap` the mode is per batch (implicit if any member is stiff), so no member pays for both.
+    """
+
+    implicit: AbstractRosenbrock
+    explicit: diffrax.Tsit5 = diffrax.Tsit5()
+    to_stiff: float = eqx.field(static=True, default=3.0)
+    to_explicit: float = eqx.field(static=True, default=1.5)
+    patience: int = eqx.field(static=True, default=4)
+
+    term_structure: ClassVar = diffrax.AbstractTerm
+    interpolation_cls: ClassVar[Callable[..., diffrax.AbstractLocalInterpolation]] = (
+        diffrax.ThirdOrderHermitePolynomialInterpolation
+    )
+
+    def order(self, terms):
+        return self.implicit.order(terms)
+
+    def error_order(self, terms):
+        return self.implicit.error_order(terms)
+
+    def init(self, terms, t0, t1, y0, args):
+        return jnp.array(False), jnp.array(0), terms.vf(t0, y0, args)
+
+    def func(self, terms, t0, y0, args):
+        return terms.vf(t0, y0, args)
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        stiff, count, f0 = solver_state
+        if made_jump is not False:
+            f0 = lax.cond(eqxi.unvmap_any(made_jump), lambda: terms.vf(t0, y0, args), lambda: f0)
+        h = t1 - t0
+
+        def explicit():
+            y1, err, dense, (_, f1), _ = self.explicit.step(terms, t0, t1, y0, args, (jnp.array(False), f0), False)
+            k = dense["k"]
+            dy = _axpy(_TsitStages.diff, [jtu.tree_map(lambda x: x[j], k) for j in range(6)])
+            dk = jtu.tree_map(lambda x: x[6] - x[5], k)
+            hrho = _norm(dk) / (_norm(dy) + 1e-300)
+            info = dict(y0=y0, y1=y1, k0=jtu.tree_map(lambda x: x[0], k), k1=jtu.tree_map(lambda x: x[6], k))
+            return y1, err, info, f1, hrho
+
+        def implicit():
+            y1, err, info, f1, jac = self.implicit.step_with_jacobian(terms, t0, t1, y0, args, f0, False)
+            return y1, err, info, f1, h * spectral_radius(jac, f1)
+
+        y1, y_error, dense_info, f1, hrho = lax.cond(eqxi.unvmap_any(stiff), implicit, explicit)
+        # Count consecutive steps that argue for the other mode; switch after `patience` of them.
+        vote = jnp.where(stiff, hrho < self.to_explicit, hrho > self.to_stiff)
+        count = jnp.where(vote, count + 1, 0)
+        switch = count >= self.patience
+        stiff = jnp.where(switch, ~stiff, stiff)
+        count = jnp.where(switch, 0, count)
+        return y1, y_error, dense_info, (stiff, count, f1), diffrax.RESULTS.successful

@@ -1,12 +1,9 @@
-"""`mdflow run`: expand a config into runs, solve them batched, write records, arrays and figures."""
+"""`mdflow run`: expand a config into runs, solve them as a chunked, sharded sweep (`_sweep.py`) into a
+resumable store (`_store.py`), then assemble `summary.json`, `trajectories.npz` and figures."""
 
 from __future__ import annotations
 
-import itertools
-import json
-import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +15,9 @@ import numpy as np
 from ._config import Config, RunSpec
 from ._flows import make_flow
 from ._problem import Problem
-from ._solve import SolvePolicy, Solution, select_solver, solve_batch, stack_flows, status_name
+from ._solve import STATUSES, Solution, SolvePolicy, select_solver, status_name
+from ._store import Store, atomic_save_npz, atomic_write_json
+from ._sweep import Chunk, Progress, batches, difficulty, make_mesh, plan_chunks, solve_chunks
 
 
 def versions() -> dict[str, str]:
@@ -83,108 +82,197 @@ def index(batch, i):
     return jax.tree.map(lambda x: x[i], batch)
 
 
-def solve_specs(
-    specs: list[RunSpec], problem: Problem, config: Config, policy: SolvePolicy, *, track_identity: bool = False
-) -> tuple[list, Solution, str, float]:
-    """Solve same-flow, same-problem runs as one vmapped batch. Returns flows, batched solution,
-    solver name and the wall time (compile included)."""
-    flows = [build_flow(s, problem, config, track_identity=track_identity) for s in specs]
-    batched = stack_flows(flows)
-    solver = select_solver(policy, batched)
-    start = time.perf_counter()
-    sol = solve_batch(batched, problem, policy)
-    jax.block_until_ready(sol)
-    return flows, sol, solver, time.perf_counter() - start
+# A per-run analysis: (spec, flow, problem, solution, policy) -> (record fields, per-run arrays). Its
+# fields are merged into the run's record; its arrays (same shape for every run) are stored per chunk
+# and stacked into `trajectories.npz` as "<name>.<key>".
+RunAnalysis = Callable[[RunSpec, Any, Problem, Solution, SolvePolicy], tuple[dict[str, Any], dict[str, np.ndarray]]]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _plan(config: Config, policy: SolvePolicy, duals: bool, chunk_size: int):
+    """Specs, problems per seed, flows per run, and the chunk plan (grouped by seed, flow, solver)."""
+    specs = config.run_specs()
+    problems: dict[int, Problem] = {}
+    flows = []
+    groups: dict[tuple[int, str, str], list[int]] = {}
+    for i, spec in enumerate(specs):
+        if spec.seed not in problems:
+            problems[spec.seed] = config.problem(spec.seed)
+        flow = build_flow(spec, problems[spec.seed], config, track_identity=duals)
+        flows.append(flow)
+        groups.setdefault((spec.seed, spec.flow, select_solver(policy, flow)), []).append(i)
+    plan = plan_chunks(
+        [(key, runs, [difficulty(specs[i].eps, specs[i].alpha) for i in runs]) for key, runs in groups.items()],
+        chunk_size,
+    )
+    return specs, problems, flows, plan
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
+def _chunk_result(
+    chunk: Chunk, sol: Solution, specs, flows, problem: Problem, policy: SolvePolicy, config: Config,
+    duals: bool, wall: float, analyses: dict[str, RunAnalysis],
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Records, dual pairs and arrays of one solved chunk (what its chunk files hold)."""
+    records, pairs = [], []
+    arrays: dict[str, list[np.ndarray]] = {"w_final": [], "loss": [], "rel_residual": []}
+    if policy.save == "trajectory":
+        arrays["w"] = []
+    for j, i in enumerate(chunk.runs):
+        one = index(sol, j)
+        flow = flows[i]
+        record = run_record(specs[i], flow, problem, one, chunk.solver, wall / len(chunk.runs))
+        record["chunk"] = chunk.index
+        arrays["w_final"].append(np.asarray(flow.weights(one.y_final, problem)))
+        arrays["loss"].append(np.asarray(one.loss))
+        arrays["rel_residual"].append(np.asarray(one.rel_residual))
+        if one.ys is not None:
+            arrays["w"].append(np.asarray(jax.vmap(lambda y, f=flow: f.weights(y, problem))(one.ys)))
+        for name, analysis in analyses.items():
+            fields, extra = analysis(specs[i], flow, problem, one, policy)
+            record.update(fields)
+            for key, value in extra.items():
+                arrays.setdefault(f"{name}.{key}", []).append(np.asarray(value))
+        if duals:
+            from ._equivalence import pair_record
+
+            pair, pair_arrays = pair_record(problem, flow, one, policy, tolerance=config["check"]["tolerance"],
+                                            floor=config["check"]["floor"], dual_form=config["flows"]["dual_form"])
+            for key in ("w_dual", "gap_w"):  # the dual trajectory and gap(t), for figures F1/F2
+                arrays.setdefault(key, []).append(pair_arrays[key])
+            pair["run_index"] = i
+            record["identity_residual"] = pair.get("identity_residual")
+            pairs.append(pair)
+        records.append(record)
+    meta = {"records": records, "pairs": pairs, "duals": duals, "save": policy.save, "solver": chunk.solver,
+            "wall_s": wall, "failures": _failures(records)}
+    return meta, {k: np.stack(v) for k, v in arrays.items()}
 
 
-def atomic_save_npz(path: Path, **arrays) -> None:
-    import io
+def _failures(records) -> dict[str, int]:
+    """Count of runs per non-ok status."""
+    counts = {s: 0 for s in STATUSES if s != "ok"}
+    for r in records:
+        if r["status"] != "ok":
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+    return {s: c for s, c in counts.items() if c}
 
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
+
+def _pending_agreed(pending: list[bool]) -> list[bool]:
+    """Multi-host: every process adopts process 0's view of which chunks are missing."""
+    if jax.process_count() == 1:
+        return pending
+    from jax.experimental import multihost_utils
+
+    return [bool(b) for b in multihost_utils.broadcast_one_to_all(np.asarray(pending))]
 
 
-def execute(config: Config, out_dir: Path, *, log: Callable[[str], None] = print, duals: bool | None = None):
-    """Run every spec of the config and write `summary.json`, `trajectories.npz` and figures.
+def execute(
+    config: Config, out_dir: Path, *, log: Callable[[str], None] = print, duals: bool | None = None,
+    force: bool = False, analyses: dict[str, RunAnalysis] | None = None,
+):
+    """Run every spec of the config as a sweep and write `summary.json`, `trajectories.npz` and figures.
 
-    Runs are grouped by (flow kind, seed); each group is one vmapped solve. With duals on, every run
-    is paired with its dual and checked (`equivalence.json`). Returns `(records, pairs)`.
+    Runs are grouped by (seed, flow kind, solver), sorted by expected difficulty and cut into chunks of
+    `sweep.chunk_size`; one call solves one chunk per device (`_sweep.py`). Each finished chunk is
+    stored atomically under `out_dir/chunks/` and listed in `out_dir/manifest.json`; rerunning the same
+    config loads finished chunks instead of solving them again (`force=True` recomputes everything; a
+    folder holding another config is an `InputError`). A run's `wall_s` is its call's wall time divided
+    by the number of runs in that call (compile time included in the first call of each variant).
+    With duals on, every run is paired with its dual and checked (`equivalence.json`).
+    Returns `(records, pairs)` in config order.
     """
     out_dir = Path(out_dir)
     duals = config["flows"]["duals"] if duals is None else duals
+    if analyses is None:
+        from ._analysis import config_analyses
+
+        analyses = config_analyses(config)
     policy = config.solve_policy()
-    specs = config.run_specs()
-    records: list[dict[str, Any] | None] = [None] * len(specs)
-    pairs: list[dict[str, Any]] = []
+    chunk_size = config["sweep"]["chunk_size"]
+    specs, problems, flows, plan = _plan(config, policy, duals, chunk_size)
     ts = policy.time_grid()
-    w_traj = [None] * len(specs)
-    w_final = [None] * len(specs)
-    loss = [None] * len(specs)
-    rel = [None] * len(specs)
-    groups = itertools.groupby(sorted(range(len(specs)), key=lambda i: (specs[i].seed, specs[i].flow)),
-                               key=lambda i: (specs[i].seed, specs[i].flow))
-    groups = [(key, list(members)) for key, members in groups]
-    problems = {}
-    done = 0
-    total_start = time.perf_counter()
-    for (seed, kind), members in groups:
-        if seed not in problems:
-            problems[seed] = config.problem(seed)
-        problem = problems[seed]
-        group_specs = [specs[i] for i in members]
-        log(f"[{done}/{len(specs)}] solving {kind} x{len(members)} (seed {seed}) ...")
-        flows, sol, solver, wall = solve_specs(group_specs, problem, config, policy, track_identity=duals)
-        for j, i in enumerate(members):
-            one = index(sol, j)
-            records[i] = run_record(specs[i], flows[j], problem, one, solver, wall / len(members))
-            w_final[i] = np.asarray(flows[j].weights(one.y_final, problem))
-            loss[i], rel[i] = np.asarray(one.loss), np.asarray(one.rel_residual)
-            if one.ys is not None:
-                w_traj[i] = np.asarray(jax.vmap(lambda y: flows[j].weights(y, problem))(one.ys))
-            if duals:
-                from ._equivalence import pair_record
-
-                pair, _ = pair_record(problem, flows[j], one, policy, tolerance=config["check"]["tolerance"],
-                                      floor=config["check"]["floor"], dual_form=config["flows"]["dual_form"])
-                pair["run_index"] = i
-                records[i]["identity_residual"] = pair.get("identity_residual")
-                pairs.append(pair)
-        done += len(members)
-        bad = sum(r["status"] != "ok" for r in (records[i] for i in members))
-        log(f"[{done}/{len(specs)}] {kind} done in {wall:.1f} s" + (f", {bad} failed" if bad else ""))
-    summary = {"config": config.to_json(), "versions": versions(), "runs": records,
-               "wall_s": time.perf_counter() - total_start}
-    atomic_write_json(out_dir / "summary.json", summary)
-    arrays = {"ts": ts, "w_final": np.stack(w_final), "loss": np.stack(loss), "rel_residual": np.stack(rel)}
+    d = next(iter(problems.values())).d
+    shapes = {"w_final": (d,), "loss": (len(ts),), "rel_residual": (len(ts),)}
     if policy.save == "trajectory":
-        arrays["w"] = np.stack(w_traj)
-    atomic_save_npz(out_dir / "trajectories.npz", **arrays)
-    if duals:
-        pairs.sort(key=lambda p: p["run_index"])
-        atomic_write_json(out_dir / "equivalence.json", {"pairs": pairs})
-    if config["output"]["figures"]:
-        from ._plot import plot_run_figures
+        shapes["w"] = (len(ts), d)
+    mesh = make_mesh()
+    primary = jax.process_index() == 0
+    header = {"config": config.to_json(), "versions": versions(), "x64": bool(jax.config.jax_enable_x64),
+              "devices": [str(dev) for dev in mesh.devices.flat], "process_count": jax.process_count(),
+              "chunk_size": chunk_size, "num_runs": len(specs), "duals": duals}
+    total_start = time.perf_counter()
+    store = Store.open(out_dir, config.hash(), header, [c.to_json() for c in plan], force=force, writer=primary)
+    try:
+        results: dict[int, tuple[dict[str, Any], dict[str, np.ndarray]]] = {}
+        expect = {"duals": duals, "save": policy.save}
+        for chunk in plan:
+            loaded = store.load_chunk(chunk.index, chunk.runs, expect=expect, shapes=shapes, log=log)
+            if loaded is not None:
+                results[chunk.index] = loaded
+        pending_mask = _pending_agreed([c.index not in results for c in plan])
+        pending = [c for c, todo in zip(plan, pending_mask) if todo]
+        if primary:
+            store.write_manifest()
+        progress = Progress(len(specs), len(plan), log)
+        if results:
+            progress.update(len(plan) - len(pending) - 1, sum(len(plan[i].runs) for i in results),
+                            f"{len(results)} chunk(s) loaded from {out_dir / 'chunks'}")
+        for call in batches(pending, mesh.devices.size):
+            first = call[0]
+            problem = problems[first.seed]
+            start = time.perf_counter()
+            sols = solve_chunks([[flows[i] for i in c.runs] for c in call], problem, policy,
+                                chunk_size=chunk_size, mesh=mesh, solver=first.solver)
+            wall = time.perf_counter() - start
+            per_run = wall / sum(len(c.runs) for c in call)
+            for chunk, sol in zip(call, sols):
+                meta, arrays = _chunk_result(chunk, sol, specs, flows, problem, policy, config, duals,
+                                             per_run * len(chunk.runs), analyses)
+                if primary:
+                    store.save_chunk(chunk.index, chunk.runs, meta, arrays)
+                results[chunk.index] = (meta, arrays)
+                bad = meta["failures"]
+                progress.update(chunk.index, len(chunk.runs),
+                                f"{chunk.flow} (seed {chunk.seed}) x{len(chunk.runs)}, {chunk.solver}, "
+                                f"{per_run * len(chunk.runs):.2f} s" + (f", failed: {bad}" if bad else ""),
+                                wall=per_run * len(chunk.runs))
+        records, pairs, arrays = _assemble(plan, results, len(specs))
+        summary = {"config": config.to_json(), "versions": versions(), "runs": records,
+                   "failures": _failures(records), "num_ok": sum(r["status"] == "ok" for r in records),
+                   "sweep": {"chunks": len(plan), "chunk_size": chunk_size, "devices": mesh.devices.size,
+                             "computed": [c.index for c in pending],
+                             "loaded": sorted(set(results) - {c.index for c in pending})},
+                   "wall_s": time.perf_counter() - total_start}
+        if primary:
+            atomic_write_json(out_dir / "summary.json", summary)
+            atomic_save_npz(out_dir / "trajectories.npz", ts=ts, **arrays)
+            if duals:
+                atomic_write_json(out_dir / "equivalence.json", {"pairs": pairs})
+            store.write_manifest(finished=True)
+    finally:
+        store.close()
+    if primary and config["output"]["figures"]:
+        from ._plot import plot_all
 
-        plot_run_figures(out_dir)
+        plot_all(out_dir)
     return records, pairs
+
+
+def _assemble(plan: list[Chunk], results, num_runs: int):
+    """Records, pairs and stacked arrays in config order from the per-chunk results."""
+    records: list[dict[str, Any] | None] = [None] * num_runs
+    pairs: list[dict[str, Any]] = []
+    rows: dict[str, list[np.ndarray | None]] = {}
+    for chunk in plan:
+        meta, arrays = results[chunk.index]
+        for j, i in enumerate(chunk.runs):
+            records[i] = meta["records"][j]
+            for key, value in arrays.items():
+                rows.setdefault(key, [None] * num_runs)[i] = value[j]
+        pairs.extend(meta.get("pairs", []))
+    pairs.sort(key=lambda p: p["run_index"])
+    stacked = {}
+    for key, values in rows.items():
+        like = next(v for v in values if v is not None)
+        # An analysis that skips some runs (e.g. SSD-only fields) leaves NaN rows there.
+        stacked[key] = np.stack([np.full(like.shape, np.nan) if v is None else v for v in values])
+    return records, pairs, stacked

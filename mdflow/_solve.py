@@ -20,7 +20,7 @@ from jaxtyping import Array, Bool, Float, Int
 from ._errors import InputError
 from ._flows import AbstractFlow
 from ._problem import Problem
-from ._rosenbrock import Rodas3, Rodas4, jacobian_for
+from ._rosenbrock import Rodas3, Rodas4, StiffSwitch, jacobian_for
 
 # Run statuses, in the order of their integer codes.
 STATUSES = ("ok", "max_steps", "nonfinite", "failed")
@@ -33,7 +33,7 @@ class SolvePolicy:
     - `solver`: a name in `SOLVERS` (`"auto"` picks per flow, see `select_solver`).
     - `rtol`, `atol`, `pcoeff`, `icoeff`: the PID step-size controller.
     - `t1`: horizon; `num_ts` saved times, log-spaced on `[t_min, t1]` plus `t = 0`
-      (`t_min` defaults to `t1 · 1e-5`).
+      (`t_min` defaults to `t1 · 1e-7`: the stages of small-ε runs are early and short).
     - `stop_rel_residual`: stop a run when `||Xw − y|| / ||y||` falls below it (`None`: never).
     - `save`: `"trajectory"` keeps the state on the grid, `"final"` only summaries and the end state.
     """
@@ -74,7 +74,7 @@ class SolvePolicy:
 
     def time_grid(self) -> np.ndarray:
         """`t = 0` followed by `num_ts − 1` log-spaced times on `[t_min, t1]`."""
-        t_min = self.t_min if self.t_min is not None else self.t1 * 1e-5
+        t_min = self.t_min if self.t_min is not None else self.t1 * 1e-7
         return np.concatenate([[0.0], np.geomspace(t_min, self.t1, self.num_ts - 1)])
 
 
@@ -86,14 +86,36 @@ SOLVERS: dict[str, Callable[[AbstractFlow], diffrax.AbstractSolver]] = {
     "kvaerno5": lambda flow: diffrax.Kvaerno5(),
     "rodas4": lambda flow: Rodas4(jacobian=jacobian_for(flow)),
     "rodas3": lambda flow: Rodas3(jacobian=jacobian_for(flow)),
+    "tsit5_rodas4": lambda flow: StiffSwitch(Rodas4(jacobian=jacobian_for(flow))),
 }
 
 
+# `auto` policy thresholds (measured on the reference problem n=100, d=1000, see benchmarks/bench_small_eps.py).
+AUTO_EXPLICIT_MIN_EPS = 1e-2  # ε below this: stiff phases appear, use the switching solver
+AUTO_EXPLICIT_STOP_FACTOR = 100.0  # stop tolerances below this × rtol are under Tsit5's accuracy floor
+
+
 def select_solver(policy: SolvePolicy, flow: AbstractFlow) -> str:
-    """The solver name a run uses: `policy.solver`, or for `"auto"` an explicit method."""
+    """The solver name a run uses: `policy.solver`, or for `"auto"`:
+
+    - `"tsit5"` (explicit) when the flow is non-stiff — no ε (GF) or every ε ≥ `AUTO_EXPLICIT_MIN_EPS`
+      (mean-normalized problems have gradients of order 0.1–1, so ε is compared to that scale) — and
+      the stop tolerance, if any, is ≥ `AUTO_EXPLICIT_STOP_FACTOR · rtol`;
+    - `"tsit5_rodas4"` otherwise: Tsit5 while the flow is non-stiff, the structured Rodas4 while it is
+      stiff (small ε near sliding coordinates and near convergence), switching inside one solve.
+      An explicit method cannot reach a stop tolerance close to rtol (it stalls at a residual floor
+      of a few rtol on the stiff equilibrium), an L-stable one can.
+
+    A batched flow is treated by its smallest ε; a dual flow by its mirror map's ε.
+    """
     if policy.solver != "auto":
         return policy.solver
-    return "tsit5"
+    eps = getattr(flow, "eps", getattr(getattr(flow, "mirror", None), "eps", None))  # primal or dual
+    stiff = eps is not None and float(np.min(np.asarray(eps))) < AUTO_EXPLICIT_MIN_EPS
+    tight = policy.stop_rel_residual is not None and (
+        policy.stop_rel_residual < AUTO_EXPLICIT_STOP_FACTOR * policy.rtol
+    )
+    return "tsit5_rodas4" if stiff or tight else "tsit5"
 
 
 class Solution(eqx.Module):

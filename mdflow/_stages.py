@@ -76,10 +76,12 @@ def predicted_warmup(problem: Problem, eps: float, alpha, *, refined: bool = Fal
     return np.where(kappa0 < 1, t, 0.0)
 
 
-def predicted_rate(problem: Problem, eps: float, y_final) -> float:
+def predicted_rate(problem: Problem, eps: float, y_final) -> float | None:
     """`(4·scale/ε) λ_min(X diag(u∞² + v∞²) Xᵀ)`: the final residual decay rate (§6)."""
     y_final = np.asarray(y_final)
     m = np.exp(2 * y_final[0]) + np.exp(2 * y_final[1])
+    if not np.all(np.isfinite(m)):
+        return None
     X = np.asarray(problem.X)
     return float(4 * problem.scale / eps * np.linalg.eigvalsh((X * m) @ X.T)[0])
 
@@ -107,17 +109,22 @@ def _fit_rate(ts, rel, t_from, t_to, floor) -> float | None:
 
 
 def stages_record(
-    problem: Problem, flow, ts, ys, rel_residual, t_end: float, *, num_coords: int = 10, floor: float = 1e-12
+    problem: Problem, flow, ts, ys, rel_residual, t_end: float, *, y_final=None, num_coords: int = 10,
+    floor: float = 1e-12,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """Measured and predicted stage times of one SSD-type run (module docstring).
 
     Returns the `stages` sub-record (run-level medians) and per-coordinate arrays: `stage_coords`,
     `t_warm_measured`, `t_warm_predicted`, `t_sign_measured`, `sign_duration_predicted` (padded with
-    NaN / −1 to `num_coords`)."""
+    NaN / −1 to `num_coords`). `y_final` (default: the last saved state) is the end state; grid
+    points after a failure (NaN) are dropped."""
     ts = np.asarray(ts)
     ys = np.asarray(ys)
+    finite = np.all(np.isfinite(ys.reshape(len(ts), -1)), axis=1)
+    ts, ys, rel_residual = ts[finite], ys[finite], np.asarray(rel_residual)[finite]
+    y_final = ys[-1] if y_final is None else np.asarray(y_final)
     eps = float(flow.eps)
-    w_final = np.asarray(flow.weights(jnp.asarray(ys[-1]), problem))
+    w_final = np.asarray(flow.weights(jnp.asarray(y_final), problem))
     coords = active_coordinates(w_final, num_coords)
     ku, kv = regime_indicator(flow, ys, problem)
     kappa = np.where(w_final[None, :] > 0, ku, kv)
@@ -131,7 +138,8 @@ def stages_record(
     refined = predicted_warmup(problem, eps, np.asarray(flow.alpha), refined=True)
     pred_sign[: len(coords)] = np.sqrt(np.abs(w_final[coords]))
     t_conv = float(np.nanmax(t_sign)) if np.isfinite(t_sign).any() else None
-    rate = _fit_rate(ts, rel_residual, t_conv if t_conv is not None else np.inf, t_end, floor)
+    # Without a sign-descent stage (κ < 1 throughout: GF-like) the whole tail counts.
+    rate = _fit_rate(ts, rel_residual, t_conv if t_conv is not None else 0.0, t_end, floor)
     record = {
         "num_active": int(len(coords)),
         "t_warm_measured": _median(t_warm),
@@ -142,7 +150,7 @@ def stages_record(
         "t_conv_measured": t_conv,
         "t_conv_predicted": _finite_max(pred_warm + pred_sign),
         "rate_measured": rate,
-        "rate_predicted": predicted_rate(problem, eps, ys[-1]),
+        "rate_predicted": predicted_rate(problem, eps, y_final),
         "kappa0_max": float(np.max(kappa[0, coords])) if len(coords) else None,
     }
     padded = np.full(num_coords, -1)

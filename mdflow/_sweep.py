@@ -44,20 +44,32 @@ AXIS = "batch"
 # Difficulty and chunk plans
 
 
-def difficulty(eps: float | None, alpha) -> tuple[float, float]:
-    """Sort key: larger = expected to take more solver steps.
+# Scales of the difficulty model (fitted by eye to the table in `difficulty`'s docstring).
+_EPS_REGIME = 0.1
 
-    Explicit solvers need ~1/ε steps once SSD is near convergence (the field is GF sped up by 1/ε, and
-    stability limits the step), so `1/ε` is the primary key (0 for flows without ε). A smaller
-    initialization α only lengthens the saddle-escape time, by a factor ~log(1/α), so `log(1/α)` breaks
-    ties. (Implicit solvers grow more slowly in 1/ε but in the same order.)
+
+def difficulty(eps: float | None, alpha) -> float:
+    """Expected solver steps, up to a constant: the sort key of a sweep (larger = harder).
+
+    Only the order matters (it decides which runs share a chunk, never a result). The model,
+    `1/α · ε/(ε + 0.1) + ε^(-1/2)` (GF: `ε → ∞`, i.e. `1/α`), has two terms:
+
+    - *escape*: for ε above the gradient scale SSD behaves like a slowed-down GF, and an explicit
+      solver spends its steps leaving the small initialization: ~1/α steps (measured with Tsit5 on
+      sparse_gaussian n=100, d=1000, stop at rel. residual 1e-6: 60 / 480 / 8 000 steps for
+      α = 0.1 / 0.01 / 0.001 at ε ≥ 0.5). Small ε (sign-like regime) escapes fast: at α = 1e-3 the
+      steps fall from 8 000 (ε ≥ 0.5) to ~140 (ε = 1e-3).
+    - *stiffness*: near convergence the field is GF sped up by 1/ε, so an explicit solver's steps grow
+      as ε shrinks (ENGINEERING.md: ~ε^-0.5 at a 1e-6 stop, far more without a stop).
     """
-    inv_eps = 0.0 if eps is None else 1.0 / float(eps)
-    log_inv_alpha = float(np.mean(-np.log(np.asarray(alpha, dtype=np.float64))))
-    return inv_eps, log_inv_alpha
+    inv_alpha = float(np.mean(1.0 / np.asarray(alpha, dtype=np.float64)))
+    if eps is None:
+        return inv_alpha
+    eps = float(eps)
+    return inv_alpha * eps / (eps + _EPS_REGIME) + eps ** -0.5
 
 
-def flow_difficulty(flow: AbstractFlow) -> tuple[float, float]:
+def flow_difficulty(flow: AbstractFlow) -> float:
     """`difficulty` read off a (single) flow object: its `eps` (if any) and `alpha`."""
     eps = getattr(flow, "eps", None)
     return difficulty(None if eps is None else float(eps), np.asarray(getattr(flow, "alpha", 1.0)))
@@ -79,7 +91,7 @@ class Chunk:
 
 
 def plan_chunks(
-    groups: Sequence[tuple[tuple[int, str, str], Sequence[int], Sequence[tuple[float, float]]]], chunk_size: int
+    groups: Sequence[tuple[tuple[int, str, str], Sequence[int], Sequence[float]]], chunk_size: int
 ) -> list[Chunk]:
     """Cut each group `((seed, flow, solver), run indices, difficulty keys)` into chunks of at most
     `chunk_size` runs, easiest first within the group, groups in the order given."""
@@ -104,12 +116,30 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     return Mesh(np.asarray(devices), (AXIS,))
 
 
-def _body(flows, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol, *, mesh, **static):
+def default_vmap_width(chunk_size: int, mesh: Mesh) -> int:
+    """Members solved as one vmapped batch inside a device's chunk: the whole chunk on accelerators,
+    1 (one after the other, inside the same compiled call) on CPU.
+
+    Why: `vmap` of an adaptive solve runs every member until the slowest is done. That pays off where
+    a batch step costs about as much as a single step (GPU). On CPU a batched step costs about B single
+    steps (measured on n=100, d=1000, Tsit5: 0.34 ms per member-step at B=16 vs 0.31-0.39 ms alone;
+    at d=200 batching was slower per member-step), so vmapping only adds the masked steps; CPU
+    parallelism comes from devices instead (one chunk per host device).
+    """
+    return 1 if mesh.devices.flat[0].platform == "cpu" else chunk_size
+
+
+def _body(flows, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol, *, mesh, vmap_width, **static):
     def local(flows, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol):
         def one(flow):
             return _solve(flow, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol, **static)
 
-        return eqx.filter_vmap(one)(flows)
+        size = jax.tree.leaves(flows)[0].shape[0]
+        if vmap_width >= size:
+            return eqx.filter_vmap(one)(flows)
+        if vmap_width == 1:
+            return jax.lax.map(one, flows)  # a scan: each member runs its own while loop, unmasked
+        return jax.lax.map(eqx.filter_vmap(one), flows, batch_size=vmap_width)
 
     rep = P()
     return jax.shard_map(
@@ -129,7 +159,7 @@ def num_traces() -> int:
 
 def solve_chunks(
     chunks: Sequence[Sequence[AbstractFlow]], problem: Problem, policy: SolvePolicy, *, chunk_size: int,
-    mesh: Mesh | None = None, solver: str | None = None,
+    mesh: Mesh | None = None, solver: str | None = None, vmap_width: int | None = None,
 ) -> list[Solution]:
     """Solve up to one chunk per device in one call: chunk `i` (same-type flows, at most `chunk_size`)
     runs on device `i` as its own vmapped batch. Every chunk is padded to `chunk_size` members and idle
@@ -138,22 +168,27 @@ def solve_chunks(
     Returns one batched `Solution` (NumPy arrays, real members only) per chunk.
 
     `solver`: the solver name for every member (default `select_solver(policy, chunks[0][0])`).
+    `vmap_width`: members vmapped together on a device (default `default_vmap_width`); smaller widths
+    run the chunk's members in sequence inside the same call (`jax.lax.map(..., batch_size=...)`).
     """
     chunks = [list(c) for c in chunks]
     mesh = make_mesh() if mesh is None else mesh
+    vmap_width = default_vmap_width(chunk_size, mesh) if vmap_width is None else min(vmap_width, chunk_size)
     ndev = mesh.devices.size
     if not 1 <= len(chunks) <= ndev or any(not 1 <= len(c) <= chunk_size for c in chunks):
         raise ValueError(f"solve_chunks: needs 1..{ndev} chunks of 1..{chunk_size} flows")
     solver = select_solver(policy, chunks[0][0]) if solver is None else solver
     padded = [c + [c[0]] * (chunk_size - len(c)) for c in chunks]
     padded += [padded[0]] * (ndev - len(padded))
-    batched = stack_flows([f for c in padded for f in c])
+    # Host arrays: device_put then places each device's slice directly (also for multi-host meshes).
+    batched = jax.tree.map(np.asarray, stack_flows([f for c in padded for f in c]))
     ts, numeric, stop_tol, stop = _arguments(policy, problem, None)
     batched = jax.device_put(batched, NamedSharding(mesh, P(AXIS)))
     replicated = NamedSharding(mesh, P())
     problem, ts, numeric, stop_tol = jax.device_put((problem, ts, numeric, stop_tol), replicated)
     sol = _solve_sharded(
-        batched, problem, ts, *numeric, stop_tol, mesh=mesh, solver_name=solver, max_steps=policy.max_steps,
+        batched, problem, ts, *numeric, stop_tol, mesh=mesh, vmap_width=vmap_width, solver_name=solver,
+        max_steps=policy.max_steps,
         keep_states=policy.save == "trajectory", stop=stop,
     )
     sol = jax.tree.map(_to_host, sol)
@@ -163,11 +198,12 @@ def solve_chunks(
 
 def solve_chunk(
     flows: Sequence[AbstractFlow], problem: Problem, policy: SolvePolicy, *, chunk_size: int | None = None,
-    mesh: Mesh | None = None, solver: str | None = None,
+    mesh: Mesh | None = None, solver: str | None = None, vmap_width: int | None = None,
 ) -> Solution:
     """One chunk (see `solve_chunks`), padded to `chunk_size` (default `len(flows)`)."""
     flows = list(flows)
-    return solve_chunks([flows], problem, policy, chunk_size=chunk_size or len(flows), mesh=mesh, solver=solver)[0]
+    return solve_chunks([flows], problem, policy, chunk_size=chunk_size or len(flows), mesh=mesh, solver=solver,
+                        vmap_width=vmap_width)[0]
 
 
 def _to_host(x) -> np.ndarray:
@@ -231,7 +267,7 @@ def batches(plan: Sequence[Chunk], ndev: int) -> list[list[Chunk]]:
 
 def sweep(
     flows: Sequence[AbstractFlow], problem: Problem, policy: SolvePolicy, *, chunk_size: int = 16,
-    mesh: Mesh | None = None, log: Callable[[str], None] | None = None,
+    mesh: Mesh | None = None, log: Callable[[str], None] | None = None, vmap_width: int | None = None,
 ) -> Solution:
     """Solve many flows of one type on one problem: sorted by `flow_difficulty`, in chunks of
     `chunk_size`, one chunk per device per call (`mesh`: default all devices). Any array parameter of
@@ -253,7 +289,7 @@ def sweep(
     for call in batches(plan, mesh.devices.size):
         start = time.perf_counter()
         sols = solve_chunks([[flows[i] for i in c.runs] for c in call], problem, policy, chunk_size=chunk_size,
-                            mesh=mesh, solver=call[0].solver)
+                            mesh=mesh, solver=call[0].solver, vmap_width=vmap_width)
         wall = time.perf_counter() - start
         runs = sum(len(c.runs) for c in call)
         for chunk, sol in zip(call, sols):

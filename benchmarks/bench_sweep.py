@@ -1,0 +1,234 @@
+"""Benchmark one sweep three (four) ways in one process and print a markdown table.
+
+(a)  mdflow: runs sorted by difficulty, chunks of `--chunk-size`, each chunk one vmapped solve
+     (`mdflow._sweep.sweep`, one chunk per device per call);
+(a') the same as one compiled `jax.lax.map(..., batch_size=chunk_size)` over the sorted runs
+     (`--lax-map`; the alternative the chunk loop was measured against);
+(b)  the same solves one by one in a Python loop (`mdflow.solve`, the same jitted solver);
+(c)  scipy `solve_ivp(method="LSODA")` in a loop with the same rtol/atol, horizon and stopping rule
+     (a terminal event at the same relative residual), on a NumPy version of the same SSD field in
+     log coordinates (checked against `SSD.vector_field`), Jacobian by finite differences.
+
+Compile time is excluded from (a), (a') and (b) (each is warmed up first and reported separately).
+Default: the issue's "done when" sweep, primal SSD over 16 log-spaced ε in [1e-3, 10] × 4 α in
+[1e-3, 1] on sparse_gaussian n=100, d=1000, k=5, stop at relative residual 1e-6.
+
+    .venv/bin/python benchmarks/bench_sweep.py                 # full sweep (several minutes)
+    .venv/bin/python benchmarks/bench_sweep.py --quick         # 4 ε × 2 α, n=40, d=200
+    .venv/bin/python benchmarks/bench_sweep.py --scipy-runs 16 # scipy on 16 runs, extrapolated
+    .venv/bin/python benchmarks/bench_sweep.py --cpu-devices 2 --chunk-size 8   # one chunk per core
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+jax = md = _sweep = _arguments = _solve = None  # imported in main(), after XLA_FLAGS is set
+
+
+def _import_jax(cpu_devices: int) -> None:
+    """Expose `cpu_devices` host devices (one per core) before JAX is imported; then import."""
+    global jax, md, _sweep, _arguments, _solve
+    if cpu_devices > 1:
+        flag = f"--xla_force_host_platform_device_count={cpu_devices}"
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+    import jax as _jax
+
+    import mdflow as _md
+    from mdflow import _sweep as _sw
+    from mdflow._solve import _arguments as _a, _solve as _s
+
+    jax, md, _sweep, _arguments, _solve = _jax, _md, _sw, _a, _s
+
+
+def parse():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--d", type=int, default=1000)
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--num-eps", type=int, default=16)
+    p.add_argument("--eps-range", type=float, nargs=2, default=(1e-3, 10.0))
+    p.add_argument("--num-alpha", type=int, default=4)
+    p.add_argument("--alpha-range", type=float, nargs=2, default=(1e-3, 1.0))
+    p.add_argument("--stop", type=float, default=1e-6, help="stop at this relative residual")
+    p.add_argument("--t1", type=float, default=1e5)
+    p.add_argument("--rtol", type=float, default=1e-8)
+    p.add_argument("--atol", type=float, default=1e-10)
+    p.add_argument("--solver", default="auto")
+    p.add_argument("--chunk-size", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=1, help="best of N for (a), (a') and (b)")
+    p.add_argument("--scipy-runs", type=int, default=None,
+                   help="run scipy on this many runs (evenly spread over the difficulty order) and "
+                        "extrapolate its total by the loop's per-run times; default all")
+    p.add_argument("--skip-scipy", action="store_true")
+    p.add_argument("--lax-map", action="store_true", help="also time the one-call lax.map variant")
+    p.add_argument("--quick", action="store_true", help="n=40, d=200, 4 ε × 2 α (a smoke test)")
+    p.add_argument("--cpu-devices", type=int, default=1,
+                   help="on CPU, expose this many host devices (e.g. the core count) so that (a) runs one "
+                        "chunk per core; (b) and (c) always run one solve at a time")
+    args = p.parse_args()
+    if args.quick:
+        args.n, args.d, args.num_eps, args.num_alpha, args.chunk_size = 40, 200, 4, 2, 4
+    return args
+
+
+def timed(fn, repeats=1):
+    best = np.inf
+    out = None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        jax.block_until_ready(out)
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def numpy_ssd(problem, eps):
+    """The SSD field in log coordinates as a scipy user writes it (flat state `[p, q]`)."""
+    X, y = np.asarray(problem.X), np.asarray(problem.y)
+    d, scale = X.shape[1], problem.scale
+
+    def weights(z):
+        return np.exp(2 * z[:d]) - np.exp(2 * z[d:])
+
+    def field(t, z):
+        u, v = np.exp(z[:d]), np.exp(z[d:])
+        g = scale * (X.T @ (X @ (u * u - v * v) - y))
+        ag = np.abs(g)
+        return np.concatenate([-2 * g / (2 * u * ag + eps), 2 * g / (2 * v * ag + eps)])
+
+    return field, weights
+
+
+def scipy_run(problem, eps, alpha, args):
+    from scipy.integrate import solve_ivp
+
+    field, weights = numpy_ssd(problem, eps)
+    X, y = np.asarray(problem.X), np.asarray(problem.y)
+    norm_y = np.linalg.norm(y)
+
+    def event(t, z):
+        return np.linalg.norm(X @ weights(z) - y) / norm_y - args.stop
+
+    event.terminal, event.direction = True, -1
+    z0 = np.full(2 * problem.d, np.log(alpha))
+    start = time.perf_counter()
+    sol = solve_ivp(field, (0.0, args.t1), z0, method="LSODA", rtol=args.rtol, atol=args.atol, events=event)
+    wall = time.perf_counter() - start
+    return wall, weights(sol.y[:, -1]), sol
+
+
+def lax_map_sweep(flows, problem, policy, chunk_size):
+    """All runs in one compiled call: `lax.map` over the sorted runs, `chunk_size` at a time."""
+    order = sorted(range(len(flows)), key=lambda i: _sweep.flow_difficulty(flows[i]))
+    batched = md.stack_flows([flows[i] for i in order])
+    ts, numeric, stop_tol, stop = _arguments(policy, problem, None)
+    static = dict(solver_name=md.select_solver(policy, flows[0]), max_steps=policy.max_steps,
+                  keep_states=policy.save == "trajectory", stop=stop)
+
+    @jax.jit
+    def run(batched, problem, ts, numeric, stop_tol):
+        return jax.lax.map(lambda f: _solve(f, problem, ts, *numeric, stop_tol, **static), batched,
+                           batch_size=chunk_size)
+
+    return lambda: run(batched, problem, ts, numeric, stop_tol)
+
+
+def main():
+    args = parse()
+    _import_jax(args.cpu_devices)
+    problem = md.sparse_gaussian(args.n, args.d, args.k, seed=0)
+    eps_values = np.geomspace(*args.eps_range, args.num_eps)
+    alpha_values = np.geomspace(*args.alpha_range, args.num_alpha)
+    grid = [(float(e), float(a)) for e in eps_values for a in alpha_values]
+    flows = [md.make_flow("ssd", problem, eps=e, alpha=a) for e, a in grid]
+    policy = md.SolvePolicy(solver=args.solver, rtol=args.rtol, atol=args.atol, t1=args.t1, num_ts=50,
+                            stop_rel_residual=args.stop, save="final")
+    solvers = sorted({md.select_solver(policy, f) for f in flows})
+    R = len(flows)
+    print(f"sweep: SSD, {args.num_eps} eps in {list(args.eps_range)} x {args.num_alpha} alpha in "
+          f"{list(args.alpha_range)} = {R} runs; n={args.n}, d={args.d}, k={args.k}; rtol={args.rtol}, "
+          f"atol={args.atol}, t1={args.t1:g}, stop at rel. residual {args.stop:g}; solver={args.solver} -> "
+          f"{solvers}; chunk_size={args.chunk_size}; devices={jax.device_count()}", flush=True)
+
+    # One representative run per solver ("auto" may pick different solvers for different ε).
+    firsts = {}
+    for f in flows:
+        firsts.setdefault(md.select_solver(policy, f), f)
+
+    # (a) chunked + vmapped; compile every variant once on one padded chunk first.
+    compile_a = sum(timed(lambda f=f: _sweep.solve_chunk([f], problem, policy, chunk_size=args.chunk_size))[0]
+                    for f in firsts.values())
+    wall_a, sol_a = timed(lambda: _sweep.sweep(flows, problem, policy, chunk_size=args.chunk_size), args.repeats)
+    print(f"(a) chunked vmap: {wall_a:.2f} s (compile {compile_a:.1f} s)", flush=True)
+    rows = [("(a) mdflow chunked vmap", wall_a, "")]
+
+    if args.lax_map:
+        fns = [lax_map_sweep([f for f in flows if md.select_solver(policy, f) == s], problem, policy,
+                             args.chunk_size) for s in firsts]
+        compile_m = sum(timed(fn)[0] for fn in fns)
+        wall_m = sum(timed(fn, args.repeats)[0] for fn in fns)
+        print(f"(a') lax.map: {wall_m:.2f} s (first call incl. compile {compile_m:.1f} s)", flush=True)
+        rows.append(("(a') one lax.map(batch_size) call", wall_m, "first call incl. compile "
+                     f"{compile_m:.1f} s"))
+
+    # (b) one by one, same jitted solver.
+    compile_b = sum(timed(lambda f=f: md.solve(f, problem, policy))[0] for f in firsts.values())
+    per_run_b = np.zeros(R)
+    sols_b = []
+    for i, f in enumerate(flows):
+        per_run_b[i], s = timed(lambda f=f: md.solve(f, problem, policy))
+        sols_b.append(s)
+    wall_b = per_run_b.sum()
+    print(f"(b) loop: {wall_b:.2f} s (compile {compile_b:.1f} s)", flush=True)
+    rows.append(("(b) Python loop of mdflow.solve", wall_b, ""))
+
+    status_a = np.asarray(sol_a.status)
+    w_a = np.stack([np.asarray(f.weights(sol_a.y_final[i], problem)) for i, f in enumerate(flows)])
+    w_b = np.stack([np.asarray(f.weights(s.y_final, problem)) for f, s in zip(flows, sols_b)])
+    steps_a = np.asarray(sol_a.num_steps)
+
+    # (c) scipy LSODA.
+    if not args.skip_scipy:
+        field, _ = numpy_ssd(problem, grid[0][0])
+        z = np.asarray(flows[0].init(problem)) + 0.1
+        ref = np.asarray(flows[0].vector_field(0.0, z, problem)).ravel()
+        assert np.allclose(field(0.0, z.ravel()), ref, rtol=1e-12, atol=1e-14), "numpy field != SSD field"
+        order = sorted(range(R), key=lambda i: _sweep.flow_difficulty(flows[i]))
+        m = R if args.scipy_runs is None else min(args.scipy_runs, R)
+        picked = sorted({order[int(j)] for j in np.linspace(0, R - 1, m).round()})
+        wall_c_measured, diffs, ok = 0.0, [], 0
+        for i in picked:
+            wall, w, sol = scipy_run(problem, *grid[i], args)
+            wall_c_measured += wall
+            ok += sol.status == 1
+            diffs.append(np.max(np.abs(w - w_a[i])))
+            print(f"  scipy eps={grid[i][0]:.3g} alpha={grid[i][1]:.3g}: {wall:.2f} s, nfev={sol.nfev}, "
+                  f"t_end={sol.t[-1]:.4g} (mdflow t_end={float(sol_a.t_end[i]):.4g})", flush=True)
+        if len(picked) == R:
+            wall_c, note = wall_c_measured, f"all {R} runs"
+        else:  # scale by the loop's share of time on the picked runs
+            share = per_run_b[picked].sum() / wall_b
+            wall_c = wall_c_measured / share
+            note = f"measured {wall_c_measured:.1f} s on {len(picked)} runs, extrapolated"
+        note += f"; {ok}/{len(picked)} stopped by the event; max |w_scipy - w_a| = {max(diffs):.1e}"
+        rows.append(("(c) scipy solve_ivp LSODA loop", wall_c, note))
+
+    print()
+    print(f"| method | wall (s) | vs (a) | notes |")
+    print("|---|---:|---:|---|")
+    for name, wall, note in rows:
+        print(f"| {name} | {wall:.2f} | {wall / wall_a:.1f}x | {note} |")
+    print()
+    print(f"compile (excluded above): chunk function {compile_a:.1f} s, single-run function {compile_b:.1f} s. "
+          f"(a) vs (b): max |w_a - w_b| = {np.max(np.abs(w_a - w_b)):.1e}; statuses ok (a): "
+          f"{int(np.sum(status_a == 0))}/{R}; steps per run min/median/max = {steps_a.min()}/"
+          f"{int(np.median(steps_a))}/{steps_a.max()}.")
+
+
+if __name__ == "__main__":
+    main()

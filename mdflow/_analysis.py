@@ -1,0 +1,108 @@
+"""Per-run analyses of a finished run (MATH.md §5–§7), as the config's `[analysis]` table asks.
+
+`analyze_run(problem, flow, solution, config)` returns `(record, arrays)`: `record` holds the JSON-able
+sub-records `kkt`, `stages`, `discrete` (only those asked for), `arrays` the per-run arrays for the npz
+store (minimizers, `E`, reference interpolators, per-coordinate stage times, discrete errors), every
+entry of a fixed shape per problem so runs stack (`stack_arrays`). Missing entries are NaN.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from ._flows import GF, SSD
+from ._problem import Problem
+
+NUM_STAGE_COORDS = 10
+
+_REFERENCE_CACHE: dict[str, dict[str, np.ndarray]] = {}
+
+
+def references_for(problem: Problem) -> dict[str, np.ndarray]:
+    """The min-ℓ1/ℓ3/2/ℓ2 interpolators of a problem, cached by the hash of `(X, y)`."""
+    from ._interpolators import reference_interpolators
+
+    key = hashlib.sha1(np.asarray(problem.X).tobytes() + np.asarray(problem.y).tobytes()).hexdigest()
+    if key not in _REFERENCE_CACHE:
+        if len(_REFERENCE_CACHE) > 16:
+            _REFERENCE_CACHE.clear()
+        _REFERENCE_CACHE[key] = reference_interpolators(problem)
+    return _REFERENCE_CACHE[key]
+
+
+def _identity_state(problem: Problem, flow, solution, policy):
+    """The `(p, q, Γ, J^u, J^v)` end state of an SSD run: its own if tracked, else one extra solve."""
+    y_final = np.asarray(solution.y_final)
+    if y_final.shape[0] == 5:
+        return y_final
+    from ._solve import solve
+
+    tracked = SSD(flow.alpha, flow.eps, track_identity=True)
+    sol = solve(tracked, problem, policy.__class__(**{**policy.__dict__, "save": "final"}))
+    return np.asarray(sol.y_final)
+
+
+def analyze_run(problem: Problem, flow, solution, config, *, policy=None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The `[analysis]` sub-records of one run and its arrays (module docstring).
+
+    - `kkt` (`analysis.kkt`): `kkt_record` — for a run that did not reach its stop tolerance the KKT
+      errors are still reported (a non-interpolating end point has feasibility > 0).
+    - `stages` (`analysis.stages`): SSD and frozen SSD runs with a saved trajectory.
+    - `discrete` (`analysis.discrete`): SSD runs, Adam at `analysis.discrete_etas` on
+      `[0, analysis.discrete_t1]`.
+    `solution` is one run's `Solution` (no batch axis); `policy` defaults to `config.solve_policy()`.
+    """
+    from ._discrete import discrete_record
+    from ._kkt import kkt_record
+    from ._stages import stages_record
+
+    an = config["analysis"]
+    policy = config.solve_policy() if policy is None else policy
+    record: dict[str, Any] = {}
+    arrays: dict[str, np.ndarray] = {}
+    if an["kkt"]:
+        refs = references_for(problem)
+        identity = _identity_state(problem, flow, solution, policy) if isinstance(flow, SSD) else None
+        record["kkt"], kkt_arrays = kkt_record(problem, flow, jnp.asarray(solution.y_final),
+                                                references=refs, identity=identity)
+        arrays.update(kkt_arrays)
+        arrays.update({f"w_{k}": v for k, v in refs.items()})
+    if an["stages"]:
+        nan = np.full(NUM_STAGE_COORDS, np.nan)
+        stage_arrays = {"stage_coords": np.full(NUM_STAGE_COORDS, -1), "t_warm_measured": nan,
+                        "t_warm_predicted": nan, "t_sign_measured": nan, "sign_duration_predicted": nan}
+        if isinstance(flow, GF):
+            record["stages"] = {"skipped": "gradient flow has no sign-descent stages"}
+        elif solution.ys is None:
+            record["stages"] = {"skipped": "no trajectory saved (output.save = 'final')"}
+        else:
+            record["stages"], stage_arrays = stages_record(
+                problem, flow, solution.ts, solution.ys, solution.rel_residual, float(solution.t_end),
+                y_final=solution.y_final, num_coords=NUM_STAGE_COORDS, floor=policy.stop_rel_residual or 1e-12)
+        arrays.update(stage_arrays)
+    if an["discrete"]:
+        etas = [float(e) for e in an["discrete_etas"]]
+        if isinstance(flow, SSD):
+            record["discrete"], disc = discrete_record(problem, flow, etas, t1=float(an["discrete_t1"]), policy=policy)
+        else:
+            record["discrete"] = {"skipped": "Adam(b1 = b2 = 0) is the discretization of SSD only"}
+            disc = {"discrete_etas": np.asarray(etas), "discrete_errors": np.full(len(etas), np.nan)}
+        arrays.update(disc)
+    return record, arrays
+
+
+def config_analyses(config) -> dict:
+    """The run analyses `execute` applies (`_run.RunAnalysis`): `{"analysis": ...}` when any of
+    `analysis.kkt / stages / discrete` is on, else `{}`. Arrays land in `trajectories.npz` as
+    `"analysis.<key>"`."""
+    if not any(config["analysis"][k] for k in ("kkt", "stages", "discrete")):
+        return {}
+
+    def run_analysis(spec, flow, problem, solution, policy):
+        return analyze_run(problem, flow, solution, config, policy=policy)
+
+    return {"analysis": run_analysis}

@@ -1,0 +1,285 @@
+"""The paper figures F1–F6 (MATH.md §4–§7), drawn from a results folder only — never solving.
+
+Each `fN_*` function takes the loaded results and a file stem and returns the written paths, or `[]`
+when the folder lacks what the figure needs (so `mdflow plot` draws whatever a run supports):
+
+- F1 `f1_trajectories`: primal (solid) vs dual (dashed) `w_i(t)` of the largest coordinates, stages
+  shaded (needs `w` and `w_dual` in `trajectories.npz`, stage times in the records);
+- F2 `f2_equivalence_gap`: `||w_primal(t) − w_dual(t)|| / max(||w_primal(t)||, floor)` vs t, per flow
+  and ε (needs `gap_w`, or `w` and `w_dual`, in `trajectories.npz`: a run with `flows.duals = true`);
+- F3 `f3_kkt_error`: relative KKT stationarity vs ε, one panel per potential, one line per α;
+- F4 `f4_geometry` + `f4_heatmap`: norm ratios to the min-ℓ1/ℓ3/2/ℓ2 interpolators and `‖w∞ − w*‖/‖w*‖`
+  vs ε per α; heat map of the ℓ1 ratio and the distance to `w*` over ε × α;
+- F5 `f5_stages`: stage times measured (markers) vs predicted (lines) vs ε;
+- F6 `f6_discrete`: Adam vs flow error vs η, per ε, with a slope-1 guide; overshooting step sizes hollow.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ._style import FULL_WIDTH, PALETTE, figure, save
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def load_folder(out_dir: str | Path) -> dict:
+    """Everything a results folder holds that figures use: `summary`, `traj` (trajectories.npz),
+    `analysis` (its `analysis.*` arrays, prefix dropped), `pairs` (equivalence.json); missing parts
+    are empty."""
+    out_dir = Path(out_dir)
+    data = {"summary": json.loads((out_dir / "summary.json").read_text()), "traj": {}, "analysis": {}, "pairs": []}
+    if (out_dir / "trajectories.npz").is_file():
+        with np.load(out_dir / "trajectories.npz") as f:
+            data["traj"] = {k: f[k] for k in f.files}
+    prefix = "analysis."
+    data["analysis"] = {k[len(prefix):]: v for k, v in data["traj"].items() if k.startswith(prefix)}
+    if (out_dir / "equivalence.json").is_file():
+        data["pairs"] = json.loads((out_dir / "equivalence.json").read_text()).get("pairs", [])
+    return data
+
+
+def _runs(data) -> list[dict]:
+    return [r for r in data["summary"]["runs"] if r is not None]
+
+
+def _get(rec: dict, *path):
+    for key in path:
+        if not isinstance(rec, dict) or rec.get(key) is None:
+            return None
+        rec = rec[key]
+    return rec
+
+
+def _series(runs, flow: str, *path):
+    """`{alpha: (eps array, value array)}` of `rec[path]` over runs of one flow, sorted by ε."""
+    out: dict[float, list] = {}
+    for rec in runs:
+        if rec["flow"] != flow or rec["eps"] is None:
+            continue
+        value = _get(rec, *path)
+        out.setdefault(rec["alpha"], []).append((rec["eps"], np.nan if value is None else float(value)))
+    return {a: tuple(np.asarray(v) for v in zip(*sorted(pts))) for a, pts in sorted(out.items())}
+
+
+def _gf_value(runs, alpha, *path):
+    for rec in runs:
+        if rec["flow"] == "gf" and rec["alpha"] == alpha:
+            value = _get(rec, *path)
+            return None if value is None else float(value)
+    return None
+
+
+def _shade_stages(ax, rec):
+    st = rec.get("stages") or {}
+    t_warm, t_conv = st.get("t_warm_measured"), st.get("t_conv_measured")
+    lo = ax.get_xlim()[0]
+    if t_warm:
+        ax.axvspan(lo, t_warm, color=PALETTE[5], alpha=0.15, lw=0, label="warm-up")
+    if t_conv:
+        ax.axvspan(t_warm or lo, t_conv, color=PALETTE[1], alpha=0.15, lw=0, label="sign descent")
+    ax.set_xlim(left=lo)
+
+
+def _label(rec) -> str:
+    eps = "" if rec["eps"] is None else f" ε={rec['eps']:.3g}"
+    return {"gf": "GF", "ssd": "SSD", "ssd_frozen": "frozen SSD"}.get(rec["flow"], rec["flow"]) + eps + f" α={rec['alpha']:.3g}"
+
+
+def f1_trajectories(data, stem, *, num_coords: int = 4, max_runs: int = 3) -> list[Path]:
+    traj, runs = data["traj"], data["summary"]["runs"]
+    if "w" not in traj:
+        return []
+    has_dual = "w_dual" in traj
+    chosen = [i for i, r in enumerate(runs) if r and r["flow"] != "gf"][:max_runs] or list(range(min(max_runs, len(runs))))
+    fig, axes = figure(len(chosen), 1, width=FULL_WIDTH if len(chosen) > 1 else 3.4, height=2.4, sharey=False)
+    ts = traj["ts"]
+    keep = ts > 0
+    for ax, i in zip(axes[0], chosen):
+        rec = runs[i]
+        if rec.get("stopped"):
+            keep_i = keep & (ts <= rec["t_end"] * 1.5)
+        else:
+            keep_i = keep
+        top = np.argsort(-np.abs(traj["w_final"][i]))[:num_coords]
+        for c, coord in enumerate(top):
+            ax.semilogx(ts[keep_i], traj["w"][i][keep_i, coord], color=PALETTE[c % 8], lw=1.2, label=f"w[{coord}]")
+            if has_dual and np.isfinite(traj["w_dual"][i]).any():
+                ax.semilogx(ts[keep_i], traj["w_dual"][i][keep_i, coord], "--", color="k", lw=0.7,
+                            label="dual" if c == 0 else None)
+        _shade_stages(ax, rec)
+        ax.set_title(_label(rec), fontsize=7)
+        ax.set_xlabel("t")
+    axes[0, 0].set_ylabel("w_i(t)")
+    axes[0, 0].legend(frameon=False, fontsize=5, loc="upper left")
+    return save(fig, stem)
+
+
+def f2_equivalence_gap(data, stem, *, floor: float = 1e-12) -> list[Path]:
+    traj, runs = data["traj"], data["summary"]["runs"]
+    if "gap_w" not in traj and ("w" not in traj or "w_dual" not in traj):
+        return []
+    fig, axes = figure(width=3.4, height=2.6)
+    ax = axes[0, 0]
+    ts = traj["ts"]
+    eps_values = sorted({r["eps"] for r in runs if r and r["eps"] is not None})
+    styles = {"gf": "-", "ssd_frozen": ":", "ssd": "--"}
+    drawn = 0
+    for i, rec in enumerate(runs):
+        if "gap_w" in traj:  # stored by the run (equivalence check), same definition
+            gap = traj["gap_w"][i]
+        else:
+            w, wd = traj["w"][i], traj["w_dual"][i]
+            gap = np.linalg.norm(w - wd, axis=1) / np.maximum(np.linalg.norm(w, axis=1), floor)
+        if rec is None or not np.isfinite(gap).any():
+            continue
+        keep = (ts > 0) & np.isfinite(gap)
+        color = "k" if rec["eps"] is None else PALETTE[eps_values.index(rec["eps"]) % 8]
+        ax.loglog(ts[keep], np.maximum(gap[keep], 1e-17), styles.get(rec["flow"], "-"), color=color, label=_label(rec))
+        drawn += 1
+    if not drawn:
+        return []
+    ax.set_xlabel("t")
+    ax.set_ylabel("relative gap ‖w_primal − w_dual‖/‖w‖")
+    ax.legend(frameon=False, fontsize=4.5, ncol=1)
+    return save(fig, stem)
+
+
+POTENTIALS = (("hypentropy", "hypentropy Q_α"), ("ssd_potential", "SSD potential Φ_{a,ε,α}"),
+              ("effective_hypentropy", "effective hypentropy (u∞v∞)"))
+
+
+def f3_kkt_error(data, stem) -> list[Path]:
+    runs = _runs(data)
+    if not any(_get(r, "kkt") for r in runs if r["flow"] == "ssd"):
+        return []
+    fig, axes = figure(3, 1, width=FULL_WIDTH, height=2.3, sharey=True, layout="constrained")
+    # GF is not drawn: its error against Q_α is zero up to rounding (§5, Woodworth), ~1e-14 measured.
+    for ax, (key, title) in zip(axes[0], POTENTIALS):
+        for j, (alpha, (eps, val)) in enumerate(_series(runs, "ssd", "kkt", key, "stationarity").items()):
+            ax.loglog(eps, val, marker=MARKERS[j % 8], ms=3, color=PALETTE[j % 8], label=f"SSD α={alpha:.3g}")
+        ax.set_title(title, fontsize=7)
+        ax.set_xlabel("ε")
+    axes[0, 0].set_ylabel("relative KKT stationarity error")
+    axes[0, 0].legend(frameon=False, fontsize=5)
+    return save(fig, stem)
+
+
+GEOMETRY = (("l1_ratio", "‖w∞‖₁ / ‖w_ℓ1‖₁"), ("l32_ratio", "‖w∞‖_{3/2} / ‖w_ℓ3/2‖_{3/2}"),
+            ("l2_ratio", "‖w∞‖₂ / ‖w_ℓ2‖₂"), ("dist_to_wstar", "‖w∞ − w*‖ / ‖w*‖"))
+
+
+def f4_geometry(data, stem) -> list[Path]:
+    runs = _runs(data)
+    if not any(_get(r, "kkt") for r in runs if r["flow"] == "ssd"):
+        return []
+    fig, axes = figure(4, 1, width=FULL_WIDTH, height=2.1, layout="constrained")
+    for ax, (key, title) in zip(axes[0], GEOMETRY):
+        for j, (alpha, (eps, val)) in enumerate(_series(runs, "ssd", "kkt", key).items()):
+            ax.semilogx(eps, val, marker=MARKERS[j % 8], ms=3, color=PALETTE[j % 8], label=f"α={alpha:.3g}")
+            gf = _gf_value(runs, alpha, "kkt", key)
+            if gf is not None:
+                ax.axhline(gf, ls=":", color=PALETTE[j % 8], lw=0.8)
+        if key != "dist_to_wstar":
+            ax.axhline(1.0, color="0.6", lw=0.6)
+        ax.set_title(title, fontsize=7)
+        ax.set_xlabel("ε")
+    axes[0, 0].legend(frameon=False, fontsize=5)
+    paths = save(fig, stem)
+    # Heat maps over the ε × α grid.
+    eps_values = sorted({r["eps"] for r in runs if r["flow"] == "ssd"})
+    alphas = sorted({r["alpha"] for r in runs if r["flow"] == "ssd"})
+    if len(eps_values) < 2 or len(alphas) < 2:
+        return paths
+    fig, axes = figure(2, 1, width=FULL_WIDTH * 0.75, height=2.4, layout="constrained")
+    for ax, (key, title) in zip(axes[0], (GEOMETRY[0], GEOMETRY[3])):
+        grid = np.full((len(alphas), len(eps_values)), np.nan)
+        for r in runs:
+            v = _get(r, "kkt", key)
+            if r["flow"] == "ssd" and v is not None:
+                grid[alphas.index(r["alpha"]), eps_values.index(r["eps"])] = v
+        im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis")
+        ax.set_xticks(range(len(eps_values)), [f"{e:.0e}" for e in eps_values], rotation=60, fontsize=5)
+        ax.set_yticks(range(len(alphas)), [f"{a:.0e}" for a in alphas], fontsize=5)
+        ax.set_xlabel("ε")
+        ax.set_ylabel("α")
+        ax.set_title(title, fontsize=7)
+        fig.colorbar(im, ax=ax, shrink=0.85)
+    return paths + save(fig, Path(str(stem) + "_heatmap"))
+
+
+STAGE_PANELS = (("t_warm_measured", "t_warm_predicted", "end of warm-up"),
+                ("sign_duration_measured", "sign_duration_predicted", "sign-descent duration"),
+                ("rate_measured", "rate_predicted", "final residual rate"))
+
+
+def f5_stages(data, stem) -> list[Path]:
+    runs = _runs(data)
+    if not any(_get(r, "stages", "num_active") for r in runs):
+        return []
+    flow = "ssd" if any(r["flow"] == "ssd" and _get(r, "stages", "num_active") for r in runs) else "ssd_frozen"
+    fig, axes = figure(3, 1, width=FULL_WIDTH, height=2.2, layout="constrained")
+    for ax, (meas, pred, title) in zip(axes[0], STAGE_PANELS):
+        measured = _series(runs, flow, "stages", meas)
+        predicted = _series(runs, flow, "stages", pred)
+        for j, alpha in enumerate(measured):
+            eps, m = measured[alpha]
+            _, p = predicted[alpha]
+            ok = np.isfinite(m) & (m > 0)
+            ax.loglog(eps[ok], m[ok], MARKERS[j % 8], ms=3.5, color=PALETTE[j % 8], label=f"measured α={alpha:.3g}")
+            okp = np.isfinite(p) & (p > 0)
+            ax.loglog(eps[okp], p[okp], "-", color=PALETTE[j % 8], lw=0.9, label=f"predicted α={alpha:.3g}")
+            if meas == "t_warm_measured":
+                _, r = _series(runs, flow, "stages", "t_warm_predicted_refined")[alpha]
+                okr = np.isfinite(r) & (r > 0)
+                ax.loglog(eps[okr], r[okr], ":", color=PALETTE[j % 8], lw=0.9)
+        ax.set_title(title, fontsize=7)
+        ax.set_xlabel("ε")
+    axes[0, 0].legend(frameon=False, fontsize=4.5)
+    return save(fig, stem)
+
+
+def f6_discrete(data, stem) -> list[Path]:
+    runs = [r for r in _runs(data) if _get(r, "discrete", "errors")]
+    if not runs:
+        return []
+    fig, axes = figure(width=3.4, height=2.6)
+    ax = axes[0, 0]
+    for j, rec in enumerate(runs):
+        dr = rec["discrete"]
+        etas = np.asarray(dr["etas"], float)
+        err = np.asarray([np.nan if e is None else e for e in dr["errors"]], float)
+        over = np.asarray(dr["overshoot_steps"]) > 0
+        color = PALETTE[j % 8]
+        slope = dr.get("slope")
+        ax.loglog(etas, err, "-", color=color, lw=0.9,
+                  label=_label(rec) + ("" if slope is None else f" (slope {slope:.2f})"))
+        ax.loglog(etas[~over], err[~over], "o", ms=3, color=color)
+        ax.loglog(etas[over], err[over], "o", ms=3, mfc="none", color=color)
+    all_etas = np.concatenate([np.asarray(r["discrete"]["etas"], float) for r in runs])
+    ref = np.geomspace(all_etas.min(), all_etas.max(), 2)
+    first = np.asarray([e for e in runs[0]["discrete"]["errors"] if e is not None], float)
+    if first.size:
+        ax.loglog(ref, first.min() * ref / ref.min(), "k:", lw=0.8, label="slope 1")
+    ax.set_xlabel("step size η")
+    ax.set_ylabel("max_k ‖w_k − w(kη)‖ / max ‖w‖")
+    ax.legend(frameon=False, fontsize=4.5)
+    return save(fig, stem)
+
+
+FIGURES = {"f1_trajectories": f1_trajectories, "f2_equivalence_gap": f2_equivalence_gap,
+           "f3_kkt_error": f3_kkt_error, "f4_geometry": f4_geometry, "f5_stages": f5_stages,
+           "f6_discrete": f6_discrete}
+
+
+def plot_paper_figures(out_dir: str | Path) -> list[Path]:
+    """Every paper figure the results folder supports, under `figures/` (never solves)."""
+    out_dir = Path(out_dir)
+    data = load_folder(out_dir)
+    paths: list[Path] = []
+    for name, fn in FIGURES.items():
+        paths += fn(data, out_dir / "figures" / name)
+    return paths

@@ -1,0 +1,98 @@
+"""The primal–dual checker (MATH.md §4): E3 identity, true SSD vs its dual, verdicts, table and figure."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mdflow
+from mdflow import FrozenSSD, SolvePolicy, format_table, pair_record, plot_pair, solve, solve_batch, stack_flows
+
+EPS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+ALPHAS = (0.01, 0.1, 1.0)
+
+
+def _policy(t1, **kwargs):
+    # one static configuration (solver, num_ts, no stop) so every dual solve below shares one compile
+    return SolvePolicy(solver="tsit5", t1=t1, num_ts=25, t_min=t1 * 1e-4, rtol=1e-10, atol=1e-12, **kwargs)
+
+
+def test_e3_identity_on_grid(small_problem):
+    """(ε/2) log(u/α) + J^u = −Γ and (ε/2) log(v/α) + J^v = +Γ along true SSD, every (ε, α)."""
+    flows = [mdflow.make_flow("ssd", small_problem, eps=e, alpha=a, track_identity=True) for e in EPS for a in ALPHAS]
+    batch = stack_flows(flows)
+    # stop at interpolation: afterwards true SSD at small ε and large α is stiff (GF sped up by 1/ε)
+    policy = SolvePolicy(solver="tsit5", t1=20.0, num_ts=30, rtol=1e-12, atol=1e-14, stop_rel_residual=1e-8)
+    sol = solve_batch(batch, small_problem, policy)
+    assert np.all(np.asarray(sol.status) == 0)
+    p, q, gamma, j_u, j_v = (np.asarray(sol.ys[:, :, k]) for k in range(5))
+    eps = np.asarray(batch.eps)[:, None, None]
+    log_alpha = np.log(np.asarray(batch.alpha))[:, None, None]
+    res_u = 0.5 * eps * (p - log_alpha) + j_u + gamma
+    res_v = 0.5 * eps * (q - log_alpha) + j_v - gamma
+    scale = np.max(np.abs(np.stack([0.5 * eps * (p - log_alpha), j_u, gamma])), axis=(0, 2, 3))
+    assert np.all(scale > 1e-3)  # the terms are not trivially small
+    resid = np.maximum(np.abs(res_u), np.abs(res_v)).max(axis=(1, 2)) / scale
+    assert resid.max() <= 1e-8, resid
+
+
+@pytest.fixture(scope="module")
+def ssd_pairs(small_problem):
+    """True SSD (ε = 0.1, α = 0.01, identity tracked) on the full horizon and on early windows."""
+    flow = mdflow.make_flow("ssd", small_problem, eps=0.1, alpha=0.01, track_identity=True)
+    out = {}
+    for t1 in (20.0, 0.1, 0.01):
+        policy = _policy(t1)
+        primal = solve(flow, small_problem, policy)
+        out[t1] = pair_record(small_problem, flow, primal, policy)
+    return out
+
+
+def test_true_ssd_is_not_its_dual_and_delta_explains_it(ssd_pairs):
+    record, arrays = ssd_pairs[20.0]
+    assert record["verdict"] == "reported" and record["flow"] == "ssd"
+    assert record["max_rel_gap_w"] > 1e-3 and record["max_rel_gap_dual"] > 1e-3
+    assert record["identity_residual"] <= 1e-8
+    assert record["assumption_residual"] > 1e-2  # |g| moved away from a = |g(0)|
+    assert arrays["w_dual"].shape == arrays["w_primal"].shape == (25, 30)
+    assert arrays["gap_w"].shape == arrays["delta"].shape == (25,)
+    assert 0 < record["t_max_gap"] <= 20.0
+    assert record["dual_steps"] > 0 and record["dual_wall_s"] > 0
+
+
+def test_gap_shrinks_on_early_window_where_g_is_a(ssd_pairs):
+    full, early, earliest = (ssd_pairs[t][0] for t in (20.0, 0.1, 0.01))
+    assert early["max_rel_gap_w"] < 1e-2 * full["max_rel_gap_w"]
+    assert earliest["max_rel_gap_w"] < 0.1 * early["max_rel_gap_w"]
+    assert earliest["max_rel_gap_w"] < 1e-4
+    assert earliest["assumption_residual"] < 1e-3 * full["assumption_residual"]
+
+
+def test_verdicts_exact_pair_and_mismatch(small_problem):
+    flow = mdflow.make_flow("ssd_frozen", small_problem, eps=0.1, alpha=0.1)
+    policy = _policy(20.0)
+    primal = solve(flow, small_problem, policy)
+    record, arrays = pair_record(small_problem, flow, primal, policy, tolerance=1e-6)
+    assert record["verdict"] == "equivalent", record
+    assert record["max_rel_gap_w"] <= 1e-6 and record["max_rel_gap_dual"] <= 1e-6
+    assert record["identity_residual"] is None and record["assumption_residual"] is None
+    assert "delta" not in arrays
+    # the same trajectory checked against another frozen flow's dual (ε doubled) must fail
+    wrong = FrozenSSD(flow.alpha, 2 * flow.eps, flow.a)
+    bad, _ = pair_record(small_problem, wrong, primal, policy, tolerance=1e-6)
+    assert bad["verdict"] == "not_equivalent" and bad["max_rel_gap_w"] > 1e-3
+    # a primal saved without its trajectory cannot be checked
+    final_only = mdflow.Solution(primal.ts, None, primal.loss, primal.rel_residual, primal.y_final, primal.t_end,
+                                 primal.status, primal.stopped, primal.num_steps, primal.num_rejected)
+    with pytest.raises(mdflow.InputError):
+        pair_record(small_problem, flow, final_only, policy)
+
+
+def test_table_and_figure(ssd_pairs, tmp_path):
+    records = [ssd_pairs[t][0] for t in (20.0, 0.1)]
+    table = format_table(records).splitlines()
+    assert len(table) == 2 + len(records)
+    assert table[0].split()[:3] == ["flow", "eps", "alpha"] and "reported" in table[2]
+    paths = plot_pair(records[0], ssd_pairs[20.0][1], tmp_path / "pair")
+    assert [p.suffix for p in paths] == [".pdf", ".png"] and all(p.stat().st_size > 0 for p in paths)
+    assert b"/FontType 3" not in paths[0].read_bytes()  # pdf.fonttype 42: no Type 3 fonts
+    assert jnp.isfinite(records[0]["max_rel_gap_dual"])

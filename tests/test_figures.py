@@ -1,0 +1,94 @@
+"""`mdflow plot` draws F1–F6 from a stored results folder alone: no solver may run."""
+
+import json
+
+import diffrax
+import numpy as np
+import pytest
+
+import mdflow._discrete
+import mdflow._kkt
+import mdflow._solve
+import mdflow._sweep
+from mdflow import cli
+from mdflow._figures import FIGURES
+
+EXPECTED = ["loss", "coordinates", "f1_trajectories", "f2_equivalence_gap", "f3_kkt_error", "f4_geometry",
+            "f4_geometry_heatmap", "f5_stages", "f6_discrete"]
+
+
+def _entry(value):
+    return {"feasibility": 1e-9, "stationarity": value, "dist_to_minimizer": value, "duality_gap": 1e-15}
+
+
+def _record(flow, eps, alpha, rng):
+    rec = {"flow": flow, "eps": eps, "alpha": alpha, "seed": 0, "status": "ok", "stopped": True, "t_end": 50.0}
+    s = 1.0 if eps is None else eps
+    rec["kkt"] = {
+        "hypentropy": _entry(1e-14 if eps is None else 0.3 * s**-0.3),
+        "ssd_potential": None if eps is None else _entry(0.2),
+        "effective_hypentropy": _entry(0.1 * s),
+        "E_norm": None if eps is None else 0.4, "dist_to_l1": 0.5, "dist_to_l32": 0.1, "dist_to_l2": 0.3,
+        "dist_to_wstar": 0.5 + rng.random() * 0.1, "l1_ratio": 1.2, "l32_ratio": 1.01, "l2_ratio": 1.1,
+    }
+    if eps is None:
+        rec["stages"] = {"skipped": "gradient flow has no sign-descent stages"}
+        rec["discrete"] = {"skipped": "SSD only"}
+    else:
+        rec["stages"] = {"num_active": 5, "t_warm_measured": eps, "t_warm_predicted": 0.8 * eps,
+                         "t_warm_predicted_refined": eps, "sign_duration_measured": 0.5,
+                         "sign_duration_predicted": 0.45, "t_conv_measured": 1.0, "t_conv_predicted": 0.9,
+                         "rate_measured": 1 / eps, "rate_predicted": 1.1 / eps}
+        etas = [0.04, 0.02, 0.01]
+        rec["discrete"] = {"etas": etas, "errors": [e * (1 + eps) for e in etas], "overshoot_steps": [3, 0, 0],
+                           "first_overshoot": [1, -1, -1], "slope": 1.0, "t1": 2.0}
+    return rec
+
+
+@pytest.fixture()
+def stored(tmp_path):
+    """A results folder as `mdflow run` writes it (summary.json, trajectories.npz, equivalence.json)."""
+    rng = np.random.default_rng(0)
+    runs = [_record("gf", None, a, rng) for a in (0.01, 0.1)]
+    runs += [_record(f, e, a, rng) for f in ("ssd", "ssd_frozen") for e in (0.01, 0.1, 1.0) for a in (0.01, 0.1)]
+    (tmp_path / "summary.json").write_text(json.dumps({"config": {}, "runs": runs}))
+    T, d = 30, 12
+    ts = np.concatenate([[0.0], np.geomspace(1e-3, 100.0, T - 1)])
+    w = np.tanh(ts)[None, :, None] * rng.standard_normal((len(runs), 1, d))
+    np.savez(tmp_path / "trajectories.npz", ts=ts, w=w, w_dual=w * (1 + 1e-8), w_final=w[:, -1],
+             loss=np.exp(-ts)[None].repeat(len(runs), 0), rel_residual=np.exp(-ts)[None].repeat(len(runs), 0))
+    (tmp_path / "equivalence.json").write_text(json.dumps({"pairs": []}))
+    return tmp_path
+
+
+def test_plot_draws_every_figure_without_solving(stored, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a solver was called while plotting")
+
+    for module, name in ((diffrax, "diffeqsolve"), (mdflow._solve, "solve"), (mdflow._solve, "solve_batch"),
+                         (mdflow._sweep, "solve_chunks"), (mdflow._kkt, "bregman_projection"),
+                         (mdflow._discrete, "adam_path"), (mdflow._discrete, "discrete_record")):
+        monkeypatch.setattr(module, name, forbidden)
+    assert cli.main(["plot", str(stored)]) == 0
+    for stem in EXPECTED:
+        for suffix in (".pdf", ".png"):
+            path = stored / "figures" / f"{stem}{suffix}"
+            assert path.is_file() and path.stat().st_size > 0, path
+    # Vector PDFs with TrueType (Type 42) fonts, never Type 3.
+    pdf = (stored / "figures" / "f3_kkt_error.pdf").read_bytes()
+    assert b"/Type3" not in pdf
+    assert b"/TrueType" in pdf or b"/CIDFontType2" in pdf
+
+
+def test_figures_skip_what_the_folder_lacks(tmp_path):
+    """A folder without analyses or duals yields no paper figures (and no error)."""
+    from mdflow._figures import plot_paper_figures
+
+    runs = [{"flow": "ssd", "eps": 0.1, "alpha": 0.1, "seed": 0, "status": "ok", "stopped": False, "t_end": 1.0}]
+    (tmp_path / "summary.json").write_text(json.dumps({"runs": runs}))
+    ts = np.linspace(0, 1, 5)
+    np.savez(tmp_path / "trajectories.npz", ts=ts, w_final=np.ones((1, 3)), loss=np.ones((1, 5)),
+             rel_residual=np.ones((1, 5)))
+    assert plot_paper_figures(tmp_path) == []
+    assert set(FIGURES) == {"f1_trajectories", "f2_equivalence_gap", "f3_kkt_error", "f4_geometry", "f5_stages",
+                            "f6_discrete"}

@@ -1,0 +1,263 @@
+"""The results store: atomic chunk files, resume after SIGKILL, --force, config-hash and corruption checks,
+failure isolation and --strict."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mdflow import InputError
+from mdflow._config import from_dict
+from mdflow._run import execute
+from mdflow._store import atomic_write_json, read_manifest
+
+TINY = {
+    "problem": {"n": 10, "d": 24, "k": 3, "seed": 1},
+    "flows": {"kinds": ["ssd"]},
+    "grid": {"eps": [0.03, 0.3, 3.0], "alpha": [0.01, 0.1]},
+    "solve": {"t1": 1e3, "num_ts": 12, "stop_rel_residual": 1e-7},
+    "sweep": {"chunk_size": 2},
+    "output": {"save": "trajectories", "figures": False},
+}
+
+
+def tiny(**changes):
+    raw = json.loads(json.dumps(TINY))
+    for table, values in changes.items():
+        raw.setdefault(table, {}).update(values)
+    return from_dict(raw)
+
+
+def load(out: Path):
+    summary = json.loads((out / "summary.json").read_text())
+    with np.load(out / "trajectories.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    return summary, arrays
+
+
+def assert_same_results(a: Path, b: Path):
+    sa, aa = load(a)
+    sb, ab = load(b)
+    assert set(aa) == set(ab)
+    for key in aa:
+        np.testing.assert_array_equal(aa[key], ab[key], err_msg=key)
+    strip = lambda r: {k: v for k, v in r.items() if k != "wall_s"}  # noqa: E731
+    assert [strip(r) for r in sa["runs"]] == [strip(r) for r in sb["runs"]]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run of the tiny config."""
+    out = tmp_path_factory.mktemp("reference")
+    records, _ = execute(tiny(), out, log=lambda m: None)
+    return out, records
+
+
+def test_layout_and_manifest(reference):
+    out, records = reference
+    manifest = read_manifest(out)
+    config = tiny()
+    assert manifest["config_hash"] == config.hash()
+    assert manifest["x64"] is True and manifest["devices"] and manifest["started"] and manifest["finished"]
+    assert manifest["versions"]["jax"]
+    chunks = manifest["chunks"]
+    assert len(chunks) == 3 and all(c["status"] == "done" for c in chunks)
+    assert sorted(i for c in chunks for i in c["runs"]) == list(range(6))
+    for c in chunks:
+        assert (out / "chunks" / f"chunk-{c['index']:04d}.npz").is_file()
+        assert (out / "chunks" / f"chunk-{c['index']:04d}.json").is_file()
+    assert not list(out.rglob("*.tmp"))
+    summary, arrays = load(out)
+    assert [(r["eps"], r["alpha"]) for r in summary["runs"]] == [(s.eps, s.alpha) for s in config.run_specs()]
+    assert arrays["w"].shape == (6, 12, 24) and arrays["w_final"].shape == (6, 24)
+    assert arrays["loss"].shape == arrays["rel_residual"].shape == (6, 12)
+    assert summary["failures"] == {} and summary["num_ok"] == 6
+    # The summary rows are in config order, and their arrays belong to them.
+    np.testing.assert_allclose(arrays["w"][:, -1], arrays["w_final"], rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose([r["rel_residual"] for r in summary["runs"]], arrays["rel_residual"][:, -1], rtol=1e-8)
+
+
+def test_rerun_loads_everything(reference, tmp_path):
+    out, _ = reference
+    lines = []
+    execute(tiny(), out, log=lines.append)
+    session = read_manifest(out)["sessions"][-1]
+    assert session["computed"] == [] and sorted(session["loaded"]) == [0, 1, 2]
+    assert any("3 chunk(s) loaded" in line for line in lines)
+
+
+def test_force_recomputes(reference, tmp_path):
+    out = tmp_path / "out"
+    execute(tiny(), out, log=lambda m: None)
+    before = (out / "chunks" / "chunk-0000.json").stat().st_mtime_ns
+    execute(tiny(), out, log=lambda m: None, force=True)
+    manifest = read_manifest(out)
+    assert sorted(manifest["sessions"][-1]["computed"]) == [0, 1, 2]
+    assert len(manifest["sessions"]) == 1  # --force starts a fresh history
+    assert (out / "chunks" / "chunk-0000.json").stat().st_mtime_ns != before
+    assert_same_results(out, reference[0])
+
+
+def test_other_config_in_same_folder_is_an_error(reference, tmp_path):
+    out = tmp_path / "out"
+    execute(tiny(), out, log=lambda m: None)
+    other = tiny(grid={"eps": [0.5]})
+    with pytest.raises(InputError, match="--force"):
+        execute(other, out, log=lambda m: None)
+    # Without a manifest the chunk files still identify the config.
+    (out / "manifest.json").unlink()
+    with pytest.raises(InputError, match="another config"):
+        execute(other, out, log=lambda m: None)
+    execute(other, out, log=lambda m: None, force=True)
+    assert read_manifest(out)["config_hash"] == other.hash()
+
+
+def test_cli_hash_mismatch_exit_code(tmp_path):
+    from mdflow.cli import main
+
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(textwrap.dedent("""
+        [problem]
+        n = 8
+        d = 16
+        k = 2
+        [flows]
+        kinds = ["gf"]
+        [grid]
+        alpha = [0.1]
+        [solve]
+        t1 = 100.0
+        num_ts = 5
+        [output]
+        figures = false
+    """))
+    out = tmp_path / "out"
+    assert main(["run", str(cfg), "--out", str(out)]) == 0
+    cfg.write_text(cfg.read_text().replace("alpha = [0.1]", "alpha = [0.2]"))
+    assert main(["run", str(cfg), "--out", str(out)]) == 2
+    assert main(["run", str(cfg), "--out", str(out), "--force"]) == 0
+
+
+def test_corrupt_chunk_files_are_recomputed(reference, tmp_path):
+    out = tmp_path / "out"
+    execute(tiny(), out, log=lambda m: None)
+    chunks = out / "chunks"
+    # chunk 0: truncated npz; chunk 1: garbage json; chunk 2: intact. Plus stray temporary files.
+    data = (chunks / "chunk-0000.npz").read_bytes()
+    (chunks / "chunk-0000.npz").write_bytes(data[: len(data) // 2])
+    (chunks / "chunk-0001.json").write_text('{"records": [')
+    stray = [chunks / ".chunk-0002.npz.abc.tmp", out / ".summary.json.xyz.tmp"]
+    for p in stray:
+        p.write_bytes(b"partial")
+    lines = []
+    execute(tiny(), out, log=lines.append)
+    session = read_manifest(out)["sessions"][-1]
+    assert sorted(session["computed"]) == [0, 1] and session["loaded"] == [2]
+    assert any("chunk 0" in line and "checksum" in line for line in lines)
+    assert not any(p.exists() for p in stray)
+    assert_same_results(out, reference[0])
+
+
+_KILLABLE = """
+import sys, time
+from mdflow._config import from_dict
+from mdflow._run import execute
+import json
+def log(msg):
+    print(msg, flush=True)
+    if msg.startswith("[chunk"):
+        time.sleep(30)  # hold here after the first chunk is stored, so the parent kills mid-sweep
+execute(from_dict(json.loads(sys.argv[1])), sys.argv[2], log=log)
+"""
+
+
+def test_resume_after_sigkill(reference, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLABLE, json.dumps(TINY), str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "chunks" / "chunk-0000.json").exists():
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.monotonic() < deadline, "no chunk written in time"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "summary.json").exists()
+    done_before = sorted(p.name for p in (out / "chunks").glob("chunk-*.json"))
+    assert 1 <= len(done_before) < 3
+    execute(tiny(), out, log=lambda m: None)
+    session = read_manifest(out)["sessions"]
+    assert len(session) == 2
+    loaded = sorted(session[-1]["loaded"])
+    assert loaded == [int(name[6:10]) for name in done_before]
+    assert sorted(session[-1]["loaded"] + session[-1]["computed"]) == [0, 1, 2]
+    assert_same_results(out, reference[0])
+
+
+def test_failures_are_isolated_and_strict(tmp_path):
+    from mdflow.cli import main
+
+    # A step budget that the small-ε members cannot meet: they fail with max_steps, the others finish.
+    config = tiny(solve={"max_steps": 400})
+    records, _ = execute(config, tmp_path / "a", log=lambda m: None)
+    statuses = [r["status"] for r in records]
+    assert "max_steps" in statuses and "ok" in statuses
+    summary, arrays = load(tmp_path / "a")
+    assert summary["failures"] == {"max_steps": statuses.count("max_steps")}
+    assert summary["num_ok"] == statuses.count("ok")
+    bad = [i for i, s in enumerate(statuses) if s != "ok"]
+    assert np.all(np.isnan(arrays["loss"][bad, -1]))
+    cfg = tmp_path / "fail.toml"
+    cfg.write_text(textwrap.dedent("""
+        [problem]
+        n = 10
+        d = 24
+        k = 3
+        seed = 1
+        [flows]
+        kinds = ["ssd"]
+        [grid]
+        eps = [0.03, 3.0]
+        alpha = [0.01]
+        [solve]
+        t1 = 1000.0
+        num_ts = 12
+        stop_rel_residual = 1e-7
+        max_steps = 400
+        [sweep]
+        chunk_size = 2
+        [output]
+        figures = false
+    """))
+    assert main(["run", str(cfg), "--out", str(tmp_path / "b")]) == 0
+    assert main(["run", str(cfg), "--out", str(tmp_path / "b"), "--strict"]) == 1
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
+    import mdflow._store as store
+
+    path = tmp_path / "x.json"
+    atomic_write_json(path, {"a": 1})
+
+    def crash(fd):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(store.os, "fsync", crash)  # dies after writing the temporary file, before the rename
+    with pytest.raises(OSError, match="disk gone"):
+        atomic_write_json(path, {"a": 2})
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]

@@ -1,0 +1,140 @@
+"""The sweep engine: difficulty order, chunk plans, chunked vmap vs a per-run loop, one compiled
+function across ε/α values, and identical results on 1 and 4 devices."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import mdflow as md
+from mdflow import _sweep
+from mdflow._sweep import Chunk, Progress, batches, difficulty, plan_chunks, solve_chunks, sweep
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return md.sparse_gaussian(10, 24, 3, seed=2)
+
+
+EPS = [0.03, 0.3, 3.0]
+ALPHA = [0.01, 0.1]
+
+
+def flows_for(problem, eps=EPS, alpha=ALPHA):
+    return [md.make_flow("ssd", problem, eps=e, alpha=a) for e in eps for a in alpha]
+
+
+def policy(**kw):
+    base = dict(t1=1e3, num_ts=12, stop_rel_residual=1e-7, save="trajectory")
+    base.update(kw)
+    return md.SolvePolicy(**base)
+
+
+def test_difficulty_order():
+    # Measured order (Tsit5, n=100, d=1000, stop 1e-6): small α with large ε is hardest; tiny ε is
+    # stiff; GF is the ε → ∞ limit of the escape term.
+    d = difficulty
+    assert d(10.0, 1e-3) > d(1.0, 1e-3) > d(0.1, 1e-3) > d(0.01, 1e-3)
+    assert d(10.0, 1e-3) > d(10.0, 1e-2) > d(10.0, 0.1)
+    assert d(1e-8, 0.1) > d(1e-4, 0.1) > d(1e-2, 0.1)
+    assert d(None, 0.01) == pytest.approx(100.0) and d(None, 0.01) > d(1.0, 0.01)
+    assert d(1.0, np.array([0.1, 0.01])) == pytest.approx(d(1.0, 1 / 55.0))
+
+
+def test_plan_chunks_covers_every_run_once_easiest_first():
+    eps = [1.0, 1e-6, 0.1, 10.0, 0.01]
+    runs = list(range(len(eps)))
+    plan = plan_chunks([((0, "ssd", "tsit5"), runs, [difficulty(e, 0.1) for e in eps]),
+                        ((1, "gf", "tsit5"), [5, 6, 7], [difficulty(None, a) for a in (0.1, 0.01, 1.0)])], 2)
+    assert [c.runs for c in plan] == [(2, 0), (3, 4), (1,), (7, 5), (6,)]
+    assert [c.index for c in plan] == list(range(5))
+    assert [c.seed for c in plan] == [0, 0, 0, 1, 1]
+    with pytest.raises(ValueError):
+        plan_chunks([], 0)
+
+
+def test_batches_group_same_variant_up_to_device_count():
+    plan = [Chunk(i, s, f, "tsit5", (i,)) for i, (s, f) in enumerate([(0, "a")] * 5 + [(0, "b")] * 2 + [(1, "b")])]
+    calls = batches(plan, 2)
+    assert [[c.index for c in call] for call in calls] == [[0, 1], [2, 3], [4], [5, 6], [7]]
+    assert [[c.index for c in call] for call in batches(plan, 1)] == [[i] for i in range(8)]
+
+
+def test_chunked_sweep_matches_per_run_loop(problem):
+    pol = policy()
+    flows = flows_for(problem)
+    batched = sweep(flows, problem, pol, chunk_size=4)  # chunks of 4 and 2 (padded to 4)
+    for i, flow in enumerate(flows):
+        one = md.solve(flow, problem, pol)
+        assert int(batched.status[i]) == int(one.status) == 0
+        # A batch of another size may round differently (matrix-vector vs matrix-matrix kernels):
+        # agreement is at the solver's tolerance, and the order of the runs must be restored.
+        np.testing.assert_allclose(batched.loss[i], np.asarray(one.loss), rtol=1e-6, atol=1e-14)
+        w_b = flow.weights(batched.y_final[i], problem)
+        np.testing.assert_allclose(w_b, flow.weights(one.y_final, problem), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(batched.ts[i], np.asarray(one.ts))
+
+
+def test_chunks_equal_one_batch_of_the_same_size(problem):
+    """Padding and chunking change nothing: a padded chunk equals the unpadded batch bit for bit."""
+    pol = policy(save="final")
+    flows = flows_for(problem)[:4]
+    ref = md.solve_batch(md.stack_flows(flows), problem, pol)
+    got = solve_chunks([flows[:3]], problem, pol, chunk_size=4)[0]
+    for key in ("y_final", "loss", "rel_residual", "t_end", "num_steps", "status"):
+        np.testing.assert_array_equal(getattr(got, key), np.asarray(getattr(ref, key))[:3], err_msg=key)
+
+
+def test_no_recompiles_across_eps_alpha_values(problem):
+    # A max_steps value no other test uses gives a fresh compiled variant, traced exactly once.
+    pol = policy(max_steps=123_457, save="final")
+    before = _sweep.num_traces()
+    sweep(flows_for(problem), problem, pol, chunk_size=2)  # three chunks
+    sweep(flows_for(problem, eps=[0.05, 0.5, 5.0, 50.0], alpha=[0.02, 0.2]), problem, pol, chunk_size=2)
+    other = md.sparse_gaussian(10, 24, 3, seed=7)  # another problem of the same shape
+    sweep(flows_for(other, eps=[0.07], alpha=[0.3]), other, pol, chunk_size=2)
+    assert _sweep.num_traces() - before == 1
+
+
+def test_progress_lines():
+    lines = []
+    p = Progress(10, 3, lines.append)
+    p.update(0, 4, "first", wall=2.0)
+    p.update(1, 4, "second", wall=2.0)
+    p.update(2, 2, "last", wall=1.0)
+    assert lines[0].startswith("[chunk 1/3] 4/10 runs") and "ETA 3.0 s" in lines[0]
+    assert lines[1].startswith("[chunk 2/3] 8/10 runs") and "ETA 1.0 s" in lines[1]
+    assert "10/10 runs" in lines[2] and "ETA 0 s" in lines[2]
+
+
+_DEVICES = """
+import sys, numpy as np, jax
+import mdflow as md
+from mdflow import _sweep
+assert len(jax.devices()) == int(sys.argv[2]), jax.devices()
+p = md.sparse_gaussian(10, 24, 3, seed=2)
+pol = md.SolvePolicy(t1=1e3, num_ts=12, stop_rel_residual=1e-7, save="trajectory")
+flows = [md.make_flow("ssd", p, eps=e, alpha=a) for e in (0.03, 0.3, 3.0) for a in (0.01, 0.1)]
+s = _sweep.sweep(flows, p, pol, chunk_size=2)
+np.savez(sys.argv[1], y_final=s.y_final, ys=s.ys, loss=s.loss, rel_residual=s.rel_residual,
+         num_steps=s.num_steps, t_end=s.t_end)
+"""
+
+
+def test_one_and_four_devices_identical(tmp_path, problem):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    out = tmp_path / "four.npz"
+    subprocess.run([sys.executable, "-c", textwrap.dedent(_DEVICES), str(out), "4"], env=env, check=True,
+                   timeout=300)
+    pol = policy()
+    mesh = _sweep.make_mesh(_sweep.jax.devices()[:1])
+    one = sweep(flows_for(problem), problem, pol, chunk_size=2, mesh=mesh)
+    with np.load(out) as four:
+        for key in four.files:
+            np.testing.assert_allclose(np.asarray(getattr(one, key)), four[key], rtol=0, atol=1e-12, err_msg=key)
+        assert np.all(four["num_steps"] > 0)
