@@ -66,6 +66,9 @@ def parse():
                         "extrapolate its total by the loop's per-run times; default all")
     p.add_argument("--skip-scipy", action="store_true")
     p.add_argument("--lax-map", action="store_true", help="also time the one-call lax.map variant")
+    p.add_argument("--also-vmap", action="store_true",
+                   help="also time (a) with every chunk fully vmapped (vmap_width = chunk_size; the "
+                        "default on accelerators, not on CPU)")
     p.add_argument("--quick", action="store_true", help="n=40, d=200, 4 ε × 2 α (a smoke test)")
     p.add_argument("--cpu-devices", type=int, default=1,
                    help="on CPU, expose this many host devices (e.g. the core count) so that (a) runs one "
@@ -164,8 +167,17 @@ def main():
     compile_a = sum(timed(lambda f=f: _sweep.solve_chunk([f], problem, policy, chunk_size=args.chunk_size))[0]
                     for f in firsts.values())
     wall_a, sol_a = timed(lambda: _sweep.sweep(flows, problem, policy, chunk_size=args.chunk_size), args.repeats)
-    print(f"(a) chunked vmap: {wall_a:.2f} s (compile {compile_a:.1f} s)", flush=True)
-    rows = [("(a) mdflow chunked vmap", wall_a, "")]
+    width = _sweep.default_vmap_width(args.chunk_size, _sweep.make_mesh())
+    print(f"(a) chunked sweep: {wall_a:.2f} s (compile {compile_a:.1f} s)", flush=True)
+    rows = [("(a) mdflow sweep (chunked, sharded)", wall_a,
+             f"{jax.device_count()} device(s), vmap_width={width} (default for {jax.devices()[0].platform})")]
+
+    if args.also_vmap and width != args.chunk_size:
+        kw = dict(chunk_size=args.chunk_size, vmap_width=args.chunk_size)
+        compile_v = sum(timed(lambda f=f: _sweep.solve_chunk([f], problem, policy, **kw))[0] for f in firsts.values())
+        wall_v, _ = timed(lambda: _sweep.sweep(flows, problem, policy, **kw), args.repeats)
+        print(f"(a-vmap) fully vmapped chunks: {wall_v:.2f} s (compile {compile_v:.1f} s)", flush=True)
+        rows.append(("(a-vmap) same, chunks fully vmapped", wall_v, f"vmap_width={args.chunk_size}"))
 
     if args.lax_map:
         fns = [lax_map_sweep([f for f in flows if md.select_solver(policy, f) == s], problem, policy,

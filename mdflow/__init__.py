@@ -61,5 +61,20 @@ from ._kkt import (
     kkt_record as kkt_record,
 )
 from ._stages import stages_record as stages_record
+from ._store import read_manifest as read_manifest
+from ._sweep import (
+    difficulty as difficulty,
+    make_mesh as make_mesh,
+    solve_chunks as solve_chunks,
+    sweep as sweep,
+    use_cpu_cores as use_cpu_cores,
+)
+from ._linear import CoordinatewiseJacobian as CoordinatewiseJacobian, DenseJacobian as DenseJacobian
+from ._rosenbrock import (
+    AbstractRosenbrock as AbstractRosenbrock,
+    Rodas3 as Rodas3,
+    Rodas4 as Rodas4,
+    StiffSwitch as StiffSwitch,
+)
 
 __version__ = "0.1.0"

@@ -3,7 +3,7 @@
 `optax.adam(η, b1=0, b2=0, eps=ε, eps_root=0)` on `θ = (u, v)` is exactly
 `θ_{k+1} = θ_k − η ∇/(|∇| + ε)`; iterate k sits at time `t = kη`.
 
-**Comparison.** On a horizon `T`, `M` comparison times `t_j = jT/M` (j = 0..M). For each η the step
+**Comparison.** On a horizon `T`, `M` comparison times `t_j = jT/M` (j = 0..M; `M ≤ T/max η`). For each η the step
 count per comparison interval is `s = round(T/(Mη))` and the step actually used is `η' = T/(Ms)`
 (reported), so every `t_j` is an iterate. The flow is solved once on the same grid (the solve layer,
 no interpolation stop). Error: `max_j ||w_{k_j} − w(t_j)|| / max_j ||w(t_j)||`. The slope is the
@@ -82,6 +82,9 @@ def discrete_record(
     from ._solve import SolvePolicy, solve
 
     eps = float(flow.eps)
+    # At least one step per comparison interval for the largest η, so every η is used as given
+    # (up to rounding T/(Mη) to an integer).
+    num_saves = max(1, min(num_saves, int(round(t1 / max(float(e) for e in etas)))))
     ts = np.linspace(0.0, t1, num_saves + 1)
     if policy is None:
         policy = SolvePolicy(rtol=1e-10, atol=1e-12)

@@ -17,7 +17,9 @@ from ._flows import make_flow
 from ._problem import Problem
 from ._solve import STATUSES, Solution, SolvePolicy, select_solver, status_name
 from ._store import Store, atomic_save_npz, atomic_write_json
-from ._sweep import Chunk, Progress, batches, difficulty, make_mesh, plan_chunks, solve_chunks
+from ._sweep import (
+    Chunk, Progress, batches, default_vmap_width, difficulty, make_mesh, num_traces, plan_chunks, solve_chunks,
+)
 
 
 def versions() -> dict[str, str]:
@@ -198,7 +200,8 @@ def execute(
     primary = jax.process_index() == 0
     header = {"config": config.to_json(), "versions": versions(), "x64": bool(jax.config.jax_enable_x64),
               "devices": [str(dev) for dev in mesh.devices.flat], "process_count": jax.process_count(),
-              "chunk_size": chunk_size, "num_runs": len(specs), "duals": duals}
+              "chunk_size": chunk_size, "vmap_width": default_vmap_width(chunk_size, mesh),
+              "num_runs": len(specs), "duals": duals}
     total_start = time.perf_counter()
     store = Store.open(out_dir, config.hash(), header, [c.to_json() for c in plan], force=force, writer=primary)
     try:
@@ -212,13 +215,16 @@ def execute(
         pending = [c for c, todo in zip(plan, pending_mask) if todo]
         if primary:
             store.write_manifest()
-        progress = Progress(len(specs), len(plan), log)
+        cost = [difficulty(s.eps, s.alpha) for s in specs]  # predicted, for the ETA
+        progress = Progress(len(specs), len(plan), log, total_cost=sum(cost))
         if results:
             progress.update(len(plan) - len(pending) - 1, sum(len(plan[i].runs) for i in results),
-                            f"{len(results)} chunk(s) loaded from {out_dir / 'chunks'}")
+                            f"{len(results)} chunk(s) loaded from {out_dir / 'chunks'}",
+                            cost=sum(cost[j] for i in results for j in plan[i].runs))
         for call in batches(pending, mesh.devices.size):
             first = call[0]
             problem = problems[first.seed]
+            traces = num_traces()
             start = time.perf_counter()
             sols = solve_chunks([[flows[i] for i in c.runs] for c in call], problem, policy,
                                 chunk_size=chunk_size, mesh=mesh, solver=first.solver)
@@ -234,7 +240,8 @@ def execute(
                 progress.update(chunk.index, len(chunk.runs),
                                 f"{chunk.flow} (seed {chunk.seed}) x{len(chunk.runs)}, {chunk.solver}, "
                                 f"{per_run * len(chunk.runs):.2f} s" + (f", failed: {bad}" if bad else ""),
-                                wall=per_run * len(chunk.runs))
+                                wall=per_run * len(chunk.runs), cost=sum(cost[i] for i in chunk.runs),
+                                compiled=num_traces() > traces)
         records, pairs, arrays = _assemble(plan, results, len(specs))
         summary = {"config": config.to_json(), "versions": versions(), "runs": records,
                    "failures": _failures(records), "num_ok": sum(r["status"] == "ok" for r in records),

@@ -16,7 +16,8 @@ interpolation of `log κ` in `t` between grid points.
 **Predictions (§6, heuristic).** `t_warm,i = (ε/(2|g_i(0)|)) log(ε/(2α|g_i(0)|))` when
 `ε > 2α|g_i(0)|` (else 0; `t_warm_predicted_refined` adds the last e-fold, see
 `predicted_warmup`); sign-descent duration `√|w∞,i|`; residual rate
-`(4·scale/ε) λ_min(X diag(u∞² + v∞²) Xᵀ)` (`scale = 1/n` for the "mean" loss).
+`(4·scale/ε) λ_min(X diag(u∞² + v∞²) Xᵀ)` (`scale = 1/n` for the "mean" loss). Frozen SSD uses its
+`a` in place of `|g|` in κ and in the final preconditioner.
 """
 
 from __future__ import annotations
@@ -28,11 +29,18 @@ import numpy as np
 from ._problem import Problem
 
 
+def _magnitude(flow, y, problem):
+    """The gradient magnitude in the flow's denominators: `|g|` (SSD) or the frozen `a` (frozen SSD)."""
+    a = getattr(flow, "a", None)
+    return jnp.abs(problem.grad(flow.weights(y, problem))) if a is None else jnp.broadcast_to(a, y.shape[1:])
+
+
 def regime_indicator(flow, ys, problem: Problem) -> tuple[np.ndarray, np.ndarray]:
-    """`κ^u = 2u|g|/ε` and `κ^v = 2v|g|/ε` on a saved trajectory `ys` (T, K, d) of an SSD-type flow."""
+    """`κ^u = 2u|g|/ε` and `κ^v = 2v|g|/ε` on a saved trajectory `ys` (T, K, d) of an SSD-type flow
+    (`|g|` replaced by the frozen magnitudes `a` for frozen SSD)."""
 
     def one(y):
-        g = jnp.abs(problem.grad(flow.weights(y, problem)))
+        g = _magnitude(flow, y, problem)
         return 2 * jnp.exp(y[0]) * g / flow.eps, 2 * jnp.exp(y[1]) * g / flow.eps
 
     ku, kv = jax.vmap(one)(jnp.asarray(ys))
@@ -76,14 +84,18 @@ def predicted_warmup(problem: Problem, eps: float, alpha, *, refined: bool = Fal
     return np.where(kappa0 < 1, t, 0.0)
 
 
-def predicted_rate(problem: Problem, eps: float, y_final) -> float | None:
-    """`(4·scale/ε) λ_min(X diag(u∞² + v∞²) Xᵀ)`: the final residual decay rate (§6)."""
+def predicted_rate(problem: Problem, eps: float, y_final, a=None) -> float | None:
+    """`(4·scale/ε) λ_min(X diag(u∞² + v∞²) Xᵀ)`: the final residual decay rate (§6), i.e.
+    `scale · λ_min(X diag(M∞) Xᵀ)` with the preconditioner `M = 4u²/(2ua + ε) + 4v²/(2va + ε)` at
+    `a = |g∞| = 0` (SSD); frozen SSD keeps its `a`."""
     y_final = np.asarray(y_final)
-    m = np.exp(2 * y_final[0]) + np.exp(2 * y_final[1])
+    u2, v2 = np.exp(2 * y_final[0]), np.exp(2 * y_final[1])
+    a = 0.0 if a is None else np.asarray(a)
+    m = 4 * u2 / (2 * a * np.sqrt(u2) + eps) + 4 * v2 / (2 * a * np.sqrt(v2) + eps)
     if not np.all(np.isfinite(m)):
         return None
     X = np.asarray(problem.X)
-    return float(4 * problem.scale / eps * np.linalg.eigvalsh((X * m) @ X.T)[0])
+    return float(problem.scale * np.linalg.eigvalsh((X * m) @ X.T)[0])
 
 
 def active_coordinates(w_final, num_coords: int = 10, rel: float = 1e-2) -> np.ndarray:
@@ -150,7 +162,7 @@ def stages_record(
         "t_conv_measured": t_conv,
         "t_conv_predicted": _finite_max(pred_warm + pred_sign),
         "rate_measured": rate,
-        "rate_predicted": predicted_rate(problem, eps, y_final),
+        "rate_predicted": predicted_rate(problem, eps, y_final, getattr(flow, "a", None)),
         "kappa0_max": float(np.max(kappa[0, coords])) if len(coords) else None,
     }
     padded = np.full(num_coords, -1)

@@ -1,29 +1,30 @@
-"""Sweeps: runs sorted by expected difficulty, cut into equal-size chunks, each chunk one vmapped solve
-sharded over every device.
+"""Sweeps: runs sorted by expected difficulty, cut into equal-size chunks, one chunk per device per call.
 
 Why chunks: `vmap(diffeqsolve)` is a vmapped while loop that runs until its *slowest* member is done
-(finished members are masked, not skipped). One stiff member (small ε) would make the whole sweep pay
-its step count. Sorting the runs by expected difficulty and solving them `chunk_size` at a time makes
-each chunk stop at its own slowest member, gives a natural unit for progress lines and for the results
-store (`_store.py`), and bounds memory (`chunk_size × T × d` for trajectories).
+(finished members are masked, not skipped). One stiff member would make a whole vmapped sweep pay its
+step count. Sorting the runs by expected difficulty (`difficulty`) and solving them `chunk_size` at a
+time makes each chunk stop at its own slowest member, gives the unit of progress lines and of the
+results store (`_store.py`), and bounds memory (`chunk_size × T × d` for trajectories).
+
+Inside a device, a chunk is one vmapped batch on accelerators, and on CPU its members run one after
+the other inside the same compiled call (`default_vmap_width`: a vmapped CPU step costs about B single
+steps, so vmapping there only adds the masked steps). `vmap_width` chooses between, and in between.
 
 Why one compiled function: every chunk is padded to the same size (repeating a member; the copies are
-discarded), ε, α, a, tolerances and the time grid are arrays, so all chunks of one
-(flow type, problem shape, solver, save mode) reuse one compiled function. `num_traces()` counts
-traces so tests can prove it.
+discarded, or skipped when members run in sequence), ε, α, a, tolerances and the time grid are arrays,
+so all chunks of one (flow type, problem shape, solver, save mode, max_steps, vmap width) reuse one
+compiled function. `num_traces()` counts traces so tests can prove it.
 
-Devices: one call solves up to one chunk per device. The stacked batch axis (devices × chunk_size) is
-split over a 1-D `Mesh` of all devices with `jax.shard_map`, so each device runs its own vmapped while
-loop on its own chunk (no per-step cross-device reduction; each device stops at its own slowest
-member). Every device always sees a batch of exactly `chunk_size` members, so per-run results do not
-depend on the device count (a vmapped batch of another size may round differently: matrix-vector vs
-matrix-matrix kernels). One device is the same code path with a mesh of size one.
+Devices: the stacked batch axis (devices × chunk_size) is split over a 1-D `Mesh` of all devices with
+`jax.shard_map`, so each device solves its own chunk (no per-step cross-device reduction; each device
+stops at its own slowest member). Every device always sees exactly `chunk_size` members, so per-run
+results do not depend on the device count (a vmapped batch of another size may round differently:
+matrix-vector vs matrix-matrix kernels). One device is the same code path with a mesh of size one.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -109,6 +110,20 @@ def plan_chunks(
 # Devices
 
 
+def use_cpu_cores(count: int | None = None) -> None:
+    """Expose one host device per CPU core (`XLA_FLAGS=--xla_force_host_platform_device_count`), so a
+    sweep on CPU runs one chunk per core. Must run before JAX creates its backend (the first array);
+    does nothing if the flag is already set. Harmless on GPU machines (the sweep mesh uses the default
+    backend's devices)."""
+    import os
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" in flags:
+        return
+    count = count or os.cpu_count() or 1
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+
+
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A 1-D mesh with axis `"batch"` over `devices` (default: every device, all hosts included once
     `jax.distributed.initialize()` has run)."""
@@ -129,22 +144,27 @@ def default_vmap_width(chunk_size: int, mesh: Mesh) -> int:
     return 1 if mesh.devices.flat[0].platform == "cpu" else chunk_size
 
 
-def _body(flows, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol, *, mesh, vmap_width, **static):
-    def local(flows, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol):
+def _body(flows, real, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol, *, mesh, vmap_width, **static):
+    def local(flows, real, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol):
         def one(flow):
             return _solve(flow, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol, **static)
 
-        size = jax.tree.leaves(flows)[0].shape[0]
+        size = real.shape[0]
         if vmap_width >= size:
             return eqx.filter_vmap(one)(flows)
         if vmap_width == 1:
-            return jax.lax.map(one, flows)  # a scan: each member runs its own while loop, unmasked
-        return jax.lax.map(eqx.filter_vmap(one), flows, batch_size=vmap_width)
+            # A scan: each member runs its own while loop, unmasked; padding members are skipped.
+            def skip(flow):
+                return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(one, flow))
+
+            return jax.lax.map(lambda x: jax.lax.cond(x[1], one, skip, x[0]), (flows, real))
+        return jax.lax.map(one, flows, batch_size=vmap_width)  # vmaps `one` over groups of vmap_width
 
     rep = P()
     return jax.shard_map(
-        local, mesh=mesh, in_specs=(P(AXIS), rep, rep, rep, rep, rep, rep, rep), out_specs=P(AXIS), check_vma=False
-    )(flows, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol)
+        local, mesh=mesh, in_specs=(P(AXIS), P(AXIS), rep, rep, rep, rep, rep, rep, rep), out_specs=P(AXIS),
+        check_vma=False,
+    )(flows, real, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol)
 
 
 # `_traced` counts how often the sharded batch solve is traced (= compiled): see `num_traces`.
@@ -180,14 +200,17 @@ def solve_chunks(
     solver = select_solver(policy, chunks[0][0]) if solver is None else solver
     padded = [c + [c[0]] * (chunk_size - len(c)) for c in chunks]
     padded += [padded[0]] * (ndev - len(padded))
+    real = np.zeros(ndev * chunk_size, dtype=bool)
+    for i, c in enumerate(chunks):
+        real[i * chunk_size:i * chunk_size + len(c)] = True
     # Host arrays: device_put then places each device's slice directly (also for multi-host meshes).
     batched = jax.tree.map(np.asarray, stack_flows([f for c in padded for f in c]))
     ts, numeric, stop_tol, stop = _arguments(policy, problem, None)
-    batched = jax.device_put(batched, NamedSharding(mesh, P(AXIS)))
+    batched, real = jax.device_put((batched, real), NamedSharding(mesh, P(AXIS)))
     replicated = NamedSharding(mesh, P())
     problem, ts, numeric, stop_tol = jax.device_put((problem, ts, numeric, stop_tol), replicated)
     sol = _solve_sharded(
-        batched, problem, ts, *numeric, stop_tol, mesh=mesh, vmap_width=vmap_width, solver_name=solver,
+        batched, real, problem, ts, *numeric, stop_tol, mesh=mesh, vmap_width=vmap_width, solver_name=solver,
         max_steps=policy.max_steps,
         keep_states=policy.save == "trajectory", stop=stop,
     )
@@ -222,27 +245,39 @@ def _to_host(x) -> np.ndarray:
 class Progress:
     """One line per chunk through `log`: runs done/total, elapsed, ETA.
 
-    The ETA extrapolates the mean wall time per *computed* run to the runs left; chunks run easiest
-    first, so it is optimistic early in a sweep.
+    With `total_cost` (and a `cost` per chunk, e.g. the sum of its runs' `difficulty`) the ETA
+    extrapolates wall time per unit of predicted cost to the cost left, which accounts for the
+    easiest-first order; without, it extrapolates the wall time per computed run (then optimistic
+    early in a sweep).
     """
 
-    def __init__(self, total_runs: int, total_chunks: int, log: Callable[[str], None] | None):
-        self.total_runs, self.total_chunks, self.log = total_runs, total_chunks, log
+    def __init__(self, total_runs: int, total_chunks: int, log: Callable[[str], None] | None, *,
+                 total_cost: float | None = None):
+        self.total_runs, self.total_chunks, self.log, self.total_cost = total_runs, total_chunks, log, total_cost
         self.done_runs = self.computed_runs = 0
-        self.computed_wall = 0.0
+        self.computed_wall = self.computed_cost = self.done_cost = 0.0
         self.start = time.perf_counter()
 
-    def update(self, chunk: int, runs: int, what: str, *, wall: float | None = None) -> None:
+    def update(self, chunk: int, runs: int, what: str, *, wall: float | None = None, cost: float = 0.0,
+               compiled: bool = False) -> None:
+        """Count a finished (`wall`: its time) or loaded (`wall=None`) chunk; chunks whose call
+        `compiled` are left out of the rate (compilation is not per-run work)."""
         self.done_runs += runs
-        if wall is not None:
+        self.done_cost += cost
+        if compiled:
+            what += " (incl. compile)"
+        elif wall is not None:
             self.computed_runs += runs
             self.computed_wall += wall
+            self.computed_cost += cost
         if self.log is None:
             return
         elapsed = time.perf_counter() - self.start
         left = self.total_runs - self.done_runs
         if left == 0:
             eta = "0 s"
+        elif self.total_cost is not None and self.computed_cost > 0:
+            eta = f"{self.computed_wall / self.computed_cost * max(self.total_cost - self.done_cost, 0.0):.1f} s"
         elif self.computed_runs:
             eta = f"{self.computed_wall / self.computed_runs * left:.1f} s"
         else:
@@ -284,9 +319,11 @@ def sweep(
         groups.setdefault(s, []).append(i)
     plan = plan_chunks([((0, type(flows[0]).__name__, s), runs, [flow_difficulty(flows[i]) for i in runs])
                         for s, runs in groups.items()], chunk_size)
-    progress = Progress(len(flows), len(plan), log)
+    cost = [flow_difficulty(f) for f in flows]
+    progress = Progress(len(flows), len(plan), log, total_cost=sum(cost))
     parts: list[tuple[tuple[int, ...], Solution]] = []
     for call in batches(plan, mesh.devices.size):
+        traces = num_traces()
         start = time.perf_counter()
         sols = solve_chunks([[flows[i] for i in c.runs] for c in call], problem, policy, chunk_size=chunk_size,
                             mesh=mesh, solver=call[0].solver, vmap_width=vmap_width)
@@ -295,6 +332,7 @@ def sweep(
         for chunk, sol in zip(call, sols):
             parts.append((chunk.runs, sol))
             progress.update(chunk.index, len(chunk.runs), f"{len(chunk.runs)} x {chunk.solver}",
-                            wall=wall * len(chunk.runs) / runs)
+                            wall=wall * len(chunk.runs) / runs, cost=sum(cost[i] for i in chunk.runs),
+                            compiled=num_traces() > traces)
     order = np.argsort(np.concatenate([np.asarray(runs) for runs, _ in parts]))
     return jax.tree.map(lambda *xs: np.concatenate(xs)[order], *[s for _, s in parts])

@@ -211,7 +211,7 @@ def test_failures_are_isolated_and_strict(tmp_path):
     from mdflow.cli import main
 
     # A step budget that the small-ε members cannot meet: they fail with max_steps, the others finish.
-    config = tiny(solve={"max_steps": 400})
+    config = tiny(solve={"max_steps": 400, "solver": "tsit5"})
     records, _ = execute(config, tmp_path / "a", log=lambda m: None)
     statuses = [r["status"] for r in records]
     assert "max_steps" in statuses and "ok" in statuses
@@ -237,6 +237,7 @@ def test_failures_are_isolated_and_strict(tmp_path):
         num_ts = 12
         stop_rel_residual = 1e-7
         max_steps = 400
+        solver = "tsit5"
         [sweep]
         chunk_size = 2
         [output]
@@ -261,3 +262,26 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_dual_pairs_are_stored_per_chunk_and_resumed(tmp_path):
+    from mdflow._store import Store
+
+    config = tiny(grid={"eps": [0.3, 3.0], "alpha": [0.1]}, sweep={"chunk_size": 1})
+    out = tmp_path / "out"
+    records, pairs = execute(config, out, log=lambda m: None, duals=True)
+    assert [p["run_index"] for p in pairs] == [0, 1]
+    assert all(r["identity_residual"] == p["identity_residual"] for r, p in zip(records, pairs))
+    stored = [json.loads(p.read_text()) for p in sorted((out / "chunks").glob("chunk-*.json"))]
+    assert all(meta["duals"] is True and len(meta["pairs"]) == len(meta["runs"]) for meta in stored)
+    assert json.loads((out / "equivalence.json").read_text())["pairs"] == pairs
+    _, again = execute(config, out, log=lambda m: None, duals=True)
+    assert read_manifest(out)["sessions"][-1]["computed"] == []
+    assert again == pairs  # loaded from the chunk files
+    # A plain run needs primal-only chunks (no identity states): these do not qualify.
+    lines = []
+    with Store.open(out, config.hash(), {}, [{"index": 0, "runs": stored[0]["runs"]}]) as store:
+        shapes = {"w_final": (24,)}
+        assert store.load_chunk(0, stored[0]["runs"], expect={"duals": False}, shapes=shapes, log=lines.append) is None
+        assert store.load_chunk(0, stored[0]["runs"], expect={"duals": True}, shapes=shapes) is not None
+    assert "duals=True, need False" in lines[0]

@@ -65,28 +65,40 @@ def test_batches_group_same_variant_up_to_device_count():
     assert [[c.index for c in call] for call in batches(plan, 1)] == [[i] for i in range(8)]
 
 
-def test_chunked_sweep_matches_per_run_loop(problem):
+@pytest.mark.parametrize("vmap_width", [1, 2])
+def test_chunked_sweep_matches_per_run_loop(problem, vmap_width):
     pol = policy()
     flows = flows_for(problem)
-    batched = sweep(flows, problem, pol, chunk_size=4)  # chunks of 4 and 2 (padded to 4)
+    # chunks of 4 and 2 (padded to 4); members one after the other, in vmapped pairs, or all vmapped
+    batched = sweep(flows, problem, pol, chunk_size=4, vmap_width=vmap_width)
     for i, flow in enumerate(flows):
         one = md.solve(flow, problem, pol)
         assert int(batched.status[i]) == int(one.status) == 0
-        # A batch of another size may round differently (matrix-vector vs matrix-matrix kernels):
-        # agreement is at the solver's tolerance, and the order of the runs must be restored.
-        np.testing.assert_allclose(batched.loss[i], np.asarray(one.loss), rtol=1e-6, atol=1e-14)
         w_b = flow.weights(batched.y_final[i], problem)
-        np.testing.assert_allclose(w_b, flow.weights(one.y_final, problem), rtol=1e-6, atol=1e-9)
+        w_1 = flow.weights(one.y_final, problem)
+        if vmap_width == 1:  # the same computation as `solve`
+            np.testing.assert_allclose(batched.loss[i], np.asarray(one.loss), rtol=1e-12, atol=0)
+            np.testing.assert_allclose(w_b, w_1, rtol=0, atol=1e-12)
+            assert int(batched.num_steps[i]) == int(one.num_steps)
+        else:
+            # A vmapped batch may round differently (matrix-matrix vs matrix-vector kernels):
+            # agreement is at the solver's tolerance, and the order of the runs must be restored.
+            np.testing.assert_allclose(batched.loss[i], np.asarray(one.loss), rtol=1e-6, atol=1e-14)
+            np.testing.assert_allclose(w_b, w_1, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(batched.ts[i], np.asarray(one.ts))
+        np.testing.assert_allclose(batched.ys[i][-1], np.asarray(one.ys)[-1], rtol=1e-5, atol=1e-7)
 
 
-def test_chunks_equal_one_batch_of_the_same_size(problem):
+@pytest.mark.parametrize("vmap_width", [1, 4])
+def test_chunks_equal_one_batch_of_the_same_size(problem, vmap_width):
     """Padding and chunking change nothing: a padded chunk equals the unpadded batch bit for bit."""
-    pol = policy(save="final")
+    pol = policy()
     flows = flows_for(problem)[:4]
     ref = md.solve_batch(md.stack_flows(flows), problem, pol)
-    got = solve_chunks([flows[:3]], problem, pol, chunk_size=4)[0]
-    for key in ("y_final", "loss", "rel_residual", "t_end", "num_steps", "status"):
+    got = solve_chunks([flows[:3]], problem, pol, chunk_size=4, vmap_width=vmap_width)[0]
+    if vmap_width == 1:
+        ref = md.stack_flows([md.solve(f, problem, pol) for f in flows])
+    for key in ("y_final", "ys", "loss", "rel_residual", "t_end", "num_steps", "status"):
         np.testing.assert_array_equal(getattr(got, key), np.asarray(getattr(ref, key))[:3], err_msg=key)
 
 
@@ -94,10 +106,11 @@ def test_no_recompiles_across_eps_alpha_values(problem):
     # A max_steps value no other test uses gives a fresh compiled variant, traced exactly once.
     pol = policy(max_steps=123_457, save="final")
     before = _sweep.num_traces()
-    sweep(flows_for(problem), problem, pol, chunk_size=2)  # three chunks
-    sweep(flows_for(problem, eps=[0.05, 0.5, 5.0, 50.0], alpha=[0.02, 0.2]), problem, pol, chunk_size=2)
+    sweep(flows_for(problem), problem, pol, chunk_size=2, vmap_width=2)  # three vmapped chunks
+    sweep(flows_for(problem, eps=[0.05, 0.5, 5.0, 50.0], alpha=[0.02, 0.2]), problem, pol, chunk_size=2,
+          vmap_width=2)
     other = md.sparse_gaussian(10, 24, 3, seed=7)  # another problem of the same shape
-    sweep(flows_for(other, eps=[0.07], alpha=[0.3]), other, pol, chunk_size=2)
+    sweep(flows_for(other, eps=[0.07], alpha=[0.3]), other, pol, chunk_size=2, vmap_width=2)
     assert _sweep.num_traces() - before == 1
 
 
@@ -110,6 +123,11 @@ def test_progress_lines():
     assert lines[0].startswith("[chunk 1/3] 4/10 runs") and "ETA 3.0 s" in lines[0]
     assert lines[1].startswith("[chunk 2/3] 8/10 runs") and "ETA 1.0 s" in lines[1]
     assert "10/10 runs" in lines[2] and "ETA 0 s" in lines[2]
+    # With predicted costs the ETA follows the cost left, not the runs left.
+    lines.clear()
+    p = Progress(10, 2, lines.append, total_cost=100.0)
+    p.update(0, 5, "easy half", wall=1.0, cost=10.0)
+    assert "ETA 9.0 s" in lines[0]
 
 
 _DEVICES = """
@@ -120,21 +138,27 @@ assert len(jax.devices()) == int(sys.argv[2]), jax.devices()
 p = md.sparse_gaussian(10, 24, 3, seed=2)
 pol = md.SolvePolicy(t1=1e3, num_ts=12, stop_rel_residual=1e-7, save="trajectory")
 flows = [md.make_flow("ssd", p, eps=e, alpha=a) for e in (0.03, 0.3, 3.0) for a in (0.01, 0.1)]
-s = _sweep.sweep(flows, p, pol, chunk_size=2)
-np.savez(sys.argv[1], y_final=s.y_final, ys=s.ys, loss=s.loss, rel_residual=s.rel_residual,
-         num_steps=s.num_steps, t_end=s.t_end)
+out = {}
+for width in (1, 2):
+    s = _sweep.sweep(flows, p, pol, chunk_size=2, vmap_width=width)
+    for key in ("y_final", "ys", "loss", "rel_residual", "num_steps", "t_end"):
+        out[f"{key}.{width}"] = getattr(s, key)
+np.savez(sys.argv[1], **out)
 """
 
 
 def test_one_and_four_devices_identical(tmp_path, problem):
+    """Chunks of 2 on 4 devices (a subprocess) vs 1 device, sequential (width 1) and vmapped (width 2)."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     out = tmp_path / "four.npz"
     subprocess.run([sys.executable, "-c", textwrap.dedent(_DEVICES), str(out), "4"], env=env, check=True,
                    timeout=300)
     pol = policy()
     mesh = _sweep.make_mesh(_sweep.jax.devices()[:1])
-    one = sweep(flows_for(problem), problem, pol, chunk_size=2, mesh=mesh)
     with np.load(out) as four:
-        for key in four.files:
-            np.testing.assert_allclose(np.asarray(getattr(one, key)), four[key], rtol=0, atol=1e-12, err_msg=key)
-        assert np.all(four["num_steps"] > 0)
+        for width in (1, 2):
+            one = sweep(flows_for(problem), problem, pol, chunk_size=2, mesh=mesh, vmap_width=width)
+            for key in ("y_final", "ys", "loss", "rel_residual", "num_steps", "t_end"):
+                np.testing.assert_allclose(np.asarray(getattr(one, key)), four[f"{key}.{width}"], rtol=0,
+                                           atol=1e-12, err_msg=f"{key}, width {width}")
+            assert np.all(four[f"num_steps.{width}"] > 0)
