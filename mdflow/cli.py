@@ -20,7 +20,11 @@ def _log(msg: str) -> None:
 
 
 def _setup_jax() -> None:
-    """x64 before any array exists, and a persistent compilation cache for repeated CLI runs."""
+    """One host device per CPU core (a sweep runs one chunk per core), x64 before any array exists,
+    and a persistent compilation cache for repeated CLI runs."""
+    from ._sweep import use_cpu_cores
+
+    use_cpu_cores()
     import jax
 
     jax.config.update("jax_enable_x64", True)
