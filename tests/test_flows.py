@@ -45,7 +45,7 @@ def test_gf_end_point_is_woodworth_minimizer(small_problem, alpha):
     assert np.linalg.norm(w - w_ref) / np.linalg.norm(w_ref) <= 1e-6
 
 
-SSD_POLICY = mdflow.SolvePolicy(rtol=1e-10, atol=1e-12, t1=50.0, num_ts=120, t_min=1e-4, stop_rel_residual=1e-7)
+SSD_POLICY = mdflow.SolvePolicy(solver="tsit5", rtol=1e-10, atol=1e-12, t1=50.0, num_ts=120, t_min=1e-4, stop_rel_residual=1e-7)
 
 
 @pytest.fixture(scope="module")

@@ -115,23 +115,28 @@ def test_small_eps_matches_radau(stiff_case, scipy_reference, solver):
 
 
 def test_auto_picks_both_ends(small_problem):
-    loose = mdflow.SolvePolicy(stop_rel_residual=1e-5)
-    tight = mdflow.SolvePolicy(stop_rel_residual=1e-8)
-    horizon = mdflow.SolvePolicy()
-    gf = mdflow.make_flow("gf", small_problem, alpha=0.1)
-    big = mdflow.make_flow("ssd", small_problem, eps=1.0, alpha=0.1)
-    mid = mdflow.make_flow("ssd", small_problem, eps=1e-3, alpha=0.1)
-    small = mdflow.make_flow("ssd", small_problem, eps=1e-8, alpha=0.1)
-    for flow in (gf, big):
-        assert mdflow.select_solver(loose, flow) == "tsit5"
-        assert mdflow.select_solver(horizon, flow) == "tsit5"
-        assert mdflow.select_solver(tight, flow) == "tsit5_rodas4"  # below Tsit5's accuracy floor
-    for policy in (loose, tight, horizon):
-        assert mdflow.select_solver(policy, small) == "tsit5_rodas4"
-    assert mdflow.select_solver(loose, mid) == "tsit5"  # stopped before the stiff tail
-    assert mdflow.select_solver(horizon, mid) == "tsit5_rodas4"  # integrates the stiff equilibrium
-    assert mdflow.select_solver(loose, mdflow.stack_flows([big, small])) == "tsit5_rodas4"
+    """`auto` is the switch: explicit (Tsit5's step count, up to its different first step) at large ε
+    where the run is non-stiff, implicit at small ε where Tsit5 is stability-bound."""
+    p = small_problem
+    big = mdflow.make_flow("ssd", p, eps=1.0, alpha=0.1)
+    small = mdflow.make_flow("ssd", p, eps=1e-6, alpha=0.1)
+    assert mdflow.select_solver(mdflow.SolvePolicy(), big) == "tsit5_rodas4"
     assert mdflow.select_solver(mdflow.SolvePolicy(solver="rodas3"), small) == "rodas3"
+
+    def steps(flow, solver, **kw):
+        sol = mdflow.solve(flow, p, mdflow.SolvePolicy(solver=solver, num_ts=10, **kw))
+        return int(sol.num_steps), mdflow.status_name(sol.status), np.asarray(sol.y_final)
+
+    # Large ε on a horizon that ends before the stiff tail: the switch never leaves Tsit5.
+    n_auto, status, y_auto = steps(big, "auto", t1=2.0)
+    n_tsit5, _, y_tsit5 = steps(big, "tsit5", t1=2.0)
+    assert status == "ok" and abs(n_auto - n_tsit5) <= 0.2 * n_tsit5, (n_auto, n_tsit5)
+    np.testing.assert_allclose(y_auto, y_tsit5, rtol=1e-6)
+    # Small ε to interpolation: the switch goes implicit and needs a fraction of Tsit5's steps.
+    n_auto, status, _ = steps(small, "auto", t1=1e3, stop_rel_residual=1e-8, max_steps=20_000)
+    n_tsit5, status_tsit5, _ = steps(small, "tsit5", t1=1e3, stop_rel_residual=1e-8, max_steps=20_000)
+    assert status == "ok"
+    assert status_tsit5 == "max_steps" or n_auto < n_tsit5 / 3, (n_auto, n_tsit5)
 
 
 @pytest.mark.parametrize("lam, h, stiff", [(-1.0, 1e-2, False), (-1e4, 1e-3, True), (-1e4, 1e-5, False)])
