@@ -10,7 +10,6 @@ from scipy.integrate import solve_ivp
 import mdflow
 from mdflow._linear import CoordinatewiseJacobian, DenseJacobian
 from mdflow._rosenbrock import Rodas3, Rodas4, StiffSwitch
-from mdflow._solve import _field
 
 
 def _vdp(t, y, args):
