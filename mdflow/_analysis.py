@@ -8,6 +8,8 @@ entry of a fixed shape per problem so runs stack (`stack_arrays`). Missing entri
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 from typing import Any
 
@@ -42,7 +44,7 @@ def _identity_state(problem: Problem, flow, solution, policy):
     from ._solve import solve
 
     tracked = SSD(flow.alpha, flow.eps, track_identity=True)
-    sol = solve(tracked, problem, policy.__class__(**{**policy.__dict__, "save": "final"}))
+    sol = solve(tracked, problem, dataclasses.replace(policy, save="final"))
     return np.asarray(sol.y_final)
 
 

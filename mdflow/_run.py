@@ -99,7 +99,8 @@ def _plan(config: Config, policy: SolvePolicy, duals: bool, chunk_size: int):
     for i, spec in enumerate(specs):
         if spec.seed not in problems:
             problems[spec.seed] = config.problem(spec.seed)
-        flow = build_flow(spec, problems[spec.seed], config, track_identity=duals)
+        # E3 states ride along when the dual check or the KKT error E needs them (no second solve).
+        flow = build_flow(spec, problems[spec.seed], config, track_identity=duals or config["analysis"]["kkt"])
         flows.append(flow)
         groups.setdefault((spec.seed, spec.flow, select_solver(policy, flow)), []).append(i)
     plan = plan_chunks(
