@@ -61,7 +61,7 @@ class CoordinatewiseJacobian(eqx.Module):
         """`J x` without forming `J`."""
         local = _block_apply(self.B, x)
         t = jnp.sum(self.v * x, axis=0)
-        return local + self.c * (self.scale * (self.X.T @ (self.X @ t)))
+        return local + self.c * (self.scale * ((t @ self.X.T) @ self.X))  # row form: see Problem.residual
 
     def as_matrix(self) -> Float[Array, "Kd Kd"]:
         """The dense `Kd × Kd` Jacobian in the row-major flattening of `(K, d)` (for tests)."""
@@ -94,8 +94,8 @@ class WoodburyFactor(eqx.Module):
 
     def solve(self, b: State) -> State:
         z = _block_apply(self.A_inv, b)
-        r = jsl.lu_solve(self.lu, self.X @ jnp.sum(self.v * z, axis=0))
-        return z + self.a * (self.coef * (self.X.T @ r))
+        r = jsl.lu_solve(self.lu, jnp.sum(self.v * z, axis=0) @ self.X.T)
+        return z + self.a * (self.coef * (r @ self.X))
 
 
 class DenseJacobian(eqx.Module):

@@ -44,7 +44,9 @@ class Problem(eqx.Module):
         return 1.0 / self.n if self.normalization == "mean" else 1.0
 
     def residual(self, w: Float[Array, " d"]) -> Float[Array, " n"]:
-        return self.X @ w - self.y
+        # Row-vector form (`w Xᵀ`, `r X`): under `vmap` these become plain GEMMs on the stacked
+        # members; `X @ w` under vmap lowers to a transposing batched dot, 2.4× slower at B = 4.
+        return w @ self.X.T - self.y
 
     def loss(self, w: Float[Array, " d"]) -> Float[Array, ""]:
         r = self.residual(w)
@@ -52,7 +54,7 @@ class Problem(eqx.Module):
 
     def grad(self, w: Float[Array, " d"]) -> Float[Array, " d"]:
         """`g(w) = scale · Xᵀ(Xw − y)`."""
-        return self.scale * (self.X.T @ self.residual(w))
+        return self.scale * (self.residual(w) @ self.X)
 
     def rel_residual(self, w: Float[Array, " d"]) -> Float[Array, ""]:
         """`||Xw − y|| / ||y||`: the interpolation error, scale-free."""
