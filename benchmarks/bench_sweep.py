@@ -209,7 +209,10 @@ def main():
         field, _ = numpy_ssd(problem, grid[0][0])
         z = np.asarray(flows[0].init(problem)) + 0.1
         ref = np.asarray(flows[0].vector_field(0.0, z, problem)).ravel()
-        assert np.allclose(field(0.0, z.ravel()), ref, rtol=1e-12, atol=1e-14), "numpy field != SSD field"
+        # Summation order differs (BLAS vs XLA), and g cancels in some coordinates: compare at the
+        # field's scale.
+        assert np.allclose(field(0.0, z.ravel()), ref, rtol=1e-10, atol=1e-13 * np.abs(ref).max()), \
+            "numpy field != SSD field"
         order = sorted(range(R), key=lambda i: _sweep.flow_difficulty(flows[i]))
         m = R if args.scipy_runs is None else min(args.scipy_runs, R)
         picked = sorted({order[int(j)] for j in np.linspace(0, R - 1, m).round()})

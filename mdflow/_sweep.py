@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Callable, Sequence
 
 import equinox as eqx
@@ -137,11 +138,37 @@ def default_vmap_width(chunk_size: int, mesh: Mesh) -> int:
 
     Why: `vmap` of an adaptive solve runs every member until the slowest is done. That pays off where
     a batch step costs about as much as a single step (GPU). On CPU a batched step costs about B single
-    steps (measured on n=100, d=1000, Tsit5: 0.34 ms per member-step at B=16 vs 0.31-0.39 ms alone;
-    at d=200 batching was slower per member-step), so vmapping only adds the masked steps; CPU
-    parallelism comes from devices instead (one chunk per host device).
+    steps (n=100, d=1000, four SSD runs of equal step counts: Tsit5 0.034 s vmapped vs 0.034 s in a
+    loop; the 32 sorted pairs of the 64-run benchmark sweep with `auto`, vmapped: 3.5 s vs 2.0 s in a
+    loop, the batched n×n formation and LU of the Rosenbrock steps gaining nothing), so vmapping only
+    adds the masked steps; CPU parallelism comes from devices instead (one chunk per host device).
     """
     return 1 if mesh.devices.flat[0].platform == "cpu" else chunk_size
+
+
+EXPLICIT_SOLVERS = ("tsit5", "dopri5", "dopri8")
+
+
+def _safe_vmap_width(vmap_width: int, mesh: Mesh, solver: str) -> int:
+    """1 where vmapped chunks of an implicit solver would run concurrently on several host (CPU) devices.
+
+    Why: XLA's CPU runtime shares one thread pool between host devices, and two devices each running a
+    vmapped Rosenbrock solve (batched LU and triangular solves inside a `while` loop) deadlock in it:
+    measured with `jax 0.10`, 2 host devices on 2 cores, two chunks of 2 SSD runs with `rodas4` or `auto`
+    (0 % CPU, never returns, even at `max_steps = 20`); the same chunks return in 0.3 s on one device
+    or with members in sequence, and Tsit5 chunks do not hang. Only host devices are clamped (the
+    vmapped implicit path has not been run on an accelerator here).
+    """
+    host = mesh.devices.flat[0].platform == "cpu"
+    if vmap_width > 1 and mesh.devices.size > 1 and host and solver not in EXPLICIT_SOLVERS:
+        warnings.warn(
+            f"vmap_width={vmap_width} with solver {solver!r} on {mesh.devices.size} host CPU devices can "
+            "deadlock XLA's CPU runtime (see mdflow._sweep._safe_vmap_width); running chunk members in "
+            "sequence (vmap_width=1)",
+            stacklevel=3,
+        )
+        return 1
+    return vmap_width
 
 
 def _body(flows, real, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol, *, mesh, vmap_width, **static):
@@ -198,6 +225,7 @@ def solve_chunks(
     if not 1 <= len(chunks) <= ndev or any(not 1 <= len(c) <= chunk_size for c in chunks):
         raise ValueError(f"solve_chunks: needs 1..{ndev} chunks of 1..{chunk_size} flows")
     solver = select_solver(policy, chunks[0][0]) if solver is None else solver
+    vmap_width = _safe_vmap_width(vmap_width, mesh, solver)
     padded = [c + [c[0]] * (chunk_size - len(c)) for c in chunks]
     padded += [padded[0]] * (ndev - len(padded))
     real = np.zeros(ndev * chunk_size, dtype=bool)
