@@ -89,6 +89,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "sweep": {
         "chunk_size": Key((int,), 16, _at_least(1)),
+        "vmap_width": Key((int,), None, _at_least(1),
+                          doc="members vmapped together on a device; default chunk_size on accelerators, 1 on CPU"),
     },
     "analysis": {
         "kkt": Key((bool,), False),

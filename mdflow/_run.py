@@ -18,7 +18,7 @@ from ._problem import Problem
 from ._solve import STATUSES, Solution, SolvePolicy, select_solver, status_name
 from ._store import Store, atomic_save_npz, atomic_write_json
 from ._sweep import (
-    Chunk, Progress, batches, default_vmap_width, difficulty, make_mesh, num_traces, plan_chunks, solve_chunks,
+    Chunk, Progress, batches, difficulty, effective_vmap_width, make_mesh, num_traces, plan_chunks, solve_chunks,
 )
 
 
@@ -190,7 +190,7 @@ def execute(
 
         analyses = config_analyses(config)
     policy = config.solve_policy()
-    chunk_size = config["sweep"]["chunk_size"]
+    chunk_size, vmap_width = config["sweep"]["chunk_size"], config["sweep"]["vmap_width"]
     specs, problems, flows, plan = _plan(config, policy, duals, chunk_size)
     ts = policy.time_grid()
     d = next(iter(problems.values())).d
@@ -201,7 +201,8 @@ def execute(
     primary = jax.process_index() == 0
     header = {"config": config.to_json(), "versions": versions(), "x64": bool(jax.config.jax_enable_x64),
               "devices": [str(dev) for dev in mesh.devices.flat], "process_count": jax.process_count(),
-              "chunk_size": chunk_size, "vmap_width": default_vmap_width(chunk_size, mesh),
+              "chunk_size": chunk_size,
+              "vmap_width": {s: effective_vmap_width(vmap_width, chunk_size, mesh, s) for s in sorted({c.solver for c in plan})},
               "num_runs": len(specs), "duals": duals}
     total_start = time.perf_counter()
     store = Store.open(out_dir, config.hash(), header, [c.to_json() for c in plan], force=force, writer=primary)
@@ -228,7 +229,7 @@ def execute(
             traces = num_traces()
             start = time.perf_counter()
             sols = solve_chunks([[flows[i] for i in c.runs] for c in call], problem, policy,
-                                chunk_size=chunk_size, mesh=mesh, solver=first.solver)
+                                chunk_size=chunk_size, mesh=mesh, solver=first.solver, vmap_width=vmap_width)
             wall = time.perf_counter() - start
             per_run = wall / sum(len(c.runs) for c in call)
             for chunk, sol in zip(call, sols):

@@ -89,6 +89,9 @@ SOLVERS: dict[str, Callable[[AbstractFlow], diffrax.AbstractSolver]] = {
     "tsit5_rodas4": lambda flow: StiffSwitch(Rodas4(jacobian=jacobian_for(flow))),
 }
 
+# The explicit entries of `SOLVERS` (no linear algebra inside a step).
+EXPLICIT_SOLVERS = ("tsit5", "dopri5", "dopri8")
+
 
 # `auto` policy thresholds (measured on the reference problem n=100, d=1000, α=0.01, rtol 1e-8; see
 # benchmarks/bench_small_eps.py and the README's small-ε section).

@@ -37,7 +37,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ._flows import AbstractFlow
 from ._problem import Problem
-from ._solve import Solution, SolvePolicy, _arguments, _solve, select_solver, stack_flows
+from ._solve import EXPLICIT_SOLVERS, Solution, SolvePolicy, _arguments, _solve, select_solver, stack_flows
 
 AXIS = "batch"
 
@@ -146,11 +146,12 @@ def default_vmap_width(chunk_size: int, mesh: Mesh) -> int:
     return 1 if mesh.devices.flat[0].platform == "cpu" else chunk_size
 
 
-EXPLICIT_SOLVERS = ("tsit5", "dopri5", "dopri8")
-
-
-def _safe_vmap_width(vmap_width: int, mesh: Mesh, solver: str) -> int:
-    """1 where vmapped chunks of an implicit solver would run concurrently on several host (CPU) devices.
+def effective_vmap_width(
+    vmap_width: int | None, chunk_size: int, mesh: Mesh, solver: str, *, warn: bool = False
+) -> int:
+    """The vmap width a chunk actually runs with: `vmap_width` (default `default_vmap_width`) capped at
+    `chunk_size`, and 1 where vmapped chunks of an implicit solver would run concurrently on several
+    host (CPU) devices (with a warning if `warn` and a larger width was asked for).
 
     Why: XLA's CPU runtime shares one thread pool between host devices, and two devices each running a
     vmapped Rosenbrock solve (batched LU and triangular solves inside a `while` loop) deadlock in it:
@@ -159,16 +160,19 @@ def _safe_vmap_width(vmap_width: int, mesh: Mesh, solver: str) -> int:
     or with members in sequence, and Tsit5 chunks do not hang. Only host devices are clamped (the
     vmapped implicit path has not been run on an accelerator here).
     """
+    width = default_vmap_width(chunk_size, mesh) if vmap_width is None else min(vmap_width, chunk_size)
     host = mesh.devices.flat[0].platform == "cpu"
-    if vmap_width > 1 and mesh.devices.size > 1 and host and solver not in EXPLICIT_SOLVERS:
+    if width > 1 and mesh.devices.size > 1 and host and solver not in EXPLICIT_SOLVERS:
+        if not warn:
+            return 1
         warnings.warn(
-            f"vmap_width={vmap_width} with solver {solver!r} on {mesh.devices.size} host CPU devices can "
-            "deadlock XLA's CPU runtime (see mdflow._sweep._safe_vmap_width); running chunk members in "
+            f"vmap_width={width} with solver {solver!r} on {mesh.devices.size} host CPU devices can "
+            "deadlock XLA's CPU runtime (see mdflow._sweep.effective_vmap_width); running chunk members in "
             "sequence (vmap_width=1)",
             stacklevel=3,
         )
         return 1
-    return vmap_width
+    return width
 
 
 def _body(flows, real, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol, *, mesh, vmap_width, **static):
@@ -220,12 +224,11 @@ def solve_chunks(
     """
     chunks = [list(c) for c in chunks]
     mesh = make_mesh() if mesh is None else mesh
-    vmap_width = default_vmap_width(chunk_size, mesh) if vmap_width is None else min(vmap_width, chunk_size)
     ndev = mesh.devices.size
     if not 1 <= len(chunks) <= ndev or any(not 1 <= len(c) <= chunk_size for c in chunks):
         raise ValueError(f"solve_chunks: needs 1..{ndev} chunks of 1..{chunk_size} flows")
     solver = select_solver(policy, chunks[0][0]) if solver is None else solver
-    vmap_width = _safe_vmap_width(vmap_width, mesh, solver)
+    vmap_width = effective_vmap_width(vmap_width, chunk_size, mesh, solver, warn=True)
     padded = [c + [c[0]] * (chunk_size - len(c)) for c in chunks]
     padded += [padded[0]] * (ndev - len(padded))
     real = np.zeros(ndev * chunk_size, dtype=bool)

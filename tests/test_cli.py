@@ -54,6 +54,7 @@ def run_cli(tmp_path, text, *extra):
         ("[problem]\nkind = 'file'\n", "problem.path"),
         ("[problem]\nkind = 'file'\npath = 'missing.npz'\n", "missing.npz"),
         ("[problem]\nk = 50\nd = 20\n", "problem.k=50"),
+        ("[sweep]\nvmap_width = 0\n", "sweep.vmap_width=0"),
         ("this is [not toml", "not valid TOML"),
     ],
 )
