@@ -83,7 +83,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "num_ts": Key((int,), 200, _at_least(2)),
         "t_min": Key(_NUM, None, _positive),
         "max_steps": Key((int,), 500_000, _at_least(1)),
-        "stop_rel_residual": Key(_NUM, None, _positive),
+        "stop_rel_residual": Key(
+            (bool, int, float), None, lambda v: _stop_value(v),
+            doc="stop at ||Xw − y||/||y|| ≤ this; false: never; unset: on (1e-8) where only end points "
+                "matter (analysis.kkt or output.save = 'final', without duals), off otherwise",
+        ),
         "pcoeff": Key(_NUM, 0.4, _nonneg),
         "icoeff": Key(_NUM, 0.3, _positive),
     },
@@ -113,6 +117,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
 
 def _type_name(types):
     return " or ".join(t.__name__ for t in types)
+
+
+# The stop tolerance a config gets when it does not set one but only end points matter (issue 5).
+END_POINT_STOP = 1e-8
+
+
+def _stop_value(v):
+    if v is False:
+        return None
+    if v is True:
+        return "expected a number > 0 or false"
+    return _positive(v)
 
 
 def _check_value(table: str, key: str, value: Any, spec: Key) -> Any:
@@ -247,10 +263,24 @@ class Config:
 
         s = self.raw["solve"]
         kwargs = {k: s[k] for k in ("solver", "rtol", "atol", "t1", "num_ts", "t_min", "max_steps",
-                                    "stop_rel_residual", "pcoeff", "icoeff")}
+                                    "pcoeff", "icoeff")}
         kwargs["save"] = "trajectory" if self.raw["output"]["save"] == "trajectories" else "final"
+        kwargs["stop_rel_residual"] = self.stop_rel_residual()
         kwargs.update(overrides)
         return SolvePolicy(**kwargs)
+
+    def stop_rel_residual(self) -> float | None:
+        """The stop tolerance in force: the config's number; `None` for `false`; if unset,
+        `END_POINT_STOP` where only end points matter (KKT analysis, or `output.save = "final"`,
+        without duals) — integrating the stiff equilibrium after interpolation is wasted work there —
+        and `None` where trajectories on the fixed horizon are compared."""
+        value = self.raw["solve"]["stop_rel_residual"]
+        if value is False:
+            return None
+        if value is not None:
+            return float(value)
+        end_points = self.raw["analysis"]["kkt"] or self.raw["output"]["save"] == "final"
+        return END_POINT_STOP if end_points and not self.raw["flows"]["duals"] else None
 
     def to_json(self) -> dict[str, Any]:
         return copy.deepcopy(self.raw)

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from mdflow._config import from_dict
 from mdflow.cli import main
 
 TINY = """
@@ -55,6 +56,8 @@ def run_cli(tmp_path, text, *extra):
         ("[problem]\nkind = 'file'\npath = 'missing.npz'\n", "missing.npz"),
         ("[problem]\nk = 50\nd = 20\n", "problem.k=50"),
         ("[sweep]\nvmap_width = 0\n", "sweep.vmap_width=0"),
+        ("[solve]\nstop_rel_residual = true\n", "solve.stop_rel_residual=True"),
+        ("[solve]\nstop_rel_residual = -1e-8\n", "solve.stop_rel_residual=-1e-08"),
         ("this is [not toml", "not valid TOML"),
     ],
 )
@@ -62,6 +65,21 @@ def test_bad_input_exits_2_naming_the_key(tmp_path, capsys, text, needle):
     assert run_cli(tmp_path, text) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0] and "Traceback" not in err[0], err
+
+
+@pytest.mark.parametrize(
+    "tables, expected",
+    [
+        ({}, None),  # trajectories on a fixed horizon: no stop
+        ({"analysis": {"kkt": True}}, 1e-8),  # end points only: stop at interpolation
+        ({"output": {"save": "final"}}, 1e-8),
+        ({"output": {"save": "final"}, "flows": {"duals": True}}, None),  # primal vs dual trajectories
+        ({"analysis": {"kkt": True}, "solve": {"stop_rel_residual": False}}, None),  # explicitly never
+        ({"solve": {"stop_rel_residual": 1e-6}}, 1e-6),
+    ],
+)
+def test_stop_at_interpolation_defaults_to_on_where_only_end_points_matter(tables, expected):
+    assert from_dict(tables).solve_policy().stop_rel_residual == expected
 
 
 def test_missing_config_file_exits_2(tmp_path, capsys):
