@@ -245,7 +245,9 @@ def execute(
                                 wall=per_run * len(chunk.runs), cost=sum(cost[i] for i in chunk.runs),
                                 compiled=num_traces() > traces)
         records, pairs, arrays = _assemble(plan, results, len(specs))
-        summary = {"config": config.to_json(), "versions": versions(), "runs": records,
+        summary = {"config": config.to_json(), "versions": versions(),
+                   "stop_rel_residual": policy.stop_rel_residual,  # in force (the config's may be unset)
+                   "runs": records,
                    "failures": _failures(records), "num_ok": sum(r["status"] == "ok" for r in records),
                    "sweep": {"chunks": len(plan), "chunk_size": chunk_size, "devices": mesh.devices.size,
                              "computed": [c.index for c in pending],

@@ -69,6 +69,7 @@ def test_layout_and_manifest(reference):
     assert manifest["x64"] is True and manifest["devices"] and manifest["started"] and manifest["finished"]
     assert manifest["versions"]["jax"]
     assert manifest["vmap_width"] == {"tsit5_rodas4": 1}  # CPU default: members in sequence
+    assert json.loads((out / "summary.json").read_text())["stop_rel_residual"] == 1e-7
     chunks = manifest["chunks"]
     assert len(chunks) == 3 and all(c["status"] == "done" for c in chunks)
     assert sorted(i for c in chunks for i in c["runs"]) == list(range(6))
