@@ -169,3 +169,20 @@ def test_one_and_four_devices_identical(tmp_path, problem):
                 np.testing.assert_allclose(np.asarray(getattr(one, key)), four[f"{key}.{width}"], rtol=0,
                                            atol=1e-12, err_msg=f"{key}, width {width}")
             assert np.all(four[f"num_steps.{width}"] > 0)
+
+
+def test_any_array_parameter_may_vary(problem):
+    """Frozen SSD over its magnitudes `a` and per-coordinate α vectors: one compiled function, and each
+    member equals its own solve (the sweep is not limited to ε × α)."""
+    pol = policy(max_steps=123_461, save="final")
+    rng = np.random.default_rng(0)
+    flows = [md.make_flow("ssd_frozen", problem, eps=0.1, alpha=rng.uniform(0.01, 0.1, problem.d), a=a)
+             for a in (0.0, 0.05, 0.5, 5.0)]
+    before = _sweep.num_traces()
+    batched = sweep(flows, problem, pol, chunk_size=2)
+    assert _sweep.num_traces() - before == 1
+    for i, flow in enumerate(flows):
+        one = md.solve(flow, problem, pol)
+        np.testing.assert_allclose(batched.y_final[i], np.asarray(one.y_final), rtol=0, atol=1e-12)
+    # The magnitudes matter: the end points differ between a = 0 and a = 5.
+    assert np.max(np.abs(batched.y_final[0] - batched.y_final[3])) > 1e-3
