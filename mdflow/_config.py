@@ -74,6 +74,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "eps": Key(_GRID, [1e-2, 1e-1, 1.0]),
         "alpha": Key(_GRID, [0.01, 0.1]),
         "seed": Key((list, int), None, doc="problem seeds; default [problem.seed]"),
+        "a": Key(_GRID, None, doc="frozen-SSD magnitudes to sweep (scalars >= 0); default: flows.a only"),
     },
     "solve": {
         "solver": Key((str,), "auto"),
@@ -197,9 +198,11 @@ class RunSpec:
     eps: float | None
     alpha: float
     seed: int
+    a: float | None = None  # a frozen-SSD magnitude from `grid.a` (None: `flows.a`)
 
     def key(self) -> str:
-        return f"{self.flow}|eps={self.eps!r}|alpha={self.alpha!r}|seed={self.seed}"
+        key = f"{self.flow}|eps={self.eps!r}|alpha={self.alpha!r}|seed={self.seed}"
+        return key if self.a is None else f"{key}|a={self.a!r}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,14 +230,28 @@ class Config:
     def alpha_values(self) -> list[float]:
         return expand_axis("grid.alpha", self.raw["grid"]["alpha"])
 
+    @property
+    def a_values(self) -> list[float] | None:
+        value = self.raw["grid"]["a"]
+        if value is None:
+            return None
+        values = expand_axis("grid.a", value, positive=False)
+        for v in values:
+            if not (v >= 0 and math.isfinite(v)):
+                raise InputError(f"grid.a={v!r}: must be finite and >= 0")
+        return values
+
     def run_specs(self) -> list[RunSpec]:
-        """The expanded grid, in config order: flows × seeds × ε × α (GF has no ε axis)."""
+        """The expanded grid, in config order: flows × seeds × ε × α (× `grid.a` for frozen SSD; GF has
+        no ε axis)."""
         specs = []
         for kind in self.raw["flows"]["kinds"]:
+            a_axis = self.a_values if kind == "ssd_frozen" and self.a_values is not None else [None]
             for seed in self.seeds:
                 for eps in [None] if kind == "gf" else self.eps_values:
                     for alpha in self.alpha_values:
-                        specs.append(RunSpec(kind, eps, alpha, seed))
+                        for a in a_axis:
+                            specs.append(RunSpec(kind, eps, alpha, seed, a))
         return specs
 
     def problem(self, seed: int | None = None):
@@ -353,6 +370,12 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
             raise InputError(f"problem.path={str(path)!r}: no such file")
     # Expand the axes now so that grid errors surface before any work.
     config.eps_values, config.alpha_values  # noqa: B018
+    if config.a_values is not None:
+        if raw["flows"]["a"] != "grad0":
+            raise InputError(f"grid.a: sweeps the frozen magnitudes, so flows.a={raw['flows']['a']!r} "
+                             "must be left at 'grad0'")
+        if "ssd_frozen" not in kinds:
+            raise InputError(f"grid.a: only frozen SSD has magnitudes a, but flows.kinds={kinds!r}")
     return config
 
 

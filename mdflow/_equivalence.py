@@ -162,12 +162,14 @@ def _fmt(x) -> str:
 
 def format_table(records: list[dict]) -> str:
     """A compact text table of pair records: flow, ε, α, max gaps, identity and assumption residuals, verdict."""
-    header = ("flow", "eps", "alpha", "gap_w", "gap_dual", "identity", "delta", "verdict")
+    with_a = any("a" in r for r in records)  # frozen magnitudes swept by `grid.a`
+    header = ("flow", "eps", "alpha", *(("a",) if with_a else ()), "gap_w", "gap_dual", "identity", "delta",
+              "verdict")
     rows = [header]
     for r in records:
         rows.append((
-            str(r["flow"]), _fmt(r.get("eps")), _fmt(r.get("alpha")), _fmt(r.get("max_rel_gap_w")),
-            _fmt(r.get("max_rel_gap_dual")), _fmt(r.get("identity_residual")),
+            str(r["flow"]), _fmt(r.get("eps")), _fmt(r.get("alpha")), *((_fmt(r.get("a")),) if with_a else ()),
+            _fmt(r.get("max_rel_gap_w")), _fmt(r.get("max_rel_gap_dual")), _fmt(r.get("identity_residual")),
             _fmt(r.get("assumption_residual")), str(r["verdict"]),
         ))
     widths = [max(len(row[k]) for row in rows) for k in range(len(header))]

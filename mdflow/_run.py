@@ -44,8 +44,8 @@ def versions() -> dict[str, str]:
 
 
 def build_flow(spec: RunSpec, problem: Problem, config: Config, *, track_identity: bool = False):
-    """The flow object of one run (frozen magnitudes from `flows.a`)."""
-    a = config["flows"]["a"]
+    """The flow object of one run (frozen magnitudes from `grid.a`, else `flows.a`)."""
+    a = config["flows"]["a"] if spec.a is None else spec.a
     return make_flow(
         spec.flow, problem, eps=spec.eps, alpha=spec.alpha,
         a=None if a == "grad0" else a, track_identity=track_identity and spec.flow == "ssd",
@@ -65,6 +65,7 @@ def run_record(spec: RunSpec, flow, problem: Problem, sol: Solution, solver: str
         "eps": spec.eps,
         "alpha": spec.alpha,
         "seed": spec.seed,
+        **({} if spec.a is None else {"a": spec.a}),
         "status": status_name(sol.status),
         "solver": solver,
         "num_steps": int(sol.num_steps),
@@ -142,6 +143,8 @@ def _chunk_result(
             for key in ("w_dual", "gap_w"):  # the dual trajectory and gap(t), for figures F1/F2
                 arrays.setdefault(key, []).append(pair_arrays[key])
             pair["run_index"] = i
+            if specs[i].a is not None:
+                pair["a"] = specs[i].a
             record["identity_residual"] = pair.get("identity_residual")
             pairs.append(pair)
         records.append(record)

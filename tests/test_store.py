@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import mdflow as md
 from mdflow import InputError
 from mdflow._config import from_dict
 from mdflow._run import execute
@@ -296,3 +297,26 @@ def test_config_vmap_width_reaches_the_solve(tmp_path, reference):
     assert read_manifest(out)["vmap_width"] == {"tsit5_rodas4": 2}
     (_, a), (_, b) = load(out), load(reference[0])
     np.testing.assert_allclose(a["w_final"], b["w_final"], rtol=0, atol=1e-6)
+
+
+def test_grid_over_frozen_magnitudes(tmp_path):
+    """`grid.a` sweeps frozen-SSD magnitudes: one run per value, recorded, each the flow it names, and
+    each an exact mirror flow of its own dual (duals on)."""
+    config = tiny(flows={"kinds": ["ssd_frozen", "gf"], "duals": True},
+                  grid={"eps": [0.1], "alpha": [0.1], "a": [0.0, 0.5, 2.0]},
+                  solve={"solver": "tsit5", "rtol": 1e-11, "atol": 1e-13})  # the check's tolerances
+    records, pairs = execute(config, tmp_path / "a", log=lambda m: None)
+    frozen = [r for r in records if r["flow"] == "ssd_frozen"]
+    assert [r["a"] for r in frozen] == [0.0, 0.5, 2.0] and all(r["status"] == "ok" for r in records)
+    assert "a" not in [r for r in records if r["flow"] == "gf"][0]
+    summary, arrays = load(tmp_path / "a")
+    problem = config.problem(1)
+    policy = config.solve_policy()
+    for i, r in enumerate(records[:3]):
+        flow = md.make_flow("ssd_frozen", problem, eps=0.1, alpha=0.1, a=r["a"])
+        w = flow.weights(md.solve(flow, problem, policy).y_final, problem)
+        np.testing.assert_allclose(arrays["w_final"][i], np.asarray(w), rtol=0, atol=1e-10)
+    assert np.max(np.abs(arrays["w_final"][0] - arrays["w_final"][2])) > 1e-3
+    frozen_pairs = [p for p in pairs if p["flow"] == "ssd_frozen"]
+    assert len(frozen_pairs) == 3 and all(p["verdict"] == "equivalent" for p in frozen_pairs), frozen_pairs
+    assert [p["a"] for p in frozen_pairs] == [0.0, 0.5, 2.0]
