@@ -205,7 +205,8 @@ def execute(
     header = {"config": config.to_json(), "versions": versions(), "x64": bool(jax.config.jax_enable_x64),
               "devices": [str(dev) for dev in mesh.devices.flat], "process_count": jax.process_count(),
               "chunk_size": chunk_size,
-              "vmap_width": {s: effective_vmap_width(vmap_width, chunk_size, mesh, s) for s in sorted({c.solver for c in plan})},
+              "vmap_width": {s: effective_vmap_width(vmap_width, chunk_size, mesh, s)
+                             for s in sorted({c.solver for c in plan})},
               "num_runs": len(specs), "duals": duals}
     total_start = time.perf_counter()
     store = Store.open(out_dir, config.hash(), header, [c.to_json() for c in plan], force=force, writer=primary)
