@@ -109,7 +109,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "floor": Key(_NUM, 1e-12, _positive),
     },
     "output": {
-        "dir": Key((str,), "results/quickstart"),
+        "dir": Key((str,), "results/quickstart", doc="default for a config file: results/<file stem>"),
         "save": Key((str,), "trajectories", _one_of("trajectories", "final")),
         "figures": Key((bool,), True),
     },
@@ -390,6 +390,11 @@ def load(path: str | Path) -> Config:
         raise InputError(f"config {str(path)!r}: not valid TOML ({exc})") from None
     except UnicodeDecodeError:
         raise InputError(f"config {str(path)!r}: not a text file") from None
+    output = data.get("output")
+    if output is None or (isinstance(output, dict) and "dir" not in output):
+        # Each config file gets its own folder by default (results/<file stem>), so two configs never
+        # meet in one results store.
+        data = {**data, "output": {**(output or {}), "dir": f"results/{path.stem}"}}
     return from_dict(data, source=str(path))
 
 

@@ -146,3 +146,15 @@ def test_plot_on_missing_folder_exits_2(tmp_path, capsys):
 def test_info_reports_x64():
     out = subprocess.run([sys.executable, "-m", "mdflow.cli", "info"], capture_output=True, text=True, check=True)
     assert "x64: True" in out.stdout and "jax" in out.stdout
+
+
+def test_config_file_gets_its_own_output_folder(tmp_path):
+    """Without `output.dir` a config file writes to results/<file stem>, never into another config's store."""
+    from mdflow._config import load
+
+    (tmp_path / "my_sweep.toml").write_text("[output]\nfigures = false\n")
+    (tmp_path / "other.toml").write_text("[problem]\nn = 8\n")
+    (tmp_path / "pinned.toml").write_text("[output]\ndir = 'elsewhere'\n")
+    assert load(tmp_path / "my_sweep.toml")["output"]["dir"] == "results/my_sweep"
+    assert load(tmp_path / "other.toml")["output"]["dir"] == "results/other"
+    assert load(tmp_path / "pinned.toml")["output"]["dir"] == "elsewhere"
