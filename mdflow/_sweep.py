@@ -139,7 +139,7 @@ def default_vmap_width(chunk_size: int, mesh: Mesh) -> int:
     Why: `vmap` of an adaptive solve runs every member until the slowest is done. That pays off where
     a batch step costs about as much as a single step (GPU). On CPU a batched step costs about B single
     steps (n=100, d=1000, four SSD runs of equal step counts: Tsit5 0.034 s vmapped vs 0.034 s in a
-    loop; the 32 sorted pairs of the 64-run benchmark sweep with `auto`, vmapped: 3.5 s vs 2.0 s in a
+    loop; the 32 sorted pairs of the 64-run benchmark sweep with `auto`, vmapped: 3.4 s vs 2.0 s in a
     loop, the batched n×n formation and LU of the Rosenbrock steps gaining nothing), so vmapping only
     adds the masked steps; CPU parallelism comes from devices instead (one chunk per host device).
     """
