@@ -52,6 +52,18 @@ def _nonneg(v):
 _NUM = (int, float)
 _GRID = (list, dict, int, float)
 
+# The stop tolerance a config gets when it does not set one but only end points matter (issue 5).
+END_POINT_STOP = 1e-8
+
+
+def _stop_value(v):
+    if v is False:
+        return None
+    if v is True:
+        return "expected a number > 0 or false"
+    return _positive(v)
+
+
 SCHEMA: dict[str, dict[str, Key]] = {
     "problem": {
         "kind": Key((str,), "sparse_gaussian", _one_of("sparse_gaussian", "file")),
@@ -85,7 +97,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "t_min": Key(_NUM, None, _positive),
         "max_steps": Key((int,), 500_000, _at_least(1)),
         "stop_rel_residual": Key(
-            (bool, int, float), None, lambda v: _stop_value(v),
+            (bool, int, float), None, _stop_value,
             doc="stop at ||Xw − y||/||y|| ≤ this; false: never; unset: on (1e-8) where only end points "
                 "matter (analysis.kkt or output.save = 'final', without duals), off otherwise",
         ),
@@ -118,18 +130,6 @@ SCHEMA: dict[str, dict[str, Key]] = {
 
 def _type_name(types):
     return " or ".join(t.__name__ for t in types)
-
-
-# The stop tolerance a config gets when it does not set one but only end points matter (issue 5).
-END_POINT_STOP = 1e-8
-
-
-def _stop_value(v):
-    if v is False:
-        return None
-    if v is True:
-        return "expected a number > 0 or false"
-    return _positive(v)
 
 
 def _check_value(table: str, key: str, value: Any, spec: Key) -> Any:
@@ -245,8 +245,9 @@ class Config:
         """The expanded grid, in config order: flows × seeds × ε × α (× `grid.a` for frozen SSD; GF has
         no ε axis)."""
         specs = []
+        a_values = self.a_values
         for kind in self.raw["flows"]["kinds"]:
-            a_axis = self.a_values if kind == "ssd_frozen" and self.a_values is not None else [None]
+            a_axis = a_values if kind == "ssd_frozen" and a_values is not None else [None]
             for seed in self.seeds:
                 for eps in [None] if kind == "gf" else self.eps_values:
                     for alpha in self.alpha_values:

@@ -57,9 +57,9 @@ def _finite_or_none(x) -> float | None:
     return x if np.isfinite(x) else None
 
 
-def run_record(spec: RunSpec, flow, problem: Problem, sol: Solution, solver: str, wall_s: float) -> dict[str, Any]:
-    """The JSON record of one finished run (a plain dict of floats/strings)."""
-    w = np.asarray(flow.weights(sol.y_final, problem))
+def run_record(spec: RunSpec, w: np.ndarray, problem: Problem, sol: Solution, solver: str,
+               wall_s: float) -> dict[str, Any]:
+    """The JSON record of one finished run with end weights `w` (a plain dict of floats/strings)."""
     return {
         "flow": spec.flow,
         "eps": spec.eps,
@@ -123,9 +123,10 @@ def _chunk_result(
     for j, i in enumerate(chunk.runs):
         one = index(sol, j)
         flow = flows[i]
-        record = run_record(specs[i], flow, problem, one, chunk.solver, wall / len(chunk.runs))
+        w_final = np.asarray(flow.weights(one.y_final, problem))
+        record = run_record(specs[i], w_final, problem, one, chunk.solver, wall / len(chunk.runs))
         record["chunk"] = chunk.index
-        arrays["w_final"].append(np.asarray(flow.weights(one.y_final, problem)))
+        arrays["w_final"].append(w_final)
         arrays["loss"].append(np.asarray(one.loss))
         arrays["rel_residual"].append(np.asarray(one.rel_residual))
         if one.ys is not None:

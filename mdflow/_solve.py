@@ -93,8 +93,8 @@ SOLVERS: dict[str, Callable[[AbstractFlow], diffrax.AbstractSolver]] = {
 EXPLICIT_SOLVERS = ("tsit5", "dopri5", "dopri8")
 
 
-# `auto` policy thresholds (measured on the reference problem n=100, d=1000, α=0.01, rtol 1e-8; see
-# benchmarks/bench_small_eps.py and the README's small-ε section).
+# What `solver = "auto"` means (see `select_solver`; measured in benchmarks/bench_small_eps.py and
+# benchmarks/bench_sweep.py, tables in the README).
 AUTO_SOLVER = "tsit5_rodas4"
 
 

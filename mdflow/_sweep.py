@@ -143,7 +143,11 @@ def default_vmap_width(chunk_size: int, mesh: Mesh) -> int:
     loop, the batched n×n formation and LU of the Rosenbrock steps gaining nothing), so vmapping only
     adds the masked steps; CPU parallelism comes from devices instead (one chunk per host device).
     """
-    return 1 if mesh.devices.flat[0].platform == "cpu" else chunk_size
+    return 1 if _on_host(mesh) else chunk_size
+
+
+def _on_host(mesh: Mesh) -> bool:
+    return mesh.devices.flat[0].platform == "cpu"
 
 
 def effective_vmap_width(
@@ -161,8 +165,7 @@ def effective_vmap_width(
     vmapped implicit path has not been run on an accelerator here).
     """
     width = default_vmap_width(chunk_size, mesh) if vmap_width is None else min(vmap_width, chunk_size)
-    host = mesh.devices.flat[0].platform == "cpu"
-    if width > 1 and mesh.devices.size > 1 and host and solver not in EXPLICIT_SOLVERS:
+    if width > 1 and mesh.devices.size > 1 and _on_host(mesh) and solver not in EXPLICIT_SOLVERS:
         if not warn:
             return 1
         warnings.warn(
