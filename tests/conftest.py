@@ -9,6 +9,11 @@ import pytest  # noqa: E402
 
 import mdflow  # noqa: E402
 
+# Start the backend now, with the environment's device count: tests that call `mdflow.cli.main`
+# in-process would otherwise set one host device per core (`use_cpu_cores`) for every later test,
+# and results that depend on the device count (the effective vmap width) would depend on test order.
+jax.devices()
+
 
 @pytest.fixture(scope="session")
 def small_problem():
