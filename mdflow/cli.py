@@ -19,14 +19,18 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _setup_jax() -> None:
-    """One host device per CPU core (a sweep runs one chunk per core), x64 before any array exists,
-    and a persistent compilation cache for repeated CLI runs."""
+def _setup_jax(job=None) -> None:
+    """One host device per CPU core (a sweep runs one chunk per core; split between the processes of
+    a one-machine distributed `job`), the `jax.distributed` job joined and x64 set before any array
+    exists, and a persistent compilation cache for repeated CLI runs."""
+    from ._distributed import initialize, local_device_count
     from ._sweep import use_cpu_cores
 
-    use_cpu_cores()
+    use_cpu_cores(local_device_count(job))
     import jax
 
+    if job is not None:
+        initialize(job)
     jax.config.update("jax_enable_x64", True)
     cache = os.environ.get("MDFLOW_CACHE_DIR", str(Path.home() / ".cache" / "mdflow" / "jax"))
     if cache:
@@ -44,6 +48,13 @@ def _out_dir(config, out: str | None) -> Path:
     return Path(out) if out is not None else Path(config["output"]["dir"])
 
 
+def _writes() -> bool:
+    """Whether this process writes the results (process 0 of a distributed job, or the only one)."""
+    import jax
+
+    return jax.process_index() == 0
+
+
 def cmd_run(args) -> int:
     from ._run import execute
 
@@ -52,7 +63,8 @@ def cmd_run(args) -> int:
     _log(f"mdflow run: {config.source}, {len(config.run_specs())} runs -> {out}")
     records, pairs = execute(config, out, log=_log, force=args.force)
     failed = [r for r in records if r["status"] != "ok"]
-    _log(f"wrote {out / 'summary.json'}, {out / 'trajectories.npz'}" + (", figures/" if config["output"]["figures"] else ""))
+    if _writes():
+        _log(f"wrote {out / 'summary.json'}, {out / 'trajectories.npz'}" + (", figures/" if config["output"]["figures"] else ""))
     _log(f"{len(records) - len(failed)}/{len(records)} runs ok")
     if pairs:
         from ._equivalence import format_table
@@ -71,7 +83,7 @@ def cmd_check(args) -> int:
     _, pairs = execute(config, out, log=_log, duals=True, force=args.force)
     print(format_table(pairs))
     failed = [p for p in pairs if p["verdict"] == "not_equivalent"]
-    _log(f"wrote {out / 'equivalence.json'}; {len(failed)} exact pair(s) not equivalent")
+    _log((f"wrote {out / 'equivalence.json'}; " if _writes() else "") + f"{len(failed)} exact pair(s) not equivalent")
     return 1 if failed else 0
 
 
@@ -95,6 +107,25 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _add_distributed_flags(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group(
+        "distributed", "join a jax.distributed job (all three flags; or, under SLURM srun, from the environment)")
+    group.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0 (e.g. 127.0.0.1:12345)")
+    group.add_argument("--num-processes", type=int, metavar="N", help="processes in the job")
+    group.add_argument("--process-id", type=int, metavar="I", help="this process, 0..N-1 (0 writes the results)")
+    group.add_argument("--init-timeout", type=int, default=300, metavar="S",
+                       help="seconds to wait for every process to join (default 300)")
+
+
+def _distributed_job(args):
+    """The `jax.distributed` job of `run`/`check` (flags, else scheduler environment), or `None`."""
+    from ._distributed import job_from_flags
+
+    if not hasattr(args, "coordinator"):
+        return None
+    return job_from_flags(args.coordinator, args.num_processes, args.process_id, init_timeout_s=args.init_timeout)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mdflow", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -103,11 +134,13 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="output folder (default: output.dir of the config)")
     run.add_argument("--strict", action="store_true", help="exit 1 if any run failed")
     run.add_argument("--force", action="store_true", help="recompute stored chunks instead of resuming")
+    _add_distributed_flags(run)
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check", help="solve primal runs and their duals; check equivalence (§4)")
     check.add_argument("config", nargs="?", help="TOML config (default: built-in quickstart)")
     check.add_argument("--out", help="output folder (default: output.dir of the config)")
     check.add_argument("--force", action="store_true", help="recompute stored chunks instead of resuming")
+    _add_distributed_flags(check)
     check.set_defaults(func=cmd_check)
     plot = sub.add_parser("plot", help="regenerate every figure of a results folder (never solves)")
     plot.add_argument("results", help="a results folder written by `mdflow run`")
@@ -119,8 +152,14 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    _setup_jax()
     from ._errors import InputError
+
+    try:
+        job = _distributed_job(args)
+    except InputError as exc:
+        _log(f"mdflow {args.command}: error: {exc}")
+        return EXIT_BAD_INPUT
+    _setup_jax(job)
 
     warnings.showwarning = lambda message, category, *rest, **kw: _log(f"warning: {message}")
     try:
