@@ -249,6 +249,12 @@ def execute(
                                 f"{per_run * len(chunk.runs):.2f} s" + (f", failed: {bad}" if bad else ""),
                                 wall=per_run * len(chunk.runs), cost=sum(cost[i] for i in chunk.runs),
                                 compiled=num_traces() > traces)
+        if not primary and len(results) < len(plan):
+            # Chunks process 0 loaded from a store this process cannot see (no shared filesystem):
+            # the results are process 0's to write; this process has only its own part.
+            log(f"process {jax.process_index()}: {len(plan) - len(results)} chunk(s) held by process 0 only; "
+                "its store has the results")
+            return [], []
         records, pairs, arrays = _assemble(plan, results, len(specs))
         summary = {"config": config.to_json(), "versions": versions(),
                    "stop_rel_residual": policy.stop_rel_residual,  # in force (the config's may be unset)
