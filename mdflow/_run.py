@@ -240,6 +240,7 @@ def execute(
             for chunk, sol in zip(call, sols):
                 meta, arrays = _chunk_result(chunk, sol, specs, flows, problem, policy, config, duals,
                                              per_run * len(chunk.runs), analyses)
+                meta["num_devices"] = mesh.devices.size  # rounding may depend on it (docs/store.md)
                 if primary:
                     store.save_chunk(chunk.index, chunk.runs, meta, arrays)
                 results[chunk.index] = (meta, arrays)

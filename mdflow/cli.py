@@ -24,10 +24,18 @@ def _setup_jax() -> None:
     and a persistent compilation cache for repeated CLI runs."""
     from ._sweep import use_cpu_cores
 
+    flags = os.environ.get("XLA_FLAGS")
     use_cpu_cores()
     import jax
 
     jax.config.update("jax_enable_x64", True)
+    try:
+        jax.devices()  # XLA reads XLA_FLAGS once, when the backend starts ...
+    finally:  # ... so restore them: child processes and in-process callers keep their own device count
+        if flags is None:
+            os.environ.pop("XLA_FLAGS", None)
+        else:
+            os.environ["XLA_FLAGS"] = flags
     cache = os.environ.get("MDFLOW_CACHE_DIR", str(Path.home() / ".cache" / "mdflow" / "jax"))
     if cache:
         jax.config.update("jax_compilation_cache_dir", cache)

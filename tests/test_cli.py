@@ -158,3 +158,20 @@ def test_config_file_gets_its_own_output_folder(tmp_path):
     assert load(tmp_path / "my_sweep.toml")["output"]["dir"] == "results/my_sweep"
     assert load(tmp_path / "other.toml")["output"]["dir"] == "results/other"
     assert load(tmp_path / "pinned.toml")["output"]["dir"] == "elsewhere"
+
+
+def test_cli_leaves_the_environment_of_its_caller(monkeypatch):
+    """`main` sets one host device per core for its own backend only: a test process (or a caller's
+    subprocesses) must not inherit another device count through `XLA_FLAGS`."""
+    import os
+
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert main(["info"]) == 0
+    assert "XLA_FLAGS" not in os.environ
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    assert main(["info"]) == 0
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false"
+    out = subprocess.run([sys.executable, "-m", "mdflow.cli", "info"], capture_output=True, text=True, check=True)
+    devices = next(line for line in out.stdout.splitlines() if "devices:" in line)
+    if "cpu:" in devices:  # ... while the CLI itself still gets one host device per core
+        assert devices.count("cpu:") == os.cpu_count()
