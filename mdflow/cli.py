@@ -57,7 +57,6 @@ def cmd_run(args) -> int:
 
     config = _load_config(args.config)
     out = _out_dir(config, args.out)
-    _log(f"mdflow run: {config.source}, {len(config.run_specs())} runs -> {out}")
     records, pairs = execute(config, out, log=_log, force=args.force)
     failed = [r for r in records if r["status"] != "ok"]
     _log(f"wrote {out / 'summary.json'}, {out / 'trajectories.npz'}" + (", figures/" if config["output"]["figures"] else ""))
@@ -75,7 +74,6 @@ def cmd_check(args) -> int:
 
     config = _load_config(args.config)
     out = _out_dir(config, args.out)
-    _log(f"mdflow check: {config.source}, {len(config.run_specs())} primal runs + duals -> {out}")
     _, pairs = execute(config, out, log=_log, duals=True, force=args.force)
     print(format_table(pairs))
     failed = [p for p in pairs if p["verdict"] == "not_equivalent"]
@@ -84,13 +82,10 @@ def cmd_check(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from ._errors import InputError
-    from ._plot import plot_all
+    from ._plot import plot_results
 
     out = Path(args.results)
-    if not (out / "summary.json").is_file():
-        raise InputError(f"results={str(out)!r}: no summary.json there (run `mdflow run` first)")
-    paths = plot_all(out)
+    paths = plot_results(out)
     _log(f"wrote {len(paths)} figure files under {out / 'figures'}")
     return 0
 

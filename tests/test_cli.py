@@ -140,7 +140,7 @@ def test_run_writes_figures_and_plot_regenerates_them(tmp_path):
 
 def test_plot_on_missing_folder_exits_2(tmp_path, capsys):
     assert main(["plot", str(tmp_path)]) == 2
-    assert "summary.json" in capsys.readouterr().err
+    assert "no committed result set" in capsys.readouterr().err
 
 
 def test_info_reports_x64():

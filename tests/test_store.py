@@ -119,7 +119,7 @@ def test_other_config_in_same_folder_is_an_error(reference, tmp_path):
         execute(other, out, log=lambda m: None)
     # Without a manifest the chunk files still identify the config.
     (out / "manifest.json").unlink()
-    with pytest.raises(InputError, match="another config"):
+    with pytest.raises(InputError, match="other inputs"):
         execute(other, out, log=lambda m: None)
     execute(other, out, log=lambda m: None, force=True)
     assert read_manifest(out)["config_hash"] == other.hash()
@@ -320,7 +320,8 @@ def test_dual_pairs_are_stored_per_chunk_and_resumed(tmp_path):
     assert again == pairs  # loaded from the chunk files
     # A plain run needs primal-only chunks (no identity states): these do not qualify.
     lines = []
-    with Store.open(out, config.hash(), {}, [{"index": 0, "runs": stored[0]["runs"]}]) as store:
+    identity = read_manifest(out)["identity"]
+    with Store.open(out, identity, {}, [{"index": 0, "runs": stored[0]["runs"]}]) as store:
         shapes = {"w_final": (24,)}
         assert store.load_chunk(0, stored[0]["runs"], expect={"duals": False}, shapes=shapes, log=lines.append) is None
         assert store.load_chunk(0, stored[0]["runs"], expect={"duals": True}, shapes=shapes) is not None
