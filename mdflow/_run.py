@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from ._config import Config, RunSpec
+from ._errors import InputError
 from ._flows import make_flow
 from ._problem import Problem
 from ._solve import STATUSES, Solution, SolvePolicy, select_solver, status_name
@@ -126,6 +127,10 @@ def _plan(config: Config, policy: SolvePolicy, duals: bool, chunk_size: int):
     for i, spec in enumerate(specs):
         if spec.seed not in problems:
             problems[spec.seed] = config.problem(spec.seed)
+            a = config["flows"]["a"]
+            if isinstance(a, list) and len(a) != problems[spec.seed].d:
+                raise InputError(f"flows.a: {len(a)} values, but the data have d={problems[spec.seed].d} "
+                                 "(one magnitude per coordinate)")
         # E3 states ride along when the dual check or the KKT error E needs them (no second solve).
         flow = build_flow(spec, problems[spec.seed], config, track_identity=duals or config["analysis"]["kkt"])
         flows.append(flow)

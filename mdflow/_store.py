@@ -212,6 +212,7 @@ class Store:
                         "choose another --out"
                     )
             if writer:
+                _make_folder(out_dir / CHUNK_DIR)  # before any work: `chunks` being a file is an input error
                 if force:
                     _clear(out_dir)
                 _remove_tmp(out_dir)
@@ -480,6 +481,8 @@ def _make_folder(folder: Path) -> None:
     """Create a folder of the store, or say in one line why it cannot be one."""
     if folder.exists() and not folder.is_dir():
         raise InputError(f"--out: {str(folder)!r} exists and is not a folder")
+    if folder.is_symlink() and not folder.exists():
+        raise InputError(f"--out: {str(folder)!r} is a broken link")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):

@@ -13,6 +13,9 @@ import warnings
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
+EXIT_NOT_EQUIVALENT = 1
+EXIT_NOTHING_VERIFIED = 3  # `check`: no pair got a verdict (every solve failed, or no exact pair)
+VERIFIED = ("equivalent", "not_equivalent")
 
 
 def _log(msg: str) -> None:
@@ -49,7 +52,12 @@ def _load_config(path: str | None):
 
 
 def _out_dir(config, out: str | None) -> Path:
-    return Path(out) if out is not None else Path(config["output"]["dir"])
+    from ._errors import InputError
+
+    out = config["output"]["dir"] if out is None else out
+    if not out.strip():
+        raise InputError(f"--out={out!r}: needs a folder name")
+    return Path(out)
 
 
 def cmd_run(args) -> int:
@@ -69,16 +77,30 @@ def cmd_run(args) -> int:
 
 
 def cmd_check(args) -> int:
+    """Exit 0: every verified pair equivalent; 1: some exact pair not equivalent; 3: nothing verified
+    (no pair has the verdict "equivalent" or "not_equivalent")."""
     from ._equivalence import format_table
+    from ._errors import InputError
     from ._run import execute
 
     config = _load_config(args.config)
     out = _out_dir(config, args.out)
+    if config["output"]["save"] != "trajectories":
+        raise InputError(f"output.save={config['output']['save']!r}: `mdflow check` compares primal and dual "
+                         "trajectories; set output.save = \"trajectories\"")
     _, pairs = execute(config, out, log=_log, duals=True, force=args.force)
     print(format_table(pairs))
     failed = [p for p in pairs if p["verdict"] == "not_equivalent"]
-    _log(f"wrote {out / 'equivalence.json'}; {len(failed)} exact pair(s) not equivalent")
-    return 1 if failed else 0
+    verified = [p for p in pairs if p["verdict"] in VERIFIED]
+    _log(f"wrote {out / 'equivalence.json'}; {len(verified)} of {len(pairs)} pair(s) verified, "
+         f"{len(failed)} exact pair(s) not equivalent")
+    if failed:
+        return EXIT_NOT_EQUIVALENT
+    if not verified:
+        verdicts = sorted({str(p["verdict"]) for p in pairs})
+        _log(f"mdflow check: nothing verified (verdicts: {verdicts or 'no pairs'}); exit {EXIT_NOTHING_VERIFIED}")
+        return EXIT_NOTHING_VERIFIED
+    return 0
 
 
 def cmd_plot(args) -> int:
