@@ -65,15 +65,16 @@ def _follow_umask(fd: int, *, folder: bool = False) -> None:
     os.fchmod(fd, (0o777 if folder else 0o666) & ~_umask())
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder, fsync, and rename: readers never see half a file."""
+def _atomic_write(path: str | Path, write: Callable[[Any], None]) -> None:
+    """`write(file)` into a temporary file in the same folder, fsync, and rename: readers never see
+    half a file."""
     path = Path(path)
     _make_folder(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             _follow_umask(f.fileno())
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -82,6 +83,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     _fsync_folder(path.parent)  # make the rename itself durable
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    _atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -94,32 +99,17 @@ def npz_bytes(**arrays) -> bytes:
     return buf.getvalue()
 
 
-def atomic_save_npz(path: str | Path, **arrays) -> None:
-    atomic_write_bytes(path, npz_bytes(**arrays))
-
-
 def stream_npz(path: str | Path, members: Iterable[tuple[str, Callable[[], np.ndarray]]]) -> None:
-    """Write an `.npz` member by member (`members`: name and a function building that array), fsync'ed
-    and renamed into place: only one member is in memory at a time, never the whole file's bytes."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _follow_umask(f.fileno())
-            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-                for name, build in members:
-                    array = np.asarray(build())
-                    with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
-                        np.lib.format.write_array(member, array, allow_pickle=False)
-                    del array
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_folder(path.parent)
+    """Write an `.npz` atomically, member by member (`members`: name and a function building that
+    array): only one member is in memory at a time, never the whole file's bytes."""
+
+    def write(f) -> None:
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, build in members:
+                with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asarray(build()), allow_pickle=False)
+
+    _atomic_write(path, write)
 
 
 def file_sha256(path: Path) -> str:
