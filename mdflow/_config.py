@@ -52,6 +52,10 @@ def _nonneg(v):
 _NUM = (int, float)
 _GRID = (list, dict, int, float)
 
+# Grid ceilings: a range of more values, or a sweep of more runs, is almost surely a typo (`num = 2e8`).
+MAX_AXIS_VALUES = 10_000
+MAX_RUNS = 100_000
+
 # The stop tolerance a config gets when it does not set one but only end points matter (issue 5).
 END_POINT_STOP = 1e-8
 
@@ -159,6 +163,8 @@ def expand_axis(name: str, value: Any, *, positive: bool = True) -> list[float]:
         spacing = value.get("spacing", "log")
         if isinstance(num, bool) or not isinstance(num, int) or num < 1:
             raise InputError(f"{name}.num={num!r}: expected an integer >= 1")
+        if num > MAX_AXIS_VALUES:
+            raise InputError(f"{name}.num={num!r}: at most {MAX_AXIS_VALUES} values per grid axis")
         for key, v in (("start", start), ("stop", stop)):
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise InputError(f"{name}.{key}={v!r}: expected a number")
@@ -187,7 +193,19 @@ def expand_axis(name: str, value: Any, *, positive: bool = True) -> list[float]:
         for v in values:
             if not (v > 0 and math.isfinite(v)):
                 raise InputError(f"{name}={v!r}: must be finite and > 0")
+    if len(values) > MAX_AXIS_VALUES:
+        raise InputError(f"{name}: {len(values)} values, at most {MAX_AXIS_VALUES} per grid axis")
+    _no_duplicates(name, values)
     return values
+
+
+def _no_duplicates(name: str, values: list) -> None:
+    """Identical grid values would compute identical runs twice."""
+    seen = set()
+    for v in values:
+        if v in seen:
+            raise InputError(f"{name}: duplicate value {v!r} (the same runs would be computed twice)")
+        seen.add(v)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -339,6 +357,8 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
     if not kinds:
         raise InputError("flows.kinds=[]: needs at least one flow")
     for i, kind in enumerate(kinds):
+        if not isinstance(kind, str):
+            raise InputError(f"flows.kinds[{i}]={kind!r}: expected a flow name (a string)")
         if kind not in PRIMAL_FLOWS:
             raise InputError(f"flows.kinds[{i}]={kind!r}: unknown flow (known: {sorted(PRIMAL_FLOWS)})")
     if len(set(kinds)) != len(kinds):
@@ -346,8 +366,28 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
     a = raw["flows"]["a"]
     if isinstance(a, str) and a != "grad0":
         raise InputError(f"flows.a={a!r}: expected 'grad0', a number or a list of numbers")
-    if isinstance(a, (int, float)) and not isinstance(a, bool) and not a >= 0:
-        raise InputError(f"flows.a={a!r}: must be >= 0")
+    if isinstance(a, (int, float)) and not isinstance(a, bool):
+        if not (a >= 0 and math.isfinite(a)):
+            raise InputError(f"flows.a={a!r}: must be finite and >= 0")
+        raw["flows"]["a"] = float(a)
+    if isinstance(a, list):
+        if not a:
+            raise InputError("flows.a=[]: needs one magnitude per coordinate (d values), or a number")
+        for i, v in enumerate(a):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0 and math.isfinite(v)):
+                raise InputError(f"flows.a[{i}]={v!r}: expected a finite number >= 0")
+        d = raw["problem"]["d"] if raw["problem"]["kind"] == "sparse_gaussian" else None
+        if d is not None and len(a) != d:
+            raise InputError(f"flows.a: {len(a)} values, but problem.d={d} (one magnitude per coordinate)")
+    given = data.get("problem", {})
+    if raw["problem"]["kind"] == "file":
+        extra = [k for k in ("n", "d", "k", "noise", "signs", "seed") if k in given]
+        if extra:
+            raise InputError(f"problem.{extra[0]}: does not apply to problem.kind = 'file' (the data file "
+                             "sets the sizes); remove it")
+    elif "path" in given:
+        raise InputError(f"problem.path: applies only to problem.kind = 'file' (kind is "
+                         f"{raw['problem']['kind']!r}); remove it or set kind = 'file'")
     solver = raw["solve"]["solver"]
     if solver != "auto" and solver not in SOLVERS:
         raise InputError(f"solve.solver={solver!r}: expected 'auto' or one of {sorted(SOLVERS)}")
@@ -356,12 +396,18 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
         raise InputError(f"solve.t_min={t_min!r}: must be < solve.t1={raw['solve']['t1']}")
     seeds = raw["grid"]["seed"]
     if seeds is not None:
+        if seeds == []:
+            raise InputError("grid.seed=[]: needs at least one seed")
         for i, s in enumerate([seeds] if isinstance(seeds, int) else seeds):
             if isinstance(s, bool) or not isinstance(s, int) or s < 0:
                 raise InputError(f"grid.seed[{i}]={s!r}: expected an integer >= 0")
-    for i, eta in enumerate(raw["analysis"]["discrete_etas"]):
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta > 0:
-            raise InputError(f"analysis.discrete_etas[{i}]={eta!r}: expected a number > 0")
+        _no_duplicates("grid.seed", [seeds] if isinstance(seeds, int) else seeds)
+    etas = raw["analysis"]["discrete_etas"]
+    for i, eta in enumerate(etas):
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not (eta > 0 and math.isfinite(eta)):
+            raise InputError(f"analysis.discrete_etas[{i}]={eta!r}: expected a finite number > 0")
+    if raw["analysis"]["discrete"] and not etas:
+        raise InputError("analysis.discrete_etas=[]: analysis.discrete = true needs at least one step size")
     config = Config(raw, source)
     if raw["problem"]["kind"] == "sparse_gaussian" and raw["problem"]["k"] > raw["problem"]["d"]:
         raise InputError(f"problem.k={raw['problem']['k']}: must be <= problem.d={raw['problem']['d']}")
@@ -371,6 +417,9 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
             raise InputError(f"problem.path={str(path)!r}: no such file")
     # Expand the axes now so that grid errors surface before any work.
     config.eps_values, config.alpha_values  # noqa: B018
+    num_runs = len(config.run_specs())
+    if num_runs > MAX_RUNS:
+        raise InputError(f"grid: {num_runs} runs, at most {MAX_RUNS} per config (split the sweep)")
     if config.a_values is not None:
         if raw["flows"]["a"] != "grad0":
             raise InputError(f"grid.a: sweeps the frozen magnitudes, so flows.a={raw['flows']['a']!r} "

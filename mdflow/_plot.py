@@ -76,8 +76,17 @@ def plot_run_figures(out_dir: str | Path) -> list[Path]:
     return paths
 
 
-def plot_all(out_dir: str | Path) -> list[Path]:
-    """Every figure a results folder supports (`mdflow plot`): run figures and the paper figures F1–F6."""
+def plot_all(folder: str | Path) -> list[Path]:
+    """Every figure the result files in `folder` support: run figures and the paper figures F1–F6,
+    written under `folder/figures`. `folder` is a result set's own folder (see `plot_results`)."""
     from ._figures import plot_paper_figures
 
-    return plot_run_figures(out_dir) + plot_paper_figures(out_dir)
+    return plot_run_figures(folder) + plot_paper_figures(folder)
+
+
+def plot_results(out_dir: str | Path) -> list[Path]:
+    """`mdflow plot`: verify the committed result set of a results folder (a missing or inconsistent
+    set is an `InputError`), then draw every figure from that one set, into it."""
+    from ._store import committed_folder
+
+    return plot_all(committed_folder(out_dir))

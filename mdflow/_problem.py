@@ -122,17 +122,31 @@ def load_npz(path: str | Path, *, normalization: str = "mean") -> Problem:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"problem.path={str(path)!r}: no such file")
+    name = f"problem.path={str(path)!r}"
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic == b"\x93NUMPY":
+        raise InputError(f"{name}: a single .npy array, not an .npz archive of X and y (save with np.savez)")
+    if not magic.startswith(b"PK"):
+        raise InputError(f"{name}: not an .npz archive (no zip header; save with np.savez)")
+    arrays = {}
     try:
-        data = np.load(path, allow_pickle=False)
+        with np.load(path, allow_pickle=False) as data:
+            for key in ("X", "y"):
+                if key not in data.files:
+                    raise InputError(f"{name}: missing array {key!r} (has {data.files})")
+            for key in ("X", "y", "w_star"):
+                if key in data.files:
+                    arrays[key] = data[key]
+    except InputError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error
-        raise InputError(f"problem.path={str(path)!r}: cannot read as .npz ({exc})") from None
-    for key in ("X", "y"):
-        if key not in data.files:
-            raise InputError(f"problem.path={str(path)!r}: missing array {key!r} (has {data.files})")
-    X, y = validate_data(data["X"], data["y"], source=str(path))
+        why = "holds object arrays (pickled Python objects), not numbers" if "pickle" in str(exc) else str(exc)
+        raise InputError(f"{name}: cannot read as .npz ({why})") from None
+    X, y = validate_data(arrays["X"], arrays["y"], source=str(path))
     w_star = None
-    if "w_star" in data.files:
-        w_star = np.asarray(data["w_star"], dtype=np.float64)
+    if "w_star" in arrays:
+        w_star = np.asarray(arrays["w_star"], dtype=np.float64)
         if w_star.shape != (X.shape[1],):
             raise InputError(f"{path}: w_star has shape {w_star.shape}, expected ({X.shape[1]},)")
         w_star = jnp.asarray(w_star)

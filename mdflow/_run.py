@@ -3,6 +3,8 @@ resumable store (`_store.py`), then assemble `summary.json`, `trajectories.npz` 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import platform
 import time
 from collections.abc import Callable
@@ -13,10 +15,11 @@ import jax
 import numpy as np
 
 from ._config import Config, RunSpec
+from ._errors import InputError
 from ._flows import make_flow
 from ._problem import Problem
 from ._solve import STATUSES, Solution, SolvePolicy, select_solver, status_name
-from ._store import Store, atomic_save_npz, atomic_write_json
+from ._store import Store, atomic_write_json, stream_npz
 from ._sweep import (
     Chunk, Progress, batches, difficulty, effective_vmap_width, make_mesh, num_traces, plan_chunks, solve_chunks,
 )
@@ -40,6 +43,30 @@ def versions() -> dict[str, str]:
         "numpy": np.__version__,
         "x64": bool(jax.config.jax_enable_x64),
         "devices": [str(d) for d in jax.devices()],
+    }
+
+
+def data_digest(problem: Problem) -> str:
+    """sha256 of the data a run sees: X, y and w_star (dtype, shape and bytes of each)."""
+    digest = hashlib.sha256()
+    for name in ("X", "y", "w_star"):
+        value = getattr(problem, name)
+        array = None if value is None else np.ascontiguousarray(np.asarray(value))
+        digest.update(f"{name}:{None if array is None else (array.dtype.str, array.shape)}".encode())
+        if array is not None:
+            digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def store_identity(config: Config, problems: dict[int, Problem], policy: SolvePolicy) -> dict[str, Any]:
+    """What determines a sweep's results: the config, the data's content (per seed), the versions of
+    the numerical stack and the solve policy in force (defaults included)."""
+    stack = versions()
+    return {
+        "config": config.hash(),
+        "data": {str(seed): data_digest(p) for seed, p in sorted(problems.items())},
+        "versions": {k: stack[k] for k in ("mdflow", "jax", "diffrax", "equinox", "optax", "x64")},
+        "policy": {k: v for k, v in dataclasses.asdict(policy).items()},
     }
 
 
@@ -100,6 +127,10 @@ def _plan(config: Config, policy: SolvePolicy, duals: bool, chunk_size: int):
     for i, spec in enumerate(specs):
         if spec.seed not in problems:
             problems[spec.seed] = config.problem(spec.seed)
+            a = config["flows"]["a"]
+            if isinstance(a, list) and len(a) != problems[spec.seed].d:
+                raise InputError(f"flows.a: {len(a)} values, but the data have d={problems[spec.seed].d} "
+                                 "(one magnitude per coordinate)")
         # E3 states ride along when the dual check or the KKT error E needs them (no second solve).
         flow = build_flow(spec, problems[spec.seed], config, track_identity=duals or config["analysis"]["kkt"])
         flows.append(flow)
@@ -210,14 +241,18 @@ def execute(
                              for s in sorted({c.solver for c in plan})},
               "num_runs": len(specs), "duals": duals}
     total_start = time.perf_counter()
-    store = Store.open(out_dir, config.hash(), header, [c.to_json() for c in plan], force=force, writer=primary)
+    identity = store_identity(config, problems, policy)
+    store = Store.open(out_dir, identity, header, [c.to_json() for c in plan], force=force, writer=primary)
     try:
-        results: dict[int, tuple[dict[str, Any], dict[str, np.ndarray]]] = {}
+        # Only now, with every input checked, does anything but an error line get printed.
+        log(f"mdflow: {config.source}, {len(specs)} runs{' + duals' if duals else ''} in {len(plan)} chunk(s) "
+            f"-> {out_dir}")
+        results: dict[int, dict[str, Any]] = {}  # chunk metas; their arrays stay in the chunk files
         expect = {"duals": duals, "save": policy.save}
         for chunk in plan:
             loaded = store.load_chunk(chunk.index, chunk.runs, expect=expect, shapes=shapes, log=log)
             if loaded is not None:
-                results[chunk.index] = loaded
+                results[chunk.index] = loaded[0]
         pending_mask = _pending_agreed([c.index not in results for c in plan])
         pending = [c for c, todo in zip(plan, pending_mask) if todo]
         if primary:
@@ -240,9 +275,12 @@ def execute(
             for chunk, sol in zip(call, sols):
                 meta, arrays = _chunk_result(chunk, sol, specs, flows, problem, policy, config, duals,
                                              per_run * len(chunk.runs), analyses)
+                meta["num_devices"] = mesh.devices.size  # rounding may depend on it (docs/store.md)
+                meta["arrays"] = {k: {"dtype": v.dtype.str, "shape": list(v.shape[1:])} for k, v in arrays.items()}
                 if primary:
                     store.save_chunk(chunk.index, chunk.runs, meta, arrays)
-                results[chunk.index] = (meta, arrays)
+                results[chunk.index] = meta
+                del arrays
                 bad = meta["failures"]
                 progress.update(chunk.index, len(chunk.runs),
                                 f"{chunk.flow} (seed {chunk.seed}) x{len(chunk.runs)}, {chunk.solver}, "
@@ -255,7 +293,7 @@ def execute(
             log(f"process {jax.process_index()}: {len(plan) - len(results)} chunk(s) held by process 0 only; "
                 "its store has the results")
             return [], []
-        records, pairs, arrays = _assemble(plan, results, len(specs))
+        records, pairs = _assemble(plan, results, len(specs))
         summary = {"config": config.to_json(), "versions": versions(),
                    "stop_rel_residual": policy.stop_rel_residual,  # in force (the config's may be unset)
                    "runs": records,
@@ -265,36 +303,55 @@ def execute(
                              "loaded": sorted(set(results) - {c.index for c in pending})},
                    "wall_s": time.perf_counter() - total_start}
         if primary:
-            atomic_write_json(out_dir / "summary.json", summary)
-            atomic_save_npz(out_dir / "trajectories.npz", ts=ts, **arrays)
-            if duals:
-                atomic_write_json(out_dir / "equivalence.json", {"pairs": pairs})
+            def write(folder: Path) -> None:
+                atomic_write_json(folder / "summary.json", summary)
+                stream_npz(folder / "trajectories.npz",
+                           [("ts", lambda: ts), *_stacked_members(store, plan, results, len(specs))])
+                if duals:
+                    atomic_write_json(folder / "equivalence.json", {"pairs": pairs})
+                if config["output"]["figures"]:
+                    from ._plot import plot_all
+
+                    plot_all(folder)
+
+            store.commit(write)
             store.write_manifest(finished=True)
     finally:
         store.close()
-    if primary and config["output"]["figures"]:
-        from ._plot import plot_all
-
-        plot_all(out_dir)
     return records, pairs
 
 
-def _assemble(plan: list[Chunk], results, num_runs: int):
-    """Records, pairs and stacked arrays in config order from the per-chunk results."""
+def _assemble(plan: list[Chunk], metas: dict[int, dict[str, Any]], num_runs: int):
+    """Records and pairs in config order from the per-chunk metas."""
     records: list[dict[str, Any] | None] = [None] * num_runs
     pairs: list[dict[str, Any]] = []
-    rows: dict[str, list[np.ndarray | None]] = {}
     for chunk in plan:
-        meta, arrays = results[chunk.index]
+        meta = metas[chunk.index]
         for j, i in enumerate(chunk.runs):
             records[i] = meta["records"][j]
-            for key, value in arrays.items():
-                rows.setdefault(key, [None] * num_runs)[i] = value[j]
         pairs.extend(meta.get("pairs", []))
     pairs.sort(key=lambda p: p["run_index"])
-    stacked = {}
-    for key, values in rows.items():
-        like = next(v for v in values if v is not None)
-        # An analysis that skips some runs (e.g. SSD-only fields) leaves NaN rows there.
-        stacked[key] = np.stack([np.full(like.shape, np.nan) if v is None else v for v in values])
-    return records, pairs, stacked
+    return records, pairs
+
+
+def _stacked_members(store: Store, plan: list[Chunk], metas: dict[int, dict[str, Any]], num_runs: int):
+    """`(name, build)` per array of `trajectories.npz`: `build()` stacks that array in config order
+    from the chunk files, one chunk member at a time (so assembly holds about one array, not the
+    whole result, in memory). An analysis that skips some runs (e.g. SSD-only fields) leaves NaN rows."""
+    layout: dict[str, dict[str, Any]] = {}
+    for chunk in plan:
+        for key, spec in metas[chunk.index]["arrays"].items():
+            layout.setdefault(key, spec)
+
+    def build(key: str) -> np.ndarray:
+        spec = layout[key]
+        dtype = np.dtype(spec["dtype"])
+        fill = np.nan if dtype.kind in "fc" else 0
+        out = np.full((num_runs, *spec["shape"]), fill, dtype=dtype)
+        for chunk in plan:
+            if key in metas[chunk.index]["arrays"]:
+                with np.load(store.chunk_path(chunk.index, ".npz"), allow_pickle=False) as data:
+                    out[list(chunk.runs)] = data[key]
+        return out
+
+    return [(key, lambda key=key: build(key)) for key in layout]

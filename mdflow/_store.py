@@ -1,21 +1,29 @@
-"""The results store of a sweep: a manifest, one result file pair per chunk, atomic writes, resume.
+"""The results store of a sweep: a manifest, one result file pair per chunk, atomic writes, resume,
+and one committed result set.
 
 Layout of an output folder:
 
 ```
 out/
-  manifest.json            config, config hash, versions, x64, devices, times, chunk list + status
+  manifest.json            identity (config hash, data hash, versions, solve policy), header, chunk list
   chunks/chunk-0003.npz    arrays of the chunk's runs (w_final, loss, rel_residual[, w])
-  chunks/chunk-0003.json   records (+ dual pair records) of the chunk, and the npz's sha256
-  summary.json, trajectories.npz, equivalence.json   assembled from the chunks at the end
+  chunks/chunk-0003.json   records (+ dual pair records) of the chunk, its identity and the npz's sha256
+  generations/g-.../       one assembled result set: summary.json, trajectories.npz[, equivalence.json],
+                           figures/, and commit.json (sha256 and size of each data file), written last
+  current -> generations/g-...       switched by one atomic rename once a generation is complete
+  summary.json, trajectories.npz, equivalence.json, figures -> current/...   (links, for convenience)
 ```
 
 Every file is written to a temporary file in the same folder, flushed, fsync'ed and renamed
 (`os.replace` is atomic on POSIX), so a reader sees the old file or the new one, never half of one.
 A chunk counts as done only when its `.json` exists and validates: it is written *after* its `.npz`
 and names the npz's sha256, so a kill between the two writes leaves a chunk that is simply recomputed.
+A result set is only ever read through `read_results`, which resolves `current` once and verifies
+every file against `commit.json`: a reader gets the old complete set or the new one, never a mix.
 Stray `*.tmp` files of a killed writer are removed when the store is opened (a lock file keeps two
-live writers out of one folder).
+live writers out of one folder). Files and folders get the modes the umask allows.
+
+See docs/store.md for the guarantees and the tests that prove them.
 """
 
 from __future__ import annotations
@@ -26,27 +34,47 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+import zipfile
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ._errors import InputError
 
-FORMAT = 1
+FORMAT = 2
 CHUNK_DIR = "chunks"
+GENERATIONS = "generations"
+CURRENT = "current"
+COMMIT = "commit.json"
+RESULT_FILES = ("summary.json", "trajectories.npz", "equivalence.json")
+LINKED = (*RESULT_FILES, "figures")
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder, fsync, and rename: readers never see half a file."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _follow_umask(fd: int, *, folder: bool = False) -> None:
+    """`mkstemp`/`mkdtemp` create 0600/0700 files; results get the modes `open()` would give them."""
+    os.fchmod(fd, (0o777 if folder else 0o666) & ~_umask())
+
+
+def _atomic_write(path: str | Path, write: Callable[[Any], None]) -> None:
+    """`write(file)` into a temporary file in the same folder, fsync, and rename: readers never see
+    half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            _follow_umask(f.fileno())
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -54,14 +82,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    _fsync_folder(path.parent)  # make the rename itself durable
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    _atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -74,8 +99,52 @@ def npz_bytes(**arrays) -> bytes:
     return buf.getvalue()
 
 
-def atomic_save_npz(path: str | Path, **arrays) -> None:
-    atomic_write_bytes(path, npz_bytes(**arrays))
+def stream_npz(path: str | Path, members: Iterable[tuple[str, Callable[[], np.ndarray]]]) -> None:
+    """Write an `.npz` atomically, member by member (`members`: name and a function building that
+    array): only one member is in memory at a time, never the whole file's bytes."""
+
+    def write(f) -> None:
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, build in members:
+                with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asarray(build()), allow_pickle=False)
+
+    _atomic_write(path, write)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def identity_hash(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_IDENTITY_PARTS = {"config": "config hash", "data": "hash of X, y, w_star per seed",
+                   "versions": "versions", "policy": "solve policy in force"}
+
+
+def identity_changes(stored: dict[str, Any], identity: dict[str, Any]) -> str:
+    """What differs between two store identities, in words, e.g. `data[0] 'f3b0…' -> 'a553…' (hash of
+    X, y, w_star per seed)`."""
+    changes = []
+    for key in sorted(set(stored) | set(identity)):
+        old, new = stored.get(key), identity.get(key)
+        if old == new:
+            continue
+        what = f" ({_IDENTITY_PARTS[key]})" if key in _IDENTITY_PARTS else ""
+        if isinstance(old, dict) and isinstance(new, dict):
+            parts = [f"{key}[{k}] {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+                     if old.get(k) != new.get(k)]
+            changes.append(", ".join(parts) + what)
+        else:
+            changes.append(f"{key} {old!r} -> {new!r}{what}")
+    return "; ".join(changes) or "unknown"
 
 
 def now() -> str:
@@ -83,22 +152,24 @@ def now() -> str:
 
 
 class Store:
-    """One sweep's output folder. Open it with `Store.open`, which checks the config hash and takes
+    """One sweep's output folder. Open it with `Store.open`, which checks the store's identity and takes
     the folder's lock; `load_chunk` returns a finished chunk (or `None` when missing or broken),
-    `save_chunk` writes one atomically and updates the manifest.
+    `save_chunk` writes one atomically and updates the manifest, `commit` writes a result set.
 
     **Arguments of `Store.open`:**
 
     - `out_dir`: the output folder (created if needed).
-    - `config_hash`: `Config.hash()` of the sweep; a folder holding another hash is an `InputError`.
+    - `identity`: what determines the results (JSON-able dict: `config` hash, `data` hashes, `versions`,
+      `policy`); a folder holding another identity is an `InputError` naming what changed.
     - `manifest`: the JSON-able header (config, versions, devices, ...) written into `manifest.json`.
     - `chunks`: one dict per planned chunk (`index`, `runs`, ...): the manifest's chunk list.
     - `force`: discard whatever the folder holds and start over.
     """
 
-    def __init__(self, out_dir: Path, config_hash: str, manifest: dict[str, Any], lock_fd: int | None):
+    def __init__(self, out_dir: Path, identity: dict[str, Any], manifest: dict[str, Any], lock_fd: int | None):
         self.out_dir = out_dir
-        self.config_hash = config_hash
+        self.identity = identity
+        self.identity_hash = identity_hash(identity)
         self.manifest = manifest
         self._lock_fd = lock_fd
 
@@ -107,7 +178,7 @@ class Store:
     def open(
         cls,
         out_dir: str | Path,
-        config_hash: str,
+        identity: dict[str, Any],
         header: dict[str, Any],
         chunks: Sequence[dict[str, Any]],
         *,
@@ -115,20 +186,23 @@ class Store:
         writer: bool = True,
     ) -> Store:
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        _make_folder(out_dir)
         lock_fd = _lock(out_dir) if writer else None
+        this = identity_hash(identity)
         try:
             old = _read_json(out_dir / "manifest.json")
             if not force:
-                stored = old.get("config_hash") if isinstance(old, dict) else None
-                if stored is None:  # no manifest: the chunk files still say which config they hold
-                    stored = next((h for h in _chunk_hashes(out_dir) if h != config_hash), None)
-                if stored is not None and stored != config_hash:
+                stored = old.get("identity") if isinstance(old, dict) else None
+                if not isinstance(stored, dict):  # no manifest: the chunk files still say what they hold
+                    stored = next((i for i in _chunk_identities(out_dir) if identity_hash(i) != this), None)
+                if isinstance(stored, dict) and identity_hash(stored) != this:
                     raise InputError(
-                        f"--out {str(out_dir)!r}: holds results of another config (hash {stored}, this "
-                        f"config {config_hash}); rerun with --force to overwrite them, or choose another --out"
+                        f"--out {str(out_dir)!r}: holds results of other inputs (changed: "
+                        f"{identity_changes(stored, identity)}); rerun with --force to overwrite them, or "
+                        "choose another --out"
                     )
             if writer:
+                _make_folder(out_dir / CHUNK_DIR)  # before any work: `chunks` being a file is an input error
                 if force:
                     _clear(out_dir)
                 _remove_tmp(out_dir)
@@ -136,14 +210,16 @@ class Store:
             started = old.get("started") if isinstance(old, dict) and not force and old.get("started") else now()
             manifest = {
                 "format": FORMAT,
-                "config_hash": config_hash,
+                "config_hash": identity.get("config"),
+                "identity": identity,
+                "identity_hash": this,
                 **header,
                 "started": started,
                 "finished": None,
                 "sessions": sessions + [{"started": now(), "finished": None, "computed": [], "loaded": []}],
                 "chunks": [{**c, "status": "pending"} for c in chunks],
             }
-            return cls(out_dir, config_hash, manifest, lock_fd)
+            return cls(out_dir, identity, manifest, lock_fd)
         except BaseException:
             if lock_fd is not None:
                 os.close(lock_fd)
@@ -170,7 +246,7 @@ class Store:
     ) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
         """A finished chunk `(meta, arrays)` if its files exist and are valid, else `None`.
 
-        Valid means: JSON parses; it names this config hash, these run indices and the `expect` entries
+        Valid means: JSON parses; it names this store identity, these run indices and the `expect` entries
         (e.g. whether duals were solved); the npz has the sha256 the JSON names, loads, and holds the
         arrays of `shapes` (leading axis = number of runs). Anything else is logged and recomputed.
         """
@@ -186,8 +262,8 @@ class Store:
         meta = _read_json(meta_path)
         if not isinstance(meta, dict):
             return broken("unreadable json")
-        if meta.get("config_hash") != self.config_hash:
-            return broken("other config hash")
+        if meta.get("identity_hash") != self.identity_hash:
+            return broken("other inputs (config, data or versions)")
         if meta.get("runs") != list(runs):
             return broken("other run list")
         for key, value in expect.items():
@@ -209,6 +285,8 @@ class Store:
                 return broken(f"array {key!r} missing or of the wrong shape")
         if not isinstance(meta.get("records"), list) or len(meta["records"]) != len(runs):
             return broken("records missing")
+        if not isinstance(meta.get("arrays"), dict) or set(meta["arrays"]) != set(arrays):
+            return broken("array list does not match the npz")
         self._mark(index, "done", meta, loaded=True)
         return meta, arrays
 
@@ -216,7 +294,8 @@ class Store:
         """Write one chunk: the npz first, then the JSON that names the npz's checksum, then the manifest."""
         data = npz_bytes(**arrays)
         atomic_write_bytes(self.chunk_path(index, ".npz"), data)
-        meta = {**meta, "index": index, "runs": list(runs), "config_hash": self.config_hash,
+        meta = {**meta, "index": index, "runs": list(runs), "identity": self.identity,
+                "identity_hash": self.identity_hash,
                 "npz_sha256": hashlib.sha256(data).hexdigest(), "written": now()}
         atomic_write_json(self.chunk_path(index, ".json"), meta)
         self._mark(index, "done", meta, loaded=False)
@@ -232,6 +311,41 @@ class Store:
         if not loaded:
             self.write_manifest()
 
+    # -- the result set --------------------------------------------------------------------------
+    def commit(self, write: Callable[[Path], None]) -> Path:
+        """Write a result set as one unit: `write(folder)` fills a fresh generation folder (summary,
+        arrays, figures); `commit.json` then records the sha256 and size of its data files, and one
+        atomic rename switches `current` to it. A kill at any point leaves the previous set current."""
+        generations = self.out_dir / GENERATIONS
+        _make_folder(generations)
+        folder = Path(tempfile.mkdtemp(dir=generations, prefix=f"g-{now().replace(':', '')[:17]}-"))
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            _follow_umask(fd, folder=True)
+        finally:
+            os.close(fd)
+        write(folder)
+        files = {name: {"sha256": file_sha256(folder / name), "size": (folder / name).stat().st_size}
+                 for name in RESULT_FILES if (folder / name).is_file()}
+        atomic_write_json(folder / COMMIT, {"format": FORMAT, "identity_hash": self.identity_hash,
+                                            "files": files, "written": now()})
+        link = self.out_dir / f".{CURRENT}.tmp"
+        link.unlink(missing_ok=True)
+        os.symlink(Path(GENERATIONS) / folder.name, link)
+        os.replace(link, self.out_dir / CURRENT)
+        _fsync_folder(self.out_dir)
+        for name in LINKED:  # stable paths for people: out/summary.json -> current/summary.json, ...
+            path = self.out_dir / name
+            if not path.is_symlink():
+                if path.is_dir():
+                    shutil.rmtree(path)
+                path.unlink(missing_ok=True)
+                os.symlink(Path(CURRENT) / name, path)
+        for old in generations.iterdir():  # keep this set and the one before it (a reader may hold it)
+            if old != folder and old.is_dir() and old.name != _previous(self.out_dir, folder):
+                shutil.rmtree(old, ignore_errors=True)
+        return folder
+
     # -- manifest --------------------------------------------------------------------------------
     def write_manifest(self, *, finished: bool = False) -> None:
         if finished:
@@ -239,6 +353,52 @@ class Store:
             self.manifest["finished"] = stamp
             self.manifest["sessions"][-1]["finished"] = stamp
         atomic_write_json(self.out_dir / "manifest.json", self.manifest)
+
+
+class ResultSet(NamedTuple):
+    """One committed result set: `summary` (the parsed summary.json) and `arrays` (trajectories.npz)."""
+
+    summary: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+
+
+def committed_folder(out_dir: str | Path) -> Path:
+    """The generation folder that `out_dir/current` names, after checking every data file it lists
+    (present, same size, same sha256) — `InputError` naming the file otherwise."""
+    out_dir = Path(out_dir)
+    name = f"results={str(out_dir)!r}"
+    if not (out_dir / CURRENT).is_symlink():
+        if (out_dir / "summary.json").is_file() and not (out_dir / "summary.json").is_symlink():
+            raise InputError(f"{name}: written by an mdflow without committed result sets; rerun `mdflow run`")
+        raise InputError(f"{name}: no committed result set there (run `mdflow run` first; an interrupted run "
+                         "commits none)")
+    folder = out_dir / os.readlink(out_dir / CURRENT)  # resolved once: every file comes from one set
+    commit = _read_json(folder / COMMIT)
+    if not isinstance(commit, dict) or not isinstance(commit.get("files"), dict):
+        raise InputError(f"{name}: result set {folder.name} has no readable {COMMIT}")
+    for file, expect in commit["files"].items():
+        path = folder / file
+        if not path.is_file():
+            raise InputError(f"{name}: {file} of result set {folder.name} is missing")
+        if path.stat().st_size != expect.get("size") or file_sha256(path) != expect.get("sha256"):
+            raise InputError(f"{name}: {file} changed or truncated since it was written (checksum mismatch)")
+    for required in RESULT_FILES[:2]:
+        if required not in commit["files"]:
+            raise InputError(f"{name}: result set {folder.name} lists no {required}")
+    return folder
+
+
+def read_results(out_dir: str | Path) -> ResultSet:
+    """The committed result set of a results folder, verified (see `committed_folder`): the one
+    reader of summary.json + trajectories.npz. `InputError` on a missing or inconsistent set."""
+    folder = committed_folder(out_dir)
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+        with np.load(folder / "trajectories.npz", allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise InputError(f"results={str(out_dir)!r}: unreadable result set ({exc})") from None
+    return ResultSet(summary, arrays)
 
 
 def read_manifest(out_dir: str | Path) -> dict[str, Any] | None:
@@ -254,35 +414,77 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _chunk_hashes(out_dir: Path) -> list[str]:
-    hashes = []
+def _chunk_identities(out_dir: Path) -> list[dict[str, Any]]:
+    found = []
     for p in sorted((out_dir / CHUNK_DIR).glob("chunk-*.json")):
         meta = _read_json(p)
-        if isinstance(meta, dict) and isinstance(meta.get("config_hash"), str):
-            hashes.append(meta["config_hash"])
-    return hashes
+        if isinstance(meta, dict) and isinstance(meta.get("identity"), dict):
+            found.append(meta["identity"])
+    return found
 
 
 def _remove_tmp(out_dir: Path) -> None:
-    """Delete temporary files a killed writer left behind (safe: we hold the folder's lock)."""
+    """Delete what a killed writer left behind (safe: we hold the folder's lock): temporary files and
+    generation folders it never committed."""
     for folder in (out_dir, out_dir / CHUNK_DIR):
         if folder.is_dir():
             for p in folder.glob(".*.tmp"):
                 p.unlink(missing_ok=True)
+    if (out_dir / GENERATIONS).is_dir():
+        for gen in (out_dir / GENERATIONS).iterdir():
+            if gen.is_dir() and not (gen / COMMIT).is_file():
+                shutil.rmtree(gen, ignore_errors=True)
 
 
 def _clear(out_dir: Path) -> None:
-    """`--force`: forget every stored chunk and the manifest (figures and other files are left)."""
+    """`--force`: forget every stored chunk, the manifest and every result set (the folder then holds
+    no result set until the new one is committed: never the old inputs' results beside new chunks)."""
+    (out_dir / CURRENT).unlink(missing_ok=True)
     chunk_dir = out_dir / CHUNK_DIR
     if chunk_dir.is_dir():
         for p in chunk_dir.iterdir():
             if p.is_file() and p.name.startswith(("chunk-", ".chunk-")):
                 p.unlink()
     (out_dir / "manifest.json").unlink(missing_ok=True)
+    if (out_dir / GENERATIONS).is_dir():
+        shutil.rmtree(out_dir / GENERATIONS)
+
+
+def _previous(out_dir: Path, new: Path) -> str | None:
+    """Name of the generation that was current before `new` (the newest other one)."""
+    others = [p for p in (out_dir / GENERATIONS).iterdir() if p.is_dir() and p != new]
+    return max(others, key=lambda p: p.stat().st_mtime_ns).name if others else None
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _make_folder(folder: Path) -> None:
+    """Create a folder of the store, or say in one line why it cannot be one."""
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"--out: {str(folder)!r} exists and is not a folder")
+    if folder.is_symlink() and not folder.exists():
+        raise InputError(f"--out: {str(folder)!r} is a broken link")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(f"--out: cannot create folder {str(folder)!r} (a file is in the way)") from None
+    except PermissionError:
+        raise InputError(f"--out: cannot create folder {str(folder)!r} (permission denied)") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"--out: folder {str(folder)!r} is not writable")
 
 
 def _lock(out_dir: Path) -> int:
-    fd = os.open(out_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(out_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

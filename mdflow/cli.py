@@ -13,6 +13,9 @@ import warnings
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
+EXIT_NOT_EQUIVALENT = 1
+EXIT_NOTHING_VERIFIED = 3  # `check`: no pair got a verdict (every solve failed, or no exact pair)
+VERIFIED = ("equivalent", "not_equivalent")
 
 
 def _log(msg: str) -> None:
@@ -26,12 +29,20 @@ def _setup_jax(job=None) -> None:
     from ._distributed import initialize, local_device_count
     from ._sweep import use_cpu_cores
 
+    flags = os.environ.get("XLA_FLAGS")
     use_cpu_cores(local_device_count(job))
     import jax
 
     if job is not None:
         initialize(job)
     jax.config.update("jax_enable_x64", True)
+    try:
+        jax.devices()  # XLA reads XLA_FLAGS once, when the backend starts ...
+    finally:  # ... so restore them: child processes and in-process callers keep their own device count
+        if flags is None:
+            os.environ.pop("XLA_FLAGS", None)
+        else:
+            os.environ["XLA_FLAGS"] = flags
     cache = os.environ.get("MDFLOW_CACHE_DIR", str(Path.home() / ".cache" / "mdflow" / "jax"))
     if cache:
         jax.config.update("jax_compilation_cache_dir", cache)
@@ -45,7 +56,12 @@ def _load_config(path: str | None):
 
 
 def _out_dir(config, out: str | None) -> Path:
-    return Path(out) if out is not None else Path(config["output"]["dir"])
+    from ._errors import InputError
+
+    out = config["output"]["dir"] if out is None else out
+    if not out.strip():
+        raise InputError(f"--out={out!r}: needs a folder name")
+    return Path(out)
 
 
 def _writes() -> bool:
@@ -60,7 +76,6 @@ def cmd_run(args) -> int:
 
     config = _load_config(args.config)
     out = _out_dir(config, args.out)
-    _log(f"mdflow run: {config.source}, {len(config.run_specs())} runs -> {out}")
     records, pairs = execute(config, out, log=_log, force=args.force)
     failed = [r for r in records if r["status"] != "ok"]
     if _writes():
@@ -74,27 +89,37 @@ def cmd_run(args) -> int:
 
 
 def cmd_check(args) -> int:
+    """Exit 0: every verified pair equivalent; 1: some exact pair not equivalent; 3: nothing verified
+    (no pair has the verdict "equivalent" or "not_equivalent")."""
     from ._equivalence import format_table
+    from ._errors import InputError
     from ._run import execute
 
     config = _load_config(args.config)
     out = _out_dir(config, args.out)
-    _log(f"mdflow check: {config.source}, {len(config.run_specs())} primal runs + duals -> {out}")
+    if config["output"]["save"] != "trajectories":
+        raise InputError(f"output.save={config['output']['save']!r}: `mdflow check` compares primal and dual "
+                         "trajectories; set output.save = \"trajectories\"")
     _, pairs = execute(config, out, log=_log, duals=True, force=args.force)
     print(format_table(pairs))
     failed = [p for p in pairs if p["verdict"] == "not_equivalent"]
-    _log((f"wrote {out / 'equivalence.json'}; " if _writes() else "") + f"{len(failed)} exact pair(s) not equivalent")
-    return 1 if failed else 0
+    verified = [p for p in pairs if p["verdict"] in VERIFIED]
+    _log((f"wrote {out / 'equivalence.json'}; " if _writes() else "")
+         + f"{len(verified)} of {len(pairs)} pair(s) verified, {len(failed)} exact pair(s) not equivalent")
+    if failed:
+        return EXIT_NOT_EQUIVALENT
+    if not verified:
+        verdicts = sorted({str(p["verdict"]) for p in pairs})
+        _log(f"mdflow check: nothing verified (verdicts: {verdicts or 'no pairs'}); exit {EXIT_NOTHING_VERIFIED}")
+        return EXIT_NOTHING_VERIFIED
+    return 0
 
 
 def cmd_plot(args) -> int:
-    from ._errors import InputError
-    from ._plot import plot_all
+    from ._plot import plot_results
 
     out = Path(args.results)
-    if not (out / "summary.json").is_file():
-        raise InputError(f"results={str(out)!r}: no summary.json there (run `mdflow run` first)")
-    paths = plot_all(out)
+    paths = plot_results(out)
     _log(f"wrote {len(paths)} figure files under {out / 'figures'}")
     return 0
 

@@ -19,3 +19,15 @@ jax.devices()
 def small_problem():
     """n=10, d=30, k=3: over-parameterized, fast to solve."""
     return mdflow.sparse_gaussian(10, 30, 3, seed=1)
+
+
+def host_devices_env(count: int | None = None) -> dict[str, str]:
+    """The environment for a subprocess that must see `count` host devices (default: as many as this
+    process has). Results of compiled sharded programs may differ in the last bit between device
+    counts (1 device vs several), so a subprocess compared bit for bit against this process pins it."""
+    import os
+    import re
+
+    count = len(jax.devices()) if count is None else count
+    flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", ""))
+    return {**os.environ, "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={count}".strip()}

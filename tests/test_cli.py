@@ -1,6 +1,7 @@
 """The command line: bad input exits 2 with one line naming the problem; runs write their outputs."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -140,7 +141,7 @@ def test_run_writes_figures_and_plot_regenerates_them(tmp_path):
 
 def test_plot_on_missing_folder_exits_2(tmp_path, capsys):
     assert main(["plot", str(tmp_path)]) == 2
-    assert "summary.json" in capsys.readouterr().err
+    assert "no committed result set" in capsys.readouterr().err
 
 
 def test_info_reports_x64():
@@ -158,3 +159,113 @@ def test_config_file_gets_its_own_output_folder(tmp_path):
     assert load(tmp_path / "my_sweep.toml")["output"]["dir"] == "results/my_sweep"
     assert load(tmp_path / "other.toml")["output"]["dir"] == "results/other"
     assert load(tmp_path / "pinned.toml")["output"]["dir"] == "elsewhere"
+
+
+def test_cli_leaves_the_environment_of_its_caller(monkeypatch):
+    """`main` sets one host device per core for its own backend only: a test process (or a caller's
+    subprocesses) must not inherit another device count through `XLA_FLAGS`."""
+    import os
+
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert main(["info"]) == 0
+    assert "XLA_FLAGS" not in os.environ
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    assert main(["info"]) == 0
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false"
+    out = subprocess.run([sys.executable, "-m", "mdflow.cli", "info"], capture_output=True, text=True, check=True)
+    devices = next(line for line in out.stdout.splitlines() if "devices:" in line)
+    if "cpu:" in devices:  # ... while the CLI itself still gets one host device per core
+        assert devices.count("cpu:") == os.cpu_count()
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("[analysis]\ndiscrete = true\ndiscrete_etas = []\n", "analysis.discrete_etas=[]"),
+        ("[analysis]\ndiscrete_etas = [inf]\n", "analysis.discrete_etas[0]=inf"),
+        ("[grid]\nseed = []\n", "grid.seed=[]"),
+        ("[grid]\nseed = [1, 1]\n", "grid.seed: duplicate value 1"),
+        ("[grid]\neps = [0.1, 0.1]\n", "grid.eps: duplicate value 0.1"),
+        ("[grid]\nalpha = { start = 0.1, stop = 0.1, num = 3 }\n", "grid.alpha: duplicate value 0.1"),
+        ("[grid]\neps = { start = 0.01, stop = 1.0, num = 200000000 }\n", "grid.eps.num=200000000"),
+        ("[grid]\neps = { start = 0.01, stop = 1.0, num = 5000 }\nalpha = { start = 0.01, stop = 1.0, num = 50 }\n",
+         "grid: 250050 runs, at most 100000"),
+        ("[flows]\nkinds = [['ssd']]\n", "flows.kinds[0]=['ssd']"),
+        ("[flows]\nkinds = ['ssd_frozen']\na = inf\n", "flows.a=inf"),
+        ("[flows]\nkinds = ['ssd_frozen']\na = []\n", "flows.a=[]"),
+        ("[flows]\nkinds = ['ssd_frozen']\na = [1.0, 2.0]\n", "flows.a: 2 values, but problem.d=24"),
+        ("[flows]\nkinds = ['ssd_frozen']\na = ['x']\n", "flows.a[0]='x'"),
+        ("[problem]\npath = 'data.npz'\n", "problem.path: applies only to problem.kind = 'file'"),
+        ("[problem]\nkind = 'file'\npath = 'cfg.toml'\nn = 5\n", "problem.n: does not apply"),
+    ],
+)
+def test_more_bad_input_exits_2_before_any_work(tmp_path, capsys, text, needle):
+    assert run_cli(tmp_path, "[problem]\nd = 24\n" + text if text.startswith("[flows]") else text) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0] and "Traceback" not in err[0], err
+    assert not (tmp_path / "out").exists()  # no partial output
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("npy", "a single .npy array"), ("text", "no zip header"), ("object", "object arrays"),
+])
+def test_unreadable_data_files_exit_2(tmp_path, capsys, content, needle):
+    path = tmp_path / "data.npz"
+    if content == "npy":
+        with open(path, "wb") as f:
+            np.save(f, np.ones((3, 4)))
+    elif content == "text":
+        path.write_text("X,y\n1,2\n")
+    else:
+        np.savez(path, X=np.array([{"a": 1}], dtype=object), y=np.ones(1))
+    assert run_cli(tmp_path, "[problem]\nkind = 'file'\npath = 'data.npz'\n") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "problem.path=" in err[0] and needle in err[0], err
+
+
+@pytest.mark.parametrize("where", ["out_is_file", "out_under_file", "chunks_is_file", "empty"])
+def test_unusable_output_folder_exits_2(tmp_path, capsys, where):
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(TINY)
+    out = tmp_path / "out"
+    if where == "out_is_file":
+        out.write_text("x")
+    elif where == "out_under_file":
+        (tmp_path / "f").write_text("x")
+        out = tmp_path / "f" / "out"
+    elif where == "chunks_is_file":
+        out.mkdir()
+        (out / "chunks").write_text("x")
+    assert main(["run", str(cfg), "--out", "" if where == "empty" else str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out" in err[0] and "Traceback" not in err[0], err
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into read-only folders")
+def test_read_only_output_folder_exits_2(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir(mode=0o555)
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(TINY)
+    assert main(["run", str(cfg), "--out", str(out)]) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_check_with_final_only_exits_2_before_solving(tmp_path, capsys):
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(TINY.replace('save = "trajectories"', 'save = "final"'))
+    assert main(["check", str(cfg), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "output.save='final'" in err[0] and '"trajectories"' in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_check_exits_3_when_nothing_was_verified(tmp_path, capsys):
+    """Every solve fails its step budget: no pair is verified, which is not a pass."""
+    from mdflow.cli import EXIT_NOTHING_VERIFIED
+
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(TINY.replace("[solve]", "[solve]\nmax_steps = 3").replace('kinds = ["gf", "ssd"]', 'kinds = ["ssd"]'))
+    assert main(["check", str(cfg), "--out", str(tmp_path / "out")]) == EXIT_NOTHING_VERIFIED == 3
+    assert "nothing verified" in capsys.readouterr().err

@@ -48,16 +48,23 @@ def _record(flow, eps, alpha, rng):
 @pytest.fixture()
 def stored(tmp_path):
     """A results folder as `mdflow run` writes it (summary.json, trajectories.npz, equivalence.json)."""
+    from mdflow._store import Store
+
     rng = np.random.default_rng(0)
     runs = [_record("gf", None, 0.01, rng)]
     runs += [_record(f, e, a, rng) for f in ("ssd", "ssd_frozen") for e in (0.01, 1.0) for a in (0.01, 0.1)]
-    (tmp_path / "summary.json").write_text(json.dumps({"config": {}, "runs": runs}))
     T, d = 20, 8
     ts = np.concatenate([[0.0], np.geomspace(1e-3, 100.0, T - 1)])
     w = np.tanh(ts)[None, :, None] * rng.standard_normal((len(runs), 1, d))
-    np.savez(tmp_path / "trajectories.npz", ts=ts, w=w, w_dual=w * (1 + 1e-8), w_final=w[:, -1],
-             loss=np.exp(-ts)[None].repeat(len(runs), 0), rel_residual=np.exp(-ts)[None].repeat(len(runs), 0))
-    (tmp_path / "equivalence.json").write_text(json.dumps({"pairs": []}))
+
+    def write(folder):
+        (folder / "summary.json").write_text(json.dumps({"config": {}, "runs": runs}))
+        np.savez(folder / "trajectories.npz", ts=ts, w=w, w_dual=w * (1 + 1e-8), w_final=w[:, -1],
+                 loss=np.exp(-ts)[None].repeat(len(runs), 0), rel_residual=np.exp(-ts)[None].repeat(len(runs), 0))
+        (folder / "equivalence.json").write_text(json.dumps({"pairs": []}))
+
+    with Store.open(tmp_path, {"fixture": 1}, {}, []) as store:  # committed as `mdflow run` commits
+        store.commit(write)
     return tmp_path
 
 

@@ -1,0 +1,181 @@
+"""The store's identity covers the data and versions; a result set is committed as one unit and read
+through one verifying reader; file modes follow the umask."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mdflow import InputError
+from mdflow._config import from_dict
+from mdflow._run import execute
+from mdflow._store import read_manifest, read_results
+from mdflow.cli import main
+
+GF = {
+    "problem": {"kind": "file", "path": "data.npz"},
+    "flows": {"kinds": ["gf"]},
+    "grid": {"alpha": [0.1, 0.3]},
+    "solve": {"t1": 1e3, "num_ts": 6, "stop_rel_residual": 1e-7},
+    "sweep": {"chunk_size": 1},
+    "output": {"save": "trajectories", "figures": False},
+}
+
+
+def write_data(folder: Path, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((6, 16))
+    w = np.zeros(16)
+    w[:2] = 1.0
+    np.savez(folder / "data.npz", X=X, y=X @ w)
+    return folder / "data.npz"
+
+
+def config_file(folder: Path, **tables) -> Path:
+    lines = []
+    for table, values in {**GF, **tables}.items():
+        lines.append(f"[{table}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    (folder / "cfg.toml").write_text("\n".join(lines) + "\n")
+    return folder / "cfg.toml"
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    return err[0]
+
+
+def test_data_rewritten_in_place_is_refused_and_force_recomputes(tmp_path, capsys):
+    data, cfg, out = write_data(tmp_path, 0), config_file(tmp_path), tmp_path / "out"
+    assert main(["run", str(cfg), "--out", str(out)]) == 0
+    write_data(tmp_path, 1)  # same path, same shapes, other content
+    capsys.readouterr()
+    assert main(["run", str(cfg), "--out", str(out)]) == 2
+    line = one_error_line(capsys)
+    assert "data" in line and "--force" in line and "config" not in line.split("changed:")[1], line
+    assert main(["run", str(cfg), "--out", str(out), "--force"]) == 0
+    summary, arrays = read_results(out)
+    with np.load(data) as d:  # the stored end points solve the *new* data
+        X, y = d["X"], d["y"]
+    for w in arrays["w_final"]:
+        assert np.linalg.norm(X @ w - y) / np.linalg.norm(y) < 1e-6
+    assert all(r["rel_residual"] < 1e-6 for r in summary["runs"])
+
+
+def test_chunks_of_other_data_are_not_loaded(tmp_path):
+    """Without the manifest, the chunk files themselves name the data they were computed from."""
+    write_data(tmp_path, 0)
+    config = from_dict(json.loads(json.dumps(GF)), source=str(config_file(tmp_path)))
+    out = tmp_path / "out"
+    execute(config, out, log=lambda m: None)
+    (out / "manifest.json").unlink()
+    write_data(tmp_path, 1)
+    with pytest.raises(InputError, match=r"changed: data\[0\] '\w+' -> '\w+' \(hash of X, y, w_star"):
+        execute(config, out, log=lambda m: None)
+
+
+def test_identity_names_versions_and_policy(tmp_path, monkeypatch):
+    import mdflow
+
+    write_data(tmp_path, 0)
+    config = from_dict(json.loads(json.dumps(GF)), source=str(config_file(tmp_path)))
+    out = tmp_path / "out"
+    execute(config, out, log=lambda m: None)
+    identity = read_manifest(out)["identity"]
+    assert set(identity) == {"config", "data", "versions", "policy"}
+    assert identity["policy"]["stop_rel_residual"] == 1e-7 and identity["versions"]["mdflow"] == mdflow.__version__
+    monkeypatch.setattr(mdflow, "__version__", "99.0")
+    with pytest.raises(InputError, match=r"versions\[mdflow\] '.*' -> '99.0'"):
+        execute(config, out, log=lambda m: None)
+
+
+def test_a_failed_commit_leaves_the_previous_set(tmp_path, monkeypatch):
+    """A failure (or a kill) between the result files of a new set leaves the old complete set in
+    place: summary and arrays from one set, never a mix; the half-written generation is removed."""
+    import mdflow._run as run
+
+    write_data(tmp_path, 0)
+    config = from_dict(json.loads(json.dumps(GF)), source=str(config_file(tmp_path)))
+    out = tmp_path / "out"
+    execute(config, out, log=lambda m: None)
+    old = read_results(out)
+    assert old.summary["sweep"]["computed"] == [0, 1]
+
+    def die(*args, **kwargs):
+        raise KeyboardInterrupt  # after summary.json of the new set is written, before its arrays
+
+    monkeypatch.setattr(run, "stream_npz", die)
+    with pytest.raises(KeyboardInterrupt):
+        execute(config, out, log=lambda m: None)
+    monkeypatch.undo()
+    now = read_results(out)
+    assert now.summary == old.summary
+    assert all(np.array_equal(now.arrays[k], old.arrays[k]) for k in old.arrays)
+    assert json.loads((out / "summary.json").read_text()) == old.summary
+    execute(config, out, log=lambda m: None)  # the next writer clears the uncommitted generation
+    assert len(list((out / "generations").iterdir())) == 2  # this set and the one before it
+    assert read_results(out).summary["sweep"]["computed"] == []
+
+
+def test_force_with_other_inputs_retires_the_old_set_first(tmp_path, monkeypatch):
+    """An interrupted --force run never leaves the old inputs' results beside the new manifest."""
+    import mdflow._run as run
+
+    write_data(tmp_path, 0)
+    config = from_dict(json.loads(json.dumps(GF)), source=str(config_file(tmp_path)))
+    out = tmp_path / "out"
+    execute(config, out, log=lambda m: None)
+    other = from_dict({**json.loads(json.dumps(GF)), "grid": {"alpha": [0.2]}}, source=config.source)
+    monkeypatch.setattr(run, "stream_npz", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        execute(other, out, log=lambda m: None, force=True)
+    with pytest.raises(InputError, match="no committed result set"):
+        read_results(out)
+
+
+@pytest.mark.parametrize("damage", ["truncate_npz", "edit_summary", "remove_npz", "remove_commit"])
+def test_plot_refuses_an_inconsistent_set(tmp_path, capsys, damage):
+    write_data(tmp_path, 0)
+    cfg, out = config_file(tmp_path), tmp_path / "out"
+    assert main(["run", str(cfg), "--out", str(out)]) == 0
+    gen = (out / "current").resolve()
+    if damage == "truncate_npz":
+        data = (gen / "trajectories.npz").read_bytes()
+        (gen / "trajectories.npz").write_bytes(data[: len(data) // 2])
+    elif damage == "edit_summary":
+        summary = json.loads((gen / "summary.json").read_text())
+        summary["runs"][0]["alpha"] = 0.5
+        (gen / "summary.json").write_text(json.dumps(summary))
+    elif damage == "remove_npz":
+        (gen / "trajectories.npz").unlink()
+    else:
+        (gen / "commit.json").unlink()
+    capsys.readouterr()
+    assert main(["plot", str(out)]) == 2
+    line = one_error_line(capsys)
+    assert str(out) in line
+    assert not (gen / "figures").exists()
+    with pytest.raises(InputError):
+        read_results(out)
+
+
+def test_files_follow_the_umask(tmp_path):
+    write_data(tmp_path, 0)
+    config = from_dict(json.loads(json.dumps(GF)), source=str(config_file(tmp_path)))
+    old = os.umask(0o002)
+    try:
+        execute(config, tmp_path / "out", log=lambda m: None)
+    finally:
+        os.umask(old)
+    out = tmp_path / "out"
+    gen = (out / "current").resolve()
+    for path in [out / "manifest.json", out / "chunks" / "chunk-0000.npz", gen / "summary.json",
+                 gen / "trajectories.npz", gen / "commit.json"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o664, path
+    assert stat.S_IMODE(gen.stat().st_mode) == 0o775
