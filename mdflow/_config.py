@@ -52,7 +52,7 @@ def _nonneg(v):
 _NUM = (int, float)
 _GRID = (list, dict, int, float)
 
-# The stop tolerance a config gets when it does not set one but only end points matter (issue 5).
+# The stop tolerance a config gets when it does not set one but only end points matter (see `Config.stop_rel_residual`).
 END_POINT_STOP = 1e-8
 
 

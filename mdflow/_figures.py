@@ -1,4 +1,4 @@
-"""The paper figures F1–F6 (MATH.md §4–§7), drawn from a results folder only — never solving.
+"""The paper figures F1–F6 (docs/math.md §4–§7), drawn from a results folder only — never solving.
 
 Each `fN_*` function takes the loaded results and a file stem and returns the written paths, or `[]`
 when the folder lacks what the figure needs (so `mdflow plot` draws whatever a run supports):

@@ -62,7 +62,7 @@ def difficulty(eps: float | None, alpha) -> float:
       α = 0.1 / 0.01 / 0.001 at ε ≥ 0.5). Small ε (sign-like regime) escapes fast: at α = 1e-3 the
       steps fall from 8 000 (ε ≥ 0.5) to ~140 (ε = 1e-3).
     - *stiffness*: near convergence the field is GF sped up by 1/ε, so an explicit solver's steps grow
-      as ε shrinks (ENGINEERING.md: ~ε^-0.5 at a 1e-6 stop, far more without a stop).
+      as ε shrinks (measured with Tsit5: ~ε^-0.5 steps at a 1e-6 stop, far more without a stop).
     """
     inv_alpha = float(np.mean(1.0 / np.asarray(alpha, dtype=np.float64)))
     if eps is None:
