@@ -228,6 +228,11 @@ def execute(
             progress.update(len(plan) - len(pending) - 1, sum(len(plan[i].runs) for i in results),
                             f"{len(results)} chunk(s) loaded from {out_dir / 'chunks'}",
                             cost=sum(cost[j] for i in results for j in plan[i].runs))
+        # What happens between a chunk's solve and its progress line, said in a note line.
+        between = ", ".join([*(["dual solves and equivalence check"] if duals else []),
+                             *(f"analysis.{k}" for k in ("kkt", "stages", "discrete")
+                               if "analysis" in analyses and config["analysis"][k]),
+                             *(name for name in analyses if name != "analysis")])
         for call in batches(pending, mesh.devices.size):
             first = call[0]
             problem = problems[first.seed]
@@ -238,8 +243,12 @@ def execute(
             wall = time.perf_counter() - start
             per_run = wall / sum(len(c.runs) for c in call)
             for chunk, sol in zip(call, sols):
+                if between:
+                    progress.note(f"chunk {chunk.index + 1}/{len(plan)} solved; {between} of its {len(chunk.runs)} run(s)")
+                after_solve = time.perf_counter()
                 meta, arrays = _chunk_result(chunk, sol, specs, flows, problem, policy, config, duals,
                                              per_run * len(chunk.runs), analyses)
+                analysis_wall = time.perf_counter() - after_solve
                 if primary:
                     store.save_chunk(chunk.index, chunk.runs, meta, arrays)
                 results[chunk.index] = (meta, arrays)
@@ -247,8 +256,9 @@ def execute(
                 progress.update(chunk.index, len(chunk.runs),
                                 f"{chunk.flow} (seed {chunk.seed}) x{len(chunk.runs)}, {chunk.solver}, "
                                 f"{per_run * len(chunk.runs):.2f} s" + (f", failed: {bad}" if bad else ""),
-                                wall=per_run * len(chunk.runs), cost=sum(cost[i] for i in chunk.runs),
+                                wall=per_run * len(chunk.runs) + analysis_wall, cost=sum(cost[i] for i in chunk.runs),
                                 compiled=num_traces() > traces)
+        progress.note(f"assembling {out_dir / 'summary.json'} and trajectories.npz")
         records, pairs, arrays = _assemble(plan, results, len(specs))
         summary = {"config": config.to_json(), "versions": versions(),
                    "stop_rel_residual": policy.stop_rel_residual,  # in force (the config's may be unset)
@@ -269,6 +279,7 @@ def execute(
     if primary and config["output"]["figures"]:
         from ._plot import plot_all
 
+        log(f"  ... drawing figures into {out_dir / 'figures'}")
         plot_all(out_dir)
     return records, pairs
 
