@@ -140,7 +140,8 @@ def f2_equivalence_gap(data, stem, *, floor: float = 1e-12) -> list[Path]:
         return []
     ax.set_xlabel(TIME)
     ax.set_ylabel(r"$\|w_\mathrm{primal}-w_\mathrm{dual}\| \,/\, \|w_\mathrm{primal}\|$")
-    ax.legend(frameon=False, fontsize=4.5, ncol=1)
+    # Outside the axes: the gaps span the whole height, a legend inside would hide some.
+    ax.legend(frameon=False, fontsize=5, ncol=1, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return save(fig, stem)
 
 
@@ -202,8 +203,8 @@ def f4_geometry(data, stem) -> list[Path]:
             if r["flow"] == "ssd" and v is not None:
                 grid[alphas.index(r["alpha"]), eps_values.index(r["eps"])] = v
         im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis")
-        ax.set_xticks(range(len(eps_values)), [f"${number(e)}$" for e in eps_values], rotation=60, fontsize=5)
-        ax.set_yticks(range(len(alphas)), [f"${number(a)}$" for a in alphas], fontsize=5)
+        ax.set_xticks(range(len(eps_values)), [f"${number(e)}$" for e in eps_values], fontsize=6)
+        ax.set_yticks(range(len(alphas)), [f"${number(a)}$" for a in alphas], fontsize=6)
         ax.set_xlabel(r"stability constant $\varepsilon$")
         ax.set_ylabel(r"initialization scale $\alpha$")
         ax.set_title("SSD: " + title, fontsize=7)
@@ -235,7 +236,8 @@ def f5_stages(data, stem) -> list[Path]:
             if meas == "t_warm_measured":
                 _, r = _series(runs, flow, "stages", "t_warm_predicted_refined")[alpha]
                 okr = np.isfinite(r) & (r > 0)
-                ax.loglog(eps[okr], r[okr], ":", color=PALETTE[j % 8], lw=0.9)
+                ax.loglog(eps[okr], r[okr], ":", color=PALETTE[j % 8], lw=0.9,
+                          label=alpha_label(alpha, "refined prediction, "))
         ax.set_title(title, fontsize=7)
         ax.set_xlabel(r"stability constant $\varepsilon$")
         ax.set_ylabel(ylabel)
