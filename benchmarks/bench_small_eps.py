@@ -1,4 +1,4 @@
-"""Small-ε benchmark (issue 5): the auto path vs Tsit5 vs scipy LSODA, all stopped at interpolation.
+"""Small-ε benchmark: the auto path vs Tsit5 vs scipy LSODA, all stopped at interpolation.
 
 Reference problem: `sparse_gaussian(n=100, d=1000, k=5, seed=0)`, SSD in log coordinates, rtol 1e-8,
 atol 1e-10, stop when `||Xw − y|| / ||y|| < 1e-8`. Per ε (and α) one row: steps, rejected steps, wall

@@ -10,7 +10,7 @@
      log coordinates (checked against `SSD.vector_field`), Jacobian by finite differences.
 
 Compile time is excluded from (a), (a') and (b) (each is warmed up first and reported separately).
-Default: the issue's "done when" sweep, primal SSD over 16 log-spaced ε in [1e-3, 10] × 4 α in
+Default: the reference sweep of the README's benchmark table, primal SSD over 16 log-spaced ε in [1e-3, 10] × 4 α in
 [1e-3, 1] on sparse_gaussian n=100, d=1000, k=5, stop at relative residual 1e-6.
 
     .venv/bin/python benchmarks/bench_sweep.py                 # full sweep (several minutes)

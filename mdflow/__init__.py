@@ -54,6 +54,9 @@ from ._solve import (
 from ._analysis import analyze_run as analyze_run
 from ._discrete import discrete_record as discrete_record
 from ._interpolators import min_l1 as min_l1, min_l2 as min_l2, min_l32 as min_l32, min_lp as min_lp
+from ._load import load as load
+from ._config import Config as Config, from_dict as config_from_dict, load as load_config
+from ._run import execute as execute
 from ._kkt import (
     KKTSolution as KKTSolution,
     bregman_projection as bregman_projection,

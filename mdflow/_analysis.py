@@ -1,4 +1,4 @@
-"""Per-run analyses of a finished run (MATH.md §5–§7), as the config's `[analysis]` table asks.
+"""Per-run analyses of a finished run (docs/math.md §5–§7), as the config's `[analysis]` table asks.
 
 `analyze_run(problem, flow, solution, config)` returns `(record, arrays)`: `record` holds the JSON-able
 sub-records `kkt`, `stages`, `discrete` (only those asked for), `arrays` the per-run arrays for the npz

@@ -56,7 +56,7 @@ _GRID = (list, dict, int, float)
 MAX_AXIS_VALUES = 10_000
 MAX_RUNS = 100_000
 
-# The stop tolerance a config gets when it does not set one but only end points matter (issue 5).
+# The stop tolerance a config gets when it does not set one but only end points matter (see `Config.stop_rel_residual`).
 END_POINT_STOP = 1e-8
 
 

@@ -1,4 +1,4 @@
-"""The discrete counterpart of SSD (MATH.md §7): Adam with `β1 = β2 = 0` against the flow.
+"""The discrete counterpart of SSD (docs/math.md §7): Adam with `β1 = β2 = 0` against the flow.
 
 `optax.adam(η, b1=0, b2=0, eps=ε, eps_root=0)` on `θ = (u, v)` is exactly
 `θ_{k+1} = θ_k − η ∇/(|∇| + ε)`; iterate k sits at time `t = kη`.

@@ -1,4 +1,4 @@
-"""Dual (mirror-descent) flows for any mirror map (MATH.md §3), in the solve layer's flow interface.
+"""Dual (mirror-descent) flows for any mirror map (docs/math.md §3), in the solve layer's flow interface.
 
 The mirror flow `d/dt ∇Φ(w) = −g(w)` in its dual variable `θ = ∇Φ(w)` reads `θ̇ = −g(∇Φ*(θ))`. Since
 `g = scale · Xᵀ r`, `θ(t) = θ0 − Xᵀρ(t)` with `ρ̇ = scale · (X ∇Φ*(θ0 − Xᵀρ) − y)`, `ρ(0) = 0`: an

@@ -1,4 +1,4 @@
-"""Primal–dual equivalence checker (MATH.md §4): E1, E2 exactly, true SSD with its E3 identity.
+"""Primal–dual equivalence checker (docs/math.md §4): E1, E2 exactly, true SSD with its E3 identity.
 
 `pair_record` solves the dual paired with a primal run on the primal's time grid, under the same
 `SolvePolicy`, and compares the trajectories in w-space and in dual space. For true SSD solved with
@@ -82,7 +82,7 @@ def pair_record(
     floor: float = 1e-12,
     dual_form: str = "rho",
 ) -> tuple[dict, dict[str, np.ndarray]]:
-    """Check one primal run against its paired dual (MATH.md §4).
+    """Check one primal run against its paired dual (docs/math.md §4).
 
     **Arguments:**
     - `primal`: the primal `Solution` of `flow` on `problem`, saved as a trajectory (one run, no batch

@@ -1,4 +1,4 @@
-"""The paper figures F1–F6 (MATH.md §4–§7), drawn from a results folder only — never solving.
+"""The paper figures F1–F6 (docs/math.md §4–§7), drawn from a results folder only — never solving.
 
 Each `fN_*` function takes the loaded results and a file stem and returns the written paths, or `[]`
 when the folder lacks what the figure needs (so `mdflow plot` draws whatever a run supports):
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.ticker import NullFormatter
 
-from ._style import FULL_WIDTH, PALETTE, figure, save
+from ._style import FULL_WIDTH, PALETTE, TIME, alpha_label, figure, number, run_label, save
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
@@ -85,11 +85,6 @@ def _shade_stages(ax, rec):
     ax.set_xlim(left=lo)
 
 
-def _label(rec) -> str:
-    eps = "" if rec["eps"] is None else f" ε={rec['eps']:.3g}"
-    return {"gf": "GF", "ssd": "SSD", "ssd_frozen": "frozen SSD"}.get(rec["flow"], rec["flow"]) + eps + f" α={rec['alpha']:.3g}"
-
-
 def f1_trajectories(data, stem, *, num_coords: int = 4, max_runs: int = 3) -> list[Path]:
     traj, runs = data["traj"], data["summary"]["runs"]
     if "w" not in traj:
@@ -107,14 +102,14 @@ def f1_trajectories(data, stem, *, num_coords: int = 4, max_runs: int = 3) -> li
             keep_i = keep
         top = np.argsort(-np.abs(traj["w_final"][i]))[:num_coords]
         for c, coord in enumerate(top):
-            ax.semilogx(ts[keep_i], traj["w"][i][keep_i, coord], color=PALETTE[c % 8], lw=1.2, label=f"w[{coord}]")
+            ax.semilogx(ts[keep_i], traj["w"][i][keep_i, coord], color=PALETTE[c % 8], lw=1.2, label=f"$w_{{{coord}}}$")
             if has_dual and np.isfinite(traj["w_dual"][i]).any():
                 ax.semilogx(ts[keep_i], traj["w_dual"][i][keep_i, coord], "--", color="k", lw=0.7,
                             label="dual" if c == 0 else None)
         _shade_stages(ax, rec)
-        ax.set_title(_label(rec), fontsize=7)
-        ax.set_xlabel("t")
-    axes[0, 0].set_ylabel("w_i(t)")
+        ax.set_title(run_label(rec), fontsize=7)
+        ax.set_xlabel(TIME)
+        ax.set_ylabel("$w_i(t)$ (primal —, dual --)")
     axes[0, 0].legend(frameon=False, fontsize=5, loc="upper left")
     return save(fig, stem)
 
@@ -139,18 +134,20 @@ def f2_equivalence_gap(data, stem, *, floor: float = 1e-12) -> list[Path]:
             continue
         keep = (ts > 0) & np.isfinite(gap)
         color = "k" if rec["eps"] is None else PALETTE[eps_values.index(rec["eps"]) % 8]
-        ax.loglog(ts[keep], np.maximum(gap[keep], 1e-17), styles.get(rec["flow"], "-"), color=color, label=_label(rec))
+        ax.loglog(ts[keep], np.maximum(gap[keep], 1e-17), styles.get(rec["flow"], "-"), color=color, label=run_label(rec))
         drawn += 1
     if not drawn:
         return []
-    ax.set_xlabel("t")
-    ax.set_ylabel("relative gap ‖w_primal − w_dual‖/‖w‖")
-    ax.legend(frameon=False, fontsize=4.5, ncol=1)
+    ax.set_xlabel(TIME)
+    ax.set_ylabel(r"$\|w_\mathrm{primal}-w_\mathrm{dual}\| \,/\, \|w_\mathrm{primal}\|$")
+    # Outside the axes: the gaps span the whole height, a legend inside would hide some.
+    ax.legend(frameon=False, fontsize=5, ncol=1, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return save(fig, stem)
 
 
-POTENTIALS = (("hypentropy", "hypentropy Q_α"), ("ssd_potential", "SSD potential Φ_{a,ε,α}"),
-              ("effective_hypentropy", "effective hypentropy (u∞v∞)"))
+POTENTIALS = (("hypentropy", r"hypentropy $Q_\alpha$"),
+              ("ssd_potential", r"SSD potential $\Phi_{a,\varepsilon,\alpha}$"),
+              ("effective_hypentropy", r"effective hypentropy, $\alpha_\mathrm{eff}^2=u_\infty v_\infty$"))
 
 
 def f3_kkt_error(data, stem) -> list[Path]:
@@ -161,16 +158,18 @@ def f3_kkt_error(data, stem) -> list[Path]:
     # GF is not drawn: its error against Q_α is zero up to rounding (§5, Woodworth), ~1e-14 measured.
     for ax, (key, title) in zip(axes[0], POTENTIALS):
         for j, (alpha, (eps, val)) in enumerate(_series(runs, "ssd", "kkt", key, "stationarity").items()):
-            ax.loglog(eps, val, marker=MARKERS[j % 8], ms=3, color=PALETTE[j % 8], label=f"SSD α={alpha:.3g}")
+            ax.loglog(eps, val, marker=MARKERS[j % 8], ms=3, color=PALETTE[j % 8], label=alpha_label(alpha, "SSD, "))
         ax.set_title(title, fontsize=7)
-        ax.set_xlabel("ε")
-    axes[0, 0].set_ylabel("relative KKT stationarity error")
+        ax.set_xlabel(r"stability constant $\varepsilon$")
+        ax.set_ylabel("relative KKT stationarity")
     axes[0, 0].legend(frameon=False, fontsize=5)
     return save(fig, stem)
 
 
-GEOMETRY = (("l1_ratio", "‖w∞‖₁ / ‖w_ℓ1‖₁"), ("l32_ratio", "‖w∞‖_{3/2} / ‖w_ℓ3/2‖_{3/2}"),
-            ("l2_ratio", "‖w∞‖₂ / ‖w_ℓ2‖₂"), ("dist_to_wstar", "‖w∞ − w*‖ / ‖w*‖"))
+GEOMETRY = (("l1_ratio", r"$\|w_\infty\|_1 \,/\, \|w_{\ell_1}\|_1$"),
+            ("l32_ratio", r"$\|w_\infty\|_{3/2} \,/\, \|w_{\ell_{3/2}}\|_{3/2}$"),
+            ("l2_ratio", r"$\|w_\infty\|_2 \,/\, \|w_{\ell_2}\|_2$"),
+            ("dist_to_wstar", r"$\|w_\infty-w^\star\| \,/\, \|w^\star\|$"))
 
 
 def f4_geometry(data, stem) -> list[Path]:
@@ -180,14 +179,15 @@ def f4_geometry(data, stem) -> list[Path]:
     fig, axes = figure(4, 1, width=FULL_WIDTH, height=2.1, layout="constrained")
     for ax, (key, title) in zip(axes[0], GEOMETRY):
         for j, (alpha, (eps, val)) in enumerate(_series(runs, "ssd", "kkt", key).items()):
-            ax.semilogx(eps, val, marker=MARKERS[j % 8], ms=3, color=PALETTE[j % 8], label=f"α={alpha:.3g}")
+            ax.semilogx(eps, val, marker=MARKERS[j % 8], ms=3, color=PALETTE[j % 8], label=alpha_label(alpha, "SSD, "))
             gf = _gf_value(runs, alpha, "kkt", key)
             if gf is not None:
-                ax.axhline(gf, ls=":", color=PALETTE[j % 8], lw=0.8)
+                ax.axhline(gf, ls=":", color=PALETTE[j % 8], lw=0.8, label=alpha_label(alpha, "GF, "))
         if key != "dist_to_wstar":
             ax.axhline(1.0, color="0.6", lw=0.6)
         ax.set_title(title, fontsize=7)
-        ax.set_xlabel("ε")
+        ax.set_xlabel(r"stability constant $\varepsilon$")
+        ax.set_ylabel("norm ratio" if key != "dist_to_wstar" else "relative distance")
     axes[0, 0].legend(frameon=False, fontsize=5)
     paths = save(fig, stem)
     # Heat maps over the ε × α grid.
@@ -203,18 +203,18 @@ def f4_geometry(data, stem) -> list[Path]:
             if r["flow"] == "ssd" and v is not None:
                 grid[alphas.index(r["alpha"]), eps_values.index(r["eps"])] = v
         im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis")
-        ax.set_xticks(range(len(eps_values)), [f"{e:.0e}" for e in eps_values], rotation=60, fontsize=5)
-        ax.set_yticks(range(len(alphas)), [f"{a:.0e}" for a in alphas], fontsize=5)
-        ax.set_xlabel("ε")
-        ax.set_ylabel("α")
-        ax.set_title(title, fontsize=7)
-        fig.colorbar(im, ax=ax, shrink=0.85)
+        ax.set_xticks(range(len(eps_values)), [f"${number(e)}$" for e in eps_values], fontsize=6)
+        ax.set_yticks(range(len(alphas)), [f"${number(a)}$" for a in alphas], fontsize=6)
+        ax.set_xlabel(r"stability constant $\varepsilon$")
+        ax.set_ylabel(r"initialization scale $\alpha$")
+        ax.set_title("SSD: " + title, fontsize=7)
+        fig.colorbar(im, ax=ax, shrink=0.85).set_label(title, fontsize=6)
     return paths + save(fig, Path(str(stem) + "_heatmap"))
 
 
-STAGE_PANELS = (("t_warm_measured", "t_warm_predicted", "end of warm-up"),
-                ("sign_duration_measured", "sign_duration_predicted", "sign-descent duration"),
-                ("rate_measured", "rate_predicted", "final residual rate"))
+STAGE_PANELS = (("t_warm_measured", "t_warm_predicted", "end of warm-up", r"time $t_\mathrm{warm}$"),
+                ("sign_duration_measured", "sign_duration_predicted", "sign-descent duration", "duration (time)"),
+                ("rate_measured", "rate_predicted", "final residual rate", r"rate (1 / time)"))
 
 
 def f5_stages(data, stem) -> list[Path]:
@@ -223,22 +223,24 @@ def f5_stages(data, stem) -> list[Path]:
         return []
     flow = "ssd" if any(r["flow"] == "ssd" and _get(r, "stages", "num_active") for r in runs) else "ssd_frozen"
     fig, axes = figure(3, 1, width=FULL_WIDTH, height=2.2, layout="constrained")
-    for ax, (meas, pred, title) in zip(axes[0], STAGE_PANELS):
+    for ax, (meas, pred, title, ylabel) in zip(axes[0], STAGE_PANELS):
         measured = _series(runs, flow, "stages", meas)
         predicted = _series(runs, flow, "stages", pred)
         for j, alpha in enumerate(measured):
             eps, m = measured[alpha]
             _, p = predicted[alpha]
             ok = np.isfinite(m) & (m > 0)
-            ax.loglog(eps[ok], m[ok], MARKERS[j % 8], ms=3.5, color=PALETTE[j % 8], label=f"measured α={alpha:.3g}")
+            ax.loglog(eps[ok], m[ok], MARKERS[j % 8], ms=3.5, color=PALETTE[j % 8], label=alpha_label(alpha, "measured, "))
             okp = np.isfinite(p) & (p > 0)
-            ax.loglog(eps[okp], p[okp], "-", color=PALETTE[j % 8], lw=0.9, label=f"predicted α={alpha:.3g}")
+            ax.loglog(eps[okp], p[okp], "-", color=PALETTE[j % 8], lw=0.9, label=alpha_label(alpha, "predicted, "))
             if meas == "t_warm_measured":
                 _, r = _series(runs, flow, "stages", "t_warm_predicted_refined")[alpha]
                 okr = np.isfinite(r) & (r > 0)
-                ax.loglog(eps[okr], r[okr], ":", color=PALETTE[j % 8], lw=0.9)
+                ax.loglog(eps[okr], r[okr], ":", color=PALETTE[j % 8], lw=0.9,
+                          label=alpha_label(alpha, "refined prediction, "))
         ax.set_title(title, fontsize=7)
-        ax.set_xlabel("ε")
+        ax.set_xlabel(r"stability constant $\varepsilon$")
+        ax.set_ylabel(ylabel)
     axes[0, 0].legend(frameon=False, fontsize=4.5)
     return save(fig, stem)
 
@@ -257,7 +259,7 @@ def f6_discrete(data, stem) -> list[Path]:
         color = PALETTE[j % 8]
         slope = dr.get("slope")
         ax.loglog(etas, err, "-", color=color, lw=0.9,
-                  label=_label(rec) + ("" if slope is None else f" (slope {slope:.2f})"))
+                  label=run_label(rec) + ("" if slope is None else f" (slope {slope:.2f})"))
         ax.loglog(etas[~over], err[~over], "o", ms=3, color=color)
         ax.loglog(etas[over], err[over], "o", ms=3, mfc="none", color=color)
     all_etas = np.concatenate([np.asarray(r["discrete"]["etas"], float) for r in runs])
@@ -266,8 +268,8 @@ def f6_discrete(data, stem) -> list[Path]:
     if first.size:
         ax.loglog(ref, first.min() * ref / ref.min(), "k:", lw=0.8, label="slope 1")
     ax.xaxis.set_minor_formatter(NullFormatter())  # η spans > 1 decade: major labels suffice
-    ax.set_xlabel("step size η")
-    ax.set_ylabel("max_k ‖w_k − w(kη)‖ / max ‖w‖")
+    ax.set_xlabel(r"step size $\eta$")
+    ax.set_ylabel(r"$\max_k \|w_k-w(k\eta)\| \,/\, \max_t \|w(t)\|$")
     ax.legend(frameon=False, fontsize=4.5)
     return save(fig, stem)
 

@@ -1,4 +1,4 @@
-"""Primal flows on the diagonal network `w = u⊙u − v⊙v` (MATH.md §2), in log coordinates.
+"""Primal flows on the diagonal network `w = u⊙u − v⊙v` (docs/math.md §2), in log coordinates.
 
 A flow is a small `eqx.Module` whose numeric parameters (ε, α, a) are array fields, so they are traced
 under `jit`/`vmap` and changing them never recompiles. Every flow exposes the same interface, which is
@@ -95,7 +95,7 @@ class SSD(AbstractPrimalFlow):
     `ṗ = −2g / (2u|g| + ε)`, `q̇ = +2g / (2v|g| + ε)`.
 
     With `track_identity=True` the state also carries `Γ = ∫g`, `J^u = ∫|g| du`, `J^v = ∫|g| dv`
-    (MATH.md §4, E3), so the exact identity `(ε/2) log(u/α) + J^u = −Γ` can be checked.
+    (docs/math.md §4, E3), so the exact identity `(ε/2) log(u/α) + J^u = −Γ` can be checked.
     """
 
     eps: Float[Array, ""]
@@ -121,7 +121,7 @@ class SSD(AbstractPrimalFlow):
 
 
 class FrozenSSD(AbstractPrimalFlow):
-    """SSD with the gradient magnitude in both denominators frozen at `a ≥ 0` (MATH.md §2):
+    """SSD with the gradient magnitude in both denominators frozen at `a ≥ 0` (docs/math.md §2):
     `ṗ = −2g / (2ua + ε)`, `q̇ = +2g / (2va + ε)`. An exact mirror flow (E2)."""
 
     eps: Float[Array, ""]

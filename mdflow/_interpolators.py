@@ -1,4 +1,4 @@
-"""Reference interpolators (MATH.md §5): min-ℓ1, min-ℓ_{3/2} and min-ℓ2 solutions of `Xw = y`.
+"""Reference interpolators (docs/math.md §5): min-ℓ1, min-ℓ_{3/2} and min-ℓ2 solutions of `Xw = y`.
 
 They bracket the implicit biases of §3: GF at small α tends to min-ℓ1, at large α to min-ℓ2; smoothed
 sign descent at small ε has an ℓ_{3/2}-like geometry (§3.2).

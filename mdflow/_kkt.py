@@ -1,4 +1,4 @@
-"""Implicit bias as a KKT problem (MATH.md §5): Bregman projections onto `{Xw = y}` and KKT errors.
+"""Implicit bias as a KKT problem (docs/math.md §5): Bregman projections onto `{Xw = y}` and KKT errors.
 
 `P(Φ)`: `min_w D_Φ(w, w0)  s.t.  Xw = y`. Its Lagrange dual is the n-dimensional concave problem
 

@@ -1,4 +1,4 @@
-"""Mirror maps (MATH.md §3): hypentropy, the SSD potential Φ_{a,ε,α}, its ε → 0 limit; Lambert W.
+"""Mirror maps (docs/math.md §3): hypentropy, the SSD potential Φ_{a,ε,α}, its ε → 0 limit; Lambert W.
 
 A mirror map is a Legendre potential `Φ` on `R^d`, separable across coordinates. Every map exposes the
 same small interface, which is all the dual flows, the equivalence checker and the KKT analysis use:
@@ -283,7 +283,7 @@ def _ssd_grad_jvp(primals, tangents):
 
 
 class SSDPotential(AbstractMirrorMap):
-    """`Φ_{a,ε,α}` (MATH.md §3.2), the exact potential of frozen SSD(ε, a) from `u = v = α`.
+    """`Φ_{a,ε,α}` (docs/math.md §3.2), the exact potential of frozen SSD(ε, a) from `u = v = α`.
 
     `∇Φ*(θ) = U(θ)² − U(−θ)²` with `U = ψ⁻¹`, `ψ(p) = a(p − α) + (ε/2) log(p/α)` (Lambert W in log
     form), `dw/dθ = 4u²/(2au + ε) + 4v²/(2av + ε)`, `Φ*(θ) = F(U(θ)) + F(U(−θ)) − 2F(α)`,
@@ -401,7 +401,7 @@ def make_mirror(kind: str, *, alpha, eps=None, a=None, dtype=jnp.float64) -> Abs
 
 
 def mirror_for_flow(flow, problem) -> AbstractMirrorMap:
-    """The mirror map whose dual reproduces a primal flow (MATH.md §4).
+    """The mirror map whose dual reproduces a primal flow (docs/math.md §4).
 
     GF ↔ `Hypentropy(α)` (E1, exact); FrozenSSD(ε, a) ↔ `SSDPotential(a, ε, α)` (E2, exact);
     SSD(ε) ↔ `SSDPotential(|g(w(0))|, ε, α)` (approximate: exact only while `|g| = a`).

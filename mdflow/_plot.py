@@ -7,12 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._style import PALETTE, figure, save
-
-
-def run_label(record: dict) -> str:
-    eps = "" if record["eps"] is None else f", ε={record['eps']:.3g}"
-    return f"{record['flow']}{eps}, α={record['alpha']:.3g}"
+from ._style import PALETTE, TIME, figure, run_label, save
 
 
 def load_results(out_dir: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -37,8 +32,8 @@ def plot_loss(summary: dict, arrays: dict, stem: Path) -> list[Path]:
             keep &= ts <= rec["t_end"]
         ax.loglog(ts[keep], loss[keep], styles.get(rec["flow"], "-"), color=PALETTE[i % len(PALETTE)],
                   label=run_label(rec))
-    ax.set_xlabel("t")
-    ax.set_ylabel("loss L(w(t))")
+    ax.set_xlabel(TIME)
+    ax.set_ylabel(r"loss $L(w(t))$")
     ax.legend(ncol=1, frameon=False, fontsize=5)
     return save(fig, stem)
 
@@ -56,10 +51,10 @@ def plot_coordinates(summary: dict, arrays: dict, stem: Path, *, num_coords: int
         # Show the run up to a little past its end (a stopped run is flat afterwards).
         keep = (ts > 0) & (ts <= 3 * rec["t_end"])
         for c, coord in enumerate(top):
-            ax.semilogx(ts[keep], arrays["w"][i][keep, coord], color=PALETTE[c % len(PALETTE)], label=f"w[{coord}]")
+            ax.semilogx(ts[keep], arrays["w"][i][keep, coord], color=PALETTE[c % len(PALETTE)], label=f"$w_{{{coord}}}$")
         ax.set_title(run_label(rec), fontsize=6)
-        if i // ncols == nrows - 1 or i + ncols >= len(runs):
-            ax.set_xlabel("t")
+        ax.set_xlabel(TIME, fontsize=6)
+        ax.set_ylabel("$w_i(t)$", fontsize=6)
         ax.legend(frameon=False, fontsize=4.5, loc="best")
     for j in range(len(runs), nrows * ncols):
         axes[j // ncols, j % ncols].set_visible(False)

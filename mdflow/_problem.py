@@ -1,4 +1,4 @@
-"""Regression problems (MATH.md §1): data `X, y`, the loss and its gradient."""
+"""Regression problems (docs/math.md §1): data `X, y`, the loss and its gradient."""
 
 from __future__ import annotations
 

@@ -263,6 +263,11 @@ def execute(
             progress.update(len(plan) - len(pending) - 1, sum(len(plan[i].runs) for i in results),
                             f"{len(results)} chunk(s) loaded from {out_dir / 'chunks'}",
                             cost=sum(cost[j] for i in results for j in plan[i].runs))
+        # What happens between a chunk's solve and its progress line, said in a note line.
+        between = ", ".join([*(["dual solves and equivalence check"] if duals else []),
+                             *(f"analysis.{k}" for k in ("kkt", "stages", "discrete")
+                               if "analysis" in analyses and config["analysis"][k]),
+                             *(name for name in analyses if name != "analysis")])
         for call in batches(pending, mesh.devices.size):
             first = call[0]
             problem = problems[first.seed]
@@ -273,10 +278,14 @@ def execute(
             wall = time.perf_counter() - start
             per_run = wall / sum(len(c.runs) for c in call)
             for chunk, sol in zip(call, sols):
+                if between:
+                    progress.note(f"chunk {chunk.index + 1}/{len(plan)} solved; {between} of its {len(chunk.runs)} run(s)")
+                after_solve = time.perf_counter()
                 meta, arrays = _chunk_result(chunk, sol, specs, flows, problem, policy, config, duals,
                                              per_run * len(chunk.runs), analyses)
                 meta["num_devices"] = mesh.devices.size  # rounding may depend on it (docs/store.md)
                 meta["arrays"] = {k: {"dtype": v.dtype.str, "shape": list(v.shape[1:])} for k, v in arrays.items()}
+                analysis_wall = time.perf_counter() - after_solve
                 if primary:
                     store.save_chunk(chunk.index, chunk.runs, meta, arrays)
                 results[chunk.index] = meta
@@ -285,7 +294,7 @@ def execute(
                 progress.update(chunk.index, len(chunk.runs),
                                 f"{chunk.flow} (seed {chunk.seed}) x{len(chunk.runs)}, {chunk.solver}, "
                                 f"{per_run * len(chunk.runs):.2f} s" + (f", failed: {bad}" if bad else ""),
-                                wall=per_run * len(chunk.runs), cost=sum(cost[i] for i in chunk.runs),
+                                wall=per_run * len(chunk.runs) + analysis_wall, cost=sum(cost[i] for i in chunk.runs),
                                 compiled=num_traces() > traces)
         if not primary and len(results) < len(plan):
             # Chunks process 0 loaded from a store this process cannot see (no shared filesystem):
@@ -293,6 +302,7 @@ def execute(
             log(f"process {jax.process_index()}: {len(plan) - len(results)} chunk(s) held by process 0 only; "
                 "its store has the results")
             return [], []
+        progress.note(f"assembling {out_dir / 'summary.json'} and trajectories.npz")
         records, pairs = _assemble(plan, results, len(specs))
         summary = {"config": config.to_json(), "versions": versions(),
                    "stop_rel_residual": policy.stop_rel_residual,  # in force (the config's may be unset)
@@ -312,6 +322,7 @@ def execute(
                 if config["output"]["figures"]:
                     from ._plot import plot_all
 
+                    progress.note("drawing figures")
                     plot_all(folder)
 
             store.commit(write)

@@ -1,4 +1,4 @@
-"""Stages of smoothed sign descent (MATH.md §6): warm-up, sign descent, convergence.
+"""Stages of smoothed sign descent (docs/math.md §6): warm-up, sign descent, convergence.
 
 **Detection rule.** For each *active* coordinate `i` (the `num_coords` largest `|w∞,i|`, among those
 with `|w∞,i| ≥ 1e-2 · max|w∞|`), take its growing factor `s = u` if `w∞,i > 0` else `v`, and the regime

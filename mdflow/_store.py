@@ -391,13 +391,17 @@ def committed_folder(out_dir: str | Path) -> Path:
 def read_results(out_dir: str | Path) -> ResultSet:
     """The committed result set of a results folder, verified (see `committed_folder`): the one
     reader of summary.json + trajectories.npz. `InputError` on a missing or inconsistent set."""
-    folder = committed_folder(out_dir)
+    return read_result_folder(committed_folder(out_dir))
+
+
+def read_result_folder(folder: Path) -> ResultSet:
+    """The result set in a generation folder that `committed_folder` has verified."""
     try:
         summary = json.loads((folder / "summary.json").read_text())
         with np.load(folder / "trajectories.npz", allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError) as exc:
-        raise InputError(f"results={str(out_dir)!r}: unreadable result set ({exc})") from None
+        raise InputError(f"results={str(folder.parent.parent)!r}: unreadable result set ({exc})") from None
     return ResultSet(summary, arrays)
 
 

@@ -1,4 +1,5 @@
-"""The one figure style: column-width sizes, Type-42 fonts, a colour-blind-safe palette, PDF + PNG."""
+"""The one figure style: column-width sizes, Type-42 fonts, a colour-blind-safe palette, mathtext labels,
+PDF + PNG."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
 # Okabe & Ito (2008), safe for the common colour-vision deficiencies.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
@@ -47,3 +49,26 @@ def save(fig, stem: str | Path) -> list[Path]:
             fig.savefig(path)
     plt.close(fig)
     return paths
+
+
+# Labels (mathtext), shared by the run figures and F1–F6.
+FLOW_NAMES = {"gf": "GF", "ssd": "SSD", "ssd_frozen": "frozen SSD"}
+TIME = "time $t$"
+
+
+def number(x: float) -> str:
+    """A number for mathtext: 0.01 → `10^{-2}` (powers of ten from 1e-2 down and 1e2 up), else 3 significant digits."""
+    exponent = np.log10(x) if x > 0 else np.nan
+    if np.isfinite(exponent) and abs(exponent - round(exponent)) < 1e-9 and abs(exponent) >= 2:
+        return f"10^{{{int(round(exponent))}}}"
+    return f"{x:.3g}"
+
+
+def run_label(rec: dict) -> str:
+    """A run's legend or title label in mathtext, naming ε and α: `SSD, ε = 10^{-2}, α = 0.1` (GF has no ε)."""
+    eps = "" if rec["eps"] is None else rf", $\varepsilon={number(rec['eps'])}$"
+    return FLOW_NAMES.get(rec["flow"], rec["flow"]) + eps + rf", $\alpha={number(rec['alpha'])}$"
+
+
+def alpha_label(alpha: float, prefix: str = "") -> str:
+    return f"{prefix}$\\alpha={number(alpha)}$"

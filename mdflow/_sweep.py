@@ -62,7 +62,7 @@ def difficulty(eps: float | None, alpha) -> float:
       α = 0.1 / 0.01 / 0.001 at ε ≥ 0.5). Small ε (sign-like regime) escapes fast: at α = 1e-3 the
       steps fall from 8 000 (ε ≥ 0.5) to ~140 (ε = 1e-3).
     - *stiffness*: near convergence the field is GF sped up by 1/ε, so an explicit solver's steps grow
-      as ε shrinks (ENGINEERING.md: ~ε^-0.5 at a 1e-6 stop, far more without a stop).
+      as ε shrinks (measured with Tsit5: ~ε^-0.5 steps at a 1e-6 stop, far more without a stop).
     """
     inv_alpha = float(np.mean(1.0 / np.asarray(alpha, dtype=np.float64)))
     if eps is None:
@@ -277,47 +277,59 @@ def _to_host(x) -> np.ndarray:
 
 
 class Progress:
-    """One line per chunk through `log`: runs done/total, elapsed, ETA.
+    """Progress lines through `log`: one per chunk (runs done/total, elapsed, ETA), and `note` lines
+    for work between chunks (analyses, dual checks, assembling).
 
-    With `total_cost` (and a `cost` per chunk, e.g. the sum of its runs' `difficulty`) the ETA
-    extrapolates wall time per unit of predicted cost to the cost left, which accounts for the
-    easiest-first order; without, it extrapolates the wall time per computed run (then optimistic
-    early in a sweep).
+    The ETA is the measured time per unit of predicted cost times the cost left: with `total_cost`
+    (and a `cost` per chunk, e.g. the sum of its runs' `difficulty`) this accounts for the
+    easiest-first order; without, every run costs 1. A chunk's `wall` should include its analyses, not
+    only the solve. Chunks whose call `compiled` are left out of the rate once any chunk without
+    compilation has been timed; until then the ETA comes from the compiled chunks and is shown as an
+    upper bound (`ETA ≤ …`), so the first chunk already gives one. Before any chunk is timed (only
+    loaded ones) it says "estimating".
     """
 
     def __init__(self, total_runs: int, total_chunks: int, log: Callable[[str], None] | None, *,
                  total_cost: float | None = None):
         self.total_runs, self.total_chunks, self.log, self.total_cost = total_runs, total_chunks, log, total_cost
-        self.done_runs = self.computed_runs = 0
-        self.computed_wall = self.computed_cost = self.done_cost = 0.0
+        self.done_runs = 0
+        self.done_cost = 0.0
+        self.timed = {False: [0.0, 0.0], True: [0.0, 0.0]}  # compiled? -> [seconds, cost]
         self.start = time.perf_counter()
 
-    def update(self, chunk: int, runs: int, what: str, *, wall: float | None = None, cost: float = 0.0,
+    def note(self, what: str) -> None:
+        """Say what is being done between chunk lines."""
+        if self.log is not None:
+            self.log(f"  ... {what}")
+
+    def update(self, chunk: int, runs: int, what: str, *, wall: float | None = None, cost: float | None = None,
                compiled: bool = False) -> None:
-        """Count a finished (`wall`: its time) or loaded (`wall=None`) chunk; chunks whose call
-        `compiled` are left out of the rate (compilation is not per-run work)."""
+        """Count a finished (`wall` not None: computed) or loaded (`wall=None`) chunk of `runs` runs and
+        predicted `cost` (default `runs`)."""
+        cost = float(runs) if cost is None else cost
         self.done_runs += runs
         self.done_cost += cost
-        if compiled:
-            what += " (incl. compile)"
-        elif wall is not None:
-            self.computed_runs += runs
-            self.computed_wall += wall
-            self.computed_cost += cost
+        if wall is not None:
+            self.timed[compiled][0] += wall
+            self.timed[compiled][1] += cost
+            if compiled:
+                what += " (incl. compile)"
         if self.log is None:
             return
-        elapsed = time.perf_counter() - self.start
-        left = self.total_runs - self.done_runs
-        if left == 0:
-            eta = "0 s"
-        elif self.total_cost is not None and self.computed_cost > 0:
-            eta = f"{self.computed_wall / self.computed_cost * max(self.total_cost - self.done_cost, 0.0):.1f} s"
-        elif self.computed_runs:
-            eta = f"{self.computed_wall / self.computed_runs * left:.1f} s"
-        else:
-            eta = "?"
         self.log(f"[chunk {chunk + 1}/{self.total_chunks}] {self.done_runs}/{self.total_runs} runs, "
-                 f"elapsed {elapsed:.1f} s, ETA {eta}: {what}")
+                 f"elapsed {time.perf_counter() - self.start:.1f} s, ETA {self.eta()}: {what}")
+
+    def eta(self) -> str:
+        """The ETA text of the next line (class docstring)."""
+        if self.done_runs >= self.total_runs:
+            return "0 s"
+        total = self.total_cost if self.total_cost is not None else float(self.total_runs)
+        left = max(total - self.done_cost, 0.0)
+        for compiled, prefix in ((False, ""), (True, "≤ ")):
+            seconds, cost = self.timed[compiled]
+            if cost > 0:
+                return f"{prefix}{seconds / cost * left:.1f} s"
+        return "estimating"
 
 
 def batches(plan: Sequence[Chunk], ndev: int) -> list[list[Chunk]]:

@@ -1,4 +1,4 @@
-"""The `mdflow` command line: `run`, `check`, `plot`, `info`.
+"""The `mdflow` command line: solve flows on the diagonal network, check primal–dual equivalence, plot.
 
 Bad input (config keys, data files, parameter values) ends with one line naming the problem and exit
 code 2 — never a traceback.
@@ -152,25 +152,48 @@ def _distributed_job(args):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mdflow", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="mdflow", description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="A CONFIG is a TOML file (every key: docs/config.md); results go to output.dir, by default\n"
+               "results/<config file stem>. Rerunning a config resumes from its stored chunks.\n"
+               "Exit codes: 0 success; 1 `check` found an exact pair not equivalent, or `run --strict` had a\n"
+               "failed run; 2 bad input (one line naming the key or file and the value).\n"
+               "Results in Python: mdflow.load(RESULTS_DIR). Tutorial: docs/tutorial.md.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="solve the runs of a config (built-in quickstart without one)")
-    run.add_argument("config", nargs="?", help="TOML config (default: built-in quickstart)")
-    run.add_argument("--out", help="output folder (default: output.dir of the config)")
-    run.add_argument("--strict", action="store_true", help="exit 1 if any run failed")
-    run.add_argument("--force", action="store_true", help="recompute stored chunks instead of resuming")
+    run = sub.add_parser(
+        "run", help="solve the runs of a config (built-in quickstart without one)",
+        description="Solve every run of the config's grid (flows × seeds × ε × α) as a chunked sweep and "
+                    "write summary.json, trajectories.npz and figures/ to the output folder. Finished "
+                    "chunks are stored as they complete; rerunning resumes.")
+    run.add_argument("config", nargs="?", help="TOML config (default: the built-in quickstart, see docs/config.md)")
+    run.add_argument("--out", help="output folder (default: output.dir of the config, results/<config stem>)")
+    run.add_argument("--strict", action="store_true", help="exit 1 if any run ended with a status other than ok")
+    run.add_argument("--force", action="store_true",
+                     help="discard the folder's stored chunks and recompute everything instead of resuming")
     _add_distributed_flags(run)
     run.set_defaults(func=cmd_run)
-    check = sub.add_parser("check", help="solve primal runs and their duals; check equivalence (§4)")
-    check.add_argument("config", nargs="?", help="TOML config (default: built-in quickstart)")
-    check.add_argument("--out", help="output folder (default: output.dir of the config)")
-    check.add_argument("--force", action="store_true", help="recompute stored chunks instead of resuming")
+    check = sub.add_parser(
+        "check", help="solve primal runs and their duals; check equivalence (docs/math.md §4)",
+        description="Solve each primal run and its mirror-descent dual, compare the trajectories and print "
+                    "one row per pair (gap_w, gap_dual, identity, delta, verdict; columns explained in "
+                    "docs/analyses.md). Writes equivalence.json too. Exit 1 if an exact pair (GF, frozen "
+                    "SSD) is not equivalent within check.tolerance.")
+    check.add_argument("config", nargs="?", help="TOML config (default: the built-in quickstart)")
+    check.add_argument("--out", help="output folder (default: output.dir of the config, results/<config stem>)")
+    check.add_argument("--force", action="store_true",
+                       help="discard the folder's stored chunks and recompute everything instead of resuming")
     _add_distributed_flags(check)
     check.set_defaults(func=cmd_check)
-    plot = sub.add_parser("plot", help="regenerate every figure of a results folder (never solves)")
-    plot.add_argument("results", help="a results folder written by `mdflow run`")
+    plot = sub.add_parser(
+        "plot", help="regenerate every figure of a results folder (never solves)",
+        description="Redraw the run figures and whichever of F1–F6 the folder supports into "
+                    "RESULTS_DIR/figures/ (PDF + PNG), from the stored files alone (docs/figures.md).")
+    plot.add_argument("results", metavar="RESULTS_DIR", help="a results folder written by `mdflow run` or `mdflow check`")
     plot.set_defaults(func=cmd_plot)
-    info = sub.add_parser("info", help="versions, devices, x64")
+    info = sub.add_parser("info", help="print versions, devices and whether float64 is on",
+                          description="Print the versions, devices and x64 setting that results record.")
     info.set_defaults(func=cmd_info)
     return p
 

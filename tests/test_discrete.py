@@ -1,4 +1,4 @@
-"""Adam with b1 = b2 = 0 against the SSD flow (MATH.md §7)."""
+"""Adam with b1 = b2 = 0 against the SSD flow (docs/math.md §7)."""
 
 import jax.numpy as jnp
 import numpy as np

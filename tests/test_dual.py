@@ -1,4 +1,4 @@
-"""Dual flows (MATH.md §3) and the exact equivalences E1, E2 (§4) on an (ε, α) grid, both dual forms."""
+"""Dual flows (docs/math.md §3) and the exact equivalences E1, E2 (§4) on an (ε, α) grid, both dual forms."""
 
 import jax
 import jax.numpy as jnp

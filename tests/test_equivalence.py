@@ -1,4 +1,4 @@
-"""The primal–dual checker (MATH.md §4): E3 identity, true SSD vs its dual, verdicts, table and figure."""
+"""The primal–dual checker (docs/math.md §4): E3 identity, true SSD vs its dual, verdicts, table and figure."""
 
 import jax.numpy as jnp
 import numpy as np

@@ -133,3 +133,35 @@ figures = false
     assert cli.main(["plot", str(tmp_path / "out")]) == 0
     for stem in ("f1_trajectories", "f3_kkt_error", "f4_geometry", "f4_geometry_heatmap", "f5_stages", "f6_discrete"):
         assert (tmp_path / "out" / "figures" / f"{stem}.pdf").is_file(), stem
+
+
+def test_every_panel_is_labelled_in_mathtext(stored, monkeypatch):
+    """Axis labels on every panel; legends name ε and α; no raw TeX or Unicode norms outside mathtext."""
+    import re
+
+    import matplotlib.pyplot as plt
+
+    import mdflow._figures as figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda fig, stem: drawn.append(fig) or [stem])
+    data = figures.load_folder(stored)
+    for fn in FIGURES.values():
+        fn(data, stored / "x")
+    assert len(drawn) == 7  # F1–F6 and the F4 heat map
+    legends = []
+    for fig in drawn:
+        for ax in fig.axes:
+            if not ax.get_visible() or ax.get_label() == "<colorbar>":
+                continue
+            assert ax.get_xlabel() and ax.get_ylabel(), (ax.get_title(), ax.get_xlabel(), ax.get_ylabel())
+            texts = [ax.get_title(), ax.get_xlabel(), ax.get_ylabel()]
+            if ax.get_legend() is not None:
+                texts += [t.get_text() for t in ax.get_legend().get_texts()]
+                legends.append(" ".join(t.get_text() for t in ax.get_legend().get_texts()))
+            for text in texts:
+                outside = re.sub(r"\$[^$]*\$", "", text)
+                assert "‖" not in text and "_{" not in outside and "\\" not in outside, text
+        plt.close(fig)
+    assert all(r"\alpha" in legend for legend in legends if "w_" not in legend and "slope" not in legend)
+    assert any(r"\varepsilon" in legend and r"\alpha" in legend for legend in legends)

@@ -1,4 +1,4 @@
-"""Primal flows (MATH.md §2): closed forms, exact facts, limits, an independent integrator."""
+"""Primal flows (docs/math.md §2): closed forms, exact facts, limits, an independent integrator."""
 
 import jax
 import jax.numpy as jnp

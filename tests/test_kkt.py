@@ -1,4 +1,4 @@
-"""KKT analysis (MATH.md §5) and reference interpolators: exact statements to solver tolerance."""
+"""KKT analysis (docs/math.md §5) and reference interpolators: exact statements to solver tolerance."""
 
 import jax.numpy as jnp
 import numpy as np

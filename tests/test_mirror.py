@@ -1,4 +1,4 @@
-"""Mirror maps (MATH.md §3): Lambert W, inverse pairs, derivatives, closed-form limits."""
+"""Mirror maps (docs/math.md §3): Lambert W, inverse pairs, derivatives, closed-form limits."""
 
 import jax
 import jax.numpy as jnp
@@ -147,7 +147,7 @@ def test_ssd_potential_is_hypentropy_scaled_by_eps_when_a_is_zero():
     m = _ssd(0.0, eps, alpha)
     h = Hypentropy(jnp.asarray(alpha, f64))
     w = W_GRID
-    # MATH §3.2: a = 0 gives ∇Φ(w) = (ε/4) arcsinh(w/(2α²)) = ε ∇Φ_hyp(w); Φ = ε Φ_hyp.
+    # docs/math.md §3.2: a = 0 gives ∇Φ(w) = (ε/4) arcsinh(w/(2α²)) = ε ∇Φ_hyp(w); Φ = ε Φ_hyp.
     theta = _grad_jit(m, w)
     np.testing.assert_allclose(theta, eps * 0.25 * np.arcsinh(w / (2 * alpha**2)), rtol=1e-15, atol=0)
     np.testing.assert_allclose(_value_jit(m, w), eps * h.value(w), rtol=1e-12)
@@ -204,7 +204,7 @@ def test_small_eps_approaches_l32_limit():
     a, alpha = 0.5, 0.1
     lim = L32Limit(jnp.asarray(a, f64), jnp.asarray(alpha, f64))
     w = jnp.linspace(-3.0, 3.0, N)
-    # MATH §3.2 closed form of the limit
+    # docs/math.md §3.2 closed form of the limit
     expected = np.where(np.abs(w) <= 4 * alpha**2, a * w / (4 * alpha), a * np.sign(w) * (np.sqrt(np.abs(w)) - alpha))
     np.testing.assert_allclose(lim.grad(w), expected, rtol=1e-15)
     errors = []

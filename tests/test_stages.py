@@ -1,4 +1,4 @@
-"""Stage detection (MATH.md §6) on a separable design, against an independent integrator."""
+"""Stage detection (docs/math.md §6) on a separable design, against an independent integrator."""
 
 import jax.numpy as jnp
 import numpy as np

@@ -1,0 +1,110 @@
+"""The config reference (`docs/config.md`), generated from `SCHEMA` so that it cannot drift from it.
+
+Types and defaults come from the schema; each key's description is its `Key.doc` or, where that is
+empty, its entry in `DESCRIPTIONS` — exactly one of the two (a test checks it), so every key is
+described once. Regenerate with `python -m mdflow._config_doc > docs/config.md`.
+"""
+
+from __future__ import annotations
+
+import json
+
+from ._config import END_POINT_STOP, SCHEMA
+
+TABLES = {
+    "problem": "The regression data ([math.md](math.md) §1).",
+    "flows": "Which primal flows to solve, and whether to pair each run with its dual ([math.md](math.md) §2–§4).",
+    "grid": "The swept axes. Each axis is a number, a list, or a range table "
+            "`{ start, stop, num, spacing = \"log\" | \"linear\" }`. GF has no ε axis.",
+    "solve": "The ODE solver and the saved time grid ([solvers.md](solvers.md)).",
+    "sweep": "How runs are batched onto devices ([sweeps.md](sweeps.md)).",
+    "analysis": "Per-run analyses added to each record ([analyses.md](analyses.md)).",
+    "check": "Thresholds of the primal–dual check ([analyses.md](analyses.md#primaldual-check)).",
+    "output": "Where and what to write.",
+}
+
+DESCRIPTIONS = {
+    "problem.kind": "`\"sparse_gaussian\"` (generated, §1) or `\"file\"` (arrays `X (n, d)`, `y (n,)`, "
+                    "optional `w_star (d,)` in the `.npz` at `problem.path`)",
+    "problem.n": "number of samples (rows of X)",
+    "problem.d": "dimension (columns of X); over-parameterized when d > n",
+    "problem.k": "nonzeros of the planted `w*` (≤ d)",
+    "problem.noise": "standard deviation of Gaussian noise added to `y = Xw*`",
+    "problem.seed": "seed of the generated problem (overridden per run by `grid.seed`)",
+    "problem.normalization": "`\"mean\"`: L = ‖Xw − y‖²/(2n); `\"sum\"`: L = ‖Xw − y‖²/2",
+    "flows.kinds": "primal flows to solve: any of `\"gf\"`, `\"ssd\"`, `\"ssd_frozen\"` (§2)",
+    "flows.dual_form": "dual ODE: `\"rho\"` (n-dimensional) or `\"theta\"` (d-dimensional) (§3)",
+    "grid.eps": "stability constants ε > 0 of SSD and frozen SSD",
+    "grid.alpha": "initialization scales α > 0 (`u(0) = v(0) = α`)",
+    "solve.solver": "`\"auto\"` (= `\"tsit5_rodas4\"`: Tsit5, switching to Rodas4 while stiff) or one of "
+                    "{solvers} ([solvers.md](solvers.md))",
+    "solve.rtol": "relative tolerance of the step-size controller",
+    "solve.atol": "absolute tolerance of the step-size controller",
+    "solve.t1": "end of the time horizon",
+    "solve.num_ts": "saved times: t = 0 plus `num_ts − 1` log-spaced points on [t_min, t1]",
+    "solve.t_min": "first positive saved time; default `t1·1e-7`",
+    "solve.max_steps": "step budget per run; a run that exhausts it gets status `max_steps`",
+    "solve.pcoeff": "proportional coefficient of the PID step-size controller",
+    "solve.icoeff": "integral coefficient of the PID step-size controller",
+    "sweep.chunk_size": "runs per chunk: the unit of batching, progress and storage",
+    "analysis.kkt": "KKT errors against three potentials, the §5 error E, distances to the "
+                    "min-ℓ1/ℓ3/2/ℓ2 interpolators and to w*",
+    "analysis.stages": "measured stage boundaries of SSD runs against the §6 predictions",
+    "analysis.discrete": "optax Adam(b1 = b2 = 0) against the SSD flow (§7)",
+    "analysis.discrete_etas": "step sizes η of the Adam-vs-flow comparison",
+    "check.tolerance": "verdict threshold on the maximal relative w-gap of the exact pairs (E1, E2)",
+    "check.floor": "denominators of relative gaps are max(‖·‖, floor) (w(0) = 0)",
+    "output.save": "`\"trajectories\"` (w on the whole time grid) or `\"final\"` (end points only)",
+    "output.figures": "draw the figures after the run (`mdflow plot` redraws them any time)",
+}
+
+
+def describe(table: str, key: str) -> str:
+    """The one description of `table.key`: the schema's `doc`, else `DESCRIPTIONS`."""
+    from ._solve import SOLVERS
+
+    text = SCHEMA[table][key].doc or DESCRIPTIONS[f"{table}.{key}"]
+    return text.replace("{solvers}", ", ".join(f"`\"{name}\"`" for name in SOLVERS))
+
+
+def _types(types: tuple[type, ...]) -> str:
+    names = ["number" if t is float else t.__name__ for t in types if t is not int or float not in types]
+    return " or ".join(names)
+
+
+def _default(table: str, key: str) -> str:
+    value = SCHEMA[table][key].default
+    if value is None:
+        return "unset"
+    if table == "solve" and key == "stop_rel_residual":
+        return f"unset ({END_POINT_STOP:g} or off, see description)"
+    return f"`{json.dumps(value)}`"
+
+
+def config_reference() -> str:
+    """The markdown text of `docs/config.md`."""
+    lines = [
+        "# Config reference",
+        "",
+        "<!-- Generated from mdflow/_config.py (SCHEMA) by `python -m mdflow._config_doc > docs/config.md`;",
+        "     do not edit by hand (tests/test_docs.py checks that it is current). -->",
+        "",
+        "A config is a TOML file with the tables below. Every key is optional; unknown tables and keys",
+        "are errors, and a bad value stops `mdflow` before any work with one line naming the key and the",
+        "value (exit code 2). Without a config, `mdflow run` uses the built-in quickstart",
+        "(`mdflow._config.QUICKSTART`). A config file's results go to `results/<file stem>` unless",
+        "`output.dir` says otherwise.",
+        "",
+    ]
+    for table, keys in SCHEMA.items():
+        lines += [f"## [{table}]", "", TABLES[table], "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        for key, spec in keys.items():
+            types = _types(spec.types)
+            meaning = describe(table, key).replace("|", "\\|")
+            lines.append(f"| `{table}.{key}` | {types} | {_default(table, key)} | {meaning} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(config_reference(), end="")

@@ -1,0 +1,146 @@
+"""`mdflow.load`: a stored sweep as a labelled xarray.Dataset, equal to the files; bad folders refused."""
+
+import json
+import math
+import shutil
+
+import diffrax
+import numpy as np
+import pytest
+
+import mdflow
+from mdflow.cli import main
+
+CONFIG = """
+[problem]
+n = 6
+d = 14
+k = 2
+[flows]
+kinds = ["gf", "ssd"]
+[grid]
+eps = [0.1, 1.0]
+alpha = [0.05, 0.1]
+[solve]
+solver = "tsit5"
+t1 = 1e3
+num_ts = 25
+stop_rel_residual = 1e-6
+[analysis]
+stages = true
+[output]
+figures = false
+"""
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    """A real GF + SSD sweep (2 ε × 2 α, stage analysis on) written by `mdflow run`."""
+    root = tmp_path_factory.mktemp("load")
+    (root / "c.toml").write_text(CONFIG)
+    assert main(["run", str(root / "c.toml"), "--out", str(root / "out")]) == 0
+    return root / "out"
+
+
+def _files(out):
+    summary = json.loads((out / "summary.json").read_text())
+    with np.load(out / "trajectories.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    return summary, arrays
+
+
+def _select(ds, rec):
+    labels = {"flow": rec["flow"], "seed": rec["seed"], "alpha": rec["alpha"]}
+    if rec["eps"] is not None:
+        labels["eps"] = rec["eps"]
+    one = ds.sel(**labels)
+    # GF leaves the `eps` level; xarray then names the run dimension after it.
+    return one.squeeze([d for d in one.dims if d in ("run", "eps")])
+
+
+def test_sel_by_labels_returns_the_stored_numbers(stored, monkeypatch):
+    monkeypatch.setattr(diffrax, "diffeqsolve", lambda *a, **k: (_ for _ in ()).throw(AssertionError("solved")))
+    ds = mdflow.load(stored)
+    summary, arrays = _files(stored)
+    runs = summary["runs"]
+    assert ds.sizes["run"] == len(runs) == 1 * 2 + 2 * 2
+    assert list(ds.indexes["run"].names) == ["flow", "seed", "eps", "alpha"]
+    assert ds.attrs["config"] == summary["config"] and ds.attrs["versions"] == summary["versions"]
+    np.testing.assert_array_equal(ds["t"].values, arrays["ts"])
+    assert ds["w"].dims == ("run", "t", "coordinate") and ds["loss"].dims == ("run", "t")
+    # Scalar fields, nested ones with dotted names, equal the record; arrays equal their npz row.
+    for i, rec in enumerate(runs):
+        one = _select(ds, rec)
+        flat = mdflow._load.flatten({k: v for k, v in rec.items() if k not in ("flow", "seed", "eps", "alpha")})
+        assert "stages.skipped" in flat if rec["flow"] == "gf" else "stages.t_warm_measured" in flat
+        for key, value in flat.items():
+            got = one[mdflow._load.RENAMED_FIELDS.get(key, key)].item()
+            if value is None:
+                assert got == "" or math.isnan(got), key
+            else:
+                assert got == value, (key, got, value)
+        for key, value in arrays.items():
+            if key != "ts":
+                np.testing.assert_array_equal(one[key].values, value[i], err_msg=key)
+    # GF has no ε: NaN label; GF-only string fields are "" on SSD runs.
+    assert np.isnan(ds.sel(flow="gf")["eps"].values).all()
+    assert set(ds.sel(flow="ssd", eps=0.1)["alpha"].values) == {0.05, 0.1}
+
+
+def test_tidy_table(stored):
+    table = mdflow.load(stored, arrays=False).to_dataframe()
+    summary, _ = _files(stored)
+    assert len(table) == len(summary["runs"])
+    assert list(table.index.names) == ["flow", "seed", "eps", "alpha"]
+    ssd = table.xs("ssd", level="flow")
+    rec = next(r for r in summary["runs"] if r["flow"] == "ssd" and r["eps"] == 1.0 and r["alpha"] == 0.1)
+    assert ssd.xs((1.0, 0.1), level=("eps", "alpha"))["t_end"].item() == rec["t_end"]
+    assert "w" not in table.columns
+    long = mdflow.load(stored)["loss"].to_dataframe()  # tidy (run, t) rows of one array
+    assert len(long) == len(summary["runs"]) * summary["config"]["solve"]["num_ts"]
+
+
+def _copy(stored, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(stored, out, ignore=shutil.ignore_patterns("chunks", ".lock"))
+    return out
+
+
+def test_mismatched_rows_are_refused(stored, tmp_path):
+    out = _copy(stored, tmp_path)
+    _, arrays = _files(out)
+    arrays["loss"] = arrays["loss"][:-1]
+    np.savez(out / "trajectories.npz", **arrays)
+    with pytest.raises(mdflow.InputError, match="trajectories.npz.*'loss'.*rows"):
+        mdflow.load(out)
+
+
+def test_missing_or_foreign_files_are_refused(stored, tmp_path):
+    out = _copy(stored, tmp_path)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["config"]["grid"]["eps"] = [0.5]  # a later run of another config did not finish
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(mdflow.InputError, match="manifest.json.*another config"):
+        mdflow.load(out)
+    (out / "trajectories.npz").unlink()
+    with pytest.raises(mdflow.InputError, match="trajectories.npz: missing"):
+        mdflow.load(out)
+    (out / "summary.json").unlink()
+    with pytest.raises(mdflow.InputError, match="summary.json: missing"):
+        mdflow.load(out)
+
+
+def test_swept_magnitudes_and_pairs_are_labelled(tmp_path):
+    """`grid.a` adds an `a` level; pair records of equivalence.json appear as `check.*`."""
+    runs = [{"flow": "ssd_frozen", "eps": 0.1, "alpha": 0.1, "seed": 0, "a": a, "status": "ok"} for a in (0.0, 2.0)]
+    (tmp_path / "summary.json").write_text(json.dumps({"config": {}, "versions": {}, "runs": runs}))
+    np.savez(tmp_path / "trajectories.npz", ts=np.linspace(0, 1, 3), w_final=np.arange(6.0).reshape(2, 3),
+             loss=np.ones((2, 3)))
+    pairs = [{"run_index": 1, "flow": "ssd_frozen", "max_rel_gap_w": 3e-9, "verdict": "equivalent"}]
+    (tmp_path / "equivalence.json").write_text(json.dumps({"pairs": pairs}))
+    ds = mdflow.load(tmp_path)
+    assert list(ds.indexes["run"].names) == ["flow", "seed", "eps", "alpha", "a"]
+    one = ds.sel(a=2.0).squeeze("run")
+    assert one["check.max_rel_gap_w"].item() == 3e-9 and one["check.verdict"].item() == "equivalent"
+    np.testing.assert_array_equal(one["w_final"].values, [3.0, 4.0, 5.0])
+    assert np.isnan(ds.sel(a=0.0)["check.max_rel_gap_w"].values).all()
