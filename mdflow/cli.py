@@ -70,9 +70,14 @@ def cmd_check(args) -> int:
     _log(f"mdflow check: {config.source}, {len(config.run_specs())} primal runs + duals -> {out}")
     _, pairs = execute(config, out, log=_log, duals=True, force=args.force)
     print(format_table(pairs))
-    failed = [p for p in pairs if p["verdict"] == "not_equivalent"]
-    _log(f"wrote {out / 'equivalence.json'}; {len(failed)} exact pair(s) not equivalent")
-    return 1 if failed else 0
+    failed = [p for p in pairs if p["verdict"] in ("not_equivalent", "solve_failed")]
+    verified = [p for p in pairs if p["verdict"] == "equivalent"]
+    _log(f"wrote {out / 'equivalence.json'}; {len(verified)} exact pair(s) equivalent, "
+         f"{len(failed)} not equivalent or failed")
+    if not verified:
+        _log("mdflow check: nothing was verified (no exact pair: add 'gf' or 'ssd_frozen' to flows.kinds)")
+    # Exit 0 only when something was verified and nothing failed.
+    return 1 if (failed or not verified) else 0
 
 
 def cmd_plot(args) -> int:

@@ -158,3 +158,33 @@ def test_config_file_gets_its_own_output_folder(tmp_path):
     assert load(tmp_path / "my_sweep.toml")["output"]["dir"] == "results/my_sweep"
     assert load(tmp_path / "other.toml")["output"]["dir"] == "results/other"
     assert load(tmp_path / "pinned.toml")["output"]["dir"] == "elsewhere"
+
+
+CHECK = """
+[problem]
+n = 8
+d = 24
+k = 2
+[flows]
+kinds = [{kinds}]
+[grid]
+eps = [0.1]
+alpha = [0.1]
+[solve]
+t1 = 100.0
+num_ts = 20
+[output]
+figures = false
+"""
+
+
+@pytest.mark.parametrize("kinds, code", [('"gf", "ssd_frozen", "ssd"', 0), ('"ssd"', 1)])
+def test_check_exit_code_needs_a_verified_pair(tmp_path, kinds, code):
+    """`mdflow check` exits 0 when exact pairs were verified equivalent with the default solve settings,
+    and non-zero when nothing was verified (only true SSD: no exact pair to judge)."""
+    cfg = tmp_path / "check.toml"
+    cfg.write_text(CHECK.format(kinds=kinds))
+    assert main(["check", str(cfg), "--out", str(tmp_path / "out")]) == code
+    pairs = json.loads((tmp_path / "out" / "equivalence.json").read_text())["pairs"]
+    exact = [p for p in pairs if p["flow"] != "ssd"]
+    assert all(p["verdict"] == "equivalent" for p in exact), exact
