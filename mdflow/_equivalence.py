@@ -93,9 +93,10 @@ def pair_record(
 
     **Returns:** `(record, arrays)`. `record` (JSON-able): `flow, eps, alpha, dual_form, max_rel_gap_w,
     max_rel_gap_dual, t_max_gap, identity_residual, assumption_residual, assumption_residual_rel,
-    verdict, primal_status, dual_status, dual_solver, dual_steps, dual_wall_s`. Gaps are
+    verdict, primal_status, dual_status, dual_solver, dual_steps, dual_wall_s, primal_t_end, dual_t_end, t_common`. Gaps are
     `‖w_p(t) − w_d(t)‖ / max(‖w_p(t)‖, floor)` and `‖∇Φ(w_p(t)) − θ_d(t)‖ / max(‖θ_d(t)‖, floor)`,
-    maxima over the grid. `identity_residual` (SSD with tracking, else None) is
+    maxima over the grid points of the common window `t ≤ t_common = min(primal_t_end, dual_t_end)`
+    (a side that stopped early holds its state; later points are NaN in `arrays`). `identity_residual` (SSD with tracking, else None) is
     `max_{t,i} |(ε/2) log(u/α) + J^u + Γ|` (and the v-analogue) divided by the largest term of the
     identity over the run. `assumption_residual` is `max_t max_i |δ^{u,v}_i(t)|` with
     `δ^u = a(u − α) − J^u` (θ units); `assumption_residual_rel` divides it by `max_t ‖Γ(t)‖_∞`.
@@ -116,6 +117,13 @@ def pair_record(
     floor_arr = jnp.asarray(floor, problem.X.dtype)
     arrays = {k: np.asarray(v) for k, v in _compare(flow, dual, problem, primal.ys, sol.ys, floor_arr).items()}
     arrays["ts"] = np.asarray(primal.ts)
+    # Compare like with like: after either side stops its saved state is held while the other still
+    # moves, so gaps count only on the common window [0, min(t_end)].
+    t_common = min(float(primal.t_end), float(sol.t_end))
+    outside = arrays["ts"] > t_common
+    for key in ("gap_w", "gap_dual", "identity", "delta"):
+        if key in arrays:
+            arrays[key] = np.where(outside, np.nan, arrays[key])
 
     gap_w, gap_dual = arrays["gap_w"], arrays["gap_dual"]
     finite = np.isfinite(gap_w)
@@ -147,6 +155,9 @@ def pair_record(
         "dual_solver": select_solver(policy, dual),
         "dual_steps": int(sol.num_steps),
         "dual_wall_s": wall,
+        "primal_t_end": float(primal.t_end),
+        "dual_t_end": float(sol.t_end),
+        "t_common": t_common,
     }
     if "identity" in arrays:
         record["identity_residual"] = _float(np.nanmax(arrays["identity"]))

@@ -40,6 +40,7 @@ class CoordinatewiseJacobian(eqx.Module):
     v: Float[Array, "K d"]
     X: Float[Array, "n d"]
     scale: Float[Array, ""]
+    lead: int | None = eqx.field(static=True, default=None)  # rows that drive the flow (see `factor`)
 
     @classmethod
     def from_flow(cls, flow, problem, y: State) -> CoordinatewiseJacobian:
@@ -55,7 +56,8 @@ class CoordinatewiseJacobian(eqx.Module):
         B = jnp.transpose(cols, (1, 0, 2))  # B[k, l, i] = ∂h_k/∂y_l at coordinate i
         c = h_lin(jnp.zeros_like(y), jnp.ones_like(g))
         v = jax.vmap(w_lin)(basis)  # (K, d): ∂w_i/∂y_{l,i}
-        return cls(B, c, v, problem.X, jnp.asarray(problem.scale, y.dtype))
+        lead = flow.controlled(y).shape[0] if hasattr(flow, "controlled") else K
+        return cls(B, c, v, problem.X, jnp.asarray(problem.scale, y.dtype), lead)
 
     def mv(self, x: State) -> State:
         """`J x` without forming `J`."""
@@ -73,7 +75,7 @@ class CoordinatewiseJacobian(eqx.Module):
         """Factorize `I − γh·J` (Woodbury: block inverses and an `n × n` LU)."""
         K = self.c.shape[0]
         eye = jnp.eye(K, dtype=self.c.dtype)[:, :, None]
-        A_inv = _block_inv(eye - gamma_h * self.B)
+        A_inv = _block_inv_lower(eye - gamma_h * self.B, K if self.lead is None else self.lead)
         a = _block_apply(A_inv, self.c)  # A_i⁻¹ c_i
         m = jnp.sum(self.v * a, axis=0)
         coef = gamma_h * self.scale
@@ -145,6 +147,20 @@ def _block_inv(M: Float[Array, "K K d"]) -> Float[Array, "K K d"]:
         det = M[0, 0] * M[1, 1] - M[0, 1] * M[1, 0]
         return jnp.stack([jnp.stack([M[1, 1], -M[0, 1]]), jnp.stack([-M[1, 0], M[0, 0]])]) / det
     return jnp.moveaxis(jnp.linalg.inv(jnp.moveaxis(M, -1, 0)), 0, -1)
+
+
+def _block_inv_lower(M: Float[Array, "K K d"], lead: int) -> Float[Array, "K K d"]:
+    """`_block_inv` of blocks `[[M11, 0], [M21, M22]]` whose first `lead` rows never depend on the rest
+    (auxiliary states): `M11` is inverted on its own, so the leading rows' solve is bit-for-bit the
+    one without the auxiliary states."""
+    K = M.shape[0]
+    if lead >= K:
+        return _block_inv(M)
+    inv11 = _block_inv(M[:lead, :lead])
+    inv22 = _block_inv(M[lead:, lead:])
+    low = -jnp.einsum("abi,bci,cdi->adi", inv22, M[lead:, :lead], inv11)
+    top = jnp.concatenate([inv11, jnp.zeros((lead, K - lead, M.shape[-1]), M.dtype)], axis=1)
+    return jnp.concatenate([top, jnp.concatenate([low, inv22], axis=1)], axis=0)
 
 
 def is_coordinatewise(flow) -> bool:

@@ -15,6 +15,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int
 
 from ._errors import InputError
@@ -159,7 +160,8 @@ def _solve(flow, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol, *, solver_na
         return out
 
     saveat = diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=ts, fn=observe), diffrax.SubSaveAt(t1=True)])
-    controller = diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=pcoeff, icoeff=icoeff)
+    controller = diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=pcoeff, icoeff=icoeff,
+                                       norm=lambda e: optx.rms_norm(flow.controlled(e)))
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(_field),
         solver,

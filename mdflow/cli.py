@@ -104,13 +104,18 @@ def cmd_check(args) -> int:
     print(format_table(pairs))
     failed = [p for p in pairs if p["verdict"] == "not_equivalent"]
     verified = [p for p in pairs if p["verdict"] in VERIFIED]
+    unsolved = [p for p in pairs if p["verdict"] == "solve_failed"]
     _log((f"wrote {out / 'equivalence.json'}; " if _writes() else "")
-         + f"{len(verified)} of {len(pairs)} pair(s) verified, {len(failed)} exact pair(s) not equivalent")
+         + f"{len(verified)} of {len(pairs)} pair(s) verified, {len(failed)} exact pair(s) not equivalent"
+         + (f", {len(unsolved)} not solved" if unsolved else ""))
     if failed:
         return EXIT_NOT_EQUIVALENT
-    if not verified:
+    if not verified or unsolved:
         verdicts = sorted({str(p["verdict"]) for p in pairs})
-        _log(f"mdflow check: nothing verified (verdicts: {verdicts or 'no pairs'}); exit {EXIT_NOTHING_VERIFIED}")
+        hint = "" if pairs and any(p["verdict"] != "reported" for p in pairs) else \
+            " (no exact pair: add 'gf' or 'ssd_frozen' to flows.kinds)"
+        what = "nothing verified" if not verified else f"{len(unsolved)} pair(s) not solved"
+        _log(f"mdflow check: {what} (verdicts: {verdicts or 'no pairs'}){hint}; exit {EXIT_NOTHING_VERIFIED}")
         return EXIT_NOTHING_VERIFIED
     return 0
 

@@ -269,3 +269,33 @@ def test_check_exits_3_when_nothing_was_verified(tmp_path, capsys):
     cfg.write_text(TINY.replace("[solve]", "[solve]\nmax_steps = 3").replace('kinds = ["gf", "ssd"]', 'kinds = ["ssd"]'))
     assert main(["check", str(cfg), "--out", str(tmp_path / "out")]) == EXIT_NOTHING_VERIFIED == 3
     assert "nothing verified" in capsys.readouterr().err
+
+
+CHECK = """
+[problem]
+n = 8
+d = 24
+k = 2
+[flows]
+kinds = [{kinds}]
+[grid]
+eps = [0.1]
+alpha = [0.1]
+[solve]
+t1 = 100.0
+num_ts = 20
+[output]
+figures = false
+"""
+
+
+@pytest.mark.parametrize("kinds, code", [('"gf", "ssd_frozen", "ssd"', 0), ('"ssd"', 3)])
+def test_check_exit_code_needs_a_verified_pair(tmp_path, kinds, code):
+    """`mdflow check` exits 0 when exact pairs were verified equivalent with the default solve settings,
+    and non-zero when nothing was verified (only true SSD: no exact pair to judge)."""
+    cfg = tmp_path / "check.toml"
+    cfg.write_text(CHECK.format(kinds=kinds))
+    assert main(["check", str(cfg), "--out", str(tmp_path / "out")]) == code
+    pairs = json.loads((tmp_path / "out" / "equivalence.json").read_text())["pairs"]
+    exact = [p for p in pairs if p["flow"] != "ssd"]
+    assert all(p["verdict"] == "equivalent" for p in exact), exact

@@ -96,3 +96,20 @@ def test_table_and_figure(ssd_pairs, tmp_path):
     assert [p.suffix for p in paths] == [".pdf", ".png"] and all(p.stat().st_size > 0 for p in paths)
     assert b"/FontType 3" not in paths[0].read_bytes()  # pdf.fonttype 42: no Type 3 fonts
     assert jnp.isfinite(records[0]["max_rel_gap_dual"])
+
+
+def test_early_stop_is_compared_on_the_common_window(small_problem):
+    """A primal that stops early (residual 1e-3) against a dual that runs on: the gap counts only up to
+    the earlier stop (a held state is never compared with a moving one), both stop times recorded."""
+    flow = mdflow.make_flow("gf", small_problem, alpha=0.1)
+    ts = jnp.asarray(np.concatenate([[0.0], np.geomspace(1e-3, 100.0, 40)]))
+    stopping = mdflow.SolvePolicy(solver="tsit5", rtol=1e-11, atol=1e-13, t1=100.0, stop_rel_residual=1e-3)
+    primal = solve(flow, small_problem, stopping, ts=ts)
+    assert bool(primal.stopped) and float(primal.t_end) < 100.0
+    running = mdflow.SolvePolicy(solver="tsit5", rtol=1e-11, atol=1e-13, t1=100.0)
+    record, arrays = pair_record(small_problem, flow, primal, running, tolerance=1e-6)
+    assert record["dual_t_end"] == 100.0 and record["primal_t_end"] == float(primal.t_end)
+    assert record["t_common"] == record["primal_t_end"]
+    assert record["verdict"] == "equivalent" and record["max_rel_gap_w"] <= 1e-7, record
+    after = arrays["ts"] > record["t_common"]
+    assert after.any() and np.all(np.isnan(arrays["gap_w"][after]))
