@@ -379,7 +379,9 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
         d = raw["problem"]["d"] if raw["problem"]["kind"] == "sparse_gaussian" else None
         if d is not None and len(a) != d:
             raise InputError(f"flows.a: {len(a)} values, but problem.d={d} (one magnitude per coordinate)")
-    given = data.get("problem", {})
+    # Keys set to something other than their default (a config's own `to_json()` lists every key).
+    given = {k: v for k, v in data.get("problem", {}).items()
+             if k in SCHEMA["problem"] and v != SCHEMA["problem"][k].default}
     if raw["problem"]["kind"] == "file":
         extra = [k for k in ("n", "d", "k", "noise", "signs", "seed") if k in given]
         if extra:

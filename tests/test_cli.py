@@ -299,3 +299,15 @@ def test_check_exit_code_needs_a_verified_pair(tmp_path, kinds, code):
     pairs = json.loads((tmp_path / "out" / "equivalence.json").read_text())["pairs"]
     exact = [p for p in pairs if p["flow"] != "ssd"]
     assert all(p["verdict"] == "equivalent" for p in exact), exact
+
+
+@pytest.mark.parametrize("problem", [{"n": 6, "d": 14}, {"kind": "file", "path": "data.npz"}])
+def test_a_config_round_trips_through_its_json(problem, tmp_path, monkeypatch):
+    """`Config.to_json()` lists every key with its default (it is what results record); reading it back
+    must give the same config, not a 'does not apply' error for the defaults of the other kind."""
+    from mdflow._config import from_dict
+
+    monkeypatch.chdir(tmp_path)
+    np.savez("data.npz", X=np.eye(3, 5), y=np.ones(3))
+    config = from_dict({"problem": problem})
+    assert from_dict(config.to_json()).to_json() == config.to_json()

@@ -100,9 +100,23 @@ def test_tidy_table(stored):
     assert len(long) == len(summary["runs"]) * summary["config"]["solve"]["num_ts"]
 
 
+def _commit(out, summary, arrays, pairs=None):
+    """Commit files as one result set, as `mdflow run` does (the loader reads committed sets only)."""
+    from mdflow._store import Store, atomic_write_json
+
+    def write(folder):
+        atomic_write_json(folder / "summary.json", summary)
+        np.savez(folder / "trajectories.npz", **arrays)
+        if pairs is not None:
+            atomic_write_json(folder / "equivalence.json", {"pairs": pairs})
+
+    with Store.open(out, {"test": 1}, {}, [], force=True) as store:
+        store.commit(write)
+
+
 def _copy(stored, tmp_path):
     out = tmp_path / "copy"
-    shutil.copytree(stored, out, ignore=shutil.ignore_patterns("chunks", ".lock"))
+    shutil.copytree(stored, out, symlinks=True, ignore=shutil.ignore_patterns("chunks", ".lock"))
     return out
 
 
@@ -110,7 +124,10 @@ def test_mismatched_rows_are_refused(stored, tmp_path):
     out = _copy(stored, tmp_path)
     _, arrays = _files(out)
     arrays["loss"] = arrays["loss"][:-1]
-    np.savez(out / "trajectories.npz", **arrays)
+    np.savez(out / "current" / "trajectories.npz", **arrays)  # rewritten after the set was committed
+    with pytest.raises(mdflow.InputError, match="trajectories.npz changed or truncated"):
+        mdflow.load(out)
+    _commit(out, *_files(out))  # committed as one set, yet rows and runs disagree
     with pytest.raises(mdflow.InputError, match="trajectories.npz.*'loss'.*rows"):
         mdflow.load(out)
 
@@ -122,22 +139,20 @@ def test_missing_or_foreign_files_are_refused(stored, tmp_path):
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(mdflow.InputError, match="manifest.json.*another config"):
         mdflow.load(out)
-    (out / "trajectories.npz").unlink()
-    with pytest.raises(mdflow.InputError, match="trajectories.npz: missing"):
+    (out / "current" / "trajectories.npz").unlink()
+    with pytest.raises(mdflow.InputError, match="trajectories.npz of result set .* is missing"):
         mdflow.load(out)
-    (out / "summary.json").unlink()
-    with pytest.raises(mdflow.InputError, match="summary.json: missing"):
+    (out / "current").unlink()
+    with pytest.raises(mdflow.InputError, match="no committed result set"):
         mdflow.load(out)
 
 
 def test_swept_magnitudes_and_pairs_are_labelled(tmp_path):
     """`grid.a` adds an `a` level; pair records of equivalence.json appear as `check.*`."""
     runs = [{"flow": "ssd_frozen", "eps": 0.1, "alpha": 0.1, "seed": 0, "a": a, "status": "ok"} for a in (0.0, 2.0)]
-    (tmp_path / "summary.json").write_text(json.dumps({"config": {}, "versions": {}, "runs": runs}))
-    np.savez(tmp_path / "trajectories.npz", ts=np.linspace(0, 1, 3), w_final=np.arange(6.0).reshape(2, 3),
-             loss=np.ones((2, 3)))
+    arrays = {"ts": np.linspace(0, 1, 3), "w_final": np.arange(6.0).reshape(2, 3), "loss": np.ones((2, 3))}
     pairs = [{"run_index": 1, "flow": "ssd_frozen", "max_rel_gap_w": 3e-9, "verdict": "equivalent"}]
-    (tmp_path / "equivalence.json").write_text(json.dumps({"pairs": pairs}))
+    _commit(tmp_path, {"config": {}, "versions": {}, "runs": runs}, arrays, pairs)
     ds = mdflow.load(tmp_path)
     assert list(ds.indexes["run"].names) == ["flow", "seed", "eps", "alpha", "a"]
     one = ds.sel(a=2.0).squeeze("run")
