@@ -1,7 +1,12 @@
 """mdflow: continuous-time optimization flows, their mirror-descent duals and implicit bias, in JAX.
 
-Importing mdflow turns on float64 (the flows need it: tolerances ≤ 1e-8, log coordinates).
+Importing mdflow turns on float64 (the flows need it: tolerances ≤ 1e-8, log coordinates), and,
+unless the environment sets it, `EQX_ON_ERROR=nan` before equinox is imported: see `_errors.py`.
 """
+
+import os as _os
+
+_os.environ.setdefault("EQX_ON_ERROR", "nan")  # before equinox (diffrax) is imported; see `_errors.py`
 
 import jax as _jax
 

@@ -21,7 +21,9 @@ def _log(msg: str) -> None:
 
 def _setup_jax() -> None:
     """One host device per CPU core (a sweep runs one chunk per core), x64 before any array exists,
-    and a persistent compilation cache for repeated CLI runs."""
+    and a persistent compilation cache for repeated CLI runs (`$MDFLOW_CACHE_DIR`, default
+    `~/.cache/mdflow/jax`; empty: off): a later process loads its compiled solves instead of compiling
+    them (they carry no host callbacks, see `mdflow/_errors.py`)."""
     from ._sweep import use_cpu_cores
 
     use_cpu_cores()
@@ -31,7 +33,8 @@ def _setup_jax() -> None:
     cache = os.environ.get("MDFLOW_CACHE_DIR", str(Path.home() / ".cache" / "mdflow" / "jax"))
     if cache:
         jax.config.update("jax_compilation_cache_dir", cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # else JAX reads it
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def _load_config(path: str | None):
