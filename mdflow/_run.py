@@ -24,9 +24,10 @@ from ._sweep import (
 
 def versions() -> dict[str, str]:
     """Versions of everything that determines results."""
+    from importlib.metadata import version
+
     import diffrax
     import equinox
-    import optax
 
     from . import __version__
 
@@ -36,7 +37,7 @@ def versions() -> dict[str, str]:
         "jax": jax.__version__,
         "diffrax": diffrax.__version__,
         "equinox": equinox.__version__,
-        "optax": optax.__version__,
+        "optax": version("optax"),  # without importing it (only `analysis.discrete` needs it)
         "numpy": np.__version__,
         "x64": bool(jax.config.jax_enable_x64),
         "devices": [str(d) for d in jax.devices()],
