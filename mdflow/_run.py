@@ -18,7 +18,8 @@ from ._problem import Problem
 from ._solve import STATUSES, Solution, SolvePolicy, select_solver, status_name
 from ._store import Store, atomic_save_npz, atomic_write_json
 from ._sweep import (
-    Chunk, Progress, batches, difficulty, effective_vmap_width, make_mesh, num_traces, plan_chunks, solve_chunks,
+    Chunk, Progress, batches, difficulty, effective_vmap_width, make_mesh, plan_chunks, solve_chunks_timed,
+    timing_text,
 )
 
 
@@ -183,8 +184,10 @@ def execute(
     `sweep.chunk_size`; one call solves one chunk per device (`_sweep.py`). Each finished chunk is
     stored atomically under `out_dir/chunks/` and listed in `out_dir/manifest.json`; rerunning the same
     config loads finished chunks instead of solving them again (`force=True` recomputes everything; a
-    folder holding another config is an `InputError`). A run's `wall_s` is its call's wall time divided
-    by the number of runs in that call (compile time included in the first call of each variant).
+    folder holding another config is an `InputError`). Each call's program is compiled before the call:
+    its `compile_s` and `solve_s` are stored with each of its chunks (chunk files, manifest) and shown
+    in its progress lines. A run's `wall_s` is its call's solve time shared among the call's runs
+    (compile excluded; `summary.json` totals both under `sweep`).
     With duals on, every run is paired with its dual and checked (`equivalence.json`).
     Returns `(records, pairs)` in config order.
     """
@@ -229,27 +232,27 @@ def execute(
             progress.update(len(plan) - len(pending) - 1, sum(len(plan[i].runs) for i in results),
                             f"{len(results)} chunk(s) loaded from {out_dir / 'chunks'}",
                             cost=sum(cost[j] for i in results for j in plan[i].runs))
+        calls = []  # the CallTiming of every solve call
         for call in batches(pending, mesh.devices.size):
             first = call[0]
             problem = problems[first.seed]
-            traces = num_traces()
-            start = time.perf_counter()
-            sols = solve_chunks([[flows[i] for i in c.runs] for c in call], problem, policy,
-                                chunk_size=chunk_size, mesh=mesh, solver=first.solver, vmap_width=vmap_width)
-            wall = time.perf_counter() - start
-            per_run = wall / sum(len(c.runs) for c in call)
+            sols, timing = solve_chunks_timed([[flows[i] for i in c.runs] for c in call], problem, policy,
+                                              chunk_size=chunk_size, mesh=mesh, solver=first.solver,
+                                              vmap_width=vmap_width)
+            calls.append(timing)
+            per_run = timing.solve_s / sum(len(c.runs) for c in call)
             for chunk, sol in zip(call, sols):
                 meta, arrays = _chunk_result(chunk, sol, specs, flows, problem, policy, config, duals,
                                              per_run * len(chunk.runs), analyses)
+                meta.update(compile_s=timing.compile_s, solve_s=timing.solve_s)  # of the whole call
                 if primary:
                     store.save_chunk(chunk.index, chunk.runs, meta, arrays)
                 results[chunk.index] = (meta, arrays)
                 bad = meta["failures"]
                 progress.update(chunk.index, len(chunk.runs),
                                 f"{chunk.flow} (seed {chunk.seed}) x{len(chunk.runs)}, {chunk.solver}, "
-                                f"{per_run * len(chunk.runs):.2f} s" + (f", failed: {bad}" if bad else ""),
-                                wall=per_run * len(chunk.runs), cost=sum(cost[i] for i in chunk.runs),
-                                compiled=num_traces() > traces)
+                                f"{timing_text(timing, per_run * len(chunk.runs))}" + (f", failed: {bad}" if bad else ""),
+                                wall=per_run * len(chunk.runs), cost=sum(cost[i] for i in chunk.runs))
         records, pairs, arrays = _assemble(plan, results, len(specs))
         summary = {"config": config.to_json(), "versions": versions(),
                    "stop_rel_residual": policy.stop_rel_residual,  # in force (the config's may be unset)
@@ -257,7 +260,8 @@ def execute(
                    "failures": _failures(records), "num_ok": sum(r["status"] == "ok" for r in records),
                    "sweep": {"chunks": len(plan), "chunk_size": chunk_size, "devices": mesh.devices.size,
                              "computed": [c.index for c in pending],
-                             "loaded": sorted(set(results) - {c.index for c in pending})},
+                             "loaded": sorted(set(results) - {c.index for c in pending}),
+                             "compile_s": sum(t.compile_s for t in calls), "solve_s": sum(t.solve_s for t in calls)},
                    "wall_s": time.perf_counter() - total_start}
         if primary:
             atomic_write_json(out_dir / "summary.json", summary)
