@@ -251,7 +251,7 @@ def execute(
                 bad = meta["failures"]
                 progress.update(chunk.index, len(chunk.runs),
                                 f"{chunk.flow} (seed {chunk.seed}) x{len(chunk.runs)}, {chunk.solver}, "
-                                f"{timing_text(timing, per_run * len(chunk.runs))}" + (f", failed: {bad}" if bad else ""),
+                                + timing_text(timing, per_run * len(chunk.runs)) + (f", failed: {bad}" if bad else ""),
                                 wall=per_run * len(chunk.runs), cost=sum(cost[i] for i in chunk.runs))
         records, pairs, arrays = _assemble(plan, results, len(specs))
         summary = {"config": config.to_json(), "versions": versions(),
