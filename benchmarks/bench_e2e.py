@@ -165,7 +165,7 @@ def main() -> None:
             print(f"done: {name}", file=sys.stderr, flush=True)
         if "sweep32" in cases and not args.skip_scipy:
             wall, rel = scipy_case(work, args.t1)
-            ratio = ", ".join(f"mdflow {ph} {wall / walls[('sweep32', ph)]:.2f}× faster" for ph in ("cold", "warm"))
+            ratio = "scipy / mdflow: " + ", ".join(f"{ph} {wall / walls[('sweep32', ph)]:.2f}" for ph in ("cold", "warm"))
             rows.append(("scipy solve_ivp(LSODA) loop, same 32 runs", wall, None, None,
                          f"{ratio}; max rel. end-point diff {rel:.1e}"))
             if not rel <= 1e-5:
