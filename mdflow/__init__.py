@@ -1,83 +1,68 @@
 """mdflow: continuous-time optimization flows, their mirror-descent duals and implicit bias, in JAX.
 
-Importing mdflow turns on float64 (the flows need it: tolerances ≤ 1e-8, log coordinates).
+Importing mdflow turns on float64 (the flows need it: tolerances ≤ 1e-8, log coordinates), and,
+unless the environment sets it, `EQX_ON_ERROR=nan` before equinox is imported: see `_errors.py`.
+
+The public names below are loaded on first use (`mdflow.solve` imports `_solve`, hence diffrax), so
+`import mdflow` costs little more than `import jax`, and tools that need only configs or stored results
+(`mdflow plot`, `mdflow info`) never load the solvers.
 """
+
+import importlib as _importlib
+import os as _os
+
+_os.environ.setdefault("EQX_ON_ERROR", "nan")  # before equinox (diffrax) is imported; see `_errors.py`
 
 import jax as _jax
 
 _jax.config.update("jax_enable_x64", True)
 
-from ._dual import DUAL_FORMS as DUAL_FORMS, DualFlow as DualFlow, dual_flow as dual_flow
-from ._equivalence import (
-    format_table as format_table,
-    pair_record as pair_record,
-    paired_dual as paired_dual,
-    plot_pair as plot_pair,
-)
-from ._errors import InputError as InputError
-from ._mirror import (
-    MIRROR_MAPS as MIRROR_MAPS,
-    AbstractMirrorMap as AbstractMirrorMap,
-    Hypentropy as Hypentropy,
-    L32Limit as L32Limit,
-    SSDPotential as SSDPotential,
-    lambertw_log as lambertw_log,
-    make_mirror as make_mirror,
-    mirror_for_flow as mirror_for_flow,
-)
-from ._flows import (
-    GF as GF,
-    SSD as SSD,
-    AbstractFlow as AbstractFlow,
-    AbstractPrimalFlow as AbstractPrimalFlow,
-    FrozenSSD as FrozenSSD,
-    PRIMAL_FLOWS as PRIMAL_FLOWS,
-    make_flow as make_flow,
-)
-from ._problem import (
-    Problem as Problem,
-    load_npz as load_npz,
-    sparse_gaussian as sparse_gaussian,
-    validate_data as validate_data,
-)
-from ._solve import (
-    SOLVERS as SOLVERS,
-    STATUSES as STATUSES,
-    Solution as Solution,
-    SolvePolicy as SolvePolicy,
-    select_solver as select_solver,
-    solve as solve,
-    solve_batch as solve_batch,
-    stack_flows as stack_flows,
-    status_name as status_name,
-)
-from ._analysis import analyze_run as analyze_run
-from ._discrete import discrete_record as discrete_record
-from ._interpolators import min_l1 as min_l1, min_l2 as min_l2, min_l32 as min_l32, min_lp as min_lp
-from ._load import load as load
-from ._config import Config as Config, from_dict as config_from_dict, load as load_config
-from ._run import execute as execute
-from ._kkt import (
-    KKTSolution as KKTSolution,
-    bregman_projection as bregman_projection,
-    kkt_errors as kkt_errors,
-    kkt_record as kkt_record,
-)
-from ._stages import stages_record as stages_record
-from ._store import read_manifest as read_manifest
-from ._sweep import (
-    difficulty as difficulty,
-    make_mesh as make_mesh,
-    solve_chunks as solve_chunks,
-    sweep as sweep,
-    use_cpu_cores as use_cpu_cores,
-)
-from ._linear import CoordinatewiseJacobian as CoordinatewiseJacobian, DenseJacobian as DenseJacobian
-from ._rosenbrock import (
-    AbstractRosenbrock as AbstractRosenbrock,
-    Rodas3 as Rodas3,
-    Rodas4 as Rodas4,
-    StiffSwitch as StiffSwitch,
-)
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "_dual": ("DUAL_FORMS", "DualFlow", "dual_flow"),
+    "_equivalence": ("format_table", "pair_record", "paired_dual", "plot_pair"),
+    "_errors": ("InputError",),
+    "_mirror": (
+        "MIRROR_MAPS", "AbstractMirrorMap", "Hypentropy", "L32Limit", "SSDPotential", "lambertw_log",
+        "make_mirror", "mirror_for_flow",
+    ),
+    "_flows": ("GF", "SSD", "AbstractFlow", "AbstractPrimalFlow", "FrozenSSD", "PRIMAL_FLOWS", "make_flow"),
+    "_problem": ("Problem", "load_npz", "sparse_gaussian", "validate_data"),
+    "_solve": (
+        "SOLVERS", "STATUSES", "Solution", "SolvePolicy", "select_solver", "solve", "solve_batch",
+        "stack_flows", "status_name",
+    ),
+    "_analysis": ("analyze_run",),
+    "_discrete": ("discrete_record",),
+    "_interpolators": ("min_l1", "min_l2", "min_l32", "min_lp"),
+    "_load": ("load",),
+    "_config": ("Config",),
+    "_run": ("execute",),
+    "_kkt": ("KKTSolution", "bregman_projection", "kkt_errors", "kkt_record"),
+    "_stages": ("stages_record",),
+    "_store": ("read_manifest",),
+    "_sweep": ("difficulty", "make_mesh", "solve_chunks", "sweep", "use_cpu_cores"),
+    "_linear": ("CoordinatewiseJacobian", "DenseJacobian"),
+    "_rosenbrock": ("AbstractRosenbrock", "Rodas3", "Rodas4", "StiffSwitch"),
+}
+# Public names that differ from their module's own name: public -> (module, name there).
+_ALIASES = {"config_from_dict": ("_config", "from_dict"), "load_config": ("_config", "load")}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+_MODULE_OF.update({public: module for public, (module, _) in _ALIASES.items()})
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    """Load the submodule that defines `name` on first use (PEP 562)."""
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f".{module}", __name__), _ALIASES.get(name, (module, name))[1])
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MODULE_OF))
+
 
 __version__ = "0.1.0"

@@ -19,7 +19,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from ._problem import Problem
 
@@ -34,6 +33,8 @@ def adam_path(problem: Problem, alpha, eps, eta, steps_per_save, num_saves: int)
 
 
 def _adam_path(problem, alpha, eps, eta, steps_per_save, num_saves):
+    import optax  # only here: `import mdflow` does not pay for optax
+
     dtype = problem.X.dtype
     u0 = jnp.broadcast_to(jnp.asarray(alpha, dtype), (problem.d,))
     params = (u0, u0)

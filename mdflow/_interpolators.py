@@ -15,7 +15,6 @@ from typing import ClassVar
 
 import jax.numpy as jnp
 import numpy as np
-import scipy.optimize
 
 from ._kkt import bregman_projection
 from ._mirror import AbstractMirrorMap
@@ -64,6 +63,8 @@ def min_l2(problem: Problem) -> np.ndarray:
 
 def min_l1(problem: Problem) -> np.ndarray:
     """The minimum-ℓ1-norm interpolator, by linear programming (HiGHS)."""
+    import scipy.optimize  # only here: `import mdflow` does not pay for scipy
+
     X, y = np.asarray(problem.X), np.asarray(problem.y)
     d = X.shape[1]
     res = scipy.optimize.linprog(

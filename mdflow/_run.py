@@ -21,15 +21,17 @@ from ._problem import Problem
 from ._solve import STATUSES, Solution, SolvePolicy, select_solver, status_name
 from ._store import Store, atomic_write_json, stream_npz
 from ._sweep import (
-    Chunk, Progress, batches, difficulty, effective_vmap_width, make_mesh, num_traces, plan_chunks, solve_chunks,
+    Chunk, Progress, batches, difficulty, effective_vmap_width, make_mesh, plan_chunks, solve_chunks_timed,
+    timing_text,
 )
 
 
 def versions() -> dict[str, str]:
     """Versions of everything that determines results."""
+    from importlib.metadata import version
+
     import diffrax
     import equinox
-    import optax
 
     from . import __version__
 
@@ -39,7 +41,7 @@ def versions() -> dict[str, str]:
         "jax": jax.__version__,
         "diffrax": diffrax.__version__,
         "equinox": equinox.__version__,
-        "optax": optax.__version__,
+        "optax": version("optax"),  # without importing it (only `analysis.discrete` needs it)
         "numpy": np.__version__,
         "x64": bool(jax.config.jax_enable_x64),
         "devices": [str(d) for d in jax.devices()],
@@ -213,8 +215,10 @@ def execute(
     `sweep.chunk_size`; one call solves one chunk per device (`_sweep.py`). Each finished chunk is
     stored atomically under `out_dir/chunks/` and listed in `out_dir/manifest.json`; rerunning the same
     config loads finished chunks instead of solving them again (`force=True` recomputes everything; a
-    folder holding another config is an `InputError`). A run's `wall_s` is its call's wall time divided
-    by the number of runs in that call (compile time included in the first call of each variant).
+    folder holding another config is an `InputError`). Each call's program is compiled before the call:
+    its `compile_s` and `solve_s` are stored with each of its chunks (chunk files, manifest) and shown
+    in its progress lines. A run's `wall_s` is its call's solve time shared among the call's runs
+    (compile excluded; `summary.json` totals both under `sweep`).
     With duals on, every run is paired with its dual and checked (`equivalence.json`).
     Returns `(records, pairs)` in config order.
     """
@@ -268,15 +272,15 @@ def execute(
                              *(f"analysis.{k}" for k in ("kkt", "stages", "discrete")
                                if "analysis" in analyses and config["analysis"][k]),
                              *(name for name in analyses if name != "analysis")])
+        calls = []  # the CallTiming of every solve call
         for call in batches(pending, mesh.devices.size):
             first = call[0]
             problem = problems[first.seed]
-            traces = num_traces()
-            start = time.perf_counter()
-            sols = solve_chunks([[flows[i] for i in c.runs] for c in call], problem, policy,
-                                chunk_size=chunk_size, mesh=mesh, solver=first.solver, vmap_width=vmap_width)
-            wall = time.perf_counter() - start
-            per_run = wall / sum(len(c.runs) for c in call)
+            sols, timing = solve_chunks_timed([[flows[i] for i in c.runs] for c in call], problem, policy,
+                                              chunk_size=chunk_size, mesh=mesh, solver=first.solver,
+                                              vmap_width=vmap_width)
+            calls.append(timing)
+            per_run = timing.solve_s / sum(len(c.runs) for c in call)
             for chunk, sol in zip(call, sols):
                 if between:
                     progress.note(f"chunk {chunk.index + 1}/{len(plan)} solved; {between} of its {len(chunk.runs)} run(s)")
@@ -286,6 +290,7 @@ def execute(
                 meta["num_devices"] = mesh.devices.size  # rounding may depend on it (docs/store.md)
                 meta["arrays"] = {k: {"dtype": v.dtype.str, "shape": list(v.shape[1:])} for k, v in arrays.items()}
                 analysis_wall = time.perf_counter() - after_solve
+                meta.update(compile_s=timing.compile_s, solve_s=timing.solve_s)  # of the whole call
                 if primary:
                     store.save_chunk(chunk.index, chunk.runs, meta, arrays)
                 results[chunk.index] = meta
@@ -293,9 +298,8 @@ def execute(
                 bad = meta["failures"]
                 progress.update(chunk.index, len(chunk.runs),
                                 f"{chunk.flow} (seed {chunk.seed}) x{len(chunk.runs)}, {chunk.solver}, "
-                                f"{per_run * len(chunk.runs):.2f} s" + (f", failed: {bad}" if bad else ""),
-                                wall=per_run * len(chunk.runs) + analysis_wall, cost=sum(cost[i] for i in chunk.runs),
-                                compiled=num_traces() > traces)
+                                + timing_text(timing, per_run * len(chunk.runs)) + (f", failed: {bad}" if bad else ""),
+                                wall=per_run * len(chunk.runs) + analysis_wall, cost=sum(cost[i] for i in chunk.runs))
         if not primary and len(results) < len(plan):
             # Chunks process 0 loaded from a store this process cannot see (no shared filesystem):
             # the results are process 0's to write; this process has only its own part.
@@ -310,7 +314,8 @@ def execute(
                    "failures": _failures(records), "num_ok": sum(r["status"] == "ok" for r in records),
                    "sweep": {"chunks": len(plan), "chunk_size": chunk_size, "devices": mesh.devices.size,
                              "computed": [c.index for c in pending],
-                             "loaded": sorted(set(results) - {c.index for c in pending})},
+                             "loaded": sorted(set(results) - {c.index for c in pending}),
+                             "compile_s": sum(t.compile_s for t in calls), "solve_s": sum(t.solve_s for t in calls)},
                    "wall_s": time.perf_counter() - total_start}
         if primary:
             def write(folder: Path) -> None:

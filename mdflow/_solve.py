@@ -18,7 +18,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int
 
-from ._errors import InputError
+from ._errors import InputError, check_time_grid
 from ._flows import AbstractFlow
 from ._problem import Problem
 from ._rosenbrock import Rodas3, Rodas4, StiffSwitch, jacobian_for
@@ -216,6 +216,8 @@ def _solve(flow, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol, *, solver_na
 
 def _arguments(policy: SolvePolicy, problem: Problem, ts):
     dtype = problem.X.dtype
+    if ts is not None and not isinstance(ts, jax.core.Tracer):
+        check_time_grid(ts)  # diffrax's own check is compiled out (`_errors.py`)
     ts = jnp.asarray(policy.time_grid() if ts is None else ts, dtype)
     stop = policy.stop_rel_residual is not None
     numeric = [jnp.asarray(v, dtype) for v in (policy.rtol, policy.atol, policy.pcoeff, policy.icoeff)]

@@ -28,6 +28,7 @@ import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -204,6 +205,33 @@ def _body(flows, real, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol, *, mes
 # `_traced` counts how often the sharded batch solve is traced (= compiled): see `num_traces`.
 _traced = eqx.debug.assert_max_traces(_body, max_traces=None)
 _solve_sharded = eqx.filter_jit(_traced)
+# Programs compiled ahead of their call (`_compiled_solver`), by call signature.
+_compiled: dict[Any, Any] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class CallTiming:
+    """Seconds of one `solve_chunks` call, measured apart: `compile_s` traces, lowers and compiles the
+    program (or loads it from the persistent compilation cache) the first time this process meets its
+    signature, else 0; `solve_s` runs it and copies the results to the host."""
+
+    compile_s: float
+    solve_s: float
+
+
+def _compiled_solver(args: tuple, static: dict[str, Any]) -> tuple[Any, float]:
+    """The compiled chunk solve for these arguments, and the seconds spent compiling it now (0 when this
+    process compiled it before). Compiling ahead of the call is what lets `CallTiming` time the two apart."""
+    dynamic, rest = eqx.partition(args, eqx.is_array)
+    leaves = jax.tree.leaves(dynamic)
+    key = (jax.tree.structure(dynamic), tuple((x.shape, x.dtype, x.sharding) for x in leaves),
+           jax.tree.structure(rest), tuple(jax.tree.leaves(rest)), tuple(sorted(static.items())))
+    if key in _compiled:
+        return _compiled[key], 0.0
+    start = time.perf_counter()
+    compiled = _solve_sharded.lower(*args, **static).compile()
+    _compiled[key] = compiled
+    return compiled, time.perf_counter() - start
 
 
 def num_traces() -> int:
@@ -215,11 +243,21 @@ def solve_chunks(
     chunks: Sequence[Sequence[AbstractFlow]], problem: Problem, policy: SolvePolicy, *, chunk_size: int,
     mesh: Mesh | None = None, solver: str | None = None, vmap_width: int | None = None,
 ) -> list[Solution]:
+    """`solve_chunks_timed` without the timing."""
+    return solve_chunks_timed(chunks, problem, policy, chunk_size=chunk_size, mesh=mesh, solver=solver,
+                              vmap_width=vmap_width)[0]
+
+
+def solve_chunks_timed(
+    chunks: Sequence[Sequence[AbstractFlow]], problem: Problem, policy: SolvePolicy, *, chunk_size: int,
+    mesh: Mesh | None = None, solver: str | None = None, vmap_width: int | None = None,
+) -> tuple[list[Solution], CallTiming]:
     """Solve up to one chunk per device in one call: chunk `i` (same-type flows, at most `chunk_size`)
     runs on device `i` as its own vmapped batch. Every chunk is padded to `chunk_size` members and idle
     devices get a copy of the first chunk, so each device always sees a batch of `chunk_size`: the same
     compiled function for every call, and per-run results that do not depend on the device count.
-    Returns one batched `Solution` (NumPy arrays, real members only) per chunk.
+    Returns one batched `Solution` (NumPy arrays, real members only) per chunk, and the call's
+    `CallTiming` (the program is compiled before the call, so compile and solve are timed apart).
 
     `solver`: the solver name for every member (default `select_solver(policy, chunks[0][0])`).
     `vmap_width`: members vmapped together on a device (default `default_vmap_width`); smaller widths
@@ -243,14 +281,15 @@ def solve_chunks(
     batched, real = jax.device_put((batched, real), NamedSharding(mesh, P(AXIS)))
     replicated = NamedSharding(mesh, P())
     problem, ts, numeric, stop_tol = jax.device_put((problem, ts, numeric, stop_tol), replicated)
-    sol = _solve_sharded(
-        batched, real, problem, ts, *numeric, stop_tol, mesh=mesh, vmap_width=vmap_width, solver_name=solver,
-        max_steps=policy.max_steps,
-        keep_states=policy.save == "trajectory", stop=stop,
-    )
-    sol = jax.tree.map(_to_host, sol)
+    args = (batched, real, problem, ts, *numeric, stop_tol)
+    static = dict(mesh=mesh, vmap_width=vmap_width, solver_name=solver, max_steps=policy.max_steps,
+                  keep_states=policy.save == "trajectory", stop=stop)
+    compiled, compile_s = _compiled_solver(args, static)
+    start = time.perf_counter()
+    sol = jax.tree.map(_to_host, compiled(*args, **static))
+    timing = CallTiming(compile_s=compile_s, solve_s=time.perf_counter() - start)
     return [jax.tree.map(lambda x, i=i, m=len(c): x[i * chunk_size:i * chunk_size + m], sol)
-            for i, c in enumerate(chunks)]
+            for i, c in enumerate(chunks)], timing
 
 
 def solve_chunk(
@@ -282,11 +321,9 @@ class Progress:
 
     The ETA is the measured time per unit of predicted cost times the cost left: with `total_cost`
     (and a `cost` per chunk, e.g. the sum of its runs' `difficulty`) this accounts for the
-    easiest-first order; without, every run costs 1. A chunk's `wall` should include its analyses, not
-    only the solve. Chunks whose call `compiled` are left out of the rate once any chunk without
-    compilation has been timed; until then the ETA comes from the compiled chunks and is shown as an
-    upper bound (`ETA ≤ …`), so the first chunk already gives one. Before any chunk is timed (only
-    loaded ones) it says "estimating".
+    easiest-first order; without, every run costs 1. A chunk's `wall` is its solve time (compilation is
+    timed apart, see `CallTiming`) plus its analyses, so the first computed chunk already gives a real
+    rate. Before any chunk is timed (only loaded ones) it says "estimating".
     """
 
     def __init__(self, total_runs: int, total_chunks: int, log: Callable[[str], None] | None, *,
@@ -294,7 +331,7 @@ class Progress:
         self.total_runs, self.total_chunks, self.log, self.total_cost = total_runs, total_chunks, log, total_cost
         self.done_runs = 0
         self.done_cost = 0.0
-        self.timed = {False: [0.0, 0.0], True: [0.0, 0.0]}  # compiled? -> [seconds, cost]
+        self.timed_wall = self.timed_cost = 0.0
         self.start = time.perf_counter()
 
     def note(self, what: str) -> None:
@@ -302,18 +339,16 @@ class Progress:
         if self.log is not None:
             self.log(f"  ... {what}")
 
-    def update(self, chunk: int, runs: int, what: str, *, wall: float | None = None, cost: float | None = None,
-               compiled: bool = False) -> None:
+    def update(self, chunk: int, runs: int, what: str, *, wall: float | None = None,
+               cost: float | None = None) -> None:
         """Count a finished (`wall` not None: computed) or loaded (`wall=None`) chunk of `runs` runs and
         predicted `cost` (default `runs`)."""
         cost = float(runs) if cost is None else cost
         self.done_runs += runs
         self.done_cost += cost
         if wall is not None:
-            self.timed[compiled][0] += wall
-            self.timed[compiled][1] += cost
-            if compiled:
-                what += " (incl. compile)"
+            self.timed_wall += wall
+            self.timed_cost += cost
         if self.log is None:
             return
         self.log(f"[chunk {chunk + 1}/{self.total_chunks}] {self.done_runs}/{self.total_runs} runs, "
@@ -325,11 +360,15 @@ class Progress:
             return "0 s"
         total = self.total_cost if self.total_cost is not None else float(self.total_runs)
         left = max(total - self.done_cost, 0.0)
-        for compiled, prefix in ((False, ""), (True, "≤ ")):
-            seconds, cost = self.timed[compiled]
-            if cost > 0:
-                return f"{prefix}{seconds / cost * left:.1f} s"
+        if self.timed_cost > 0:
+            return f"{self.timed_wall / self.timed_cost * left:.1f} s"
         return "estimating"
+
+
+def timing_text(timing: CallTiming, solve_share: float) -> str:
+    """A chunk's part of a progress line: its share of the call's solve time, and the call's compile time
+    when it compiled."""
+    return f"solve {solve_share:.2f} s" + (f", compile {timing.compile_s:.2f} s" if timing.compile_s else "")
 
 
 def batches(plan: Sequence[Chunk], ndev: int) -> list[list[Chunk]]:
@@ -369,16 +408,15 @@ def sweep(
     progress = Progress(len(flows), len(plan), log, total_cost=sum(cost))
     parts: list[tuple[tuple[int, ...], Solution]] = []
     for call in batches(plan, mesh.devices.size):
-        traces = num_traces()
-        start = time.perf_counter()
-        sols = solve_chunks([[flows[i] for i in c.runs] for c in call], problem, policy, chunk_size=chunk_size,
-                            mesh=mesh, solver=call[0].solver, vmap_width=vmap_width)
-        wall = time.perf_counter() - start
+        sols, timing = solve_chunks_timed([[flows[i] for i in c.runs] for c in call], problem, policy,
+                                          chunk_size=chunk_size, mesh=mesh, solver=call[0].solver,
+                                          vmap_width=vmap_width)
         runs = sum(len(c.runs) for c in call)
         for chunk, sol in zip(call, sols):
             parts.append((chunk.runs, sol))
-            progress.update(chunk.index, len(chunk.runs), f"{len(chunk.runs)} x {chunk.solver}",
-                            wall=wall * len(chunk.runs) / runs, cost=sum(cost[i] for i in chunk.runs),
-                            compiled=num_traces() > traces)
+            share = timing.solve_s * len(chunk.runs) / runs
+            progress.update(chunk.index, len(chunk.runs),
+                            f"{len(chunk.runs)} x {chunk.solver}, {timing_text(timing, share)}",
+                            wall=share, cost=sum(cost[i] for i in chunk.runs))
     order = np.argsort(np.concatenate([np.asarray(runs) for runs, _ in parts]))
     return jax.tree.map(lambda *xs: np.concatenate(xs)[order], *[s for _, s in parts])

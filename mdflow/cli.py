@@ -25,7 +25,9 @@ def _log(msg: str) -> None:
 def _setup_jax(job=None) -> None:
     """One host device per CPU core (a sweep runs one chunk per core; split between the processes of
     a one-machine distributed `job`), the `jax.distributed` job joined and x64 set before any array
-    exists, and a persistent compilation cache for repeated CLI runs."""
+    exists, and a persistent compilation cache for repeated CLI runs (`$MDFLOW_CACHE_DIR`, default
+    `~/.cache/mdflow/jax`; empty: off): a later process loads its compiled solves instead of compiling
+    them (they carry no host callbacks, see `mdflow/_errors.py`)."""
     from ._distributed import initialize, local_device_count
     from ._sweep import use_cpu_cores
 
@@ -46,7 +48,8 @@ def _setup_jax(job=None) -> None:
     cache = os.environ.get("MDFLOW_CACHE_DIR", str(Path.home() / ".cache" / "mdflow" / "jax"))
     if cache:
         jax.config.update("jax_compilation_cache_dir", cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # else JAX reads it
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def _load_config(path: str | None):

@@ -1,6 +1,20 @@
-"""Test setup: float64 and strict dtype promotion, before any array exists."""
+"""Test setup: one persistent compilation cache for the whole test run, float64 and strict dtype
+promotion, before any array exists."""
 
-import jax
+import atexit
+import os
+import shutil
+import tempfile
+
+# One compilation cache for this test run, for this process and every subprocess (they inherit the
+# environment; the CLI reads MDFLOW_CACHE_DIR, JAX itself JAX_COMPILATION_CACHE_DIR): never the user's
+# ~/.cache, never a stale cache from an earlier run. Set before JAX is imported (it reads them then).
+CACHE_DIR = tempfile.mkdtemp(prefix="mdflow-test-jax-cache-")
+os.environ["MDFLOW_CACHE_DIR"] = os.environ["JAX_COMPILATION_CACHE_DIR"] = CACHE_DIR
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"  # as the CLI (`mdflow.cli._setup_jax`)
+atexit.register(shutil.rmtree, CACHE_DIR, ignore_errors=True)
+
+import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_dtype_promotion", "strict")

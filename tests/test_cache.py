@@ -1,0 +1,101 @@
+"""Compiled solves carry no host callbacks, so the persistent compilation cache stores them and a second
+process loads them; failures are still reported as statuses, and bad save times are caught on the host."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mdflow
+from mdflow import _solve, _sweep
+
+TINY = """
+[problem]
+n = 6
+d = 18
+k = 2
+[flows]
+kinds = ["ssd"]
+[grid]
+eps = [0.1, 1.0]
+alpha = [0.1]
+[solve]
+solver = "tsit5"
+t1 = 100.0
+num_ts = 10
+stop_rel_residual = 1e-5
+[output]
+figures = false
+"""
+
+
+def _primitives(jaxpr) -> set[str]:
+    """Names of every primitive in a (closed) jaxpr, sub-jaxprs (loops, conds, shard_map) included."""
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else [param]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    names |= _primitives(inner)
+    return names
+
+
+@pytest.mark.parametrize("solver", ["tsit5", "tsit5_rodas4"])
+def test_chunk_solve_has_no_host_callbacks(small_problem, solver):
+    """The sharded chunk solve of SSD (stop event on, trajectories kept): no callback primitive anywhere.
+    Under equinox's default `EQX_ON_ERROR=raise`, diffrax's save-time checks would put one in."""
+    policy = mdflow.SolvePolicy(solver=solver, t1=100.0, num_ts=10, stop_rel_residual=1e-6)
+    flows = mdflow.stack_flows([mdflow.make_flow("ssd", small_problem, eps=e, alpha=0.1) for e in (0.1, 1.0)])
+    ts, numeric, stop_tol, stop = _solve._arguments(policy, small_problem, None)
+    mesh = _sweep.make_mesh(jax.devices()[:1])
+    real = np.ones(2, dtype=bool)
+    jaxpr = jax.make_jaxpr(
+        lambda *a: _sweep._body(*a, mesh=mesh, vmap_width=1, solver_name=solver, max_steps=1000,
+                                keep_states=True, stop=stop)
+    )(flows, real, small_problem, ts, *numeric, stop_tol)
+    names = _primitives(jaxpr.jaxpr)
+    assert "while" in names  # the walk reaches inside the solve's loop
+    assert not {n for n in names if "callback" in n}, sorted(names)
+
+
+def test_failures_stay_statuses(small_problem):
+    """With the checks compiled out, a failing run is still a status from `sol.result`, not an exception."""
+    policy = mdflow.SolvePolicy(solver="tsit5", t1=100.0, num_ts=10, max_steps=5)
+    flow = mdflow.make_flow("ssd", small_problem, eps=0.1, alpha=0.1)
+    sol = _sweep.solve_chunk([flow], small_problem, policy, mesh=_sweep.make_mesh(jax.devices()[:1]))
+    assert [mdflow.status_name(s) for s in sol.status] == ["max_steps"]
+
+
+@pytest.mark.parametrize("ts", [[0.0, 2.0, 1.0], [1.0, 1.0], [0.0, np.nan, 1.0], [[0.0, 1.0]]])
+def test_bad_save_times_rejected_on_host(small_problem, ts):
+    """Save times diffrax would reject at runtime (now compiled out) are an `InputError` before any work."""
+    flow = mdflow.make_flow("gf", small_problem, alpha=0.1)
+    with pytest.raises(mdflow.InputError, match="ts"):
+        mdflow.solve(flow, small_problem, mdflow.SolvePolicy(), ts=jnp.asarray(ts))
+
+
+def test_second_process_loads_the_solve_from_the_cache(tmp_path):
+    """`mdflow run` twice, each in a new process, on an empty cache directory: the first writes the
+    compiled chunk solve (`jit__body`), the second loads it instead of compiling."""
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY)
+    cache = tmp_path / "cache"
+    env = dict(os.environ, MDFLOW_CACHE_DIR=str(cache), JAX_LOG_COMPILES="1",
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+
+    def run(i):
+        return subprocess.run([sys.executable, "-m", "mdflow.cli", "run", str(cfg), "--out", str(tmp_path / f"o{i}")],
+                              env=env, capture_output=True, text=True, timeout=300, check=True).stderr
+
+    run(1)
+    written = sorted(p.name for p in cache.glob("jit__body-*"))
+    assert written, sorted(p.name for p in cache.iterdir())
+    second = run(2)
+    assert "Persistent compilation cache hit for 'jit__body'" in second, second[-3000:]
+    assert sorted(p.name for p in cache.glob("jit__body-*")) == written  # same program, same key

@@ -1,0 +1,28 @@
+"""Import costs: `import mdflow` loads no solver stack, the run path loads no scipy/optax/matplotlib."""
+
+import subprocess
+import sys
+
+import mdflow
+
+_PROBE = """
+import sys
+import mdflow
+print(sorted(m for m in ("diffrax", "equinox", "scipy", "optax", "matplotlib") if m in sys.modules))
+import mdflow._run, mdflow._analysis, mdflow._equivalence, mdflow._kkt, mdflow._stages, mdflow._discrete, mdflow.cli
+print(sorted(m for m in ("diffrax", "scipy", "optax", "matplotlib") if m in sys.modules))
+"""
+
+
+def test_lazy_imports():
+    """In a fresh process: `import mdflow` imports neither diffrax nor equinox; importing every module of a
+    run (figures aside) imports diffrax but not scipy, optax or matplotlib (loaded where first used)."""
+    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.split("\n")[:2] == ["[]", "['diffrax']"], out.stdout
+
+
+def test_every_public_name_resolves():
+    """Each lazily exported name exists in the submodule it is listed under, and `dir` shows it."""
+    for name in mdflow.__all__:
+        assert getattr(mdflow, name) is not None, name
+    assert set(mdflow.__all__) <= set(dir(mdflow))
