@@ -29,13 +29,13 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 def load_folder(out_dir: str | Path) -> dict:
     """Everything a results folder holds that figures use: `summary`, `traj` (trajectories.npz),
-    `analysis` (its `analysis.*` arrays, prefix dropped), `pairs` (equivalence.json); missing parts
-    are empty."""
+    `analysis` (its `analysis.*` arrays, prefix dropped), `pairs` (equivalence.json, empty without
+    duals). The summary and arrays come from the store's one reader."""
+    from ._store import read_result_folder
+
     out_dir = Path(out_dir)
-    data = {"summary": json.loads((out_dir / "summary.json").read_text()), "traj": {}, "analysis": {}, "pairs": []}
-    if (out_dir / "trajectories.npz").is_file():
-        with np.load(out_dir / "trajectories.npz") as f:
-            data["traj"] = {k: f[k] for k in f.files}
+    summary, arrays = read_result_folder(out_dir)
+    data = {"summary": summary, "traj": arrays, "analysis": {}, "pairs": []}
     prefix = "analysis."
     data["analysis"] = {k[len(prefix):]: v for k, v in data["traj"].items() if k.startswith(prefix)}
     if (out_dir / "equivalence.json").is_file():

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from ._store import read_result_folder
 from ._style import PALETTE, TIME, figure, run_label, save
-
-
-def load_results(out_dir: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """`summary.json` and `trajectories.npz` of a results folder."""
-    out_dir = Path(out_dir)
-    summary = json.loads((out_dir / "summary.json").read_text())
-    with np.load(out_dir / "trajectories.npz") as data:
-        arrays = {k: data[k] for k in data.files}
-    return summary, arrays
 
 
 def plot_loss(summary: dict, arrays: dict, stem: Path) -> list[Path]:
@@ -64,7 +55,7 @@ def plot_coordinates(summary: dict, arrays: dict, stem: Path, *, num_coords: int
 def plot_run_figures(out_dir: str | Path) -> list[Path]:
     """The figures of `mdflow run`: loss curves, and coordinate trajectories when stored."""
     out_dir = Path(out_dir)
-    summary, arrays = load_results(out_dir)
+    summary, arrays = read_result_folder(out_dir)
     paths = plot_loss(summary, arrays, out_dir / "figures" / "loss")
     if "w" in arrays:
         paths += plot_coordinates(summary, arrays, out_dir / "figures" / "coordinates")
