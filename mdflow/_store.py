@@ -336,6 +336,10 @@ class Store:
         _fsync_folder(self.out_dir)
         for name in LINKED:  # stable paths for people: out/summary.json -> current/summary.json, ...
             path = self.out_dir / name
+            if not (folder / name).exists():  # e.g. equivalence.json of a run without duals
+                if path.is_symlink():
+                    path.unlink()
+                continue
             if not path.is_symlink():
                 if path.is_dir():
                     shutil.rmtree(path)
