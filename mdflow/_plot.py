@@ -12,7 +12,7 @@ from ._style import PALETTE, TIME, figure, run_label, save
 
 def plot_loss(summary: dict, arrays: dict, stem: Path) -> list[Path]:
     """Loss against time, log-log, one line per run."""
-    fig, axes = figure(width=3.4, height=2.6)
+    fig, axes = figure(width=3.4, height=2.6, layout="constrained")
     ax = axes[0, 0]
     ts = arrays["ts"]
     styles = {"gf": "-", "ssd": "--", "ssd_frozen": ":"}
@@ -26,7 +26,7 @@ def plot_loss(summary: dict, arrays: dict, stem: Path) -> list[Path]:
     ax.set_xlabel(TIME)
     ax.set_ylabel(r"loss $L(w(t))$")
     ax.legend(ncol=1, frameon=False, fontsize=5)
-    return save(fig, stem)
+    return save(fig, stem, preview=True)
 
 
 def plot_coordinates(summary: dict, arrays: dict, stem: Path, *, num_coords: int = 5) -> list[Path]:
@@ -49,7 +49,7 @@ def plot_coordinates(summary: dict, arrays: dict, stem: Path, *, num_coords: int
         ax.legend(frameon=False, fontsize=4.5, loc="best")
     for j in range(len(runs), nrows * ncols):
         axes[j // ncols, j % ncols].set_visible(False)
-    return save(fig, stem)
+    return save(fig, stem, preview=True)
 
 
 def plot_run_figures(out_dir: str | Path) -> list[Path]:
