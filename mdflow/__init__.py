@@ -9,7 +9,9 @@ _jax.config.update("jax_enable_x64", True)
 
 from ._dual import DUAL_FORMS as DUAL_FORMS, DualFlow as DualFlow, dual_flow as dual_flow
 from ._equivalence import (
+    VERDICTS as VERDICTS,
     format_table as format_table,
+    judge as judge,
     pair_record as pair_record,
     paired_dual as paired_dual,
     plot_pair as plot_pair,
