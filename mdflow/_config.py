@@ -396,7 +396,7 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
         if extra:
             raise InputError(f"problem.{extra[0]}: does not apply to problem.kind = 'file' (the data file "
                              "sets the sizes); remove it")
-    elif "path" in given:
+    elif given.get("path") is not None:
         raise InputError(f"problem.path: applies only to problem.kind = 'file' (kind is "
                          f"{raw['problem']['kind']!r}); remove it or set kind = 'file'")
     solver = raw["solve"]["solver"]
