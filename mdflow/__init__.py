@@ -19,7 +19,7 @@ _jax.config.update("jax_enable_x64", True)
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "_dual": ("DUAL_FORMS", "DualFlow", "dual_flow"),
-    "_equivalence": ("format_table", "pair_record", "paired_dual", "plot_pair"),
+    "_equivalence": ("VERDICTS", "format_table", "judge", "pair_record", "paired_dual", "plot_pair"),
     "_errors": ("InputError",),
     "_mirror": (
         "MIRROR_MAPS", "AbstractMirrorMap", "Hypentropy", "L32Limit", "SSDPotential", "lambertw_log",

@@ -58,6 +58,11 @@ MAX_RUNS = 100_000
 
 # The stop tolerance a config gets when it does not set one but only end points matter (see `Config.stop_rel_residual`).
 END_POINT_STOP = 1e-8
+# Step-size tolerances (rtol, atol) when the config leaves them unset: a run's, and a checked run's
+# (`mdflow check`, `flows.duals`): its verdict needs the exact pairs' gaps far below `check.tolerance`
+# at the finer of its two solves (the coarser one is 100x looser, see `pair_record`).
+RUN_TOLERANCES = (1e-8, 1e-10)
+CHECK_TOLERANCES = (1e-10, 1e-12)
 
 
 def _stop_value(v):
@@ -94,8 +99,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "solve": {
         "solver": Key((str,), "auto"),
-        "rtol": Key(_NUM, 1e-8, _positive),
-        "atol": Key(_NUM, 1e-10, _positive),
+        "rtol": Key(_NUM, None, _positive),
+        "atol": Key(_NUM, None, _positive),
         "t1": Key(_NUM, 100.0, _positive),
         "num_ts": Key((int,), 200, _at_least(2)),
         "t_min": Key(_NUM, None, _positive),
@@ -294,18 +299,23 @@ class Config:
             path = Path(self.source).parent / path
         return path
 
-    def solve_policy(self, **overrides):
+    def solve_policy(self, *, duals: bool | None = None, **overrides):
+        """The `SolvePolicy` in force; `duals` (default `flows.duals`) says whether runs are checked
+        against their duals, which sets the tolerances left unset (`CHECK_TOLERANCES`, else
+        `RUN_TOLERANCES`)."""
         from ._solve import SolvePolicy
 
         s = self.raw["solve"]
-        kwargs = {k: s[k] for k in ("solver", "rtol", "atol", "t1", "num_ts", "t_min", "max_steps",
-                                    "pcoeff", "icoeff")}
+        duals = self.raw["flows"]["duals"] if duals is None else duals
+        kwargs = {k: s[k] for k in ("solver", "t1", "num_ts", "t_min", "max_steps", "pcoeff", "icoeff")}
+        for key, default in zip(("rtol", "atol"), CHECK_TOLERANCES if duals else RUN_TOLERANCES):
+            kwargs[key] = default if s[key] is None else s[key]
         kwargs["save"] = "trajectory" if self.raw["output"]["save"] == "trajectories" else "final"
-        kwargs["stop_rel_residual"] = self.stop_rel_residual()
+        kwargs["stop_rel_residual"] = self.stop_rel_residual(duals=duals)
         kwargs.update(overrides)
         return SolvePolicy(**kwargs)
 
-    def stop_rel_residual(self) -> float | None:
+    def stop_rel_residual(self, *, duals: bool | None = None) -> float | None:
         """The stop tolerance in force: the config's number; `None` for `false`; if unset,
         `END_POINT_STOP` where only end points matter (KKT analysis, or `output.save = "final"`,
         without duals) — integrating the stiff equilibrium after interpolation is wasted work there —
@@ -316,7 +326,8 @@ class Config:
         if value is not None:
             return float(value)
         end_points = self.raw["analysis"]["kkt"] or self.raw["output"]["save"] == "final"
-        return END_POINT_STOP if end_points and not self.raw["flows"]["duals"] else None
+        duals = self.raw["flows"]["duals"] if duals is None else duals
+        return END_POINT_STOP if end_points and not duals else None
 
     def to_json(self) -> dict[str, Any]:
         return copy.deepcopy(self.raw)
@@ -387,7 +398,7 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
         if extra:
             raise InputError(f"problem.{extra[0]}: does not apply to problem.kind = 'file' (the data file "
                              "sets the sizes); remove it")
-    elif "path" in given:
+    elif given.get("path") is not None:
         raise InputError(f"problem.path: applies only to problem.kind = 'file' (kind is "
                          f"{raw['problem']['kind']!r}); remove it or set kind = 'file'")
     solver = raw["solve"]["solver"]
@@ -454,7 +465,7 @@ QUICKSTART: dict[str, Any] = {
     "problem": {"kind": "sparse_gaussian", "n": 40, "d": 200, "k": 5, "seed": 0},
     "flows": {"kinds": ["gf", "ssd"]},
     "grid": {"eps": [1e-2, 1e-1, 1.0], "alpha": [0.01, 0.1]},
-    "solve": {"t1": 1e4, "num_ts": 200, "rtol": 1e-8, "atol": 1e-10, "stop_rel_residual": 1e-7},
+    "solve": {"t1": 1e4, "num_ts": 200, "stop_rel_residual": 1e-7},
     "output": {"dir": "results/quickstart", "save": "trajectories"},
 }
 

@@ -38,8 +38,10 @@ DESCRIPTIONS = {
     "grid.alpha": "initialization scales α > 0 (`u(0) = v(0) = α`)",
     "solve.solver": "`\"auto\"` (= `\"tsit5_rodas4\"`: Tsit5, switching to Rodas4 while stiff) or one of "
                     "{solvers} ([solvers.md](solvers.md))",
-    "solve.rtol": "relative tolerance of the step-size controller",
-    "solve.atol": "absolute tolerance of the step-size controller",
+    "solve.rtol": "relative tolerance of the step-size controller; unset: 1e-8, or 1e-10 where runs are "
+                  "checked against their duals (`mdflow check`, `flows.duals`)",
+    "solve.atol": "absolute tolerance of the step-size controller; unset: 1e-10, or 1e-12 where runs are "
+                  "checked against their duals",
     "solve.t1": "end of the time horizon",
     "solve.num_ts": "saved times: t = 0 plus `num_ts − 1` log-spaced points on [t_min, t1]",
     "solve.t_min": "first positive saved time; default `t1·1e-7`",

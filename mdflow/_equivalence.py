@@ -1,13 +1,16 @@
 """Primal–dual equivalence checker (docs/math.md §4): E1, E2 exactly, true SSD with its E3 identity.
 
 `pair_record` solves the dual paired with a primal run on the primal's time grid, under the same
-`SolvePolicy`, and compares the trajectories in w-space and in dual space. For true SSD solved with
-`track_identity=True` it also reports the E3 identity residual and the assumption residual δ, which
-says *why* the dual is not exact there.
+`SolvePolicy`, and compares the trajectories in w-space and in dual space; it solves the pair again at a
+100× looser tolerance and judges it by how the gap moves (`judge`): solver error falls with the
+tolerance, a difference in the dynamics stays. For true SSD solved with `track_identity=True` it also
+reports the E3 identity residual and the assumption residual δ, which says *why* the dual is not exact
+there.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -22,9 +25,9 @@ from ._errors import InputError
 from ._flows import SSD, AbstractPrimalFlow
 from ._mirror import mirror_for_flow
 from ._problem import Problem
-from ._solve import Solution, SolvePolicy, select_solver, solve, status_name
+from ._solve import STATUSES, Solution, SolvePolicy, select_solver, solve, status_name
 
-EXACT_FLOWS = ("gf", "ssd_frozen")  # E1, E2: the verdict is a pass/fail against the tolerance
+EXACT_FLOWS = ("gf", "ssd_frozen")  # E1, E2: exact, so `not_equivalent` there is a defect
 
 
 def paired_dual(flow: AbstractPrimalFlow, problem: Problem, *, form: str = "rho") -> DualFlow:
@@ -72,6 +75,54 @@ def _float(x) -> float | None:
     return x if math.isfinite(x) else None
 
 
+# The verdict vocabulary (docs/analyses.md, "Verdicts"): `judge` returns one of these with a reason.
+VERDICTS = ("equivalent", "not_equivalent", "inconclusive")
+# The coarser of a pair's two solves has rtol and atol this many times the finer one's.
+TOLERANCE_RATIO = 100.0
+
+
+def _pair_arrays(flow, dual, problem, primal: Solution, dual_sol: Solution, floor: float) -> dict[str, np.ndarray]:
+    """`_compare` of one primal and dual solution, gaps kept only on the common window."""
+    floor_arr = jnp.asarray(floor, problem.X.dtype)
+    arrays = {k: np.asarray(v) for k, v in _compare(flow, dual, problem, primal.ys, dual_sol.ys, floor_arr).items()}
+    arrays["ts"] = np.asarray(primal.ts)
+    # Compare like with like: after either side stops its saved state is held while the other still
+    # moves, so gaps count only on the common window [0, min(t_end)].
+    outside = arrays["ts"] > min(float(primal.t_end), float(dual_sol.t_end))
+    for key in ("gap_w", "gap_dual", "identity", "delta"):
+        if key in arrays:
+            arrays[key] = np.where(outside, np.nan, arrays[key])
+    return arrays
+
+
+def _max_gap(gaps: np.ndarray) -> float | None:
+    return _float(np.nanmax(gaps)) if np.isfinite(gaps).any() else None
+
+
+def judge(gap_fine: float, gap_coarse: float, tolerance: float, ratio: float = TOLERANCE_RATIO) -> tuple[str, str]:
+    """The verdict on a pair from its max w-gaps at two tolerances `ratio` apart, with its reason.
+
+    A gap that is solver error falls with the tolerance; one that is a property of the dynamics stays.
+    "Falls" means by at least `sqrt(ratio)` (10× per 100×: a tolerance-proportional solver gives
+    about `ratio`). `equivalent`: the finer gap is within `tolerance` and falls, or both gaps are within
+    it (a round-off floor does not fall). `not_equivalent`: the finer gap exceeds `tolerance` and does
+    not fall (a plateau). `inconclusive` otherwise: a gap still falling but above the tolerance (tighten
+    `solve.rtol`), or one within it only at the finer solve without falling.
+    """
+    factor = gap_coarse / max(gap_fine, 1e-300)
+    falls = factor >= math.sqrt(ratio)
+    trend = f"falls {factor:.3g}x" if falls else f"stays (x{factor:.3g})"
+    per = f"per {ratio:g}x in rtol"
+    if gap_fine <= tolerance and (falls or gap_coarse <= tolerance):
+        return "equivalent", f"gap {gap_fine:.2e} <= tolerance {tolerance:g}; {trend} {per}"
+    if gap_fine > tolerance and not falls:
+        return "not_equivalent", f"gap plateaus at {gap_fine:.2e} > tolerance {tolerance:g} ({trend} {per})"
+    if gap_fine > tolerance:
+        return "inconclusive", (f"gap {gap_fine:.2e} > tolerance {tolerance:g} but {trend} {per}: "
+                                "solver error, tighten solve.rtol")
+    return "inconclusive", f"gap {gap_fine:.2e} <= tolerance {tolerance:g} only at the finer solve; {trend} {per}"
+
+
 def pair_record(
     problem: Problem,
     flow: AbstractPrimalFlow,
@@ -81,29 +132,40 @@ def pair_record(
     tolerance: float = 1e-6,
     floor: float = 1e-12,
     dual_form: str = "rho",
+    ratio: float = TOLERANCE_RATIO,
 ) -> tuple[dict, dict[str, np.ndarray]]:
-    """Check one primal run against its paired dual (docs/math.md §4).
+    """Check one primal run against its paired dual (docs/math.md §4), at two tolerances.
+
+    The pair is compared as solved under `policy` (the dual is solved here on `primal.ts`) and again
+    with both re-solved at `ratio`× looser `rtol` and `atol`: the verdict (`judge`) rests on how the
+    gap moves with the tolerance, not on one tolerance.
 
     **Arguments:**
     - `primal`: the primal `Solution` of `flow` on `problem`, saved as a trajectory (one run, no batch
       axis). For true SSD, solve with `track_identity=True` to get the E3 and δ figures.
     - `policy`: the primal's policy; the dual is solved under it on `primal.ts`.
-    - `tolerance`: the verdict threshold on the max relative w-gap (exact pairs only).
+    - `tolerance`: the verdict threshold on the max relative w-gap.
     - `floor`: denominators are `max(‖·‖, floor)` (w(0) = 0).
+    - `ratio`: how much looser the coarse solves are.
 
     **Returns:** `(record, arrays)`. `record` (JSON-able): `flow, eps, alpha, dual_form, max_rel_gap_w,
     max_rel_gap_dual, t_max_gap, identity_residual, assumption_residual, assumption_residual_rel,
-    verdict, primal_status, dual_status, dual_solver, dual_steps, dual_wall_s, primal_t_end, dual_t_end, t_common`. Gaps are
+    rtol, atol, coarse_rtol, coarse_atol, max_rel_gap_w_coarse, gap_factor, verdict, reason,
+    primal_status, dual_status, coarse_status, dual_solver, dual_steps, dual_wall_s, primal_t_end,
+    dual_t_end, t_common`. Gaps are
     `‖w_p(t) − w_d(t)‖ / max(‖w_p(t)‖, floor)` and `‖∇Φ(w_p(t)) − θ_d(t)‖ / max(‖θ_d(t)‖, floor)`,
     maxima over the grid points of the common window `t ≤ t_common = min(primal_t_end, dual_t_end)`
-    (a side that stopped early holds its state; later points are NaN in `arrays`). `identity_residual` (SSD with tracking, else None) is
+    (a side that stopped early holds its state; later points are NaN in `arrays`); the unsuffixed
+    figures are the finer solve's. `gap_factor = max_rel_gap_w_coarse / max_rel_gap_w`.
+    `identity_residual` (SSD with tracking, else None) is
     `max_{t,i} |(ε/2) log(u/α) + J^u + Γ|` (and the v-analogue) divided by the largest term of the
     identity over the run. `assumption_residual` is `max_t max_i |δ^{u,v}_i(t)|` with
     `δ^u = a(u − α) − J^u` (θ units); `assumption_residual_rel` divides it by `max_t ‖Γ(t)‖_∞`.
-    `verdict`: "equivalent"/"not_equivalent" for GF and frozen SSD, "reported" for true SSD,
-    "solve_failed" when either solve did not finish ok. `dual_wall_s` includes compilation on the
+    `verdict` is one of `VERDICTS` (see `judge`) for every flow, `reason` says why in one line;
+    a pair whose solves did not all finish ok is `inconclusive`. `coarse_status` is the worse of the
+    coarse primal and dual statuses. `dual_wall_s` (the finer dual solve) includes compilation on the
     first call of a dual type. `arrays` (numpy): `ts, w_primal (T,d), w_dual (T,d), gap_w (T,),
-    gap_dual (T,)`, and for tracked SSD `identity (T,)`, `delta (T,)`.
+    gap_dual (T,)`, and for tracked SSD `identity (T,)`, `delta (T,)`; all of the finer solves.
     """
     if primal.ys is None:
         raise InputError("check: the primal-dual check needs the trajectory (output.save = 'trajectory')")
@@ -114,44 +176,47 @@ def pair_record(
     sol = solve(dual, problem, policy, ts=primal.ts)
     jax.block_until_ready(sol.ys)
     wall = time.perf_counter() - start
-    floor_arr = jnp.asarray(floor, problem.X.dtype)
-    arrays = {k: np.asarray(v) for k, v in _compare(flow, dual, problem, primal.ys, sol.ys, floor_arr).items()}
-    arrays["ts"] = np.asarray(primal.ts)
-    # Compare like with like: after either side stops its saved state is held while the other still
-    # moves, so gaps count only on the common window [0, min(t_end)].
+    arrays = _pair_arrays(flow, dual, problem, primal, sol, floor)
+    coarse_policy = dataclasses.replace(policy, rtol=policy.rtol * ratio, atol=policy.atol * ratio)
+    coarse = [solve(f, problem, coarse_policy, ts=primal.ts) for f in (flow, dual)]
+    gap_coarse = _max_gap(_pair_arrays(flow, dual, problem, *coarse, floor)["gap_w"])
     t_common = min(float(primal.t_end), float(sol.t_end))
-    outside = arrays["ts"] > t_common
-    for key in ("gap_w", "gap_dual", "identity", "delta"):
-        if key in arrays:
-            arrays[key] = np.where(outside, np.nan, arrays[key])
 
     gap_w, gap_dual = arrays["gap_w"], arrays["gap_dual"]
     finite = np.isfinite(gap_w)
     i_max = int(np.argmax(np.where(finite, gap_w, -np.inf))) if finite.any() else 0
     params = flow.params()
     primal_status, dual_status = status_name(primal.status), status_name(sol.status)
-    max_gap = _float(np.nanmax(gap_w)) if finite.any() else None
-    if primal_status != "ok" or dual_status != "ok" or max_gap is None:
-        verdict = "solve_failed"
-    elif flow.kind in EXACT_FLOWS:
-        verdict = "equivalent" if max_gap <= tolerance else "not_equivalent"
+    coarse_status = max((status_name(c.status) for c in coarse), key=STATUSES.index)
+    max_gap = _max_gap(gap_w)
+    if {primal_status, dual_status, coarse_status} != {"ok"} or max_gap is None or gap_coarse is None:
+        verdict, reason = "inconclusive", (f"not solved: primal {primal_status}, dual {dual_status}, "
+                                           f"coarse {coarse_status}")
     else:
-        verdict = "reported"
+        verdict, reason = judge(max_gap, gap_coarse, tolerance, ratio)
     record = {
         "flow": flow.kind,
         "eps": params.get("eps"),
         "alpha": params.get("alpha"),
         "dual_form": dual_form,
         "max_rel_gap_w": max_gap,
-        "max_rel_gap_dual": _float(np.nanmax(gap_dual)) if np.isfinite(gap_dual).any() else None,
+        "max_rel_gap_dual": _max_gap(gap_dual),
         "t_max_gap": float(arrays["ts"][i_max]),
         "identity_residual": None,
         "assumption_residual": None,
         "assumption_residual_rel": None,
         "tolerance": tolerance,
+        "rtol": policy.rtol,
+        "atol": policy.atol,
+        "coarse_rtol": coarse_policy.rtol,
+        "coarse_atol": coarse_policy.atol,
+        "max_rel_gap_w_coarse": gap_coarse,
+        "gap_factor": None if max_gap is None or gap_coarse is None else gap_coarse / max(max_gap, 1e-300),
         "verdict": verdict,
+        "reason": reason,
         "primal_status": primal_status,
         "dual_status": dual_status,
+        "coarse_status": coarse_status,
         "dual_solver": select_solver(policy, dual),
         "dual_steps": int(sol.num_steps),
         "dual_wall_s": wall,
@@ -172,20 +237,38 @@ def _fmt(x) -> str:
 
 
 def format_table(records: list[dict]) -> str:
-    """A compact text table of pair records: flow, ε, α, max gaps, identity and assumption residuals, verdict."""
+    """A text table of pair records, one row each, with a legend under it that explains the columns."""
     with_a = any("a" in r for r in records)  # frozen magnitudes swept by `grid.a`
-    header = ("flow", "eps", "alpha", *(("a",) if with_a else ()), "gap_w", "gap_dual", "identity", "delta",
-              "verdict")
+    header = ("flow", "eps", "alpha", *(("a",) if with_a else ()), "gap_w", "gap_coarse", "factor", "gap_dual",
+              "identity", "delta", "verdict")
     rows = [header]
     for r in records:
+        factor = r.get("gap_factor")
         rows.append((
             str(r["flow"]), _fmt(r.get("eps")), _fmt(r.get("alpha")), *((_fmt(r.get("a")),) if with_a else ()),
-            _fmt(r.get("max_rel_gap_w")), _fmt(r.get("max_rel_gap_dual")), _fmt(r.get("identity_residual")),
-            _fmt(r.get("assumption_residual")), str(r["verdict"]),
+            _fmt(r.get("max_rel_gap_w")), _fmt(r.get("max_rel_gap_w_coarse")),
+            "-" if factor is None else f"{factor:.3g}", _fmt(r.get("max_rel_gap_dual")),
+            _fmt(r.get("identity_residual")), _fmt(r.get("assumption_residual")), str(r["verdict"]),
         ))
     widths = [max(len(row[k]) for row in rows) for k in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    if records:
+        first = records[0]
+        tols = (f"rtol {first['rtol']:g}, coarse {first['coarse_rtol']:g}" if "rtol" in first else "")
+        tol = first["tolerance"]
+        lines += [
+            "",
+            f"gap_w       max_t |w_primal - w_dual| / |w_primal| on the common window ({tols})",
+            "gap_coarse  the same with both re-solved at the coarse tolerance",
+            "factor      gap_coarse / gap_w: solver error falls with the tolerance (~100x), a real difference stays (~1x)",
+            "gap_dual    the gap in dual space, grad Phi(w_primal) against the dual's theta",
+            "identity    true SSD: E3 identity residual (solver error; certifies the tracked integrals)",
+            "delta       true SSD: max |a(u - alpha) - J^u|, how far |g| left a = |g(0)|: why its dual is not exact",
+            f"verdict     equivalent: gap_w <= {tol:g} and falling (or both gaps within it); not_equivalent: gap_w",
+            f"            > {tol:g} and not falling; inconclusive: neither (the record's reason says why).",
+            "            GF and frozen SSD are exact pairs: not_equivalent there is a defect (exit 1)",
+        ]
     return "\n".join(lines)
 
 

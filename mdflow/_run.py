@@ -228,7 +228,7 @@ def execute(
         from ._analysis import config_analyses
 
         analyses = config_analyses(config)
-    policy = config.solve_policy()
+    policy = config.solve_policy(duals=duals)
     chunk_size, vmap_width = config["sweep"]["chunk_size"], config["sweep"]["vmap_width"]
     specs, problems, flows, plan = _plan(config, policy, duals, chunk_size)
     ts = policy.time_grid()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 EXIT_BAD_INPUT = 2
 EXIT_NOT_EQUIVALENT = 1
-EXIT_NOTHING_VERIFIED = 3  # `check`: no pair got a verdict (every solve failed, or no exact pair)
+EXIT_NOTHING_VERIFIED = 3  # `check`: no pair verified, a pair not solved, or an exact pair inconclusive
 VERIFIED = ("equivalent", "not_equivalent")
 
 
@@ -92,9 +92,10 @@ def cmd_run(args) -> int:
 
 
 def cmd_check(args) -> int:
-    """Exit 0: every verified pair equivalent; 1: some exact pair not equivalent; 3: nothing verified
-    (no pair has the verdict "equivalent" or "not_equivalent")."""
-    from ._equivalence import format_table
+    """Exit 0: every exact pair equivalent (true-SSD pairs may be `not_equivalent`: their dual is
+    approximate); 1: some exact pair (GF, frozen SSD) not equivalent; 3: nothing verified (no pair
+    `equivalent` or `not_equivalent`), a pair not solved, or an exact pair `inconclusive`."""
+    from ._equivalence import EXACT_FLOWS, format_table
     from ._errors import InputError
     from ._run import execute
 
@@ -105,20 +106,23 @@ def cmd_check(args) -> int:
                          "trajectories; set output.save = \"trajectories\"")
     _, pairs = execute(config, out, log=_log, duals=True, force=args.force)
     print(format_table(pairs))
-    failed = [p for p in pairs if p["verdict"] == "not_equivalent"]
+    exact = [p for p in pairs if p["flow"] in EXACT_FLOWS]
+    failed = [p for p in exact if p["verdict"] == "not_equivalent"]
+    undecided = [p for p in exact if p["verdict"] == "inconclusive"]
     verified = [p for p in pairs if p["verdict"] in VERIFIED]
-    unsolved = [p for p in pairs if p["verdict"] == "solve_failed"]
+    unsolved = [p for p in pairs if {p["primal_status"], p["dual_status"], p["coarse_status"]} != {"ok"}]
     _log((f"wrote {out / 'equivalence.json'}; " if _writes() else "")
          + f"{len(verified)} of {len(pairs)} pair(s) verified, {len(failed)} exact pair(s) not equivalent"
          + (f", {len(unsolved)} not solved" if unsolved else ""))
+    for p in failed + undecided:
+        _log(f"  {p['flow']} eps={p['eps']} alpha={p['alpha']}: {p['verdict']}: {p['reason']}")
     if failed:
         return EXIT_NOT_EQUIVALENT
-    if not verified or unsolved:
+    if not verified or unsolved or undecided:
         verdicts = sorted({str(p["verdict"]) for p in pairs})
-        hint = "" if pairs and any(p["verdict"] != "reported" for p in pairs) else \
-            " (no exact pair: add 'gf' or 'ssd_frozen' to flows.kinds)"
-        what = "nothing verified" if not verified else f"{len(unsolved)} pair(s) not solved"
-        _log(f"mdflow check: {what} (verdicts: {verdicts or 'no pairs'}){hint}; exit {EXIT_NOTHING_VERIFIED}")
+        what = ("nothing verified" if not verified else f"{len(unsolved)} pair(s) not solved" if unsolved
+                else f"{len(undecided)} exact pair(s) inconclusive")
+        _log(f"mdflow check: {what} (verdicts: {verdicts or 'no pairs'}); exit {EXIT_NOTHING_VERIFIED}")
         return EXIT_NOTHING_VERIFIED
     return 0
 
@@ -166,7 +170,8 @@ def parser() -> argparse.ArgumentParser:
         epilog="A CONFIG is a TOML file (every key: docs/config.md); results go to output.dir, by default\n"
                "results/<config file stem>. Rerunning a config resumes from its stored chunks.\n"
                "Exit codes: 0 success; 1 `check` found an exact pair not equivalent, or `run --strict` had a\n"
-               "failed run; 2 bad input (one line naming the key or file and the value).\n"
+               "failed run; 2 bad input (one line naming the key or file and the value); 3 `check` verified\n"
+               "nothing, or a pair was not solved, or an exact pair was inconclusive.\n"
                "Results in Python: mdflow.load(RESULTS_DIR). Tutorial: docs/tutorial.md.",
     )
     sub = p.add_subparsers(dest="command", required=True)
@@ -185,9 +190,9 @@ def parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "check", help="solve primal runs and their duals; check equivalence (docs/math.md §4)",
         description="Solve each primal run and its mirror-descent dual, compare the trajectories and print "
-                    "one row per pair (gap_w, gap_dual, identity, delta, verdict; columns explained in "
-                    "docs/analyses.md). Writes equivalence.json too. Exit 1 if an exact pair (GF, frozen "
-                    "SSD) is not equivalent within check.tolerance.")
+                    "one row per pair (gaps at two tolerances 100x apart, their factor, identity, delta, verdict; "
+                    "a legend under the table, more in docs/analyses.md). Writes equivalence.json too. Exit 1 "
+                    "if an exact pair (GF, frozen SSD) is not equivalent.")
     check.add_argument("config", nargs="?", help="TOML config (default: the built-in quickstart)")
     check.add_argument("--out", help="output folder (default: output.dir of the config, results/<config stem>)")
     check.add_argument("--force", action="store_true",

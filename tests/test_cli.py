@@ -289,16 +289,23 @@ figures = false
 """
 
 
-@pytest.mark.parametrize("kinds, code", [('"gf", "ssd_frozen", "ssd"', 0), ('"ssd"', 3)])
-def test_check_exit_code_needs_a_verified_pair(tmp_path, kinds, code):
-    """`mdflow check` exits 0 when exact pairs were verified equivalent with the default solve settings,
-    and non-zero when nothing was verified (only true SSD: no exact pair to judge)."""
+def test_check_judges_every_pair_with_default_solve_settings(tmp_path, capsys):
+    """All three flows, no solver settings: every exact pair `equivalent` (its gap falls with the
+    tolerance), every true-SSD pair `not_equivalent` (its gap plateaus, δ beside it), and exit 0: a
+    true SSD pair is expected to differ from its dual."""
     cfg = tmp_path / "check.toml"
-    cfg.write_text(CHECK.format(kinds=kinds))
-    assert main(["check", str(cfg), "--out", str(tmp_path / "out")]) == code
+    cfg.write_text(CHECK.format(kinds='"gf", "ssd_frozen", "ssd"'))
+    assert main(["check", str(cfg), "--out", str(tmp_path / "out")]) == 0
     pairs = json.loads((tmp_path / "out" / "equivalence.json").read_text())["pairs"]
-    exact = [p for p in pairs if p["flow"] != "ssd"]
-    assert all(p["verdict"] == "equivalent" for p in exact), exact
+    assert sorted(p["flow"] for p in pairs) == ["gf", "ssd", "ssd_frozen"]
+    for p in pairs:
+        assert (p["rtol"], p["coarse_rtol"]) == (1e-10, 1e-8), p  # the check's own tolerances
+        if p["flow"] == "ssd":
+            assert p["verdict"] == "not_equivalent" and p["gap_factor"] < 2 and p["assumption_residual"] > 1e-2, p
+        else:
+            assert p["verdict"] == "equivalent" and p["max_rel_gap_w_coarse"] > p["max_rel_gap_w"], p
+    out = capsys.readouterr().out
+    assert "not_equivalent" in out and "factor  " in out and "\ndelta " in out  # the legend
 
 
 @pytest.mark.parametrize("problem", [{"n": 6, "d": 14}, {"kind": "file", "path": "data.npz"}])

@@ -49,8 +49,11 @@ def ssd_pairs(small_problem):
 
 def test_true_ssd_is_not_its_dual_and_delta_explains_it(ssd_pairs):
     record, arrays = ssd_pairs[20.0]
-    assert record["verdict"] == "reported" and record["flow"] == "ssd"
+    assert record["verdict"] == "not_equivalent" and record["flow"] == "ssd", record
     assert record["max_rel_gap_w"] > 1e-3 and record["max_rel_gap_dual"] > 1e-3
+    # a plateau: the gap is the same at a 100x looser tolerance (a property of the dynamics)
+    assert 0.5 < record["gap_factor"] < 2 and record["coarse_rtol"] == 100 * record["rtol"]
+    assert "plateaus" in record["reason"]
     assert record["identity_residual"] <= 1e-8
     assert record["assumption_residual"] > 1e-2  # |g| moved away from a = |g(0)|
     assert arrays["w_dual"].shape == arrays["w_primal"].shape == (25, 30)
@@ -74,6 +77,8 @@ def test_verdicts_exact_pair_and_mismatch(small_problem):
     record, arrays = pair_record(small_problem, flow, primal, policy, tolerance=1e-6)
     assert record["verdict"] == "equivalent", record
     assert record["max_rel_gap_w"] <= 1e-6 and record["max_rel_gap_dual"] <= 1e-6
+    # solver error: the gap falls with the tolerance (the recorded factor is the coarse/fine ratio)
+    assert record["gap_factor"] == record["max_rel_gap_w_coarse"] / record["max_rel_gap_w"] >= 10, record
     assert record["identity_residual"] is None and record["assumption_residual"] is None
     assert "delta" not in arrays
     # the same trajectory checked against another frozen flow's dual (ε doubled) must fail
@@ -90,12 +95,28 @@ def test_verdicts_exact_pair_and_mismatch(small_problem):
 def test_table_and_figure(ssd_pairs, tmp_path):
     records = [ssd_pairs[t][0] for t in (20.0, 0.1)]
     table = format_table(records).splitlines()
-    assert len(table) == 2 + len(records)
-    assert table[0].split()[:3] == ["flow", "eps", "alpha"] and "reported" in table[2]
+    assert len(table) > 2 + len(records) and table[2 + len(records)] == ""
+    assert table[0].split()[:3] == ["flow", "eps", "alpha"] and "factor" in table[0]
+    assert table[2].split()[-1] == "not_equivalent"
+    legend = "\n".join(table[2 + len(records):])
+    assert all(f"{col} " in legend for col in table[0].split()[3:]), legend  # every column explained
     paths = plot_pair(records[0], ssd_pairs[20.0][1], tmp_path / "pair")
     assert [p.suffix for p in paths] == [".pdf", ".png"] and all(p.stat().st_size > 0 for p in paths)
     assert b"/FontType 3" not in paths[0].read_bytes()  # pdf.fonttype 42: no Type 3 fonts
     assert jnp.isfinite(records[0]["max_rel_gap_dual"])
+
+
+@pytest.mark.parametrize(
+    "fine, coarse, verdict",
+    [(1e-9, 1e-7, "equivalent"),  # falls, within tolerance
+     (1e-12, 2e-12, "equivalent"),  # a round-off floor: both within tolerance
+     (1e-2, 1.1e-2, "not_equivalent"),  # a plateau above tolerance
+     (1e-5, 1e-3, "inconclusive"),  # still falling, above tolerance: solver error
+     (9e-7, 2e-6, "inconclusive")],  # within tolerance only at the finer solve, not falling
+)
+def test_judge(fine, coarse, verdict):
+    got, reason = mdflow.judge(fine, coarse, 1e-6)
+    assert got == verdict and got in mdflow.VERDICTS and reason, (got, reason)
 
 
 def test_early_stop_is_compared_on_the_common_window(small_problem):
