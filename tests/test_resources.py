@@ -60,3 +60,48 @@ def test_cli_refuses_a_sweep_too_large_before_any_work(tmp_path, capsys, monkeyp
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "GB of memory" in err[0] and 'output.save = "final"' in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+_ASSEMBLE_UNDER_CAP = """
+import resource, sys
+from pathlib import Path
+import numpy as np
+from mdflow._run import _stacked_members
+from mdflow._store import npz_bytes, stream_npz
+from mdflow._sweep import Chunk
+
+out, R, T, d, per_chunk = Path(sys.argv[1]), 16, 100, 20_000, 4   # w: 16 x 100 x 20000 float64 = 256 MB
+(out / "chunks").mkdir(parents=True)
+plan = [Chunk(i, 0, "ssd", "auto", tuple(range(per_chunk * i, per_chunk * (i + 1)))) for i in range(R // per_chunk)]
+class Chunks:
+    def chunk_path(self, index, suffix):
+        return out / "chunks" / f"chunk-{index:04d}{suffix}"
+for c in plan:
+    np.savez(Chunks().chunk_path(c.index, ".npz"), w=np.full((per_chunk, T, d), float(c.index)),
+             w_final=np.zeros((per_chunk, d)))
+metas = {c.index: {"arrays": {"w": {"dtype": "<f8", "shape": [T, d]}, "w_final": {"dtype": "<f8", "shape": [d]}}}
+         for c in plan}
+result = R * T * d * 8
+vm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + int(1.6 * result), resource.RLIM_INFINITY))
+stream_npz(out / "trajectories.npz", [("ts", lambda: np.zeros(T)), *_stacked_members(Chunks(), plan, metas, R)])
+with np.load(out / "trajectories.npz", mmap_mode="r") as data:
+    assert data["w"].shape == (R, T, d) and float(data["w"][-1, 0, 0]) == len(plan) - 1
+try:  # the cap is real: holding every chunk, a stacked copy and the file's bytes does not fit under it
+    parts = [np.load(Chunks().chunk_path(c.index, ".npz"))["w"] for c in plan]
+    npz_bytes(w=np.concatenate(parts))
+except MemoryError:
+    print("streamed under the cap; the in-memory assembly did not fit")
+"""
+
+
+def test_assembly_streams_under_a_memory_cap(tmp_path):
+    """A result of 256 MB is assembled under an address-space cap of 1.6x its size (the old assembly
+    held every chunk, a stacked copy and the npz bytes: about 3x), in a subprocess with `setrlimit`."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", _ASSEMBLE_UNDER_CAP, str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "streamed under the cap; the in-memory assembly did not fit" in res.stdout, res.stdout
