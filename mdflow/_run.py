@@ -19,6 +19,7 @@ from ._errors import InputError
 from ._flows import make_flow
 from ._problem import Problem
 from ._solve import STATUSES, Solution, SolvePolicy, select_solver, status_name
+from ._resources import check_sweep_fits, sweep_size
 from ._store import Store, atomic_write_json, stream_npz
 from ._sweep import (
     Chunk, Progress, batches, difficulty, effective_vmap_width, make_mesh, plan_chunks, solve_chunks_timed,
@@ -245,6 +246,12 @@ def execute(
                              for s in sorted({c.solver for c in plan})},
               "num_runs": len(specs), "duals": duals}
     total_start = time.perf_counter()
+    problem0 = next(iter(problems.values()))
+    size = sweep_size(num_runs=len(specs), d=problem0.d, n=problem0.n, num_ts=len(ts),
+                      state_rows=max(int(np.shape(f.init(problems[seed]))[0])  # one flow per kind suffices
+                                     for f, seed in {type(f): (f, s.seed) for f, s in zip(flows, specs)}.values()),
+                      trajectories=policy.save == "trajectory", chunk_size=chunk_size, devices=mesh.devices.size)
+    check_sweep_fits(size, out_dir, trajectories=policy.save == "trajectory")
     identity = store_identity(config, problems, policy)
     store = Store.open(out_dir, identity, header, [c.to_json() for c in plan], force=force, writer=primary)
     try:
