@@ -17,7 +17,7 @@ demo: setup
 	$(BIN)/mdflow run
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 clean:
 	rm -rf $(VENV) results

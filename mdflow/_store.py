@@ -336,6 +336,8 @@ class Store:
         _fsync_folder(self.out_dir)
         for name in LINKED:  # stable paths for people: out/summary.json -> current/summary.json, ...
             path = self.out_dir / name
+            if name == "figures":  # `mdflow plot` may draw into a set committed without figures
+                (folder / name).mkdir(exist_ok=True)
             if not (folder / name).exists():  # e.g. equivalence.json of a run without duals
                 if path.is_symlink():
                     path.unlink()

@@ -9,10 +9,13 @@ import tempfile
 # One compilation cache for this test run, for this process and every subprocess (they inherit the
 # environment; the CLI reads MDFLOW_CACHE_DIR, JAX itself JAX_COMPILATION_CACHE_DIR): never the user's
 # ~/.cache, never a stale cache from an earlier run. Set before JAX is imported (it reads them then).
-CACHE_DIR = tempfile.mkdtemp(prefix="mdflow-test-jax-cache-")
+# Parallel test workers (pytest-xdist) inherit the controller's environment, so they share its cache.
+CACHE_DIR = os.environ.get("MDFLOW_TEST_CACHE_DIR")
+if CACHE_DIR is None:
+    CACHE_DIR = os.environ["MDFLOW_TEST_CACHE_DIR"] = tempfile.mkdtemp(prefix="mdflow-test-jax-cache-")
+    atexit.register(shutil.rmtree, CACHE_DIR, ignore_errors=True)
 os.environ["MDFLOW_CACHE_DIR"] = os.environ["JAX_COMPILATION_CACHE_DIR"] = CACHE_DIR
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"  # as the CLI (`mdflow.cli._setup_jax`)
-atexit.register(shutil.rmtree, CACHE_DIR, ignore_errors=True)
 
 import jax  # noqa: E402
 
