@@ -279,10 +279,11 @@ FIGURES = {"f1_trajectories": f1_trajectories, "f2_equivalence_gap": f2_equivale
            "f6_discrete": f6_discrete}
 
 
-def plot_paper_figures(out_dir: str | Path) -> list[Path]:
-    """Every paper figure the results folder supports, under `figures/` (never solves)."""
+def plot_paper_figures(out_dir: str | Path, data: dict | None = None) -> list[Path]:
+    """Every paper figure the results folder supports, under `figures/` (never solves); `data`:
+    the folder's `load_folder`, when the caller has read it already."""
     out_dir = Path(out_dir)
-    data = load_folder(out_dir)
+    data = load_folder(out_dir) if data is None else data
     paths: list[Path] = []
     for name, fn in FIGURES.items():
         paths += fn(data, out_dir / "figures" / name)

@@ -52,10 +52,12 @@ def plot_coordinates(summary: dict, arrays: dict, stem: Path, *, num_coords: int
     return save(fig, stem, preview=True)
 
 
-def plot_run_figures(out_dir: str | Path) -> list[Path]:
-    """The figures of `mdflow run`: loss curves, and coordinate trajectories when stored."""
+def plot_run_figures(out_dir: str | Path, summary: dict | None = None, arrays: dict | None = None) -> list[Path]:
+    """The figures of `mdflow run`: loss curves, and coordinate trajectories when stored (`summary`,
+    `arrays`: the folder's result set, when the caller has read it already)."""
     out_dir = Path(out_dir)
-    summary, arrays = read_result_folder(out_dir)
+    if summary is None or arrays is None:
+        summary, arrays = read_result_folder(out_dir)
     paths = plot_loss(summary, arrays, out_dir / "figures" / "loss")
     if "w" in arrays:
         paths += plot_coordinates(summary, arrays, out_dir / "figures" / "coordinates")
@@ -65,9 +67,10 @@ def plot_run_figures(out_dir: str | Path) -> list[Path]:
 def plot_all(folder: str | Path) -> list[Path]:
     """Every figure the result files in `folder` support: run figures and the paper figures F1–F6,
     written under `folder/figures`. `folder` is a result set's own folder (see `plot_results`)."""
-    from ._figures import plot_paper_figures
+    from ._figures import load_folder, plot_paper_figures
 
-    return plot_run_figures(folder) + plot_paper_figures(folder)
+    data = load_folder(folder)  # the result set, read once for every figure
+    return plot_run_figures(folder, data["summary"], data["traj"]) + plot_paper_figures(folder, data)
 
 
 def plot_results(out_dir: str | Path) -> list[Path]:
