@@ -49,7 +49,7 @@ def lsoda(flow, problem, stop, rtol, atol, t1, cap):
     """scipy LSODA with the same stop event and the exact (dense) Jacobian; `cap` seconds at most."""
     shape = flow.init(problem).shape
     f = jax.jit(lambda y: flow.vector_field(0.0, y.reshape(shape), problem).reshape(-1))
-    jac = jax.jit(lambda y: CoordinatewiseJacobian.from_flow(flow, problem, y.reshape(shape)).as_matrix())
+    jac = jax.jit(lambda y: CoordinatewiseJacobian.from_flow(flow, problem, y.reshape(shape), t=0.0).as_matrix())
     rel = jax.jit(lambda y: problem.rel_residual(flow.weights(y.reshape(shape))))
     y0 = np.asarray(flow.init(problem)).reshape(-1)
     for fn in (f, jac, rel):

@@ -23,7 +23,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "_errors": ("InputError",),
     "_mirror": (
         "MIRROR_MAPS", "AbstractMirrorMap", "Hypentropy", "L32Limit", "SSDPotential", "lambertw_log",
-        "make_mirror", "mirror_for_flow",
+        "make_mirror",
     ),
     "_flows": ("GF", "SSD", "AbstractFlow", "AbstractPrimalFlow", "FrozenSSD", "PRIMAL_FLOWS", "make_flow"),
     "_problem": ("Problem", "load_npz", "sparse_gaussian", "validate_data"),

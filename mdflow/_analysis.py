@@ -16,7 +16,6 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from ._flows import GF, SSD
 from ._problem import Problem
 
 NUM_STAGE_COORDS = 10
@@ -37,13 +36,15 @@ def references_for(problem: Problem) -> dict[str, np.ndarray]:
 
 
 def _identity_state(problem: Problem, flow, solution, policy):
-    """The `(p, q, Γ, J^u, J^v)` end state of an SSD run: its own if tracked, else one extra solve."""
-    y_final = np.asarray(solution.y_final)
-    if y_final.shape[0] == 5:
-        return y_final
+    """The end state with the E3 integrals (`flow.with_identity`) of a run: its own if tracked, else
+    one extra solve; None for a flow without E3."""
+    if flow.tracks_identity:
+        return np.asarray(solution.y_final)
+    tracked = flow.with_identity()
+    if tracked is None:
+        return None
     from ._solve import solve
 
-    tracked = SSD(flow.alpha, flow.eps, track_identity=True)
     sol = solve(tracked, problem, dataclasses.replace(policy, save="final"))
     return np.asarray(sol.y_final)
 
@@ -68,7 +69,7 @@ def analyze_run(problem: Problem, flow, solution, config, *, policy=None) -> tup
     arrays: dict[str, np.ndarray] = {}
     if an["kkt"]:
         refs = references_for(problem)
-        identity = _identity_state(problem, flow, solution, policy) if isinstance(flow, SSD) else None
+        identity = _identity_state(problem, flow, solution, policy)
         record["kkt"], kkt_arrays = kkt_record(problem, flow, jnp.asarray(solution.y_final),
                                                 references=refs, identity=identity)
         arrays.update(kkt_arrays)
@@ -77,8 +78,8 @@ def analyze_run(problem: Problem, flow, solution, config, *, policy=None) -> tup
         nan = np.full(NUM_STAGE_COORDS, np.nan)
         stage_arrays = {"stage_coords": np.full(NUM_STAGE_COORDS, -1), "t_warm_measured": nan,
                         "t_warm_predicted": nan, "t_sign_measured": nan, "sign_duration_predicted": nan}
-        if isinstance(flow, GF):
-            record["stages"] = {"skipped": "gradient flow has no sign-descent stages"}
+        if not flow.has_stages:
+            record["stages"] = {"skipped": f"{flow.label} has no sign-descent stages"}
         elif solution.ys is None:
             record["stages"] = {"skipped": "no trajectory saved (output.save = 'final')"}
         else:
@@ -88,10 +89,10 @@ def analyze_run(problem: Problem, flow, solution, config, *, policy=None) -> tup
         arrays.update(stage_arrays)
     if an["discrete"]:
         etas = [float(e) for e in an["discrete_etas"]]
-        if isinstance(flow, SSD):
+        if flow.has_discrete:
             record["discrete"], disc = discrete_record(problem, flow, etas, t1=float(an["discrete_t1"]), policy=policy)
         else:
-            record["discrete"] = {"skipped": "Adam(b1 = b2 = 0) is the discretization of SSD only"}
+            record["discrete"] = {"skipped": f"{flow.label} has no discrete optimizer counterpart"}
             disc = {"discrete_etas": np.asarray(etas), "discrete_errors": np.full(len(etas), np.nan)}
         arrays.update(disc)
     return record, arrays

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import tomllib
@@ -215,17 +216,29 @@ def _no_duplicates(name: str, values: list) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
-    """One primal run of a sweep: flow kind and its scalar parameters, on the problem with `seed`."""
+    """One primal run of a sweep: the flow kind, its run parameters (the flow's `axes`, in order; a
+    value None means the flow's default, e.g. frozen SSD's `a` from `flows.a`) and the problem seed."""
 
     flow: str
-    eps: float | None
-    alpha: float
+    params: tuple[tuple[str, float | None], ...]
     seed: int
-    a: float | None = None  # a frozen-SSD magnitude from `grid.a` (None: `flows.a`)
+
+    def get(self, name: str) -> float | None:
+        return dict(self.params).get(name)
+
+    @property
+    def eps(self) -> float | None:
+        return self.get("eps")
+
+    @property
+    def alpha(self) -> float:
+        return self.get("alpha")
 
     def key(self) -> str:
+        """A stable identifier: flow, ε, α, seed, then the flow's other parameters that are set."""
         key = f"{self.flow}|eps={self.eps!r}|alpha={self.alpha!r}|seed={self.seed}"
-        return key if self.a is None else f"{key}|a={self.a!r}"
+        rest = "".join(f"|{k}={v!r}" for k, v in self.params if k not in ("eps", "alpha") and v is not None)
+        return key + rest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,18 +277,28 @@ class Config:
                 raise InputError(f"grid.a={v!r}: must be finite and >= 0")
         return values
 
+    def axis_values(self, name: str) -> list[float | None]:
+        """The values a run parameter takes: `grid.<name>` when swept, else `[None]` (the flow's
+        default: `flows.<name>` where the flows table has it)."""
+        if name == "eps":
+            return self.eps_values
+        if name == "alpha":
+            return self.alpha_values
+        if name == "a":
+            return self.a_values or [None]
+        return [None]
+
     def run_specs(self) -> list[RunSpec]:
-        """The expanded grid, in config order: flows × seeds × ε × α (× `grid.a` for frozen SSD; GF has
-        no ε axis)."""
+        """The expanded grid, in config order: flows × seeds × the flow's axes (`axes` of its class,
+        e.g. ε × α, × `grid.a` for frozen SSD; GF has no ε axis)."""
+        from ._flows import PRIMAL_FLOWS
+
         specs = []
-        a_values = self.a_values
         for kind in self.raw["flows"]["kinds"]:
-            a_axis = a_values if kind == "ssd_frozen" and a_values is not None else [None]
+            axes = PRIMAL_FLOWS[kind].axes
             for seed in self.seeds:
-                for eps in [None] if kind == "gf" else self.eps_values:
-                    for alpha in self.alpha_values:
-                        for a in a_axis:
-                            specs.append(RunSpec(kind, eps, alpha, seed, a))
+                for values in itertools.product(*(self.axis_values(name) for name in axes)):
+                    specs.append(RunSpec(kind, tuple(zip(axes, values)), seed))
         return specs
 
     def problem(self, seed: int | None = None):
@@ -437,8 +460,12 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
         if raw["flows"]["a"] != "grad0":
             raise InputError(f"grid.a: sweeps the frozen magnitudes, so flows.a={raw['flows']['a']!r} "
                              "must be left at 'grad0'")
-        if "ssd_frozen" not in kinds:
-            raise InputError(f"grid.a: only frozen SSD has magnitudes a, but flows.kinds={kinds!r}")
+    for name in data.get("grid", {}):
+        if name in ("seed", "eps", "alpha"):  # the seed is every flow's; ε and α have defaults anyway
+            continue
+        if not any(name in PRIMAL_FLOWS[k].axes for k in kinds):
+            users = sorted(k for k, cls in PRIMAL_FLOWS.items() if name in cls.axes)
+            raise InputError(f"grid.{name}: no flow in flows.kinds={kinds!r} takes {name} (flows that do: {users})")
     return config
 
 

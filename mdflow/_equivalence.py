@@ -22,18 +22,18 @@ import numpy as np
 
 from ._dual import DualFlow, dual_flow
 from ._errors import InputError
-from ._flows import SSD, AbstractPrimalFlow
-from ._mirror import mirror_for_flow
+from ._flows import AbstractPrimalFlow
 from ._problem import Problem
 from ._solve import STATUSES, Solution, SolvePolicy, select_solver, solve, status_name
 
-EXACT_FLOWS = ("gf", "ssd_frozen")  # E1, E2: exact, so `not_equivalent` there is a defect
-
-
 def paired_dual(flow: AbstractPrimalFlow, problem: Problem, *, form: str = "rho") -> DualFlow:
-    """The dual flow paired with a primal flow: GF ↔ Hypentropy(α) (E1), FrozenSSD(ε, a) ↔ Φ_{a,ε,α} (E2),
-    SSD(ε) ↔ Φ_{|g(w(0))|,ε,α} (approximate). Starts at `w(0) = 0`, the primal start."""
-    return dual_flow(mirror_for_flow(flow, problem), problem, form=form)
+    """The dual flow paired with a primal flow, on the flow's own mirror map (`flow.mirror`): GF ↔
+    Hypentropy(α) (E1), FrozenSSD(ε, a) ↔ Φ_{a,ε,α} (E2), SSD(ε) ↔ Φ_{|g(w(0))|,ε,α} (approximate).
+    Starts at `w(0) = 0`, the primal start."""
+    mirror = flow.mirror(problem)
+    if mirror is None:
+        raise InputError(f"flows.kinds: flow {flow.kind!r} has no dual flow to compare with")
+    return dual_flow(mirror, problem, form=form)
 
 
 def _rel(diff, ref, floor):
@@ -53,10 +53,10 @@ def _compare(flow, dual, problem, ys_primal, ys_dual, floor):
         "gap_w": _rel(w_p - w_d, w_p, floor),
         "gap_dual": _rel(theta_p - theta_d, theta_d, floor),
     }
-    if isinstance(flow, SSD) and flow.track_identity:
-        p, q, gamma, j_u, j_v = (ys_primal[:, k] for k in range(5))
-        log_alpha = jnp.log(flow.alpha)
-        eu, ev = 0.5 * flow.eps * (p - log_alpha), 0.5 * flow.eps * (q - log_alpha)
+    if flow.tracks_identity:
+        e3 = flow.identity_terms(ys_primal)
+        eu, ev, gamma, j_u, j_v = (e3[k] for k in ("eu", "ev", "gamma", "j_u", "j_v"))
+        p, q = ys_primal[:, 0], ys_primal[:, 1]
         res = jnp.maximum(jnp.abs(eu + j_u + gamma), jnp.abs(ev + j_v - gamma))
         # Scale of E3: the largest term entering the identity anywhere on the run.
         terms = jnp.stack([jnp.abs(eu), jnp.abs(ev), jnp.abs(j_u), jnp.abs(j_v), jnp.abs(gamma)])
@@ -196,6 +196,7 @@ def pair_record(
         verdict, reason = judge(max_gap, gap_coarse, tolerance, ratio)
     record = {
         "flow": flow.kind,
+        "exact": flow.exact_dual,
         "eps": params.get("eps"),
         "alpha": params.get("alpha"),
         "dual_form": dual_form,

@@ -1,49 +1,86 @@
 """Primal flows on the diagonal network `w = u⊙u − v⊙v` (docs/math.md §2), in log coordinates.
 
 A flow is a small `eqx.Module` whose numeric parameters (ε, α, a) are array fields, so they are traced
-under `jit`/`vmap` and changing them never recompiles. Every flow exposes the same interface, which is
-all the solve layer uses:
+under `jit`/`vmap` and changing them never recompiles. A flow declares everything the rest of mdflow
+asks of it, so nothing else dispatches on its type:
 
-- `init(problem)`: the initial state, an array of shape `(K, d)`;
-- `weights(y, problem)`: the regression weights `w` read off a state;
-- `vector_field(t, y, problem)`: the time derivative of the state.
+- the numerics: `init(problem)` (state of shape `(K, d)`), `weights(y, problem)`, `vector_field`,
+  the coordinatewise `local_field(t, y, g)` that the structured stiff solver linearizes, and
+  `controlled(y)`, the rows the step-size controller sees;
+- its run parameters: `axes` (the config grid axes it takes, in record order), `build` (validated
+  construction from those values) and `params()` (the values, for records);
+- its dual: `mirror(problem)` (the mirror map of the dual it is compared with, or None) and
+  `exact_dual` (whether that pair is exact, so `not_equivalent` there is a defect);
+- its analyses: `potentials(problem)` (mirror maps whose KKT errors are reported), `with_identity()`
+  and `final_identity_error` (the E3 states, SSD only), `has_stages`, `has_discrete`.
 
-Primal flows are *coordinatewise*: `ẏ[:, i]` depends on `y[:, i]` and on the gradient `g_i` only. They
-implement `local_field(y, g)`, and the Jacobian of the full field is block-diagonal plus rank n
-through `XᵀX` (used by the structured stiff solver). Adding a flow touches only this module.
+Primal flows are *coordinatewise*: `ẏ[:, i]` depends on `y[:, i]`, `t` and the gradient `g_i` only;
+the Jacobian of the full field is block-diagonal plus rank n through `XᵀX`. Adding a flow touches this
+module (and its tests) only.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import abc
+from typing import Any, ClassVar
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
+from ._errors import InputError
 from ._problem import Problem
 
 Scalar = Float[Array, ""]
 State = Float[Array, "K d"]
 
 
+def _concrete(x) -> bool:
+    """Whether `x` holds values (not a tracer: flows are rebuilt under `jit`/`vmap` without checks)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_parameter(name: str, value, *, minimum: float = 0.0, strict: bool = True) -> None:
+    """Raise `InputError` naming `name` unless every entry of `value` is finite and `> minimum`
+    (`>= minimum` with `strict=False`). Tracers pass unchecked."""
+    if value is None or not _concrete(value):
+        return
+    arr = np.asarray(value, dtype=np.float64)
+    ok = np.isfinite(arr) & ((arr > minimum) if strict else (arr >= minimum))
+    if not np.all(ok):
+        bad = arr[~ok].ravel()[0]
+        rel = ">" if strict else ">="
+        raise InputError(f"{name}={float(bad)!r}: must be finite and {rel} {minimum:g}")
+
+
+def scalar_or_none(x) -> float | None:
+    """A record value: the float of a scalar parameter, None for a per-coordinate one."""
+    x = np.asarray(x)
+    return float(x) if x.ndim == 0 else None
+
+
 class AbstractFlow(eqx.Module):
-    """Interface shared by every flow the solve layer integrates."""
+    """Interface shared by every flow the solve layer integrates (primal flows and dual flows)."""
 
     kind: ClassVar[str]
 
+    @abc.abstractmethod
     def init(self, problem: Problem) -> State:
-        raise NotImplementedError
+        """The initial state."""
 
+    @abc.abstractmethod
     def weights(self, y: State, problem: Problem) -> Float[Array, " d"]:
-        raise NotImplementedError
+        """The regression weights `w` read off a state."""
 
+    @abc.abstractmethod
     def vector_field(self, t, y: State, problem: Problem) -> State:
-        raise NotImplementedError
+        """The time derivative of the state."""
 
-    def params(self) -> dict[str, float | None]:
-        """Scalar parameters for run records (`eps` is None where the flow has none)."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def params(self) -> dict[str, Any]:
+        """Scalar parameters for run records (None where a parameter is per coordinate)."""
 
     def controlled(self, y: State) -> State:
         """The part of a state (or of an error estimate) the step-size controller's norm sees: all of
@@ -60,6 +97,44 @@ class AbstractPrimalFlow(AbstractFlow):
 
     alpha: Float[Array, "..."]
 
+    # The config grid axes this flow takes (beyond the seed), in record order; `build` takes them.
+    axes: ClassVar[tuple[str, ...]]
+    # Human-readable name for tables and figure legends.
+    label: ClassVar[str]
+    # Whether the paired dual reproduces the flow exactly (E1, E2): `not_equivalent` is then a defect.
+    exact_dual: ClassVar[bool] = False
+    # Whether the sign-descent stage analysis (§6) applies (such a flow has `eps` and `magnitude(g)`).
+    has_stages: ClassVar[bool] = False
+    # Whether the flow has a discrete optimizer counterpart (§7) for `analysis.discrete`.
+    has_discrete: ClassVar[bool] = False
+
+    def __check_init__(self):
+        check_parameter("alpha", self.alpha)
+
+    @classmethod
+    def build(cls, problem: Problem, *, track_identity: bool = False, **params) -> AbstractPrimalFlow:
+        """The flow from its run parameters (`axes`) as float arrays of the problem's dtype; each value
+        is validated by `__check_init__`. Unknown or missing parameters raise `InputError`."""
+        unknown = sorted(set(params) - set(cls.axes))
+        if unknown:
+            raise InputError(f"flow {cls.kind!r}: unknown parameter {unknown[0]!r} (takes {list(cls.axes)})")
+        missing = [name for name in cls.axes if params.get(name) is None and name not in cls.optional_axes()]
+        if missing:
+            raise InputError(f"{missing[0]}=None: flow {cls.kind!r} needs {missing[0]}")
+        dtype = problem.X.dtype
+        values = {k: jnp.asarray(v, dtype) for k, v in params.items() if v is not None}
+        return cls._from_values(problem, values, track_identity=track_identity)
+
+    @classmethod
+    def optional_axes(cls) -> tuple[str, ...]:
+        """Axes with a default when left unset (frozen SSD's `a`)."""
+        return ()
+
+    @classmethod
+    def _from_values(cls, problem: Problem, values: dict[str, Array], *, track_identity: bool):
+        del problem, track_identity
+        return cls(**values)
+
     def init(self, problem: Problem) -> State:
         log_alpha = jnp.broadcast_to(jnp.log(jnp.asarray(self.alpha, dtype=problem.X.dtype)), (problem.d,))
         y0 = jnp.stack([log_alpha, log_alpha])
@@ -72,6 +147,10 @@ class AbstractPrimalFlow(AbstractFlow):
     def num_components(self) -> int:
         return 2
 
+    def log_uv(self, y: State) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
+        """`(log u, log v)` of a state (the analyses' coordinates)."""
+        return y[0], y[1]
+
     def weights(self, y: State, problem: Problem | None = None) -> Float[Array, " d"]:
         return jnp.exp(2 * y[0]) - jnp.exp(2 * y[1])
 
@@ -80,24 +159,52 @@ class AbstractPrimalFlow(AbstractFlow):
         # leaving them out of the error norm keeps the run the same with and without them.
         return y[:2]
 
-    def local_field(self, y: State, g: Float[Array, " d"]) -> State:
-        """`ẏ` given the state and the gradient `g = ∇L(w)`; acts coordinatewise."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def local_field(self, t, y: State, g: Float[Array, " d"]) -> State:
+        """`ẏ` given the time, the state and the gradient `g = ∇L(w)`; acts coordinatewise."""
 
     def vector_field(self, t, y: State, problem: Problem) -> State:
-        return self.local_field(y, problem.grad(self.weights(y)))
+        return self.local_field(t, y, problem.grad(self.weights(y)))
+
+    def params(self) -> dict[str, Any]:
+        return {name: scalar_or_none(getattr(self, name)) for name in self.axes}
+
+    def mirror(self, problem: Problem):
+        """The mirror map of the dual flow this flow is compared with (docs/math.md §4), or None."""
+        return None
+
+    def potentials(self, problem: Problem) -> dict:
+        """The mirror maps whose KKT errors at the end point are reported (§5): the hypentropy `Q_α`
+        for every flow, and the flow's own SSD potential where it has an ε."""
+        from ._mirror import Hypentropy
+
+        return {"hypentropy": Hypentropy(self.alpha)}
+
+    @property
+    def tracks_identity(self) -> bool:
+        """Whether the state carries the E3 integrals (`with_identity`)."""
+        return False
+
+    def with_identity(self) -> AbstractPrimalFlow | None:
+        """The same flow with the E3 integrals as extra states, or None where it has no E3 identity."""
+        return None
 
 
 class GF(AbstractPrimalFlow):
     """Gradient flow: `ṗ = −2g`, `q̇ = +2g`."""
 
     kind: ClassVar[str] = "gf"
+    label: ClassVar[str] = "GF"
+    axes: ClassVar[tuple[str, ...]] = ("alpha",)
+    exact_dual: ClassVar[bool] = True
 
-    def local_field(self, y, g):
+    def local_field(self, t, y, g):
         return jnp.stack([-2 * g, 2 * g])
 
-    def params(self):
-        return {"eps": None, "alpha": _scalar_or_none(self.alpha)}
+    def mirror(self, problem):
+        from ._mirror import Hypentropy
+
+        return Hypentropy(self.alpha)
 
 
 class SSD(AbstractPrimalFlow):
@@ -112,22 +219,64 @@ class SSD(AbstractPrimalFlow):
     track_identity: bool = eqx.field(static=True, default=False)
 
     kind: ClassVar[str] = "ssd"
+    label: ClassVar[str] = "SSD"
+    axes: ClassVar[tuple[str, ...]] = ("eps", "alpha")
+    has_stages: ClassVar[bool] = True
+    has_discrete: ClassVar[bool] = True
+
+    def __check_init__(self):
+        check_parameter("eps", self.eps)
+
+    @classmethod
+    def _from_values(cls, problem, values, *, track_identity):
+        return cls(values["alpha"], values["eps"], track_identity)
 
     @property
     def num_components(self) -> int:
         return 5 if self.track_identity else 2
 
-    def local_field(self, y, g):
+    @property
+    def tracks_identity(self) -> bool:
+        return self.track_identity
+
+    def with_identity(self) -> SSD:
+        return SSD(self.alpha, self.eps, track_identity=True)
+
+    def local_field(self, t, y, g):
         u, v = jnp.exp(y[0]), jnp.exp(y[1])
-        abs_g = jnp.abs(g)
+        abs_g = self.magnitude(g)
         dp = -2 * g / (2 * u * abs_g + self.eps)
         dq = 2 * g / (2 * v * abs_g + self.eps)
         if not self.track_identity:
             return jnp.stack([dp, dq])
         return jnp.stack([dp, dq, g, abs_g * u * dp, abs_g * v * dq])
 
-    def params(self):
-        return {"eps": float(self.eps), "alpha": _scalar_or_none(self.alpha)}
+    def magnitude(self, g: Float[Array, " d"]) -> Float[Array, " d"]:
+        """The gradient magnitude in the denominators `2u·m + ε`: `|g|` (the stage analysis reads it)."""
+        return jnp.abs(g)
+
+    def mirror(self, problem):
+        """`Φ_{|g(w(0))|,ε,α}`: exact only while `|g| = |g(0)|` (approximate pair)."""
+        from ._mirror import SSDPotential
+
+        return SSDPotential(FrozenSSD.default_a(problem), self.eps, self.alpha)
+
+    def potentials(self, problem):
+        return {**super().potentials(problem), "ssd_potential": self.mirror(problem)}
+
+    def identity_terms(self, ys: Float[Array, "T 5 d"]) -> dict[str, Array]:
+        """The E3 terms along a tracked trajectory: `(ε/2) log(u/α)`, `(ε/2) log(v/α)`, `Γ`, `J^u`,
+        `J^v` (each `(T, d)`); E3 says `eu + J^u = −Γ` and `ev + J^v = Γ`."""
+        p, q, gamma, j_u, j_v = (ys[:, k] for k in range(5))
+        log_alpha = jnp.log(self.alpha)
+        return {"eu": 0.5 * self.eps * (p - log_alpha), "ev": 0.5 * self.eps * (q - log_alpha),
+                "gamma": gamma, "j_u": j_u, "j_v": j_v}
+
+    def final_identity_error(self, identity: np.ndarray) -> np.ndarray:
+        """`E = (ε/2) log(u∞/v∞) + 2Γ∞` from a tracked end state `(p, q, Γ, J^u, J^v)` (§5): the exact
+        final-state error of the SSD potential's stationarity."""
+        p, q, gamma = (np.asarray(row) for row in np.asarray(identity)[:3])
+        return 0.5 * float(self.eps) * (p - q) + 2 * gamma
 
 
 class FrozenSSD(AbstractPrimalFlow):
@@ -138,46 +287,58 @@ class FrozenSSD(AbstractPrimalFlow):
     a: Float[Array, " d"]
 
     kind: ClassVar[str] = "ssd_frozen"
+    label: ClassVar[str] = "frozen SSD"
+    axes: ClassVar[tuple[str, ...]] = ("eps", "alpha", "a")
+    exact_dual: ClassVar[bool] = True
+    has_stages: ClassVar[bool] = True
+
+    def __check_init__(self):
+        check_parameter("eps", self.eps)
+        check_parameter("a", self.a, strict=False)
+
+    @classmethod
+    def optional_axes(cls):
+        return ("a",)
+
+    @classmethod
+    def _from_values(cls, problem, values, *, track_identity):
+        a = values.get("a")
+        a = cls.default_a(problem) if a is None else jnp.broadcast_to(a, (problem.d,))
+        return cls(values["alpha"], values["eps"], a)
 
     @staticmethod
     def default_a(problem: Problem) -> Float[Array, " d"]:
         """`a = |g(w(0))| = |g(0)|`, the gradient magnitudes at initialization."""
         return jnp.abs(problem.grad(jnp.zeros(problem.d, problem.X.dtype)))
 
-    def local_field(self, y, g):
+    def magnitude(self, g: Float[Array, " d"]) -> Float[Array, " d"]:
+        """The magnitude in the denominators: the frozen `a`, whatever `g` is."""
+        return jnp.broadcast_to(self.a, g.shape)
+
+    def local_field(self, t, y, g):
         u, v = jnp.exp(y[0]), jnp.exp(y[1])
-        return jnp.stack([-2 * g / (2 * u * self.a + self.eps), 2 * g / (2 * v * self.a + self.eps)])
+        m = self.magnitude(g)
+        return jnp.stack([-2 * g / (2 * u * m + self.eps), 2 * g / (2 * v * m + self.eps)])
 
     def params(self):
-        return {"eps": float(self.eps), "alpha": _scalar_or_none(self.alpha)}
+        return {"eps": float(self.eps), "alpha": scalar_or_none(self.alpha)}
 
+    def mirror(self, problem):
+        from ._mirror import SSDPotential
 
-def _scalar_or_none(x) -> float | None:
-    x = jnp.asarray(x)
-    return float(x) if x.ndim == 0 else None
+        return SSDPotential(self.a, self.eps, self.alpha)
+
+    def potentials(self, problem):
+        return {**super().potentials(problem), "ssd_potential": self.mirror(problem)}
 
 
 PRIMAL_FLOWS: dict[str, type[AbstractPrimalFlow]] = {cls.kind: cls for cls in (GF, SSD, FrozenSSD)}
 
 
-def make_flow(kind: str, problem: Problem, *, eps=None, alpha, a=None, track_identity: bool = False):
-    """Build a primal flow by name with validated parameters (values become float64 arrays)."""
-    from ._errors import InputError
-
+def make_flow(kind: str, problem: Problem, *, track_identity: bool = False, **params) -> AbstractPrimalFlow:
+    """Build a primal flow by name from its run parameters (`PRIMAL_FLOWS[kind].axes`), validated;
+    values become arrays of the problem's dtype. `track_identity` adds the E3 states where the flow
+    has them (SSD)."""
     if kind not in PRIMAL_FLOWS:
         raise InputError(f"flows.kinds: unknown flow {kind!r} (known: {sorted(PRIMAL_FLOWS)})")
-    dtype = problem.X.dtype
-    alpha_arr = jnp.asarray(alpha, dtype)
-    if not bool(jnp.all(alpha_arr > 0)) or not bool(jnp.all(jnp.isfinite(alpha_arr))):
-        raise InputError(f"alpha={alpha!r}: must be finite and > 0")
-    if kind == "gf":
-        return GF(alpha_arr)
-    if eps is None or not (float(eps) > 0 and jnp.isfinite(eps)):
-        raise InputError(f"eps={eps!r}: flow {kind!r} needs a finite eps > 0 (eps = 0 is the sign flow, out of scope)")
-    eps_arr = jnp.asarray(eps, dtype)
-    if kind == "ssd":
-        return SSD(alpha_arr, eps_arr, track_identity)
-    a_arr = FrozenSSD.default_a(problem) if a is None else jnp.broadcast_to(jnp.asarray(a, dtype), (problem.d,))
-    if not bool(jnp.all(a_arr >= 0)):
-        raise InputError(f"a: frozen magnitudes must be >= 0 (min {float(jnp.min(a_arr))})")
-    return FrozenSSD(alpha_arr, eps_arr, a_arr)
+    return PRIMAL_FLOWS[kind].build(problem, track_identity=track_identity, **params)

@@ -236,6 +236,10 @@ def potential_entry(
     return entry, w_min
 
 
+# The named potentials of a `kkt` record, in order; a flow's `potentials` supplies those that apply.
+POTENTIAL_ENTRIES = ("hypentropy", "ssd_potential")
+
+
 def kkt_record(
     problem: Problem, flow, y_final, *, references: dict[str, np.ndarray], identity=None
 ) -> tuple[dict, dict[str, np.ndarray]]:
@@ -253,22 +257,20 @@ def kkt_record(
     exactly). Distances are relative (`||w∞ − w_ref|| / ||w_ref||`); `l*_ratio` are norm ratios
     `||w∞||_p / ||w_ℓp||_p`.
     """
-    from ._flows import GF, SSD
-    from ._mirror import Hypentropy, mirror_for_flow
+    from ._mirror import Hypentropy
 
     y_final = jnp.asarray(y_final)
     w = np.asarray(flow.weights(y_final, problem))
     basis = row_space_projector(problem.X)
     arrays: dict[str, np.ndarray] = {}
     record: dict = {}
-    record["hypentropy"], arrays["kkt_w_hypentropy"] = potential_entry(Hypentropy(flow.alpha), problem, w, basis=basis)
-    if isinstance(flow, GF):
-        record["ssd_potential"] = None
-        arrays["kkt_w_ssd_potential"] = np.full(problem.d, np.nan)
-    else:
-        record["ssd_potential"], arrays["kkt_w_ssd_potential"] = potential_entry(
-            mirror_for_flow(flow, problem), problem, w, basis=basis)
-    p, q = np.asarray(y_final[0]), np.asarray(y_final[1])
+    potentials = flow.potentials(problem)
+    for name in POTENTIAL_ENTRIES:
+        if potentials.get(name) is None:
+            record[name], arrays[f"kkt_w_{name}"] = None, np.full(problem.d, np.nan)
+        else:
+            record[name], arrays[f"kkt_w_{name}"] = potential_entry(potentials[name], problem, w, basis=basis)
+    p, q = (np.asarray(row) for row in flow.log_uv(y_final))
     log_alpha_eff = 0.5 * (p + q)
     grad_eff = 0.5 * (p - q)  # ¼ arcsinh(w / (2uv)) = ¼ log(u/v) exactly
     if np.min(log_alpha_eff) > -300:  # α_eff² representable: solve the effective problem too
@@ -282,12 +284,11 @@ def kkt_record(
         w_eff = np.full(problem.d, np.nan)
     record["effective_hypentropy"], arrays["kkt_w_effective_hypentropy"] = entry, w_eff
     record["min_log_alpha_eff"] = float(np.min(log_alpha_eff))
-    if isinstance(flow, SSD) and identity is not None:
-        eps = float(flow.eps)
-        pi, qi, gamma = (np.asarray(row) for row in np.asarray(identity)[:3])
-        E = 0.5 * eps * (pi - qi) + 2 * gamma
+    if identity is not None:
+        E = flow.final_identity_error(identity)
+        pi, qi = np.asarray(identity)[0], np.asarray(identity)[1]
         record["E_norm"] = _finite(np.linalg.norm(E))
-        record["E_rel"] = _finite(np.linalg.norm(E) / np.linalg.norm(0.5 * eps * (pi - qi)))
+        record["E_rel"] = _finite(np.linalg.norm(E) / np.linalg.norm(0.5 * float(flow.eps) * (pi - qi)))
         arrays["E"] = E
     else:
         record["E_norm"] = record["E_rel"] = None

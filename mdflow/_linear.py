@@ -43,12 +43,12 @@ class CoordinatewiseJacobian(eqx.Module):
     lead: int | None = eqx.field(static=True, default=None)  # rows that drive the flow (see `factor`)
 
     @classmethod
-    def from_flow(cls, flow, problem, y: State) -> CoordinatewiseJacobian:
-        """Linearize `flow.vector_field` at `y` through `flow.local_field` and `flow.weights`."""
+    def from_flow(cls, flow, problem, y: State, *, t) -> CoordinatewiseJacobian:
+        """Linearize `flow.vector_field` at `(t, y)` through `flow.local_field` and `flow.weights`."""
         K, d = y.shape
         w, w_lin = jax.linearize(lambda z: flow.weights(z, problem), y)
         g = problem.grad(w)
-        _, h_lin = jax.linearize(flow.local_field, y, g)
+        _, h_lin = jax.linearize(lambda z, gz: flow.local_field(t, z, gz), y, g)
         basis = jnp.broadcast_to(jnp.eye(K, dtype=y.dtype)[:, :, None], (K, K, d))
         zeros_g = jnp.zeros_like(g)
         # cols[l][k, i] = ∂h_k/∂y_l at coordinate i (coordinatewise: one jvp per component l).
@@ -56,7 +56,7 @@ class CoordinatewiseJacobian(eqx.Module):
         B = jnp.transpose(cols, (1, 0, 2))  # B[k, l, i] = ∂h_k/∂y_l at coordinate i
         c = h_lin(jnp.zeros_like(y), jnp.ones_like(g))
         v = jax.vmap(w_lin)(basis)  # (K, d): ∂w_i/∂y_{l,i}
-        lead = flow.controlled(y).shape[0] if hasattr(flow, "controlled") else K
+        lead = flow.controlled(y).shape[0]
         return cls(B, c, v, problem.X, jnp.asarray(problem.scale, y.dtype), lead)
 
     def mv(self, x: State) -> State:
@@ -164,5 +164,7 @@ def _block_inv_lower(M: Float[Array, "K K d"], lead: int) -> Float[Array, "K K d
 
 
 def is_coordinatewise(flow) -> bool:
-    """Whether a flow exposes the coordinatewise `local_field` the structured Jacobian needs."""
-    return callable(getattr(flow, "local_field", None))
+    """Whether a flow is a coordinatewise primal flow (`local_field`), as the structured Jacobian needs."""
+    from ._flows import AbstractPrimalFlow
+
+    return isinstance(flow, AbstractPrimalFlow)

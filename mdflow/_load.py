@@ -18,8 +18,9 @@ import numpy as np
 
 from ._errors import InputError
 
-# The levels of the `run` index, in this order; `a` only when some run has one (`grid.a`).
-RUN_AXES = ("flow", "seed", "eps", "alpha", "a")
+# The levels of the `run` index: these four, then the other run parameters a results set lists in
+# `summary["run_axes"]` (e.g. frozen SSD's `a`), each only when some run has a value for it.
+RUN_AXES = ("flow", "seed", "eps", "alpha")
 
 # Dimensions of the stored arrays after the leading `run` axis (`ts` has none: it is the `t` axis).
 ARRAY_DIMS: dict[str, tuple[str, ...]] = {
@@ -154,10 +155,10 @@ def _array_dims(key: str, value: np.ndarray, num_ts: int, d: int | None) -> tupl
     return ("run", *dims)
 
 
-def _run_index(runs: list[dict[str, Any]], source: Path):
+def _run_index(runs: list[dict[str, Any]], run_axes: list[str], source: Path):
     import pandas as pd
 
-    axes = [a for a in RUN_AXES if a != "a" or any(r.get("a") is not None for r in runs)]
+    axes = list(RUN_AXES) + [a for a in run_axes[len(RUN_AXES):] if any(r.get(a) is not None for r in runs)]
 
     def level(axis):
         values = [r.get(axis) for r in runs]
@@ -198,14 +199,16 @@ def load(results_dir: str | Path, *, arrays: bool = True):
     out_dir = Path(results_dir)
     summary, stored = _read_result_set(out_dir)
     runs = summary["runs"]
-    index = _run_index(runs, out_dir / "summary.json")
+    # Sets written before `run_axes` was recorded had at most frozen SSD's `a` beyond the four.
+    axes = summary.get("run_axes", [*RUN_AXES, "a"])
+    index = _run_index(runs, axes, out_dir / "summary.json")
     fields: dict[str, list[Any]] = {}
     for i, rec in enumerate(runs):
-        flat = flatten({k: v for k, v in rec.items() if k not in RUN_AXES})
+        flat = flatten({k: v for k, v in rec.items() if k not in axes})
         for key, value in flat.items():
             fields.setdefault(key, [None] * len(runs))[i] = value
     for pair in summary.get("pairs", []):
-        flat = flatten({k: v for k, v in pair.items() if k not in (*RUN_AXES, "run_index")}, "check.")
+        flat = flatten({k: v for k, v in pair.items() if k not in (*axes, "run_index")}, "check.")
         for key, value in flat.items():
             fields.setdefault(key, [None] * len(runs))[pair["run_index"]] = value
     variables: dict[str, tuple] = {}

@@ -398,20 +398,3 @@ def make_mirror(kind: str, *, alpha, eps=None, a=None, dtype=jnp.float64) -> Abs
     if not bool(jnp.all(a_arr >= 0)):
         raise InputError("a: magnitudes must be >= 0")
     return SSDPotential(a_arr, jnp.asarray(eps, dtype), alpha_arr)
-
-
-def mirror_for_flow(flow, problem) -> AbstractMirrorMap:
-    """The mirror map whose dual reproduces a primal flow (docs/math.md §4).
-
-    GF ↔ `Hypentropy(α)` (E1, exact); FrozenSSD(ε, a) ↔ `SSDPotential(a, ε, α)` (E2, exact);
-    SSD(ε) ↔ `SSDPotential(|g(w(0))|, ε, α)` (approximate: exact only while `|g| = a`).
-    """
-    from ._flows import GF, SSD, FrozenSSD
-
-    if isinstance(flow, GF):
-        return Hypentropy(flow.alpha)
-    if isinstance(flow, FrozenSSD):
-        return SSDPotential(flow.a, flow.eps, flow.alpha)
-    if isinstance(flow, SSD):
-        return SSDPotential(FrozenSSD.default_a(problem), flow.eps, flow.alpha)
-    raise TypeError(f"no mirror map known for flow {type(flow).__name__}")

@@ -158,7 +158,7 @@ class AbstractRosenbrock(diffrax.AbstractAdaptiveSolver):
     def linearize(self, terms, t0, y0, args):
         if self.jacobian == "structured":
             flow, problem = args[0], args[1]
-            return CoordinatewiseJacobian.from_flow(flow, problem, y0)
+            return CoordinatewiseJacobian.from_flow(flow, problem, y0, t=t0)
         return DenseJacobian.from_field(lambda y: terms.vf(t0, y, args), y0)
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):

@@ -74,12 +74,22 @@ def store_identity(config: Config, problems: dict[int, Problem], policy: SolvePo
 
 
 def build_flow(spec: RunSpec, problem: Problem, config: Config, *, track_identity: bool = False):
-    """The flow object of one run (frozen magnitudes from `grid.a`, else `flows.a`)."""
-    a = config["flows"]["a"] if spec.a is None else spec.a
-    return make_flow(
-        spec.flow, problem, eps=spec.eps, alpha=spec.alpha,
-        a=None if a == "grad0" else a, track_identity=track_identity and spec.flow == "ssd",
-    )
+    """The flow object of one run: the spec's parameters, unset ones from the `[flows]` table
+    (`flows.a` for frozen SSD: "grad0" means the flow's own default `|g(0)|`)."""
+    fixed = {"a": None if config["flows"]["a"] == "grad0" else config["flows"]["a"]}
+    params = {name: fixed.get(name) if value is None else value for name, value in spec.params}
+    return make_flow(spec.flow, problem, track_identity=track_identity, **params)
+
+
+def run_axes(config: Config) -> list[str]:
+    """The labels that identify a run: flow, seed, then every run parameter of the config's flows
+    (their `axes`, first appearance first; `mdflow.load` indexes runs by them)."""
+    from ._flows import PRIMAL_FLOWS
+
+    axes = ["flow", "seed", "eps", "alpha"]
+    for kind in config["flows"]["kinds"]:
+        axes += [a for a in PRIMAL_FLOWS[kind].axes if a not in axes]
+    return axes
 
 
 def _finite_or_none(x) -> float | None:
@@ -95,7 +105,7 @@ def run_record(spec: RunSpec, w: np.ndarray, problem: Problem, sol: Solution, so
         "eps": spec.eps,
         "alpha": spec.alpha,
         "seed": spec.seed,
-        **({} if spec.a is None else {"a": spec.a}),
+        **{k: v for k, v in spec.params if k not in ("eps", "alpha") and v is not None},
         "status": status_name(sol.status),
         "solver": solver,
         "num_steps": int(sol.num_steps),
@@ -317,6 +327,7 @@ def execute(
         records, pairs = _assemble(plan, results, len(specs))
         summary = {"config": config.to_json(), "versions": versions(),
                    "stop_rel_residual": policy.stop_rel_residual,  # in force (the config's may be unset)
+                   "run_axes": run_axes(config),
                    "runs": records,
                    "failures": _failures(records), "num_ok": sum(r["status"] == "ok" for r in records),
                    "sweep": {"chunks": len(plan), "chunk_size": chunk_size, "devices": mesh.devices.size,

@@ -29,18 +29,12 @@ import numpy as np
 from ._problem import Problem
 
 
-def _magnitude(flow, y, problem):
-    """The gradient magnitude in the flow's denominators: `|g|` (SSD) or the frozen `a` (frozen SSD)."""
-    a = getattr(flow, "a", None)
-    return jnp.abs(problem.grad(flow.weights(y, problem))) if a is None else jnp.broadcast_to(a, y.shape[1:])
-
-
 def regime_indicator(flow, ys, problem: Problem) -> tuple[np.ndarray, np.ndarray]:
     """`κ^u = 2u|g|/ε` and `κ^v = 2v|g|/ε` on a saved trajectory `ys` (T, K, d) of an SSD-type flow
     (`|g|` replaced by the frozen magnitudes `a` for frozen SSD)."""
 
     def one(y):
-        g = _magnitude(flow, y, problem)
+        g = flow.magnitude(problem.grad(flow.weights(y, problem)))
         return 2 * jnp.exp(y[0]) * g / flow.eps, 2 * jnp.exp(y[1]) * g / flow.eps
 
     ku, kv = jax.vmap(one)(jnp.asarray(ys))
@@ -87,7 +81,7 @@ def predicted_warmup(problem: Problem, eps: float, alpha, *, refined: bool = Fal
 def predicted_rate(problem: Problem, eps: float, y_final, a=None) -> float | None:
     """`(4·scale/ε) λ_min(X diag(u∞² + v∞²) Xᵀ)`: the final residual decay rate (§6), i.e.
     `scale · λ_min(X diag(M∞) Xᵀ)` with the preconditioner `M = 4u²/(2ua + ε) + 4v²/(2va + ε)` at
-    `a = |g∞| = 0` (SSD); frozen SSD keeps its `a`."""
+    `a = |g∞| = 0` (SSD); frozen SSD keeps its `a` (the flow's `magnitude` at `g = 0`)."""
     y_final = np.asarray(y_final)
     u2, v2 = np.exp(2 * y_final[0]), np.exp(2 * y_final[1])
     a = 0.0 if a is None else np.asarray(a)
@@ -162,7 +156,7 @@ def stages_record(
         "t_conv_measured": t_conv,
         "t_conv_predicted": _finite_max(pred_warm + pred_sign),
         "rate_measured": rate,
-        "rate_predicted": predicted_rate(problem, eps, y_final, getattr(flow, "a", None)),
+        "rate_predicted": predicted_rate(problem, eps, y_final, flow.magnitude(jnp.zeros(problem.d, problem.X.dtype))),
         "kappa0_max": float(np.max(kappa[0, coords])) if len(coords) else None,
     }
     padded = np.full(num_coords, -1)

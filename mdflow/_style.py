@@ -56,7 +56,6 @@ def save(fig, stem: str | Path, *, preview: bool = False) -> list[Path]:
 
 
 # Labels (mathtext), shared by the run figures and F1–F6.
-FLOW_NAMES = {"gf": "GF", "ssd": "SSD", "ssd_frozen": "frozen SSD"}
 TIME = "time $t$"
 
 
@@ -68,10 +67,18 @@ def number(x: float) -> str:
     return f"{x:.3g}"
 
 
+def flow_name(kind: str) -> str:
+    """A flow's human-readable name (its class's `label`; the kind itself if unknown)."""
+    from ._flows import PRIMAL_FLOWS
+
+    cls = PRIMAL_FLOWS.get(kind)
+    return kind if cls is None else cls.label
+
+
 def run_label(rec: dict) -> str:
     """A run's legend or title label in mathtext, naming ε and α: `SSD, ε = 10^{-2}, α = 0.1` (GF has no ε)."""
     eps = "" if rec["eps"] is None else rf", $\varepsilon={number(rec['eps'])}$"
-    return FLOW_NAMES.get(rec["flow"], rec["flow"]) + eps + rf", $\alpha={number(rec['alpha'])}$"
+    return flow_name(rec["flow"]) + eps + rf", $\alpha={number(rec['alpha'])}$"
 
 
 def alpha_label(alpha: float, prefix: str = "") -> str:

@@ -73,9 +73,9 @@ def difficulty(eps: float | None, alpha) -> float:
 
 
 def flow_difficulty(flow: AbstractFlow) -> float:
-    """`difficulty` read off a (single) flow object: its `eps` (if any) and `alpha`."""
-    eps = getattr(flow, "eps", None)
-    return difficulty(None if eps is None else float(eps), np.asarray(getattr(flow, "alpha", 1.0)))
+    """`difficulty` read off a (single) primal flow: its `eps` (if any) and `alpha`."""
+    eps = flow.params().get("eps")
+    return difficulty(eps, np.asarray(flow.alpha))
 
 
 @dataclasses.dataclass(frozen=True)

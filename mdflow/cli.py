@@ -95,7 +95,7 @@ def cmd_check(args) -> int:
     """Exit 0: every exact pair equivalent (true-SSD pairs may be `not_equivalent`: their dual is
     approximate); 1: some exact pair (GF, frozen SSD) not equivalent; 3: nothing verified (no pair
     `equivalent` or `not_equivalent`), a pair not solved, or an exact pair `inconclusive`."""
-    from ._equivalence import EXACT_FLOWS, format_table
+    from ._equivalence import format_table
     from ._errors import InputError
     from ._run import execute
 
@@ -106,7 +106,7 @@ def cmd_check(args) -> int:
                          "trajectories; set output.save = \"trajectories\"")
     _, pairs = execute(config, out, log=_log, duals=True, force=args.force)
     print(format_table(pairs))
-    exact = [p for p in pairs if p["flow"] in EXACT_FLOWS]
+    exact = [p for p in pairs if p["exact"]]
     failed = [p for p in exact if p["verdict"] == "not_equivalent"]
     undecided = [p for p in exact if p["verdict"] == "inconclusive"]
     verified = [p for p in pairs if p["verdict"] in VERIFIED]

@@ -63,7 +63,7 @@ def test_structured_jacobian_and_solve_match_dense(small_problem, make):
     K = flow.init(small_problem).shape[0]
     for seed, gh in ((0, 1e-4), (1, 1e-1), (2, 10.0)):
         y, b = _random_state(jax.random.PRNGKey(seed), K, small_problem.d)
-        jac = CoordinatewiseJacobian.from_flow(flow, small_problem, y)
+        jac = CoordinatewiseJacobian.from_flow(flow, small_problem, y, t=0.0)
         dense = DenseJacobian.from_field(lambda z: flow.vector_field(0.0, z, small_problem), y).as_matrix()
         np.testing.assert_allclose(jac.as_matrix(), dense, rtol=1e-12, atol=1e-12 * float(jnp.max(jnp.abs(dense))))
         M = np.eye(dense.shape[0]) - gh * np.asarray(dense)
