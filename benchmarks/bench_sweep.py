@@ -27,12 +27,12 @@ import time
 
 import numpy as np
 
-jax = md = _sweep = _arguments = _solve = None  # imported in main(), after XLA_FLAGS is set
+jax = md = _sweep = _controls = _solve = None  # imported in main(), after XLA_FLAGS is set
 
 
 def _import_jax(cpu_devices: int) -> None:
     """Expose `cpu_devices` host devices (one per core) before JAX is imported; then import."""
-    global jax, md, _sweep, _arguments, _solve
+    global jax, md, _sweep, _controls, _solve
     if cpu_devices > 1:
         flag = f"--xla_force_host_platform_device_count={cpu_devices}"
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
@@ -40,9 +40,9 @@ def _import_jax(cpu_devices: int) -> None:
 
     import mdflow as _md
     from mdflow import _sweep as _sw
-    from mdflow._solve import _arguments as _a, _solve as _s
+    from mdflow._solve import SolveControls as _a, _solve as _s
 
-    jax, md, _sweep, _arguments, _solve = _jax, _md, _sw, _a, _s
+    jax, md, _sweep, _controls, _solve = _jax, _md, _sw, _a, _s
 
 
 def parse():
@@ -129,16 +129,15 @@ def lax_map_sweep(flows, problem, policy, chunk_size):
     """All runs in one compiled call: `lax.map` over the sorted runs, `chunk_size` at a time."""
     order = sorted(range(len(flows)), key=lambda i: _sweep.flow_difficulty(flows[i]))
     batched = md.stack_flows([flows[i] for i in order])
-    ts, numeric, stop_tol, stop = _arguments(policy, problem, None)
+    controls, stop = _controls.of(policy, problem)
     static = dict(solver_name=md.select_solver(policy, flows[0]), max_steps=policy.max_steps,
                   keep_states=policy.save == "trajectory", stop=stop)
 
     @jax.jit
-    def run(batched, problem, ts, numeric, stop_tol):
-        return jax.lax.map(lambda f: _solve(f, problem, ts, *numeric, stop_tol, **static), batched,
-                           batch_size=chunk_size)
+    def run(batched, problem, controls):
+        return jax.lax.map(lambda f: _solve(f, problem, controls, **static), batched, batch_size=chunk_size)
 
-    return lambda: run(batched, problem, ts, numeric, stop_tol)
+    return lambda: run(batched, problem, controls)
 
 
 def main():

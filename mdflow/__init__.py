@@ -28,7 +28,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "_flows": ("GF", "SSD", "AbstractFlow", "AbstractPrimalFlow", "FrozenSSD", "PRIMAL_FLOWS", "make_flow"),
     "_problem": ("Problem", "load_npz", "sparse_gaussian", "validate_data"),
     "_solve": (
-        "SOLVERS", "STATUSES", "Solution", "SolvePolicy", "select_solver", "solve", "solve_batch",
+        "SOLVERS", "STATUSES", "RunStatus", "Solution", "SolveControls", "SolvePolicy", "select_solver", "solve", "solve_batch",
         "stack_flows", "status_name",
     ),
     "_analysis": ("analyze_run",),

@@ -17,7 +17,7 @@ The linear solves come from a *Jacobian strategy*:
 
 - `"structured"`: for coordinatewise primal flows, `J = block-diag + rank n` solved by Woodbury in
   `O(d n²)` (`_linear.CoordinatewiseJacobian`). **Contract:** the strategy reads the flow and the
-  problem from `args[0]`, `args[1]` (what `mdflow.solve` passes) and assumes the term's vector field is
+  problem from `args.flow`, `args.problem` (`_solve.FlowArgs`, what `mdflow.solve` passes) and assumes the term's vector field is
   `flow.vector_field(t, y, problem)`.
 - `"dense"`: `jax.jacfwd` of the term's vector field plus LU; works for any field (the dual flows).
 
@@ -127,7 +127,7 @@ class AbstractRosenbrock(diffrax.AbstractAdaptiveSolver):
     **Arguments:**
 
     - `jacobian`: `"structured"` (Woodbury; the term must be a coordinatewise flow's field with
-      `args = (flow, problem, ...)`) or `"dense"` (any field).
+      `args.flow`, `args.problem`, as `mdflow.solve` passes) or `"dense"` (any field).
     """
 
     jacobian: str = eqx.field(static=True, default="dense")
@@ -157,8 +157,7 @@ class AbstractRosenbrock(diffrax.AbstractAdaptiveSolver):
 
     def linearize(self, terms, t0, y0, args):
         if self.jacobian == "structured":
-            flow, problem = args[0], args[1]
-            return CoordinatewiseJacobian.from_flow(flow, problem, y0, t=t0)
+            return CoordinatewiseJacobian.from_flow(args.flow, args.problem, y0, t=t0)
         return DenseJacobian.from_field(lambda y: terms.vf(t0, y, args), y0)
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):

@@ -8,6 +8,7 @@ the compiled function as an array, so changing it never recompiles; only the flo
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Callable
 
 import diffrax
@@ -23,8 +24,17 @@ from ._flows import AbstractFlow
 from ._problem import Problem
 from ._rosenbrock import Rodas3, Rodas4, StiffSwitch, jacobian_for
 
-# Run statuses, in the order of their integer codes.
-STATUSES = ("ok", "max_steps", "nonfinite", "failed")
+class RunStatus(enum.IntEnum):
+    """A run's outcome, stored as its integer code (`Solution.status`) and recorded by name."""
+
+    ok = 0  # reached t1, or stopped at interpolation
+    max_steps = 1  # ran out of `max_steps`
+    nonfinite = 2  # the end state is not finite
+    failed = 3  # any other solver failure (e.g. the step size underflowed)
+
+
+# Run status names, in the order of their integer codes.
+STATUSES = tuple(status.name for status in RunStatus)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,18 +147,51 @@ class Solution(eqx.Module):
     num_rejected: Int[Array, ""]
 
 
-def _field(t, y, args):
-    flow, problem, _ = args
-    return flow.vector_field(t, y, problem)
+class FlowArgs(eqx.Module):
+    """The `args` every term, event and Jacobian strategy of a solve receives (the structured stiff
+    solver reads `flow` and `problem` off it)."""
+
+    flow: AbstractFlow
+    problem: Problem
+    stop_tol: Float[Array, ""]
 
 
-def _interpolated(t, y, args, **kwargs):
-    flow, problem, stop_tol = args
-    return problem.rel_residual(flow.weights(y, problem)) < stop_tol
+class SolveControls(eqx.Module):
+    """The traced controls of a solve: changing any of them never recompiles. Built from a policy by
+    `SolveControls.of`; `stop` (whether the interpolation event exists at all) is static beside them."""
+
+    ts: Float[Array, " T"]
+    rtol: Float[Array, ""]
+    atol: Float[Array, ""]
+    pcoeff: Float[Array, ""]
+    icoeff: Float[Array, ""]
+    stop_tol: Float[Array, ""]
+
+    @classmethod
+    def of(cls, policy: SolvePolicy, problem: Problem, ts=None) -> tuple[SolveControls, bool]:
+        """The controls for `policy` on `problem` (save grid `ts`, default `policy.time_grid()`), and
+        whether the run stops at interpolation."""
+        dtype = problem.X.dtype
+        if ts is not None and not isinstance(ts, jax.core.Tracer):
+            check_time_grid(ts)  # diffrax's own check is compiled out (`_errors.py`)
+        ts = jnp.asarray(policy.time_grid() if ts is None else ts, dtype)
+        stop = policy.stop_rel_residual is not None
+        scalars = [jnp.asarray(v, dtype) for v in (policy.rtol, policy.atol, policy.pcoeff, policy.icoeff)]
+        stop_tol = jnp.asarray(policy.stop_rel_residual if stop else 0.0, dtype)
+        return cls(ts, *scalars, stop_tol), stop
+
+
+def _field(t, y, args: FlowArgs):
+    return args.flow.vector_field(t, y, args.problem)
+
+
+def _interpolated(t, y, args: FlowArgs, **kwargs):
+    return args.problem.rel_residual(args.flow.weights(y, args.problem)) < args.stop_tol
 
 
 @eqx.filter_jit
-def _solve(flow, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol, *, solver_name, max_steps, keep_states, stop):
+def _solve(flow, problem, controls: SolveControls, *, solver_name, max_steps, keep_states, stop):
+    ts = controls.ts
     solver = SOLVERS[solver_name](flow)
     y0 = flow.init(problem)
 
@@ -160,7 +203,8 @@ def _solve(flow, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol, *, solver_na
         return out
 
     saveat = diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=ts, fn=observe), diffrax.SubSaveAt(t1=True)])
-    controller = diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=pcoeff, icoeff=icoeff,
+    controller = diffrax.PIDController(rtol=controls.rtol, atol=controls.atol, pcoeff=controls.pcoeff,
+                                       icoeff=controls.icoeff,
                                        norm=lambda e: optx.rms_norm(flow.controlled(e)))
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(_field),
@@ -169,7 +213,7 @@ def _solve(flow, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol, *, solver_na
         t1=ts[-1],
         dt0=None,
         y0=y0,
-        args=(flow, problem, stop_tol),
+        args=FlowArgs(flow, problem, controls.stop_tol),
         saveat=saveat,
         stepsize_controller=controller,
         max_steps=max_steps,
@@ -182,12 +226,12 @@ def _solve(flow, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol, *, solver_na
     finite = jnp.all(jnp.isfinite(y_final))
     stopped = sol.result == diffrax.RESULTS.event_occurred
     success = (sol.result == diffrax.RESULTS.successful) | stopped
-    status = jnp.where(
-        ~finite,
-        2,
-        jnp.where(success, 0, jnp.where(sol.result == diffrax.RESULTS.max_steps_reached, 1, 3)),
+    status = jnp.select(
+        [~finite, success, sol.result == diffrax.RESULTS.max_steps_reached],
+        [RunStatus.nonfinite, RunStatus.ok, RunStatus.max_steps],
+        RunStatus.failed,
     )
-    ok = status == 0
+    ok = status == RunStatus.ok
     after = ts > t_end
 
     def hold(saved, final_value):
@@ -214,22 +258,11 @@ def _solve(flow, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol, *, solver_na
     )
 
 
-def _arguments(policy: SolvePolicy, problem: Problem, ts):
-    dtype = problem.X.dtype
-    if ts is not None and not isinstance(ts, jax.core.Tracer):
-        check_time_grid(ts)  # diffrax's own check is compiled out (`_errors.py`)
-    ts = jnp.asarray(policy.time_grid() if ts is None else ts, dtype)
-    stop = policy.stop_rel_residual is not None
-    numeric = [jnp.asarray(v, dtype) for v in (policy.rtol, policy.atol, policy.pcoeff, policy.icoeff)]
-    stop_tol = jnp.asarray(policy.stop_rel_residual if stop else 0.0, dtype)
-    return ts, numeric, stop_tol, stop
-
-
 def solve(flow: AbstractFlow, problem: Problem, policy: SolvePolicy, ts=None) -> Solution:
     """Integrate one flow on one problem under `policy` (optionally on an explicit time grid `ts`)."""
-    ts, numeric, stop_tol, stop = _arguments(policy, problem, ts)
+    controls, stop = SolveControls.of(policy, problem, ts)
     return _solve(
-        flow, problem, ts, *numeric, stop_tol,
+        flow, problem, controls,
         solver_name=select_solver(policy, flow),
         max_steps=policy.max_steps,
         keep_states=policy.save == "trajectory",
@@ -246,18 +279,15 @@ def stack_flows(flows: list[AbstractFlow]) -> AbstractFlow:
 
 
 @eqx.filter_jit
-def _solve_batch(flows, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol, **static):
-    def one(flow):
-        return _solve(flow, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol, **static)
-
-    return eqx.filter_vmap(one)(flows)
+def _solve_batch(flows, problem, controls: SolveControls, **static):
+    return eqx.filter_vmap(lambda flow: _solve(flow, problem, controls, **static))(flows)
 
 
 def solve_batch(flows: AbstractFlow, problem: Problem, policy: SolvePolicy, ts=None) -> Solution:
     """`vmap` of `solve` over a batched flow (see `stack_flows`); every member shares the problem."""
-    ts, numeric, stop_tol, stop = _arguments(policy, problem, ts)
+    controls, stop = SolveControls.of(policy, problem, ts)
     return _solve_batch(
-        flows, problem, ts, *numeric, stop_tol,
+        flows, problem, controls,
         solver_name=select_solver(policy, flows),
         max_steps=policy.max_steps,
         keep_states=policy.save == "trajectory",
@@ -266,4 +296,5 @@ def solve_batch(flows: AbstractFlow, problem: Problem, policy: SolvePolicy, ts=N
 
 
 def status_name(code) -> str:
-    return STATUSES[int(code)]
+    """The name of a status code (`RunStatus`)."""
+    return RunStatus(int(code)).name

@@ -38,7 +38,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ._flows import AbstractFlow
 from ._problem import Problem
-from ._solve import EXPLICIT_SOLVERS, Solution, SolvePolicy, _arguments, _solve, select_solver, stack_flows
+from ._solve import EXPLICIT_SOLVERS, Solution, SolveControls, SolvePolicy, _solve, select_solver, stack_flows
 
 AXIS = "batch"
 
@@ -179,10 +179,10 @@ def effective_vmap_width(
     return width
 
 
-def _body(flows, real, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol, *, mesh, vmap_width, **static):
-    def local(flows, real, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol):
+def _body(flows, real, problem, controls: SolveControls, *, mesh, vmap_width, **static):
+    def local(flows, real, problem, controls):
         def one(flow):
-            return _solve(flow, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol, **static)
+            return _solve(flow, problem, controls, **static)
 
         size = real.shape[0]
         if vmap_width >= size:
@@ -195,11 +195,10 @@ def _body(flows, real, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol, *, mes
             return jax.lax.map(lambda x: jax.lax.cond(x[1], one, skip, x[0]), (flows, real))
         return jax.lax.map(one, flows, batch_size=vmap_width)  # vmaps `one` over groups of vmap_width
 
-    rep = P()
+    # Members are split over the devices; the problem and the controls are replicated.
     return jax.shard_map(
-        local, mesh=mesh, in_specs=(P(AXIS), P(AXIS), rep, rep, rep, rep, rep, rep, rep), out_specs=P(AXIS),
-        check_vma=False,
-    )(flows, real, problem, ts, rtol, atol, pcoeff, icoeff, stop_tol)
+        local, mesh=mesh, in_specs=(P(AXIS), P(AXIS), P(), P()), out_specs=P(AXIS), check_vma=False,
+    )(flows, real, problem, controls)
 
 
 # `_traced` counts how often the sharded batch solve is traced (= compiled): see `num_traces`.
@@ -277,11 +276,10 @@ def solve_chunks_timed(
         real[i * chunk_size:i * chunk_size + len(c)] = True
     # Host arrays: device_put then places each device's slice directly (also for multi-host meshes).
     batched = jax.tree.map(np.asarray, stack_flows([f for c in padded for f in c]))
-    ts, numeric, stop_tol, stop = _arguments(policy, problem, None)
+    controls, stop = SolveControls.of(policy, problem)
     batched, real = jax.device_put((batched, real), NamedSharding(mesh, P(AXIS)))
-    replicated = NamedSharding(mesh, P())
-    problem, ts, numeric, stop_tol = jax.device_put((problem, ts, numeric, stop_tol), replicated)
-    args = (batched, real, problem, ts, *numeric, stop_tol)
+    problem, controls = jax.device_put((problem, controls), NamedSharding(mesh, P()))
+    args = (batched, real, problem, controls)
     static = dict(mesh=mesh, vmap_width=vmap_width, solver_name=solver, max_steps=policy.max_steps,
                   keep_states=policy.save == "trajectory", stop=stop)
     compiled, compile_s = _compiled_solver(args, static)
