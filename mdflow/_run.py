@@ -22,7 +22,7 @@ from ._solve import STATUSES, Solution, SolvePolicy, select_solver, status_name
 from ._resources import check_sweep_fits, sweep_size
 from ._store import Store, atomic_write_json, stream_npz
 from ._sweep import (
-    Chunk, Progress, batches, difficulty, effective_vmap_width, make_mesh, plan_chunks, solve_chunks_timed,
+    Chunk, Progress, difficulty, effective_vmap_width, make_mesh, plan_chunks, solve_plan,
     timing_text,
 )
 
@@ -188,8 +188,8 @@ def _chunk_result(
             for key in ("w_dual", "gap_w"):  # the dual trajectory and gap(t), for figures F1/F2
                 arrays.setdefault(key, []).append(pair_arrays[key])
             pair["run_index"] = i
-            if specs[i].a is not None:
-                pair["a"] = specs[i].a
+            # The run's labels beyond ε, α (e.g. a swept `a`), so pairs index like their runs.
+            pair.update({k: v for k, v in specs[i].params if k not in ("eps", "alpha") and v is not None})
             record["identity_residual"] = pair.get("identity_residual")
             pairs.append(pair)
         records.append(record)
@@ -290,33 +290,29 @@ def execute(
                                if "analysis" in analyses and config["analysis"][k]),
                              *(name for name in analyses if name != "analysis")])
         calls = []  # the CallTiming of every solve call
-        for call in batches(pending, mesh.devices.size):
-            first = call[0]
-            problem = problems[first.seed]
-            sols, timing = solve_chunks_timed([[flows[i] for i in c.runs] for c in call], problem, policy,
-                                              chunk_size=chunk_size, mesh=mesh, solver=first.solver,
-                                              vmap_width=vmap_width)
-            calls.append(timing)
-            per_run = timing.solve_s / sum(len(c.runs) for c in call)
-            for chunk, sol in zip(call, sols):
-                if between:
-                    progress.note(f"chunk {chunk.index + 1}/{len(plan)} solved; {between} of its {len(chunk.runs)} run(s)")
-                after_solve = time.perf_counter()
-                meta, arrays = _chunk_result(chunk, sol, specs, flows, problem, policy, config, duals,
-                                             per_run * len(chunk.runs), analyses)
-                meta["num_devices"] = mesh.devices.size  # rounding may depend on it (docs/store.md)
-                meta["arrays"] = {k: {"dtype": v.dtype.str, "shape": list(v.shape[1:])} for k, v in arrays.items()}
-                analysis_wall = time.perf_counter() - after_solve
-                meta.update(compile_s=timing.compile_s, solve_s=timing.solve_s)  # of the whole call
-                if primary:
-                    store.save_chunk(chunk.index, chunk.runs, meta, arrays)
-                results[chunk.index] = meta
-                del arrays
-                bad = meta["failures"]
-                progress.update(chunk.index, len(chunk.runs),
-                                f"{chunk.flow} (seed {chunk.seed}) x{len(chunk.runs)}, {chunk.solver}, "
-                                + timing_text(timing, per_run * len(chunk.runs)) + (f", failed: {bad}" if bad else ""),
-                                wall=per_run * len(chunk.runs) + analysis_wall, cost=sum(cost[i] for i in chunk.runs))
+        for done in solve_plan(pending, flows, problems, policy, chunk_size=chunk_size, mesh=mesh,
+                               vmap_width=vmap_width):
+            chunk, timing = done.chunk, done.timing
+            if not calls or calls[-1] is not timing:
+                calls.append(timing)
+            if between:
+                progress.note(f"chunk {chunk.index + 1}/{len(plan)} solved; {between} of its {len(chunk.runs)} run(s)")
+            after_solve = time.perf_counter()
+            meta, arrays = _chunk_result(chunk, done.solution, specs, flows, problems[chunk.seed], policy, config,
+                                         duals, done.solve_s, analyses)
+            meta["num_devices"] = mesh.devices.size  # rounding may depend on it (docs/store.md)
+            meta["arrays"] = {k: {"dtype": v.dtype.str, "shape": list(v.shape[1:])} for k, v in arrays.items()}
+            analysis_wall = time.perf_counter() - after_solve
+            meta.update(compile_s=timing.compile_s, solve_s=timing.solve_s)  # of the whole call
+            if primary:
+                store.save_chunk(chunk.index, chunk.runs, meta, arrays)
+            results[chunk.index] = meta
+            del arrays
+            bad = meta["failures"]
+            progress.update(chunk.index, len(chunk.runs),
+                            f"{chunk.flow} (seed {chunk.seed}) x{len(chunk.runs)}, {chunk.solver}, "
+                            + timing_text(timing, done.solve_s) + (f", failed: {bad}" if bad else ""),
+                            wall=done.solve_s + analysis_wall, cost=sum(cost[i] for i in chunk.runs))
         if not primary and len(results) < len(plan):
             # Chunks process 0 loaded from a store this process cannot see (no shared filesystem):
             # the results are process 0's to write; this process has only its own part.

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import equinox as eqx
@@ -383,6 +383,34 @@ def batches(plan: Sequence[Chunk], ndev: int) -> list[list[Chunk]]:
     return calls
 
 
+@dataclasses.dataclass(frozen=True)
+class SolvedChunk:
+    """One chunk of a plan, solved: its batched `solution` (real members only), the `timing` of the
+    call it was solved in, and `solve_s`, its share of that call's solve time (by run count)."""
+
+    chunk: Chunk
+    solution: Solution
+    timing: CallTiming
+    solve_s: float
+
+
+def solve_plan(
+    plan: Sequence[Chunk], flows: Sequence[AbstractFlow], problems: dict[int, Problem], policy: SolvePolicy,
+    *, chunk_size: int, mesh: Mesh, vmap_width: int | None = None,
+) -> Iterator[SolvedChunk]:
+    """Solve a plan's chunks in order, one chunk per device per call (`batches`), each chunk's members
+    `flows[i]` for `i` in its runs on `problems[chunk.seed]`: the one executor behind `sweep` and
+    `mdflow run/check`. Yields each chunk as soon as its call returns."""
+    for call in batches(plan, mesh.devices.size):
+        first = call[0]
+        sols, timing = solve_chunks_timed([[flows[i] for i in c.runs] for c in call], problems[first.seed],
+                                          policy, chunk_size=chunk_size, mesh=mesh, solver=first.solver,
+                                          vmap_width=vmap_width)
+        per_run = timing.solve_s / sum(len(c.runs) for c in call)
+        for chunk, sol in zip(call, sols):
+            yield SolvedChunk(chunk, sol, timing, per_run * len(chunk.runs))
+
+
 def sweep(
     flows: Sequence[AbstractFlow], problem: Problem, policy: SolvePolicy, *, chunk_size: int = 16,
     mesh: Mesh | None = None, log: Callable[[str], None] | None = None, vmap_width: int | None = None,
@@ -405,16 +433,12 @@ def sweep(
     cost = [flow_difficulty(f) for f in flows]
     progress = Progress(len(flows), len(plan), log, total_cost=sum(cost))
     parts: list[tuple[tuple[int, ...], Solution]] = []
-    for call in batches(plan, mesh.devices.size):
-        sols, timing = solve_chunks_timed([[flows[i] for i in c.runs] for c in call], problem, policy,
-                                          chunk_size=chunk_size, mesh=mesh, solver=call[0].solver,
-                                          vmap_width=vmap_width)
-        runs = sum(len(c.runs) for c in call)
-        for chunk, sol in zip(call, sols):
-            parts.append((chunk.runs, sol))
-            share = timing.solve_s * len(chunk.runs) / runs
-            progress.update(chunk.index, len(chunk.runs),
-                            f"{len(chunk.runs)} x {chunk.solver}, {timing_text(timing, share)}",
-                            wall=share, cost=sum(cost[i] for i in chunk.runs))
+    for done in solve_plan(plan, flows, {0: problem}, policy, chunk_size=chunk_size, mesh=mesh,
+                           vmap_width=vmap_width):
+        chunk = done.chunk
+        parts.append((chunk.runs, done.solution))
+        progress.update(chunk.index, len(chunk.runs),
+                        f"{len(chunk.runs)} x {chunk.solver}, {timing_text(done.timing, done.solve_s)}",
+                        wall=done.solve_s, cost=sum(cost[i] for i in chunk.runs))
     order = np.argsort(np.concatenate([np.asarray(runs) for runs, _ in parts]))
     return jax.tree.map(lambda *xs: np.concatenate(xs)[order], *[s for _, s in parts])
