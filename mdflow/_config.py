@@ -460,8 +460,8 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
         if raw["flows"]["a"] != "grad0":
             raise InputError(f"grid.a: sweeps the frozen magnitudes, so flows.a={raw['flows']['a']!r} "
                              "must be left at 'grad0'")
-    for name in data.get("grid", {}):
-        if name in ("seed", "eps", "alpha"):  # the seed is every flow's; ε and α have defaults anyway
+    for name, value in data.get("grid", {}).items():
+        if value is None or name in ("seed", "eps", "alpha"):  # seed: every flow's; ε, α have defaults
             continue
         if not any(name in PRIMAL_FLOWS[k].axes for k in kinds):
             users = sorted(k for k, cls in PRIMAL_FLOWS.items() if name in cls.axes)
