@@ -87,6 +87,12 @@ class AbstractFlow(eqx.Module):
         it, except auxiliary states that only record integrals along the run (see `AbstractPrimalFlow`)."""
         return y
 
+    def integrand(self, problem: Problem) -> AbstractFlow:
+        """The flow object the compiled solve integrates: the flow itself, or the member of a family
+        it is a special case of, so that a family's flows share one compiled program (`SSDFamily`).
+        Same state, same field, bit for bit."""
+        return self
+
 
 class AbstractPrimalFlow(AbstractFlow):
     """A coordinatewise flow on `(p, q) = (log u, log v)`, plus optional coordinatewise extra states.
@@ -201,6 +207,11 @@ class GF(AbstractPrimalFlow):
     def local_field(self, t, y, g):
         return jnp.stack([-2 * g, 2 * g])
 
+    def integrand(self, problem):
+        # `2u·0 + 1 = 1` and `x / 1 = x` exactly: the family's field is GF's, bit for bit.
+        one = jnp.ones((), problem.X.dtype)
+        return SSDFamily(self.alpha, one, jnp.zeros(problem.d, problem.X.dtype), jnp.asarray(True))
+
     def mirror(self, problem):
         from ._mirror import Hypentropy
 
@@ -242,14 +253,12 @@ class SSD(AbstractPrimalFlow):
     def with_identity(self) -> SSD:
         return SSD(self.alpha, self.eps, track_identity=True)
 
+    def integrand(self, problem):
+        a = jnp.zeros(problem.d, problem.X.dtype)  # unused: the magnitude is |g|
+        return SSDFamily(self.alpha, self.eps, a, jnp.asarray(False), self.track_identity)
+
     def local_field(self, t, y, g):
-        u, v = jnp.exp(y[0]), jnp.exp(y[1])
-        abs_g = self.magnitude(g)
-        dp = -2 * g / (2 * u * abs_g + self.eps)
-        dq = 2 * g / (2 * v * abs_g + self.eps)
-        if not self.track_identity:
-            return jnp.stack([dp, dq])
-        return jnp.stack([dp, dq, g, abs_g * u * dp, abs_g * v * dq])
+        return sign_descent_field(y, g, self.magnitude(g), self.eps, self.track_identity)
 
     def magnitude(self, g: Float[Array, " d"]) -> Float[Array, " d"]:
         """The gradient magnitude in the denominators `2u·m + ε`: `|g|` (the stage analysis reads it)."""
@@ -315,10 +324,11 @@ class FrozenSSD(AbstractPrimalFlow):
         """The magnitude in the denominators: the frozen `a`, whatever `g` is."""
         return jnp.broadcast_to(self.a, g.shape)
 
+    def integrand(self, problem):
+        return SSDFamily(self.alpha, self.eps, self.a, jnp.asarray(True))
+
     def local_field(self, t, y, g):
-        u, v = jnp.exp(y[0]), jnp.exp(y[1])
-        m = self.magnitude(g)
-        return jnp.stack([-2 * g / (2 * u * m + self.eps), 2 * g / (2 * v * m + self.eps)])
+        return sign_descent_field(y, g, self.magnitude(g), self.eps, False)
 
     def params(self):
         return {"eps": float(self.eps), "alpha": scalar_or_none(self.alpha)}
@@ -330,6 +340,42 @@ class FrozenSSD(AbstractPrimalFlow):
 
     def potentials(self, problem):
         return {**super().potentials(problem), "ssd_potential": self.mirror(problem)}
+
+
+def sign_descent_field(y: State, g, magnitude, eps, track_identity: bool) -> State:
+    """`ṗ = −2g / (2u·m + ε)`, `q̇ = +2g / (2v·m + ε)` with the magnitude `m` (SSD: `|g|`, frozen SSD:
+    `a`), plus with `track_identity` the E3 rows `ġ`-integrals `(g, m·u·ṗ, m·v·q̇)`."""
+    u, v = jnp.exp(y[0]), jnp.exp(y[1])
+    dp = -2 * g / (2 * u * magnitude + eps)
+    dq = 2 * g / (2 * v * magnitude + eps)
+    if not track_identity:
+        return jnp.stack([dp, dq])
+    return jnp.stack([dp, dq, g, magnitude * u * dp, magnitude * v * dq])
+
+
+class SSDFamily(AbstractPrimalFlow):
+    """What GF, frozen SSD and SSD are integrated as, so that one compiled program solves all three
+    (`integrand`): `sign_descent_field` with the magnitude `m = a` where `frozen`, else `m = |g|`,
+    chosen by a traced value. GF is `frozen`, `a = 0`, `ε = 1` (`2u·0 + 1 = 1` exactly); frozen SSD is
+    `frozen` with its `a`; SSD is not `frozen`. Not a flow to sweep: records and analyses use the
+    original flow."""
+
+    eps: Float[Array, ""]
+    a: Float[Array, " d"]
+    frozen: Array  # bool scalar
+    track_identity: bool = eqx.field(static=True, default=False)
+
+    kind: ClassVar[str] = "ssd_family"
+    label: ClassVar[str] = "SSD family"
+    axes: ClassVar[tuple[str, ...]] = ("eps", "alpha", "a")
+
+    @property
+    def num_components(self) -> int:
+        return 5 if self.track_identity else 2
+
+    def local_field(self, t, y, g):
+        magnitude = jnp.where(self.frozen, self.a, jnp.abs(g))
+        return sign_descent_field(y, g, magnitude, self.eps, self.track_identity)
 
 
 PRIMAL_FLOWS: dict[str, type[AbstractPrimalFlow]] = {cls.kind: cls for cls in (GF, SSD, FrozenSSD)}

@@ -262,7 +262,7 @@ def solve(flow: AbstractFlow, problem: Problem, policy: SolvePolicy, ts=None) ->
     """Integrate one flow on one problem under `policy` (optionally on an explicit time grid `ts`)."""
     controls, stop = SolveControls.of(policy, problem, ts)
     return _solve(
-        flow, problem, controls,
+        flow.integrand(problem), problem, controls,
         solver_name=select_solver(policy, flow),
         max_steps=policy.max_steps,
         keep_states=policy.save == "trajectory",
@@ -287,7 +287,7 @@ def solve_batch(flows: AbstractFlow, problem: Problem, policy: SolvePolicy, ts=N
     """`vmap` of `solve` over a batched flow (see `stack_flows`); every member shares the problem."""
     controls, stop = SolveControls.of(policy, problem, ts)
     return _solve_batch(
-        flows, problem, controls,
+        eqx.filter_vmap(lambda f: f.integrand(problem))(flows), problem, controls,
         solver_name=select_solver(policy, flows),
         max_steps=policy.max_steps,
         keep_states=policy.save == "trajectory",

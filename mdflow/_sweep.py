@@ -275,7 +275,9 @@ def solve_chunks_timed(
     for i, c in enumerate(chunks):
         real[i * chunk_size:i * chunk_size + len(c)] = True
     # Host arrays: device_put then places each device's slice directly (also for multi-host meshes).
-    batched = jax.tree.map(np.asarray, stack_flows([f for c in padded for f in c]))
+    # Each member as its family's integrand (`AbstractFlow.integrand`): GF, frozen SSD and SSD chunks
+    # share one compiled program.
+    batched = jax.tree.map(np.asarray, stack_flows([f.integrand(problem) for c in padded for f in c]))
     controls, stop = SolveControls.of(policy, problem)
     batched, real = jax.device_put((batched, real), NamedSharding(mesh, P(AXIS)))
     problem, controls = jax.device_put((problem, controls), NamedSharding(mesh, P()))

@@ -197,3 +197,27 @@ def test_any_array_parameter_may_vary(problem):
         np.testing.assert_allclose(batched.y_final[i], np.asarray(one.y_final), rtol=0, atol=1e-12)
     # The magnitudes matter: the end points differ between a = 0 and a = 5.
     assert np.max(np.abs(batched.y_final[0] - batched.y_final[3])) > 1e-3
+
+
+def test_gf_frozen_and_ssd_share_one_compiled_program(small_problem):
+    """GF, frozen SSD and SSD are solved as `SSDFamily` members: chunks of all three kinds (same solver,
+    shapes, save mode) trace the chunk solve once, and each run equals its own flow's direct solve bit
+    for bit."""
+    # A max_steps value no other test uses: a fresh compiled variant, traced exactly once.
+    policy = md.SolvePolicy(solver="auto", t1=50.0, num_ts=8, stop_rel_residual=1e-6, max_steps=123_461)
+    p = small_problem
+    kinds = [
+        [md.make_flow("gf", p, alpha=a) for a in (0.05, 0.2)],
+        [md.make_flow("ssd_frozen", p, eps=0.3, alpha=a) for a in (0.05, 0.2)],
+        [md.make_flow("ssd", p, eps=0.3, alpha=a) for a in (0.05, 0.2)],
+    ]
+    before = _sweep.num_traces()
+    sols = [_sweep.solve_chunk(flows, p, policy, chunk_size=2) for flows in kinds]
+    assert _sweep.num_traces() - before == 1
+    for flows, sol in zip(kinds, sols):
+        for i, flow in enumerate(flows):
+            ref = md._solve._solve(flow, p, md.SolveControls.of(policy, p)[0], solver_name=md.select_solver(policy, flow),
+                                   max_steps=policy.max_steps, keep_states=True, stop=True)
+            np.testing.assert_array_equal(sol.y_final[i], np.asarray(ref.y_final))
+            np.testing.assert_array_equal(sol.ys[i], np.asarray(ref.ys))
+            assert int(sol.num_steps[i]) == int(ref.num_steps)
