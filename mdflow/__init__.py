@@ -33,7 +33,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "_analysis": ("analyze_run",),
     "_discrete": ("discrete_record",),
-    "_interpolators": ("min_l1", "min_l2", "min_l32", "min_lp"),
+    "_interpolators": ("min_l1", "min_l2", "min_l32", "min_linf", "min_lp"),
     "_load": ("load",),
     "_config": ("Config",),
     "_run": ("execute",),

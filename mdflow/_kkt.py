@@ -203,6 +203,8 @@ def _rel_dist(w, ref) -> float | None:
 
 
 def _lp_norm(w, p: float) -> float:
+    if np.isinf(p):
+        return float(np.max(np.abs(w)))
     return float(np.sum(np.abs(w) ** p) ** (1 / p))
 
 
@@ -247,7 +249,7 @@ def kkt_record(
 
     **Arguments:**
     - `flow`, `y_final`: the run's flow and end state (log coordinates `p, q` in rows 0, 1).
-    - `references`: `{"l1", "l32", "l2"}` interpolators of the problem (`reference_interpolators`).
+    - `references`: `{"l1", "l32", "l2", "linf"}` interpolators of the problem (`reference_interpolators`).
     - `identity`: for SSD, the end state `(p, q, Γ, J^u, J^v)` of a `track_identity=True` solve
       (`Γ∞ = ∫g dt = Xᵀρ∞`, already including the loss scale), for the exact final-state error
       `E = (ε/2) log(u∞/v∞) + 2Γ∞` (§5). Without it `E` is not reported.
@@ -293,7 +295,7 @@ def kkt_record(
     else:
         record["E_norm"] = record["E_rel"] = None
         arrays["E"] = np.full(problem.d, np.nan)
-    for name, p_norm in (("l1", 1.0), ("l32", 1.5), ("l2", 2.0)):
+    for name, p_norm in (("l1", 1.0), ("l32", 1.5), ("l2", 2.0), ("linf", np.inf)):
         ref = references[name]
         record[f"dist_to_{name}"] = _rel_dist(w, ref)
         record[f"{name}_ratio"] = _finite(_lp_norm(w, p_norm) / _lp_norm(ref, p_norm))

@@ -6,7 +6,7 @@ import pytest
 import scipy.optimize
 
 import mdflow
-from mdflow._interpolators import PowerPotential, min_l1, min_l2, min_l32, min_lp
+from mdflow._interpolators import PowerPotential, min_l1, min_l2, min_l32, min_linf, min_lp
 from mdflow._kkt import bregman_projection, kkt_errors, kkt_record, stationarity
 from mdflow._mirror import Hypentropy, SSDPotential
 from mdflow._flows import FrozenSSD
@@ -21,7 +21,7 @@ def problem():
 
 @pytest.fixture(scope="module")
 def refs(problem):
-    return {"l1": min_l1(problem), "l32": min_l32(problem), "l2": min_l2(problem)}
+    return {"l1": min_l1(problem), "l32": min_l32(problem), "l2": min_l2(problem), "linf": min_linf(problem)}
 
 
 def test_gf_end_point_is_the_hypentropy_minimizer(problem, refs):
@@ -141,3 +141,20 @@ def test_min_l2_and_l32_optimality(problem):
     assert np.linalg.norm(l2) <= np.linalg.norm(w) <= np.linalg.norm(l1)
     assert isinstance(PowerPotential(1.5), mdflow._mirror.AbstractMirrorMap)
     assert np.allclose(min_lp(problem, 2.0), l2, atol=1e-10)
+
+
+def test_min_linf_optimality(problem):
+    """min-ℓ∞ by LP against its dual: `max yᵀλ s.t. ‖Xᵀλ‖₁ ≤ 1` has the same value (strong duality),
+    and no interpolator has a smaller max-norm (the ℓ1/ℓ2 ones are checked against it)."""
+    X, y = np.asarray(problem.X), np.asarray(problem.y)
+    w = min_linf(problem)
+    assert np.linalg.norm(X @ w - y) <= 1e-9 * np.linalg.norm(y)
+    n, d = X.shape
+    # Dual LP in (λ, z): max yᵀλ s.t. −z ≤ Xᵀλ ≤ z, 1ᵀz ≤ 1.
+    A = np.block([[X.T, -np.eye(d)], [-X.T, -np.eye(d)], [np.zeros((1, n)), np.ones((1, d))]])
+    b = np.r_[np.zeros(2 * d), 1.0]
+    dual = scipy.optimize.linprog(np.r_[-y, np.zeros(d)], A_ub=A, b_ub=b,
+                                  bounds=[(None, None)] * n + [(0, None)] * d, method="highs")
+    assert np.max(np.abs(w)) == pytest.approx(-dual.fun, rel=1e-8)
+    for other in (min_l1(problem), min_l2(problem)):
+        assert np.max(np.abs(w)) <= np.max(np.abs(other)) + 1e-12
