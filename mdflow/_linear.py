@@ -1,6 +1,6 @@
 """Linear solves `(I − γh·J) x = b` for the Rosenbrock solver: structured (Woodbury) and dense.
 
-A coordinatewise primal flow (`ẏ[:, i] = h(y[:, i], g_i)` with `g = scale·Xᵀ(Xw − y)` and `w_i`
+A coordinatewise primal flow (`ẏ[:, i] = h(t, y[:, i], g_i)` with `g = scale·Xᵀ(Xw − y)` and `w_i`
 depending on `y[:, i]` only, see `_flows.py`) has the Jacobian
 
 `J = B + U · scale·XᵀX · V`,
@@ -43,12 +43,20 @@ class CoordinatewiseJacobian(eqx.Module):
     lead: int | None = eqx.field(static=True, default=None)  # rows that drive the flow (see `factor`)
 
     @classmethod
-    def from_flow(cls, flow, problem, y: State) -> CoordinatewiseJacobian:
-        """Linearize `flow.vector_field` at `y` through `flow.local_field` and `flow.weights`."""
+    def from_flow(cls, flow, problem, y: State, t=None) -> CoordinatewiseJacobian:
+        """Linearize `flow.vector_field` at `(t, y)` through `flow.local_field` and `flow.weights`.
+
+        `t` may be left out only for an autonomous flow (`flow.autonomous`): a time-dependent field
+        (Adam/RMSProp with bias correction) has no Jacobian without its time, and no default is right."""
+        if t is None:
+            if not flow.autonomous:
+                raise ValueError(f"CoordinatewiseJacobian.from_flow: {type(flow).__name__} depends on t "
+                                 "(bias correction); pass the linearization time t")
+            t = 0.0  # any time: the field ignores it
         K, d = y.shape
         w, w_lin = jax.linearize(lambda z: flow.weights(z, problem), y)
         g = problem.grad(w)
-        _, h_lin = jax.linearize(flow.local_field, y, g)
+        _, h_lin = jax.linearize(lambda z, grad: flow.local_field(t, z, grad), y, g)
         basis = jnp.broadcast_to(jnp.eye(K, dtype=y.dtype)[:, :, None], (K, K, d))
         zeros_g = jnp.zeros_like(g)
         # cols[l][k, i] = ∂h_k/∂y_l at coordinate i (coordinatewise: one jvp per component l).
