@@ -1,4 +1,5 @@
-"""Primal flows on the diagonal network `w = u⊙u − v⊙v` (docs/math.md §2), in log coordinates.
+"""Primal flows on the diagonal network `w = u⊙u − v⊙v` (docs/math.md §2, §8): GF, SSD, frozen SSD
+and RMSProp in log coordinates, Adam (whose u, v can cross zero) in linear ones.
 
 A flow is a small `eqx.Module` whose numeric parameters (ε, α, a) are array fields, so they are traced
 under `jit`/`vmap` and changing them never recompiles. Every flow exposes the same interface, which is
