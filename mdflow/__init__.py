@@ -25,7 +25,10 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "MIRROR_MAPS", "AbstractMirrorMap", "Hypentropy", "L32Limit", "SSDPotential", "lambertw_log",
         "make_mirror",
     ),
-    "_flows": ("GF", "SSD", "AbstractFlow", "AbstractPrimalFlow", "FrozenSSD", "PRIMAL_FLOWS", "make_flow"),
+    "_flows": (
+        "GF", "SSD", "Adam", "RMSProp", "AbstractFlow", "AbstractPrimalFlow", "AbstractEMAFlow", "FrozenSSD",
+        "PRIMAL_FLOWS", "make_flow",
+    ),
     "_problem": ("Problem", "load_npz", "sparse_gaussian", "validate_data"),
     "_solve": (
         "SOLVERS", "STATUSES", "RunStatus", "Solution", "SolveControls", "SolvePolicy", "select_solver", "solve", "solve_batch",

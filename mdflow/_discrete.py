@@ -1,16 +1,23 @@
-"""The discrete counterpart of SSD (docs/math.md §7): Adam with `β1 = β2 = 0` against the flow.
+"""The discrete counterparts of the flows (docs/math.md §7, §8): optax optimizers on `θ = (u, v)`
+against the flow they discretize.
 
-`optax.adam(η, b1=0, b2=0, eps=ε, eps_root=0)` on `θ = (u, v)` is exactly
-`θ_{k+1} = θ_k − η ∇/(|∇| + ε)`; iterate k sits at time `t = kη`.
+A flow declares its counterpart (`flow.discrete_optimizer(η)`): SSD is
+`optax.adam(η, b1=0, b2=0, eps=ε, eps_root=0)`, exactly `θ_{k+1} = θ_k − η ∇/(|∇| + ε)`; the Adam flow
+`optax.adam(η, b1=1 − η/τ1, b2=1 − η/τ2, eps=ε, eps_root=0)`; the RMSProp flow
+`optax.rmsprop(η, decay=1 − η/τ2, eps=ε, eps_in_sqrt=False, bias_correction=…)` (ε outside the square
+root, as in the flow's `√ŝ + ε`). Iterate k sits at time `t = kη`.
 
 **Comparison.** On a horizon `T`, `M` comparison times `t_j = jT/M` (j = 0..M; `M ≤ T/max η`). For each η the step
 count per comparison interval is `s = round(T/(Mη))` and the step actually used is `η' = T/(Ms)`
 (reported), so every `t_j` is an iterate. The flow is solved once on the same grid (the solve layer,
 no interpolation stop). Error: `max_j ||w_{k_j} − w(t_j)|| / max_j ||w(t_j)||`. The slope is the
-least-squares fit of `log error` against `log η'` over the step sizes without overshoot.
-**Overshoot:** a step after which some coordinate of `u` or `v` is `≤ 0` (the flow keeps them > 0).
-Adam runs are one `jit`'d `lax.scan` over the comparison times with an inner `fori_loop` of traced
-length, so every η reuses one compilation.
+least-squares fit of `log error` against `log η'` over the usable step sizes.
+**Overshoot:** a step after which some coordinate of `u` or `v` is `≤ 0`. Flows in log coordinates
+keep u, v > 0, so there an overshoot is a discretization artifact and that η is left out of the fit;
+the Adam flow itself crosses zero (momentum), so its overshoots are only counted.
+The optimizer runs are one `jit`'d `lax.scan` over the comparison times with an inner `fori_loop` of
+traced length, and every parameter (η included) is traced, so every η reuses one compilation per flow
+type.
 """
 
 from __future__ import annotations
@@ -24,21 +31,22 @@ from ._problem import Problem
 
 
 @eqx.filter_jit
-def adam_path(problem: Problem, alpha, eps, eta, steps_per_save, num_saves: int):
-    """Adam(b1 = b2 = 0) on `(u, v)` from `u = v = α`: `w` at every `steps_per_save`-th step (M + 1 rows,
-    row 0 the start), the number of steps with an overshoot and the first such step (−1 if none)."""
+def optimizer_path(problem: Problem, flow, eta, steps_per_save, num_saves: int):
+    """`flow.discrete_optimizer(η)` on `(u, v)` from `u = v = α`: `w` at every `steps_per_save`-th step
+    (M + 1 rows, row 0 the start), the number of steps with an overshoot and the first such step (−1
+    if none)."""
     # optax's bias correction mixes float and int32 (`b ** count`): allow it under strict promotion.
     with jax.numpy_dtype_promotion("standard"):
-        return _adam_path(problem, alpha, eps, eta, steps_per_save, num_saves)
+        return _optimizer_path(problem, flow, eta, steps_per_save, num_saves)
 
 
-def _adam_path(problem, alpha, eps, eta, steps_per_save, num_saves):
+def _optimizer_path(problem, flow, eta, steps_per_save, num_saves):
     import optax  # only here: `import mdflow` does not pay for optax
 
     dtype = problem.X.dtype
-    u0 = jnp.broadcast_to(jnp.asarray(alpha, dtype), (problem.d,))
+    u0 = jnp.broadcast_to(jnp.asarray(flow.alpha, dtype), (problem.d,))
     params = (u0, u0)
-    opt = optax.adam(learning_rate=eta, b1=0.0, b2=0.0, eps=eps, eps_root=0.0)
+    opt = flow.discrete_optimizer(eta)
 
     def loss(params):
         u, v = params
@@ -77,12 +85,17 @@ def fit_slope(etas, errors) -> float | None:
 def discrete_record(
     problem: Problem, flow, etas, *, t1: float = 2.0, num_saves: int = 50, policy=None
 ) -> tuple[dict, dict[str, np.ndarray]]:
-    """Adam vs the SSD flow for each η (module docstring). Returns the `discrete` sub-record
-    (`etas`, `errors`, `overshoot_steps`, `first_overshoot`, `slope`, `t1`) and arrays (`discrete_etas`,
-    `discrete_errors`)."""
+    """The flow's discrete optimizer vs the flow for each η (module docstring). Returns the `discrete`
+    sub-record (`etas`, `errors`, `overshoot_steps`, `first_overshoot`, `slope`, `t1`) and arrays
+    (`discrete_etas`, `discrete_errors`)."""
+    from ._errors import InputError
     from ._solve import SolvePolicy, solve
 
-    eps = float(flow.eps)
+    for name in ("tau1", "tau2"):
+        tau = float(getattr(flow, name, 0.0))
+        if 0 < tau < max(float(e) for e in etas):
+            raise InputError(f"discrete etas={list(etas)!r}: every η must be <= {name}={tau!r} "
+                             "(the discrete decay β = 1 − η/τ would be negative)")
     # At least one step per comparison interval for the largest η, so every η is used as given
     # (up to rounding T/(Mη) to an integer).
     num_saves = max(1, min(num_saves, int(round(t1 / max(float(e) for e in etas)))))
@@ -97,14 +110,16 @@ def discrete_record(
     for eta in etas:
         s = max(1, int(round(t1 / (num_saves * float(eta)))))
         eta_used = t1 / (num_saves * s)
-        ws, count, first = adam_path(problem, flow.alpha, jnp.asarray(eps), jnp.asarray(eta_used),
-                                     jnp.asarray(s), num_saves)
+        ws, count, first = optimizer_path(problem, flow, jnp.asarray(eta_used, problem.X.dtype), jnp.asarray(s),
+                                          num_saves)
         err = np.max(np.linalg.norm(np.asarray(ws) - w_flow, axis=1)) / scale
         used.append(eta_used)
         errors.append(float(err) if np.isfinite(err) else None)
         counts.append(int(count))
         firsts.append(int(first))
-    clean = [c == 0 and e is not None for c, e in zip(counts, errors)]
+    # An overshoot disqualifies η only where the flow itself keeps u, v > 0 (log coordinates).
+    keeps_sign = getattr(flow, "log_coordinates", True)
+    clean = [(c == 0 or not keeps_sign) and e is not None for c, e in zip(counts, errors)]
     slope = fit_slope([e for e, ok in zip(used, clean) if ok], [x for x, ok in zip(errors, clean) if ok])
     record = {"etas": used, "errors": errors, "overshoot_steps": counts, "first_overshoot": firsts,
               "slope": slope, "t1": t1, "flow_status": int(sol.status)}

@@ -1,18 +1,20 @@
-"""Primal flows on the diagonal network `w = u⊙u − v⊙v` (docs/math.md §2), in log coordinates.
+"""Primal flows on the diagonal network `w = u⊙u − v⊙v` (docs/math.md §2, §8): GF, SSD, frozen SSD
+and RMSProp in log coordinates, Adam (whose u, v can cross zero) in linear ones.
 
-A flow is a small `eqx.Module` whose numeric parameters (ε, α, a) are array fields, so they are traced
+A flow is a small `eqx.Module` whose numeric parameters (ε, α, a, τ1, τ2) are array fields, so they are traced
 under `jit`/`vmap` and changing them never recompiles. A flow declares everything the rest of mdflow
 asks of it, so nothing else dispatches on its type:
 
 - the numerics: `init(problem)` (state of shape `(K, d)`), `weights(y, problem)`, `vector_field`,
   the coordinatewise `local_field(t, y, g)` that the structured stiff solver linearizes, and
   `controlled(y)`, the rows the step-size controller sees;
-- its run parameters: `axes` (the config grid axes it takes, in record order), `build` (validated
-  construction from those values) and `params()` (the values, for records);
+- its run parameters: `axes` (the config grid axes it takes, in record order), `options` (static
+  switches read from the `[flows]` table), `build` (validated construction) and `params()` (records);
 - its dual: `mirror(problem)` (the mirror map of the dual it is compared with, or None) and
   `exact_dual` (whether that pair is exact, so `not_equivalent` there is a defect);
 - its analyses: `potentials(problem)` (mirror maps whose KKT errors are reported), `with_identity()`
-  and `final_identity_error` (the E3 states, SSD only), `has_stages`, `has_discrete`.
+  and `final_identity_error` (the E3 states, SSD only), `has_stages`, `has_discrete` with
+  `discrete_optimizer(η)` (the optax optimizer whose iterates follow the flow).
 
 Primal flows are *coordinatewise*: `ẏ[:, i]` depends on `y[:, i]`, `t` and the gradient `g_i` only;
 the Jacobian of the full field is block-diagonal plus rank n through `XᵀX`. Adding a flow touches this
@@ -50,9 +52,12 @@ def check_parameter(name: str, value, *, minimum: float = 0.0, strict: bool = Tr
     arr = np.asarray(value, dtype=np.float64)
     ok = np.isfinite(arr) & ((arr > minimum) if strict else (arr >= minimum))
     if not np.all(ok):
-        bad = arr[~ok].ravel()[0]
         rel = ">" if strict else ">="
-        raise InputError(f"{name}={float(bad)!r}: must be finite and {rel} {minimum:g}")
+        if arr.ndim == 0:
+            raise InputError(f"{name}={float(arr)!r}: must be finite and {rel} {minimum:g}")
+        i = int(np.flatnonzero(~ok.ravel())[0])
+        raise InputError(f"{name}={float(arr.ravel()[i])!r} (entry {i} of shape {arr.shape}): must be finite "
+                         f"and {rel} {minimum:g}")
 
 
 def scalar_or_none(x) -> float | None:
@@ -95,7 +100,8 @@ class AbstractFlow(eqx.Module):
 
 
 class AbstractPrimalFlow(AbstractFlow):
-    """A coordinatewise flow on `(p, q) = (log u, log v)`, plus optional coordinatewise extra states.
+    """A coordinatewise flow on `θ = (u, v)`, in log coordinates `(p, q) = (log u, log v)` unless
+    `log_coordinates` is False, plus optional coordinatewise extra states (rows after the first two).
 
     `alpha` is the initialization scale `u(0) = v(0) = α` (a scalar, or a `(d,)` vector for a
     per-coordinate initialization).
@@ -105,6 +111,10 @@ class AbstractPrimalFlow(AbstractFlow):
 
     # The config grid axes this flow takes (beyond the seed), in record order; `build` takes them.
     axes: ClassVar[tuple[str, ...]]
+    # Static switches of the flow, read from the `[flows]` table (e.g. `bias_correction`).
+    options: ClassVar[tuple[str, ...]] = ()
+    # Whether the θ rows are `(log u, log v)` (valid while u, v keep their sign) or `(u, v)`.
+    log_coordinates: ClassVar[bool] = True
     # Human-readable name for tables and figure legends.
     label: ClassVar[str]
     # Whether the paired dual reproduces the flow exactly (E1, E2): `not_equivalent` is then a defect.
@@ -118,9 +128,12 @@ class AbstractPrimalFlow(AbstractFlow):
         check_parameter("alpha", self.alpha)
 
     @classmethod
-    def build(cls, problem: Problem, *, track_identity: bool = False, **params) -> AbstractPrimalFlow:
-        """The flow from its run parameters (`axes`) as float arrays of the problem's dtype; each value
-        is validated by `__check_init__`. Unknown or missing parameters raise `InputError`."""
+    def build(cls, problem: Problem, *, track_identity: bool = False, options: dict | None = None,
+              **params) -> AbstractPrimalFlow:
+        """The flow from its run parameters (`axes`) as float arrays of the problem's dtype and its
+        `options`; each value is validated by `__check_init__`. Unknown or missing parameters raise
+        `InputError`."""
+        options = {} if options is None else {k: v for k, v in options.items() if k in cls.options}
         unknown = sorted(set(params) - set(cls.axes))
         if unknown:
             raise InputError(f"flow {cls.kind!r}: unknown parameter {unknown[0]!r} (takes {list(cls.axes)})")
@@ -129,7 +142,7 @@ class AbstractPrimalFlow(AbstractFlow):
             raise InputError(f"{missing[0]}=None: flow {cls.kind!r} needs {missing[0]}")
         dtype = problem.X.dtype
         values = {k: jnp.asarray(v, dtype) for k, v in params.items() if v is not None}
-        return cls._from_values(problem, values, track_identity=track_identity)
+        return cls._from_values(problem, values, track_identity=track_identity, options=options)
 
     @classmethod
     def optional_axes(cls) -> tuple[str, ...]:
@@ -137,13 +150,14 @@ class AbstractPrimalFlow(AbstractFlow):
         return ()
 
     @classmethod
-    def _from_values(cls, problem: Problem, values: dict[str, Array], *, track_identity: bool):
+    def _from_values(cls, problem: Problem, values: dict[str, Array], *, track_identity: bool, options: dict):
         del problem, track_identity
-        return cls(**values)
+        return cls(**values, **options)
 
     def init(self, problem: Problem) -> State:
-        log_alpha = jnp.broadcast_to(jnp.log(jnp.asarray(self.alpha, dtype=problem.X.dtype)), (problem.d,))
-        y0 = jnp.stack([log_alpha, log_alpha])
+        alpha = jnp.broadcast_to(jnp.asarray(self.alpha, dtype=problem.X.dtype), (problem.d,))
+        theta = jnp.log(alpha) if self.log_coordinates else alpha
+        y0 = jnp.stack([theta, theta])
         extra = self.num_components - 2
         if extra:
             y0 = jnp.concatenate([y0, jnp.zeros((extra, problem.d), y0.dtype)])
@@ -153,12 +167,22 @@ class AbstractPrimalFlow(AbstractFlow):
     def num_components(self) -> int:
         return 2
 
-    def log_uv(self, y: State) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
-        """`(log u, log v)` of a state (the analyses' coordinates)."""
+    def uv(self, y: State) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
+        """`(u, v)` read off a state."""
+        if self.log_coordinates:
+            return jnp.exp(y[0]), jnp.exp(y[1])
         return y[0], y[1]
 
+    def log_uv(self, y: State) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
+        """`(log |u|, log |v|)` of a state (the analyses' coordinates; `w` depends on `u², v²` only)."""
+        if self.log_coordinates:
+            return y[0], y[1]
+        return jnp.log(jnp.abs(y[0])), jnp.log(jnp.abs(y[1]))
+
     def weights(self, y: State, problem: Problem | None = None) -> Float[Array, " d"]:
-        return jnp.exp(2 * y[0]) - jnp.exp(2 * y[1])
+        if self.log_coordinates:
+            return jnp.exp(2 * y[0]) - jnp.exp(2 * y[1])
+        return y[0] * y[0] - y[1] * y[1]
 
     def controlled(self, y: State) -> State:
         # Only (p, q) drive the flow; extra rows (SSD's E3 integrals) are read off, never fed back, so
@@ -169,8 +193,18 @@ class AbstractPrimalFlow(AbstractFlow):
     def local_field(self, t, y: State, g: Float[Array, " d"]) -> State:
         """`ẏ` given the time, the state and the gradient `g = ∇L(w)`; acts coordinatewise."""
 
+    @property
+    def autonomous(self) -> bool:
+        """Whether `local_field` ignores `t`."""
+        return True
+
     def vector_field(self, t, y: State, problem: Problem) -> State:
         return self.local_field(t, y, problem.grad(self.weights(y)))
+
+    def discrete_optimizer(self, eta):
+        """The optax optimizer on `θ = (u, v)` whose iterates (step η, at `t = kη`) follow this flow as
+        η → 0 (docs/math.md §7, §8; `_discrete.py`); only where `has_discrete`."""
+        raise NotImplementedError(f"{type(self).__name__} has no discrete (optax) counterpart")
 
     def params(self) -> dict[str, Any]:
         return {name: scalar_or_none(getattr(self, name)) for name in self.axes}
@@ -239,8 +273,13 @@ class SSD(AbstractPrimalFlow):
         check_parameter("eps", self.eps)
 
     @classmethod
-    def _from_values(cls, problem, values, *, track_identity):
+    def _from_values(cls, problem, values, *, track_identity, options):
         return cls(values["alpha"], values["eps"], track_identity)
+
+    def discrete_optimizer(self, eta):
+        import optax
+
+        return optax.adam(learning_rate=eta, b1=0.0, b2=0.0, eps=self.eps, eps_root=0.0)
 
     @property
     def num_components(self) -> int:
@@ -310,7 +349,7 @@ class FrozenSSD(AbstractPrimalFlow):
         return ("a",)
 
     @classmethod
-    def _from_values(cls, problem, values, *, track_identity):
+    def _from_values(cls, problem, values, *, track_identity, options):
         a = values.get("a")
         a = cls.default_a(problem) if a is None else jnp.broadcast_to(a, (problem.d,))
         return cls(values["alpha"], values["eps"], a)
@@ -378,13 +417,187 @@ class SSDFamily(AbstractPrimalFlow):
         return sign_descent_field(y, g, magnitude, self.eps, self.track_identity)
 
 
-PRIMAL_FLOWS: dict[str, type[AbstractPrimalFlow]] = {cls.kind: cls for cls in (GF, SSD, FrozenSSD)}
+def _as_float(x) -> Array:
+    """A parameter as a float array (float64 under mdflow); tracers pass through (flows rebuilt under jit)."""
+    return x if isinstance(x, jax.core.Tracer) else jnp.asarray(x, dtype=float)
 
 
-def make_flow(kind: str, problem: Problem, *, track_identity: bool = False, **params) -> AbstractPrimalFlow:
+class AbstractEMAFlow(AbstractPrimalFlow):
+    """Adam-type flows (docs/math.md §8): exponential moving averages of the parameter gradient
+    `G = (2u⊙g, −2v⊙g)` with time constants τ1 (first moment m) and τ2 (second moment s), the step
+    `θ̇ = −m̂/(√ŝ + ε)` on `θ = (u, v)` and, with `bias_correction`, `m̂ = m/(1 − e^{−t/τ1})`,
+    `ŝ = s/(1 − e^{−t/τ2})` (their exact limits `G`, `G²` at t = 0). A time constant 0 means that
+    average is the current value (`m ≡ G`, `s ≡ G²`); it is a traced value like any other, so τ = 0 and
+    τ > 0 share one compiled program. `τ1 = τ2 = 0` is SSD.
+
+    State rows: `θ` (2 rows), then `m` (2 rows, if `momentum`), then `s` (2 rows), each a `(u, v)` pair,
+    from `θ = α`, `m = s = 0`. In log coordinates (`log_coordinates`) the θ rows are `(log u, log v)`
+    and the moments are stored relative to θ, `μ = m/θ` and `σ = s/θ²`, whose scale does not depend on
+    how small u, v get: `μ̇ = (G/θ − μ)/τ1 − μ·(log θ)˙`, `σ̇ = ((G/θ)² − σ)/τ2 − 2σ·(log θ)˙`, with
+    `G/θ = (2g, −2g)` and `√ŝ = θ√σ̂`. They are valid only while θ keeps its sign (see `Adam`).
+    """
+
+    # Subclasses provide `eps`, `tau1` (0 without momentum), `tau2` (traced arrays) and the static
+    # `bias_correction` (default True, as optax's Adam). (Not declared as `AbstractVar`s here: this
+    # module's postponed annotations would make them strings, which equinox does not accept.)
+
+    momentum: ClassVar[bool]
+    log_coordinates: ClassVar[bool]
+
+    options: ClassVar[tuple[str, ...]] = ("bias_correction",)
+    has_discrete: ClassVar[bool] = True
+
+    def __check_init__(self):
+        check_parameter("eps", self.eps)
+        check_parameter("tau1", self.tau1, strict=False)
+        check_parameter("tau2", self.tau2, strict=False)
+
+    @property
+    def num_components(self) -> int:
+        return 6 if self.momentum else 4
+
+    @property
+    def autonomous(self) -> bool:
+        return not self.bias_correction
+
+    def controlled(self, y: State) -> State:
+        return y  # every row drives the flow
+
+    def local_field(self, t, y, g):
+        sign = jnp.asarray([1.0, -1.0], y.dtype)[:, None]
+        if self.log_coordinates:
+            theta = jnp.exp(y[:2])
+            grad = 2 * sign * g  # G/θ: the moments are stored relative to θ
+        else:
+            grad = 2 * sign * g * y[:2]  # G
+        s = y[-2:]
+        s_hat = _corrected(t, self.tau2, s, grad * grad, self.bias_correction)
+        root = theta * _sqrt(s_hat) if self.log_coordinates else _sqrt(s_hat)  # √ŝ
+        m = y[2:4] if self.momentum else None
+        m_hat = _corrected(t, self.tau1, m, grad, self.bias_correction) if self.momentum else grad
+        speed = -m_hat / (root + self.eps)  # θ̇, or (log θ)˙ in log coordinates
+        ds = (grad * grad - s) * _rate(self.tau2)
+        rows = [speed]
+        if self.momentum:
+            dm = (grad - m) * _rate(self.tau1)
+            rows.append(dm - m * speed if self.log_coordinates else dm)
+        rows.append(ds - 2 * s * speed if self.log_coordinates else ds)
+        return jnp.concatenate(rows)
+
+    def potentials(self, problem):
+        """`Q_α` and, for reference, SSD's potential `Φ_{|g(0)|,ε,α}` at the same ε, α (the τ = 0 flow's
+        dual map): how far the EMAs move the limit from SSD's geometry."""
+        from ._mirror import SSDPotential
+
+        return {**super().potentials(problem),
+                "ssd_potential": SSDPotential(FrozenSSD.default_a(problem), self.eps, self.alpha)}
+
+
+class Adam(AbstractEMAFlow):
+    """The Adam flow (docs/math.md §8): `ṁ = (G − m)/τ1`, `ṡ = (G² − s)/τ2`, `θ̇ = −m̂/(√ŝ + ε)`.
+
+    Linear coordinates `(u, v, m_u, m_v, s_u, s_v)`, by measurement: with momentum u or v crosses zero
+    (m lags G), which log coordinates cannot represent. At β1 = 0.9, β2 = 0.999, η ∈ {1e-3, 1e-2, 1e-1}
+    (τ1 = 0.01, 0.1, 1), α ∈ {1e-3, 1e-2, 0.1, 1}, ε ∈ {0.1, 1e-3}, 13 of the 24 runs cross, with the
+    same pattern on sparse_gaussian(40, 200, 5) and (100, 1000, 5) (benchmarks/bench_adam_coordinates.py):
+    at τ1 = 0.01 for α ≤ 0.01 at ε = 1e-3, at τ1 = 0.1 for α ≤ 0.01 (and α = 0.1 at ε = 1e-3), at τ1 = 1
+    for every α ≤ 0.1; α = 1 never. Where neither crosses, log coordinates are as accurate or more at
+    equal tolerances (errors 8e-10–4e-7 against 2e-8–4e-5) for up to 21 % more steps.
+    """
+
+    alpha: Float[Array, "..."] = eqx.field(converter=_as_float)
+    eps: Float[Array, ""] = eqx.field(converter=_as_float)
+    tau1: Float[Array, ""] = eqx.field(converter=_as_float)
+    tau2: Float[Array, ""] = eqx.field(converter=_as_float)
+    bias_correction: bool = eqx.field(static=True, default=True)
+
+    kind: ClassVar[str] = "adam"
+    label: ClassVar[str] = "Adam"
+    axes: ClassVar[tuple[str, ...]] = ("eps", "alpha", "tau1", "tau2")
+    momentum: ClassVar[bool] = True
+    log_coordinates: ClassVar[bool] = False
+
+    def discrete_optimizer(self, eta):
+        import optax
+
+        if not self.bias_correction:
+            raise NotImplementedError("Adam(bias_correction=False) has no optax counterpart (optax.adam "
+                                      "always corrects the bias)")
+        return optax.adam(learning_rate=eta, b1=_beta(eta, self.tau1), b2=_beta(eta, self.tau2), eps=self.eps,
+                          eps_root=0.0)
+
+
+class RMSProp(AbstractEMAFlow):
+    """The RMSProp flow (docs/math.md §8): Adam without a first moment (`τ1 = 0`, `m ≡ G`),
+    `ṡ = (G² − s)/τ2`, `θ̇ = −G/(√ŝ + ε)`.
+
+    Log coordinates `(log u, log v, s_u/u², s_v/v²)`: without momentum `u̇ ∝ u`, so u and v keep their
+    sign and log coordinates are always valid; they keep the shrinking partner's relative accuracy
+    where it falls to 1e-42 (α = ε = 1e-3, sparse_gaussian(40, 200, 5)), far below any absolute
+    tolerance in linear coordinates (benchmarks/bench_adam_coordinates.py --flow rmsprop).
+    """
+
+    alpha: Float[Array, "..."] = eqx.field(converter=_as_float)
+    eps: Float[Array, ""] = eqx.field(converter=_as_float)
+    tau2: Float[Array, ""] = eqx.field(converter=_as_float)
+    bias_correction: bool = eqx.field(static=True, default=True)
+
+    kind: ClassVar[str] = "rmsprop"
+    label: ClassVar[str] = "RMSProp"
+    axes: ClassVar[tuple[str, ...]] = ("eps", "alpha", "tau2")
+    momentum: ClassVar[bool] = False
+    log_coordinates: ClassVar[bool] = True
+
+    @property
+    def tau1(self) -> Float[Array, ""]:
+        return jnp.zeros_like(self.tau2)
+
+    def discrete_optimizer(self, eta):
+        import optax
+
+        # ε outside the square root, as in the flow (optax's default `eps_in_sqrt=True` is √(ŝ + ε)).
+        return optax.rmsprop(learning_rate=eta, decay=_beta(eta, self.tau2), eps=self.eps, initial_scale=0.0,
+                             eps_in_sqrt=False, bias_correction=self.bias_correction)
+
+
+def _beta(eta, tau):
+    """The EMA decay `β = 1 − η/τ` of a discrete step η for time constant τ (β = 0 at τ = 0)."""
+    positive = tau > 0
+    return jnp.where(positive, 1 - eta / jnp.where(positive, tau, 1), 0.0)
+
+
+def _rate(tau: Float[Array, ""]) -> Float[Array, ""]:
+    """`1/τ`, and 0 at τ = 0 (that average is not integrated: it is the current value)."""
+    positive = tau > 0
+    return jnp.where(positive, 1 / jnp.where(positive, tau, 1), 0)
+
+
+def _corrected(t, tau, average, current, bias_correction: bool):
+    """An EMA as the flow reads it: `current` at τ = 0; with bias correction `average/(1 − e^{−t/τ})`,
+    whose exact limit at t = 0 is `current` (used there, never a 0/0)."""
+    positive = tau > 0
+    if bias_correction:
+        c = -jnp.expm1(-t / jnp.where(positive, tau, 1))
+        use = positive & (c > 0)
+        average = jnp.where(use, average / jnp.where(use, c, 1), current)
+    return jnp.where(positive, average, current)
+
+
+def _sqrt(x):
+    """`√x` with derivative 0 at x = 0 instead of ∞ (the second moment starts at 0 without bias
+    correction; a Jacobian there would otherwise hold NaNs)."""
+    positive = x > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1)), 0)
+
+
+PRIMAL_FLOWS: dict[str, type[AbstractPrimalFlow]] = {cls.kind: cls for cls in (GF, SSD, FrozenSSD, Adam, RMSProp)}
+
+
+def make_flow(kind: str, problem: Problem, *, track_identity: bool = False, options: dict | None = None,
+              **params) -> AbstractPrimalFlow:
     """Build a primal flow by name from its run parameters (`PRIMAL_FLOWS[kind].axes`), validated;
-    values become arrays of the problem's dtype. `track_identity` adds the E3 states where the flow
-    has them (SSD)."""
+    values become arrays of the problem's dtype. `options` sets the flow's static switches (those of
+    its `options`; others are ignored), `track_identity` adds the E3 states where the flow has them."""
     if kind not in PRIMAL_FLOWS:
         raise InputError(f"flows.kinds: unknown flow {kind!r} (known: {sorted(PRIMAL_FLOWS)})")
-    return PRIMAL_FLOWS[kind].build(problem, track_identity=track_identity, **params)
+    return PRIMAL_FLOWS[kind].build(problem, track_identity=track_identity, options=options, **params)

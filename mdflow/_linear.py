@@ -1,6 +1,6 @@
 """Linear solves `(I − γh·J) x = b` for the Rosenbrock solver: structured (Woodbury) and dense.
 
-A coordinatewise primal flow (`ẏ[:, i] = h(y[:, i], g_i)` with `g = scale·Xᵀ(Xw − y)` and `w_i`
+A coordinatewise primal flow (`ẏ[:, i] = h(t, y[:, i], g_i)` with `g = scale·Xᵀ(Xw − y)` and `w_i`
 depending on `y[:, i]` only, see `_flows.py`) has the Jacobian
 
 `J = B + U · scale·XᵀX · V`,

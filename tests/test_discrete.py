@@ -1,11 +1,12 @@
-"""Adam with b1 = b2 = 0 against the SSD flow (docs/math.md §7)."""
+"""Adam with b1 = b2 = 0 against the SSD flow (docs/math.md §7); the Adam and RMSProp flows against
+optax are in test_ema_flows.py."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import mdflow
-from mdflow._discrete import adam_path, discrete_record, fit_slope
+from mdflow._discrete import discrete_record, fit_slope, optimizer_path
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +17,8 @@ def problem():
 def test_adam_is_smoothed_sign_descent(problem):
     """Two optax steps equal θ ← θ − η∇/(|∇| + ε) on θ = (u, v), ∇_u L = 2u g, ∇_v L = −2v g."""
     alpha, eps, eta = 0.3, 0.05, 0.01
-    ws, count, first = adam_path(problem, jnp.asarray(alpha), jnp.asarray(eps), jnp.asarray(eta), jnp.asarray(2), 1)
+    flow = mdflow.make_flow("ssd", problem, eps=eps, alpha=alpha)
+    ws, count, first = optimizer_path(problem, flow, jnp.asarray(eta), jnp.asarray(2), 1)
     u = v = np.full(problem.d, alpha)
     for _ in range(2):
         g = np.asarray(problem.grad(jnp.asarray(u * u - v * v)))

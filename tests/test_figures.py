@@ -74,7 +74,7 @@ def test_plot_draws_every_figure_without_solving(stored, monkeypatch):
 
     for module, name in ((diffrax, "diffeqsolve"), (mdflow._solve, "solve"), (mdflow._solve, "solve_batch"),
                          (mdflow._sweep, "solve_chunks"), (mdflow._kkt, "bregman_projection"),
-                         (mdflow._discrete, "adam_path"), (mdflow._discrete, "discrete_record")):
+                         (mdflow._discrete, "optimizer_path"), (mdflow._discrete, "discrete_record")):
         monkeypatch.setattr(module, name, forbidden)
     assert cli.main(["plot", str(stored)]) == 0
     for stem in EXPECTED:
