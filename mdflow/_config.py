@@ -91,12 +91,19 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "duals": Key((bool,), False, doc="also solve the paired dual flows and check equivalence"),
         "dual_form": Key((str,), "rho", _one_of("rho", "theta")),
         "a": Key((str, int, float, list), "grad0", doc="frozen magnitudes: 'grad0' (|g(0)|), a number or a list"),
+        "tau1": Key(_NUM, 0.01, _nonneg, doc="Adam's first-moment time constant τ1 = η/(1 − β1) when grid.tau1 is "
+                                             "unset (0.01: β1 = 0.9 at η = 1e-3; 0: no momentum)"),
+        "tau2": Key(_NUM, 1.0, _nonneg, doc="Adam's and RMSProp's second-moment time constant τ2 = η/(1 − β2) "
+                                            "when grid.tau2 is unset (1: β2 = 0.999 at η = 1e-3)"),
+        "bias_correction": Key((bool,), True, doc="Adam/RMSProp: divide the moments by 1 − e^{−t/τ} (as optax)"),
     },
     "grid": {
         "eps": Key(_GRID, [1e-2, 1e-1, 1.0]),
         "alpha": Key(_GRID, [0.01, 0.1]),
         "seed": Key((list, int), None, doc="problem seeds; default [problem.seed]"),
         "a": Key(_GRID, None, doc="frozen-SSD magnitudes to sweep (scalars >= 0); default: flows.a only"),
+        "tau1": Key(_GRID, None, doc="Adam's τ1 values to sweep (>= 0); default: flows.tau1 only"),
+        "tau2": Key(_GRID, None, doc="Adam's and RMSProp's τ2 values to sweep (>= 0); default: flows.tau2 only"),
     },
     "solve": {
         "solver": Key((str,), "auto"),
@@ -268,13 +275,17 @@ class Config:
 
     @property
     def a_values(self) -> list[float] | None:
-        value = self.raw["grid"]["a"]
+        return self._nonnegative_axis("a")
+
+    def _nonnegative_axis(self, name: str) -> list[float] | None:
+        """`grid.<name>` expanded (values >= 0), or None when it is not swept."""
+        value = self.raw["grid"][name]
         if value is None:
             return None
-        values = expand_axis("grid.a", value, positive=False)
+        values = expand_axis(f"grid.{name}", value, positive=False)
         for v in values:
             if not (v >= 0 and math.isfinite(v)):
-                raise InputError(f"grid.a={v!r}: must be finite and >= 0")
+                raise InputError(f"grid.{name}={v!r}: must be finite and >= 0")
         return values
 
     def axis_values(self, name: str) -> list[float | None]:
@@ -284,9 +295,7 @@ class Config:
             return self.eps_values
         if name == "alpha":
             return self.alpha_values
-        if name == "a":
-            return self.a_values or [None]
-        return [None]
+        return self._nonnegative_axis(name) or [None]
 
     def run_specs(self) -> list[RunSpec]:
         """The expanded grid, in config order: flows × seeds × the flow's axes (`axes` of its class,

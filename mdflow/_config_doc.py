@@ -15,7 +15,8 @@ TABLES = {
     "problem": "The regression data ([math.md](math.md) §1).",
     "flows": "Which primal flows to solve, and whether to pair each run with its dual ([math.md](math.md) §2–§4).",
     "grid": "The swept axes. Each axis is a number, a list, or a range table "
-            "`{ start, stop, num, spacing = \"log\" | \"linear\" }`. GF has no ε axis.",
+            "`{ start, stop, num, spacing = \"log\" | \"linear\" }`. Each flow takes the axes of its "
+            "parameters: GF α; SSD ε, α; frozen SSD also `a`; Adam ε, α, τ1, τ2; RMSProp ε, α, τ2.",
     "solve": "The ODE solver and the saved time grid ([solvers.md](solvers.md)).",
     "sweep": "How runs are batched onto devices ([sweeps.md](sweeps.md)).",
     "analysis": "Per-run analyses added to each record ([analyses.md](analyses.md)).",
@@ -32,9 +33,10 @@ DESCRIPTIONS = {
     "problem.noise": "standard deviation of Gaussian noise added to `y = Xw*`",
     "problem.seed": "seed of the generated problem (overridden per run by `grid.seed`)",
     "problem.normalization": "`\"mean\"`: L = ‖Xw − y‖²/(2n); `\"sum\"`: L = ‖Xw − y‖²/2",
-    "flows.kinds": "primal flows to solve: any of `\"gf\"`, `\"ssd\"`, `\"ssd_frozen\"` (§2)",
+    "flows.kinds": "primal flows to solve: any of `\"gf\"`, `\"ssd\"`, `\"ssd_frozen\"` (§2), `\"adam\"`, "
+                   "`\"rmsprop\"` (§8)",
     "flows.dual_form": "dual ODE: `\"rho\"` (n-dimensional) or `\"theta\"` (d-dimensional) (§3)",
-    "grid.eps": "stability constants ε > 0 of SSD and frozen SSD",
+    "grid.eps": "stability constants ε > 0 of SSD, frozen SSD, Adam and RMSProp",
     "grid.alpha": "initialization scales α > 0 (`u(0) = v(0) = α`)",
     "solve.solver": "`\"auto\"` (= `\"tsit5_rodas4\"`: Tsit5, switching to Rodas4 while stiff) or one of "
                     "{solvers} ([solvers.md](solvers.md))",

@@ -76,9 +76,9 @@ def store_identity(config: Config, problems: dict[int, Problem], policy: SolvePo
 def build_flow(spec: RunSpec, problem: Problem, config: Config, *, track_identity: bool = False):
     """The flow object of one run: the spec's parameters, unset ones from the `[flows]` table
     (`flows.a` for frozen SSD: "grad0" means the flow's own default `|g(0)|`)."""
-    fixed = {"a": None if config["flows"]["a"] == "grad0" else config["flows"]["a"]}
+    fixed = {**config["flows"], "a": None if config["flows"]["a"] == "grad0" else config["flows"]["a"]}
     params = {name: fixed.get(name) if value is None else value for name, value in spec.params}
-    return make_flow(spec.flow, problem, track_identity=track_identity, **params)
+    return make_flow(spec.flow, problem, track_identity=track_identity, options=config["flows"], **params)
 
 
 def run_axes(config: Config) -> list[str]:
