@@ -1,4 +1,4 @@
-"""The paper figures F1–F6 (docs/math.md §4–§7), drawn from a results folder only — never solving.
+"""The paper figures F1–F7 (docs/math.md §4–§8), drawn from a results folder only — never solving.
 
 Each `fN_*` function takes the loaded results and a file stem and returns the written paths, or `[]`
 when the folder lacks what the figure needs (so `mdflow plot` draws whatever a run supports):
@@ -11,7 +11,10 @@ when the folder lacks what the figure needs (so `mdflow plot` draws whatever a r
 - F4 `f4_geometry` + `f4_heatmap`: norm ratios to the min-ℓ1/ℓ3/2/ℓ2 interpolators and `‖w∞ − w*‖/‖w*‖`
   vs ε per α; heat map of the ℓ1 ratio and the distance to `w*` over ε × α;
 - F5 `f5_stages`: stage times measured (markers) vs predicted (lines) vs ε;
-- F6 `f6_discrete`: Adam vs flow error vs η, per ε, with a slope-1 guide; overshooting step sizes hollow.
+- F6 `f6_discrete`: Adam vs flow error vs η, per ε, with a slope-1 guide; overshooting step sizes hollow;
+- F7 `f7_ema`: how Adam's EMA time constants move the implicit bias: norm ratios (ℓ1, ℓ3/2, ℓ∞) and
+  `‖w∞ − w*‖/‖w*‖` against τ2 (one line per ε and τ1) and against ε (one line per (τ1, τ2)), SSD
+  (τ1 = τ2 = 0) as the reference (needs `analysis.kkt` on Adam runs).
 """
 
 from __future__ import annotations
@@ -274,9 +277,61 @@ def f6_discrete(data, stem) -> list[Path]:
     return save(fig, stem)
 
 
+EMA_PANELS = (("l1_ratio", r"$\|w_\infty\|_1 \,/\, \|w_{\ell_1}\|_1$"),
+              ("l32_ratio", r"$\|w_\infty\|_{3/2} \,/\, \|w_{\ell_{3/2}}\|_{3/2}$"),
+              ("linf_ratio", r"$\|w_\infty\|_\infty \,/\, \|w_{\ell_\infty}\|_\infty$"),
+              ("dist_to_wstar", r"$\|w_\infty-w^\star\| \,/\, \|w^\star\|$"))
+
+
+def f7_ema(data, stem) -> list[Path]:
+    """F7 (module docstring), at the smallest α of the Adam runs."""
+    runs = [r for r in _runs(data) if _get(r, "kkt") is not None]
+    adam = [r for r in runs if r["flow"] == "adam"]
+    if not adam:
+        return []
+    alpha = min(r["alpha"] for r in adam)
+    adam = [r for r in adam if r["alpha"] == alpha]
+    ssd = {r["eps"]: r for r in runs if r["flow"] == "ssd" and r["alpha"] == alpha}
+    fig, axes = figure(4, 2, width=FULL_WIDTH, height=4.2, layout="constrained")
+    by_eps_tau1: dict[tuple, list] = {}
+    by_taus: dict[tuple, list] = {}
+    for r in adam:
+        by_eps_tau1.setdefault((r["eps"], r["tau1"]), []).append(r)
+        by_taus.setdefault((r["tau1"], r["tau2"]), []).append(r)
+    for col, (key, title) in enumerate(EMA_PANELS):
+        top, bottom = axes[0, col], axes[1, col]
+        for j, ((eps, tau1), rs) in enumerate(sorted(by_eps_tau1.items())):
+            rs = sorted((r for r in rs if r["tau2"] > 0 and _get(r, "kkt", key) is not None), key=lambda r: r["tau2"])
+            if not rs:
+                continue
+            color = PALETTE[j % 8]
+            top.semilogx([r["tau2"] for r in rs], [r["kkt"][key] for r in rs], marker=MARKERS[j % 8], ms=3,
+                         color=color, label=rf"$\varepsilon={number(eps)}$, $\tau_1={number(tau1)}$")
+            ref = _get(ssd.get(eps, {}), "kkt", key)
+            if ref is not None:
+                top.axhline(ref, ls=":", color=color, lw=0.8)
+        for j, ((tau1, tau2), rs) in enumerate(sorted(by_taus.items())):
+            rs = sorted((r for r in rs if _get(r, "kkt", key) is not None), key=lambda r: r["eps"])
+            bottom.semilogx([r["eps"] for r in rs], [r["kkt"][key] for r in rs], marker=MARKERS[j % 8], ms=3,
+                            color=PALETTE[j % 8], label=rf"Adam, $\tau_1={number(tau1)}$, $\tau_2={number(tau2)}$")
+        if ssd:
+            eps_sorted = sorted(e for e in ssd if _get(ssd[e], "kkt", key) is not None)
+            bottom.semilogx(eps_sorted, [ssd[e]["kkt"][key] for e in eps_sorted], "k:", lw=0.9,
+                            label=r"SSD ($\tau_1=\tau_2=0$)")
+        for ax in (top, bottom):
+            ax.set_title(title, fontsize=7)
+            ax.set_ylabel("norm ratio" if key != "dist_to_wstar" else "relative distance")
+        top.set_xlabel(r"second-moment time constant $\tau_2$")
+        bottom.set_xlabel(r"stability constant $\varepsilon$")
+    axes[0, 0].legend(frameon=False, fontsize=4.5, title=alpha_label(alpha, "Adam, ") + "; dotted: SSD",
+                      title_fontsize=5)
+    axes[1, 0].legend(frameon=False, fontsize=4.5)
+    return save(fig, stem)
+
+
 FIGURES = {"f1_trajectories": f1_trajectories, "f2_equivalence_gap": f2_equivalence_gap,
            "f3_kkt_error": f3_kkt_error, "f4_geometry": f4_geometry, "f5_stages": f5_stages,
-           "f6_discrete": f6_discrete}
+           "f6_discrete": f6_discrete, "f7_ema": f7_ema}
 
 
 def plot_paper_figures(out_dir: str | Path, data: dict | None = None) -> list[Path]:

@@ -78,7 +78,8 @@ def flow_name(kind: str) -> str:
 def run_label(rec: dict) -> str:
     """A run's legend or title label in mathtext, naming ε and α: `SSD, ε = 10^{-2}, α = 0.1` (GF has no ε)."""
     eps = "" if rec["eps"] is None else rf", $\varepsilon={number(rec['eps'])}$"
-    return flow_name(rec["flow"]) + eps + rf", $\alpha={number(rec['alpha'])}$"
+    taus = "".join(rf", $\tau_{i}={number(rec[f'tau{i}'])}$" for i in (1, 2) if rec.get(f"tau{i}") is not None)
+    return flow_name(rec["flow"]) + eps + rf", $\alpha={number(rec['alpha'])}$" + taus
 
 
 def alpha_label(alpha: float, prefix: str = "") -> str:
