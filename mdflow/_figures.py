@@ -321,7 +321,7 @@ def f7_ema(data, stem) -> list[Path]:
         for ax in (top, bottom):
             ax.set_title(title, fontsize=7)
             ax.set_ylabel("norm ratio" if key != "dist_to_wstar" else "relative distance")
-        top.set_xlabel(r"second-moment time constant $\tau_2$")
+        top.set_xlabel(r"time constant $\tau_2$")
         bottom.set_xlabel(r"stability constant $\varepsilon$")
     axes[0, 0].legend(frameon=False, fontsize=4.5, title=alpha_label(alpha, "Adam, ") + "; dotted: SSD",
                       title_fontsize=5)
