@@ -1,4 +1,4 @@
-"""`mdflow plot` draws F1–F6 from a stored results folder alone: no solver may run."""
+"""`mdflow plot` draws F1–F7 from a stored results folder alone: no solver may run."""
 
 import json
 
@@ -14,7 +14,7 @@ from mdflow import cli
 from mdflow._figures import FIGURES
 
 EXPECTED = ["loss", "coordinates", "f1_trajectories", "f2_equivalence_gap", "f3_kkt_error", "f4_geometry",
-            "f4_geometry_heatmap", "f5_stages", "f6_discrete"]
+            "f4_geometry_heatmap", "f5_stages", "f6_discrete", "f7_ema"]
 
 
 def _entry(value):
@@ -30,6 +30,7 @@ def _record(flow, eps, alpha, rng):
         "effective_hypentropy": _entry(0.1 * s),
         "E_norm": None if eps is None else 0.4, "dist_to_l1": 0.5, "dist_to_l32": 0.1, "dist_to_l2": 0.3,
         "dist_to_wstar": 0.5 + rng.random() * 0.1, "l1_ratio": 1.2, "l32_ratio": 1.01, "l2_ratio": 1.1,
+        "linf_ratio": 1.3, "dist_to_linf": 0.4,
     }
     if eps is None:
         rec["stages"] = {"skipped": "gradient flow has no sign-descent stages"}
@@ -53,6 +54,11 @@ def stored(tmp_path):
     rng = np.random.default_rng(0)
     runs = [_record("gf", None, 0.01, rng)]
     runs += [_record(f, e, a, rng) for f in ("ssd", "ssd_frozen") for e in (0.01, 1.0) for a in (0.01, 0.1)]
+    for tau1 in (0.0, 0.01):
+        for tau2 in (0.1, 1.0):
+            rec = _record("adam", 0.01, 0.01, rng)
+            rec.update(tau1=tau1, tau2=tau2)
+            runs.append(rec)
     T, d = 20, 8
     ts = np.concatenate([[0.0], np.geomspace(1e-3, 100.0, T - 1)])
     w = np.tanh(ts)[None, :, None] * rng.standard_normal((len(runs), 1, d))
@@ -99,7 +105,7 @@ def test_figures_skip_what_the_folder_lacks(tmp_path):
              rel_residual=np.ones((1, 5)))
     assert plot_paper_figures(tmp_path) == []
     assert set(FIGURES) == {"f1_trajectories", "f2_equivalence_gap", "f3_kkt_error", "f4_geometry", "f5_stages",
-                            "f6_discrete"}
+                            "f6_discrete", "f7_ema"}
 
 
 @pytest.mark.slow
