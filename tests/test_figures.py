@@ -155,7 +155,7 @@ def test_every_panel_is_labelled_in_mathtext(stored, monkeypatch):
     data = figures.load_folder(stored)
     for fn in FIGURES.values():
         fn(data, stored / "x")
-    assert len(drawn) == 7  # F1–F6 and the F4 heat map
+    assert len(drawn) == 8  # F1–F7 and the F4 heat map
     legends = []
     for fig in drawn:
         for ax in fig.axes:
