@@ -72,20 +72,36 @@ class CoordinatewiseJacobian(eqx.Module):
         return jax.vmap(lambda e: self.mv(e).reshape(-1))(eye).T
 
     def factor(self, gamma_h: Float[Array, ""]) -> WoodburyFactor:
-        """Factorize `I − γh·J` (Woodbury: block inverses and an `n × n` LU)."""
+        """Factorize `I − γh·J` (Woodbury: block inverses and an `n × n` LU).
+
+        With auxiliary rows (`lead < K`) every quantity of the leading rows is computed from the
+        leading rows alone, on arrays of the leading rows' shape, and the auxiliary rows' part is added
+        as a separate term (exactly zero where `v` vanishes on them): the factorization and every solve
+        of the leading rows are then bit-for-bit those of the flow without the auxiliary states. A sum
+        over all K rows with zeros in the auxiliary ones is not (XLA compiles a reduction over K rows
+        differently from one over `lead` rows: last-bit differences that the step-size controller
+        amplifies into different steps)."""
         K = self.c.shape[0]
+        lead = K if self.lead is None else self.lead
         eye = jnp.eye(K, dtype=self.c.dtype)[:, :, None]
-        A_inv = _block_inv_lower(eye - gamma_h * self.B, K if self.lead is None else self.lead)
-        a = _block_apply(A_inv, self.c)  # A_i⁻¹ c_i
-        m = jnp.sum(self.v * a, axis=0)
+        A_inv = _block_inv_lower(eye - gamma_h * self.B, lead)
+        a = _block_apply(A_inv[:lead, :lead], self.c[:lead])  # A_i⁻¹ c_i (block lower triangular)
+        m = jnp.sum(self.v[:lead] * a, axis=0)
+        if lead < K:
+            a_aux = _block_apply(A_inv[lead:], self.c)
+            m = m + jnp.sum(self.v[lead:] * a_aux, axis=0)
+            a = jnp.concatenate([a, a_aux])
         coef = gamma_h * self.scale
         n = self.X.shape[0]
         S = jnp.eye(n, dtype=self.X.dtype) - coef * ((self.X * m) @ self.X.T)
-        return WoodburyFactor(A_inv, a, self.v, self.X, coef, jsl.lu_factor(S))
+        return WoodburyFactor(A_inv, a, self.v, self.X, coef, jsl.lu_factor(S), lead)
 
 
 class WoodburyFactor(eqx.Module):
-    """A factorized `I − γh·J` for a `CoordinatewiseJacobian`; `solve` costs `O(K² d + n d + n²)`."""
+    """A factorized `I − γh·J` for a `CoordinatewiseJacobian`; `solve` costs `O(K² d + n d + n²)`.
+
+    `A_inv` is block lower triangular with its first `lead` rows free of the others (see
+    `CoordinatewiseJacobian.factor`); `solve` computes those rows on their own."""
 
     A_inv: Float[Array, "K K d"]
     a: Float[Array, "K d"]
@@ -93,10 +109,17 @@ class WoodburyFactor(eqx.Module):
     X: Float[Array, "n d"]
     coef: Float[Array, ""]
     lu: tuple[Array, Array]
+    lead: int = eqx.field(static=True)
 
     def solve(self, b: State) -> State:
-        z = _block_apply(self.A_inv, b)
-        r = jsl.lu_solve(self.lu, jnp.sum(self.v * z, axis=0) @ self.X.T)
+        lead, K = self.lead, b.shape[0]
+        z = _block_apply(self.A_inv[:lead, :lead], b[:lead])
+        t = jnp.sum(self.v[:lead] * z, axis=0)
+        if lead < K:
+            z_aux = _block_apply(self.A_inv[lead:], b)
+            t = t + jnp.sum(self.v[lead:] * z_aux, axis=0)
+            z = jnp.concatenate([z, z_aux])
+        r = jsl.lu_solve(self.lu, t @ self.X.T)
         return z + self.a * (self.coef * (r @ self.X))
 
 
