@@ -306,14 +306,14 @@ def f7_ema(data, stem) -> list[Path]:
                 continue
             color = PALETTE[j % 8]
             top.semilogx([r["tau2"] for r in rs], [r["kkt"][key] for r in rs], marker=MARKERS[j % 8], ms=3,
-                         color=color, label=rf"$\varepsilon={number(eps)}$, $\tau_1={number(tau1)}$")
+                         color=color, label=rf"$\varepsilon={number(eps)}$, $\alpha={number(alpha)}$, $\tau_1={number(tau1)}$")
             ref = _get(ssd.get(eps, {}), "kkt", key)
             if ref is not None:
                 top.axhline(ref, ls=":", color=color, lw=0.8)
         for j, ((tau1, tau2), rs) in enumerate(sorted(by_taus.items())):
             rs = sorted((r for r in rs if _get(r, "kkt", key) is not None), key=lambda r: r["eps"])
             bottom.semilogx([r["eps"] for r in rs], [r["kkt"][key] for r in rs], marker=MARKERS[j % 8], ms=3,
-                            color=PALETTE[j % 8], label=rf"Adam, $\tau_1={number(tau1)}$, $\tau_2={number(tau2)}$")
+                            color=PALETTE[j % 8], label=rf"$\alpha={number(alpha)}$, $\tau_1={number(tau1)}$, $\tau_2={number(tau2)}$")
         if ssd:
             eps_sorted = sorted(e for e in ssd if _get(ssd[e], "kkt", key) is not None)
             bottom.semilogx(eps_sorted, [ssd[e]["kkt"][key] for e in eps_sorted], "k:", lw=0.9,
@@ -323,9 +323,8 @@ def f7_ema(data, stem) -> list[Path]:
             ax.set_ylabel("norm ratio" if key != "dist_to_wstar" else "relative distance")
         top.set_xlabel(r"time constant $\tau_2$")
         bottom.set_xlabel(r"stability constant $\varepsilon$")
-    axes[0, 0].legend(frameon=False, fontsize=4.5, title=alpha_label(alpha, "Adam, ") + "; dotted: SSD",
-                      title_fontsize=5)
-    axes[1, 0].legend(frameon=False, fontsize=4.5)
+    axes[0, 0].legend(frameon=False, fontsize=4.5, title="Adam; dotted: SSD", title_fontsize=5)
+    axes[1, 0].legend(frameon=False, fontsize=4.5, title="Adam; dotted: SSD", title_fontsize=5)
     return save(fig, stem)
 
 
