@@ -171,66 +171,80 @@ def pair_record(
         raise InputError("check: the primal-dual check needs the trajectory (output.save = 'trajectory')")
     if primal.ts.ndim != 1:
         raise ValueError("pair_record takes one run; index a batched Solution first")
-    dual = paired_dual(flow, problem, form=dual_form)
-    start = time.perf_counter()
-    sol = solve(dual, problem, policy, ts=primal.ts)
-    jax.block_until_ready(sol.ys)
-    wall = time.perf_counter() - start
-    arrays = _pair_arrays(flow, dual, problem, primal, sol, floor)
-    coarse_policy = dataclasses.replace(policy, rtol=policy.rtol * ratio, atol=policy.atol * ratio)
-    coarse = [solve(f, problem, coarse_policy, ts=primal.ts) for f in (flow, dual)]
-    gap_coarse = _max_gap(_pair_arrays(flow, dual, problem, *coarse, floor)["gap_w"])
-    t_common = min(float(primal.t_end), float(sol.t_end))
-
-    gap_w, gap_dual = arrays["gap_w"], arrays["gap_dual"]
-    finite = np.isfinite(gap_w)
-    i_max = int(np.argmax(np.where(finite, gap_w, -np.inf))) if finite.any() else 0
-    params = flow.params()
-    primal_status, dual_status = status_name(primal.status), status_name(sol.status)
-    coarse_status = max((status_name(c.status) for c in coarse), key=STATUSES.index)
-    max_gap = _max_gap(gap_w)
-    if {primal_status, dual_status, coarse_status} != {"ok"} or max_gap is None or gap_coarse is None:
-        verdict, reason = "inconclusive", (f"not solved: primal {primal_status}, dual {dual_status}, "
-                                           f"coarse {coarse_status}")
+    solved = _solve_pair(flow, problem, primal, policy, dual_form, ratio)
+    arrays = _pair_arrays(flow, solved.dual, problem, primal, solved.fine, floor)
+    gap_coarse = _max_gap(_pair_arrays(flow, solved.dual, problem, *solved.coarse, floor)["gap_w"])
+    statuses = {"primal_status": status_name(primal.status), "dual_status": status_name(solved.fine.status),
+                "coarse_status": max((status_name(c.status) for c in solved.coarse), key=STATUSES.index)}
+    max_gap = _max_gap(arrays["gap_w"])
+    if set(statuses.values()) != {"ok"} or max_gap is None or gap_coarse is None:
+        verdict, reason = "inconclusive", ("not solved: primal {primal_status}, dual {dual_status}, "
+                                           "coarse {coarse_status}").format(**statuses)
     else:
         verdict, reason = judge(max_gap, gap_coarse, tolerance, ratio)
     record = {
         "flow": flow.kind,
         "exact": flow.exact_dual,
-        "eps": params.get("eps"),
-        "alpha": params.get("alpha"),
+        "eps": flow.params().get("eps"),
+        "alpha": flow.params().get("alpha"),
         "dual_form": dual_form,
-        "max_rel_gap_w": max_gap,
-        "max_rel_gap_dual": _max_gap(gap_dual),
-        "t_max_gap": float(arrays["ts"][i_max]),
-        "identity_residual": None,
-        "assumption_residual": None,
-        "assumption_residual_rel": None,
+        **_gap_fields(arrays, max_gap, floor),
         "tolerance": tolerance,
         "rtol": policy.rtol,
         "atol": policy.atol,
-        "coarse_rtol": coarse_policy.rtol,
-        "coarse_atol": coarse_policy.atol,
+        "coarse_rtol": policy.rtol * ratio,
+        "coarse_atol": policy.atol * ratio,
         "max_rel_gap_w_coarse": gap_coarse,
         "gap_factor": None if max_gap is None or gap_coarse is None else gap_coarse / max(max_gap, 1e-300),
         "verdict": verdict,
         "reason": reason,
-        "primal_status": primal_status,
-        "dual_status": dual_status,
-        "coarse_status": coarse_status,
-        "dual_solver": select_solver(policy, dual),
-        "dual_steps": int(sol.num_steps),
-        "dual_wall_s": wall,
+        **statuses,
+        "dual_solver": select_solver(policy, solved.dual),
+        "dual_steps": int(solved.fine.num_steps),
+        "dual_wall_s": solved.wall_s,
         "primal_t_end": float(primal.t_end),
-        "dual_t_end": float(sol.t_end),
-        "t_common": t_common,
+        "dual_t_end": float(solved.fine.t_end),
+        "t_common": min(float(primal.t_end), float(solved.fine.t_end)),
     }
-    if "identity" in arrays:
-        record["identity_residual"] = _float(np.nanmax(arrays["identity"]))
-        delta_max = np.nanmax(arrays["delta"])
-        record["assumption_residual"] = _float(delta_max)
-        record["assumption_residual_rel"] = _float(delta_max / max(np.nanmax(arrays.pop("gamma_max")), floor))
     return record, arrays
+
+
+@dataclasses.dataclass(frozen=True)
+class SolvedPair:
+    """The solves behind one pair record: the `dual` flow, its `fine` solve under the primal's policy
+    (timed: `wall_s`), and the `coarse` (primal, dual) solves at `ratio`× looser tolerances."""
+
+    dual: DualFlow
+    fine: Solution
+    coarse: tuple[Solution, Solution]
+    wall_s: float
+
+
+def _solve_pair(flow, problem, primal: Solution, policy: SolvePolicy, dual_form: str, ratio: float) -> SolvedPair:
+    dual = paired_dual(flow, problem, form=dual_form)
+    start = time.perf_counter()
+    fine = solve(dual, problem, policy, ts=primal.ts)
+    jax.block_until_ready(fine.ys)
+    wall = time.perf_counter() - start
+    coarse_policy = dataclasses.replace(policy, rtol=policy.rtol * ratio, atol=policy.atol * ratio)
+    coarse = tuple(solve(f, problem, coarse_policy, ts=primal.ts) for f in (flow, dual))
+    return SolvedPair(dual, fine, coarse, wall)
+
+
+def _gap_fields(arrays: dict[str, np.ndarray], max_gap: float | None, floor: float) -> dict:
+    """The gap figures of a pair record (and, for tracked SSD, its E3 and δ figures); pops the
+    helper array `gamma_max` from `arrays`."""
+    gap_w = arrays["gap_w"]
+    finite = np.isfinite(gap_w)
+    i_max = int(np.argmax(np.where(finite, gap_w, -np.inf))) if finite.any() else 0
+    fields = {"max_rel_gap_w": max_gap, "max_rel_gap_dual": _max_gap(arrays["gap_dual"]),
+              "t_max_gap": float(arrays["ts"][i_max]), "identity_residual": None, "assumption_residual": None,
+              "assumption_residual_rel": None}
+    if "identity" in arrays:
+        delta_max = np.nanmax(arrays["delta"])
+        fields.update(identity_residual=_float(np.nanmax(arrays["identity"])), assumption_residual=_float(delta_max),
+                      assumption_residual_rel=_float(delta_max / max(np.nanmax(arrays.pop("gamma_max")), floor)))
+    return fields
 
 
 def _fmt(x) -> str:

@@ -134,14 +134,14 @@ class AbstractPrimalFlow(AbstractFlow):
         `options`; each value is validated by `__check_init__`. Unknown or missing parameters raise
         `InputError`."""
         options = {} if options is None else {k: v for k, v in options.items() if k in cls.options}
-        unknown = sorted(set(params) - set(cls.axes))
+        unknown = sorted(k for k, v in params.items() if k not in cls.axes and v is not None)  # None: unset
         if unknown:
             raise InputError(f"flow {cls.kind!r}: unknown parameter {unknown[0]!r} (takes {list(cls.axes)})")
         missing = [name for name in cls.axes if params.get(name) is None and name not in cls.optional_axes()]
         if missing:
             raise InputError(f"{missing[0]}=None: flow {cls.kind!r} needs {missing[0]}")
         dtype = problem.X.dtype
-        values = {k: jnp.asarray(v, dtype) for k, v in params.items() if v is not None}
+        values = {k: jnp.asarray(v, dtype) for k, v in params.items() if v is not None and k in cls.axes}
         return cls._from_values(problem, values, track_identity=track_identity, options=options)
 
     @classmethod
