@@ -22,7 +22,9 @@ Cost per chunk in step units (explicit step = 1, implicit step = r, mixed = 1 + 
 `--implicit-costs`, for a chunk solved vmapped (a batch step costs one step, as on an accelerator):
 `E + r·I + (1 + r)·M` batch iterations; in a loop (one run after the other): the members' own steps.
 
-    .venv/bin/python benchmarks/vmap_policy.py                      # 16 ε × 4 α, n=100, d=1000
+    .venv/bin/python benchmarks/vmap_policy.py                      # 16 ε × 4 α, n=100, d=1000 (~1 h on 2 cores)
+    .venv/bin/python benchmarks/vmap_policy.py --save c.npz         # ... and keep the counts
+    .venv/bin/python benchmarks/vmap_policy.py --load c.npz         # the tables again, no solves
     .venv/bin/python benchmarks/vmap_policy.py --num-eps 8          # fewer ε (faster)
     .venv/bin/python benchmarks/vmap_policy.py --quick              # n=20, d=60, 4 ε × 2 α (smoke)
 """
