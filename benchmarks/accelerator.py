@@ -6,8 +6,11 @@ chunks, one chunk per device per call, the default vmap width). One table, one l
 
 - wall time of the sweep without compilation, and compilation apart (first sweep minus second);
 - µs per batch step (wall / the sum over chunks of the chunk's slowest member's steps);
-- steps per member (mean), and for the switching solver the fraction of mixed batch steps
-  (members in both modes; counted by `vmap_policy.CountingSwitch` in an extra, untimed pass);
+- steps per member (mean), and for the switching solvers the fraction of mixed batch steps
+  (members in both modes; counted by `vmap_policy.CountingSwitch` in an extra, untimed pass, with the
+  chunks vmapped and the switch the sweep runs: for `auto` the shared-mode switch where the sweep's
+  chunks are vmapped, as on an accelerator, so 0 % there by construction; `tsit5_rodas4`, the
+  per-member switch that was the accelerator default before, can be added with `--solvers`);
 - achieved FLOP rate of the field evaluations (4·n·d flops per SSD field, × stages × steps of the
   members, over the wall time: a lower bound, Jacobians and solves not counted) against the
   device's measured float64 GEMM rate;
@@ -35,11 +38,12 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mdflow as md  # noqa: E402
 from mdflow._solve import stack_flows  # noqa: E402
-from mdflow._sweep import difficulty, sweep  # noqa: E402
+from mdflow._sweep import VMAPPED_AUTO_SOLVER, chunk_solver, difficulty, make_mesh, sweep  # noqa: E402
 from vmap_policy import solve_counting  # noqa: E402
 
 SOLVERS = ("auto", "rodas4", "tsit5")
-FIELD_EVALS_PER_STEP = {"tsit5": 6, "rodas4": 6, "auto": 6}  # stages (first-same-as-last reused)
+EXTRA_SOLVERS = ("tsit5_rodas4",)  # the per-member switch (the accelerator default before the measured policy)
+FIELD_EVALS_PER_STEP = {"tsit5": 6, "rodas4": 6, "auto": 6, "tsit5_rodas4": 6}  # stages (FSAL reused)
 
 
 def gemm_rate(size: int, device, repeats: int = 3) -> float:
@@ -78,15 +82,16 @@ def timed_sweep(policy, args):
     return time.perf_counter() - start, np.concatenate(steps), batch
 
 
-def mixed_fraction(policy, args) -> float:
-    """Fraction of the switching solver's batch steps that are mixed (sorted chunks, vmapped)."""
+def mixed_fraction(policy, args, shared: bool) -> float:
+    """Fraction of the switching solver's batch steps that are mixed (sorted chunks, vmapped; `shared`:
+    the shared-mode switch)."""
     mixed = total = 0
     for _, problem, flows in runs(args):
         flows = sorted(flows, key=lambda x: difficulty(x[0], x[1]))
         for i in range(0, len(flows), args.chunk_size):
             members = stack_flows([f for _, _, f in flows[i:i + args.chunk_size]])
             counts, _, _, _ = solve_counting(members, problem, policy.rtol, policy.atol, policy.t1,
-                                             policy.stop_rel_residual, policy.max_steps)
+                                             policy.stop_rel_residual, policy.max_steps, shared)
             counts = np.asarray(counts).max(axis=0)
             mixed, total = mixed + int(counts[2]), total + int(counts.sum())
     return mixed / max(total, 1)
@@ -123,7 +128,7 @@ def parse(argv=None):
     p.add_argument("--max-steps", type=int, default=100_000)
     p.add_argument("--gemm-size", type=int, default=4096)
     p.add_argument("--cpu-sample", type=int, default=8, help="runs timed in the CPU loop")
-    p.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=SOLVERS)
+    p.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=SOLVERS + EXTRA_SOLVERS)
     p.add_argument("--smoke", action="store_true", help="tiny sizes (n=10, d=30, 2 ε × 2 α × 1 seed), on CPU")
     args = p.parse_args(argv)
     if args.smoke:
@@ -146,9 +151,14 @@ def main(argv=None) -> int:
         # num_ts = 3: the grid [0, t_min, t1] (with 2 it would end at t_min).
         policy = md.SolvePolicy(solver=solver, t1=args.t1, num_ts=3, max_steps=args.max_steps,
                                 stop_rel_residual=1e-6, save="final")
+        _, _, flows = next(runs(args))
+        ran = chunk_solver(policy, flows[0][2], None, args.chunk_size, make_mesh())
+        print(f"  {solver}: chunks run {ran}", flush=True)
         first, _, _ = timed_sweep(policy, args)
         wall, steps, batch = timed_sweep(policy, args)
-        mixed = f"{100 * mixed_fraction(policy, args):.0f} %" if solver == "auto" else "—"
+        mixed = "—"
+        if ran.startswith("tsit5_rodas4"):
+            mixed = f"{100 * mixed_fraction(policy, args, shared=ran == VMAPPED_AUTO_SOLVER):.0f} %"
         rate = steps.sum() * FIELD_EVALS_PER_STEP[solver] * field_flops / wall
         cpu = cpu_loop_per_run(policy, args)
         rows.append(f"| {solver} | {wall:.2f} | {max(first - wall, 0.0):.1f} | {1e6 * wall / batch:.0f} | "

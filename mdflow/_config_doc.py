@@ -38,8 +38,9 @@ DESCRIPTIONS = {
     "flows.dual_form": "dual ODE: `\"rho\"` (n-dimensional) or `\"theta\"` (d-dimensional) (§3)",
     "grid.eps": "stability constants ε > 0 of SSD, frozen SSD, Adam and RMSProp",
     "grid.alpha": "initialization scales α > 0 (`u(0) = v(0) = α`)",
-    "solve.solver": "`\"auto\"` (= `\"tsit5_rodas4\"`: Tsit5, switching to Rodas4 while stiff) or one of "
-                    "{solvers} ([solvers.md](solvers.md))",
+    "solve.solver": "`\"auto\"` (= `\"tsit5_rodas4\"`: Tsit5, switching to Rodas4 while stiff; in vmapped "
+                    "chunks `\"tsit5_rodas4_shared\"`, the mode shared by the chunk, "
+                    "[accelerators.md](accelerators.md)) or one of {solvers} ([solvers.md](solvers.md))",
     "solve.rtol": "relative tolerance of the step-size controller; unset: 1e-8, or 1e-10 where runs are "
                   "checked against their duals (`mdflow check`, `flows.duals`)",
     "solve.atol": "absolute tolerance of the step-size controller; unset: 1e-10, or 1e-12 where runs are "

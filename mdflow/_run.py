@@ -18,11 +18,11 @@ from ._config import Config, RunSpec
 from ._errors import InputError
 from ._flows import make_flow
 from ._problem import Problem
-from ._solve import STATUSES, Solution, SolvePolicy, select_solver, status_name
+from ._solve import STATUSES, Solution, SolvePolicy, status_name
 from ._resources import check_sweep_fits, sweep_size
 from ._store import Store, atomic_write_json, stream_npz
 from ._sweep import (
-    Chunk, Progress, difficulty, effective_vmap_width, make_mesh, plan_chunks, solve_plan,
+    Chunk, Progress, chunk_solver, difficulty, effective_vmap_width, make_mesh, plan_chunks, solve_plan,
     timing_text,
 )
 
@@ -131,8 +131,9 @@ def index(batch, i):
 RunAnalysis = Callable[[RunSpec, Any, Problem, Solution, SolvePolicy], tuple[dict[str, Any], dict[str, np.ndarray]]]
 
 
-def _plan(config: Config, policy: SolvePolicy, duals: bool, chunk_size: int):
-    """Specs, problems per seed, flows per run, and the chunk plan (grouped by seed, flow, solver)."""
+def _plan(config: Config, policy: SolvePolicy, duals: bool, chunk_size: int, vmap_width: int | None, mesh):
+    """Specs, problems per seed, flows per run, and the chunk plan (grouped by seed, flow, and the solver
+    each chunk runs: `chunk_solver`)."""
     specs = config.run_specs()
     problems: dict[int, Problem] = {}
     flows = []
@@ -147,7 +148,8 @@ def _plan(config: Config, policy: SolvePolicy, duals: bool, chunk_size: int):
         # E3 states ride along when the dual check or the KKT error E needs them (no second solve).
         flow = build_flow(spec, problems[spec.seed], config, track_identity=duals or config["analysis"]["kkt"])
         flows.append(flow)
-        groups.setdefault((spec.seed, spec.flow, select_solver(policy, flow)), []).append(i)
+        groups.setdefault((spec.seed, spec.flow, chunk_solver(policy, flow, vmap_width, chunk_size, mesh)),
+                          []).append(i)
     plan = plan_chunks(
         [(key, runs, [difficulty(specs[i].eps, specs[i].alpha) for i in runs]) for key, runs in groups.items()],
         chunk_size,
@@ -241,13 +243,13 @@ def execute(
         analyses = config_analyses(config)
     policy = config.solve_policy(duals=duals)
     chunk_size, vmap_width = config["sweep"]["chunk_size"], config["sweep"]["vmap_width"]
-    specs, problems, flows, plan = _plan(config, policy, duals, chunk_size)
+    mesh = make_mesh()
+    specs, problems, flows, plan = _plan(config, policy, duals, chunk_size, vmap_width, mesh)
     ts = policy.time_grid()
     d = next(iter(problems.values())).d
     shapes = {"w_final": (d,), "loss": (len(ts),), "rel_residual": (len(ts),)}
     if policy.save == "trajectory":
         shapes["w"] = (len(ts), d)
-    mesh = make_mesh()
     primary = jax.process_index() == 0
     header = {"config": config.to_json(), "versions": versions(), "x64": bool(jax.config.jax_enable_x64),
               "devices": [str(dev) for dev in mesh.devices.flat], "process_count": jax.process_count(),

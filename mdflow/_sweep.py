@@ -38,7 +38,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ._flows import AbstractFlow
 from ._problem import Problem
-from ._solve import EXPLICIT_SOLVERS, Solution, SolveControls, SolvePolicy, _solve, select_solver, stack_flows
+from ._solve import (
+    AUTO_SOLVER, EXPLICIT_SOLVERS, Solution, SolveControls, SolvePolicy, _solve, select_solver, stack_flows,
+)
 
 AXIS = "batch"
 
@@ -179,6 +181,36 @@ def effective_vmap_width(
     return width
 
 
+# What `solver = "auto"` runs in a chunk vmapped at least `SHARED_MODE_MIN_WIDTH` wide (`chunk_solver`).
+VMAPPED_AUTO_SOLVER = "tsit5_rodas4_shared"
+SHARED_MODE_MIN_WIDTH = 8
+
+
+def chunk_solver(
+    policy: SolvePolicy, flow: AbstractFlow, vmap_width: int | None, chunk_size: int, mesh: Mesh
+) -> str:
+    """The solver a sweep chunk of `flow`'s kind runs: `select_solver`, except that `solver = "auto"` in
+    a chunk vmapped `SHARED_MODE_MIN_WIDTH` = 8 or more wide (`effective_vmap_width`; on accelerators
+    the default width is the chunk, 16 by default) is the shared-mode switch `"tsit5_rodas4_shared"`
+    (`SharedModeSwitch`). Members in sequence (the CPU default) and narrower batches keep the
+    per-member `"tsit5_rodas4"`, whose runs do not depend on their chunk-mates.
+
+    Why (`benchmarks/vmap_policy.py`, SSD n = 100, d = 1000, 16 ε × 4 α, sorted chunks, table in
+    docs/accelerators.md): under `vmap` the per-member switch pays for both methods on every step where
+    its members disagree on the mode, 64 / 89 / 92 % of the batch steps in chunks of 4 / 8 / 16. Sharing
+    the implicit mode while any member is stiff cost 0.76–0.94× (chunks of 8) and 0.74–0.92× (16) of the
+    per-member switch for an implicit step worth r = 2…5 explicit ones, the cheapest policy measured
+    there (Rodas4 for every chunk, or for all but the predicted-explicit ones: 0.94–1.27×); in chunks
+    of 4, with fewer mixed steps, it cost 0.91–1.17×, so narrow batches keep the per-member switch.
+    """
+    solver = select_solver(policy, flow)
+    if policy.solver == "auto" and solver == AUTO_SOLVER and (
+        effective_vmap_width(vmap_width, chunk_size, mesh, solver) >= SHARED_MODE_MIN_WIDTH
+    ):
+        return VMAPPED_AUTO_SOLVER
+    return solver
+
+
 def _body(flows, real, problem, controls: SolveControls, *, mesh, vmap_width, **static):
     def local(flows, real, problem, controls):
         def one(flow):
@@ -258,7 +290,7 @@ def solve_chunks_timed(
     Returns one batched `Solution` (NumPy arrays, real members only) per chunk, and the call's
     `CallTiming` (the program is compiled before the call, so compile and solve are timed apart).
 
-    `solver`: the solver name for every member (default `select_solver(policy, chunks[0][0])`).
+    `solver`: the solver name for every member (default `chunk_solver(policy, chunks[0][0], ...)`).
     `vmap_width`: members vmapped together on a device (default `default_vmap_width`); smaller widths
     run the chunk's members in sequence inside the same call (`jax.lax.map(..., batch_size=...)`).
     """
@@ -267,7 +299,8 @@ def solve_chunks_timed(
     ndev = mesh.devices.size
     if not 1 <= len(chunks) <= ndev or any(not 1 <= len(c) <= chunk_size for c in chunks):
         raise ValueError(f"solve_chunks: needs 1..{ndev} chunks of 1..{chunk_size} flows")
-    solver = select_solver(policy, chunks[0][0]) if solver is None else solver
+    if solver is None:
+        solver = chunk_solver(policy, chunks[0][0], vmap_width, chunk_size, mesh)
     vmap_width = effective_vmap_width(vmap_width, chunk_size, mesh, solver, warn=True)
     padded = [c + [c[0]] * (chunk_size - len(c)) for c in chunks]
     padded += [padded[0]] * (ndev - len(padded))
@@ -426,7 +459,7 @@ def sweep(
     if not flows:
         raise ValueError("sweep needs at least one flow")
     mesh = make_mesh() if mesh is None else mesh
-    solvers = [select_solver(policy, f) for f in flows]
+    solvers = [chunk_solver(policy, f, vmap_width, chunk_size, mesh) for f in flows]
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(solvers):
         groups.setdefault(s, []).append(i)

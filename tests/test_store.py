@@ -329,10 +329,13 @@ def test_dual_pairs_are_stored_per_chunk_and_resumed(tmp_path):
 
 
 def test_config_vmap_width_reaches_the_solve(tmp_path, reference):
-    """`[sweep] vmap_width = 2` vmaps each chunk's pair: recorded in the manifest, same results."""
+    """`[sweep] vmap_width = 8` vmaps the chunk of 6 runs (padded to 8) with the shared-mode switch (what
+    `auto` runs in a chunk vmapped 8 wide): recorded in the manifest and every run's record, same results."""
     out = tmp_path / "vmapped"
-    execute(tiny(sweep={"chunk_size": 2, "vmap_width": 2}), out, log=lambda m: None)
-    assert read_manifest(out)["vmap_width"] == {"tsit5_rodas4": 2}
+    execute(tiny(sweep={"chunk_size": 8, "vmap_width": 8}), out, log=lambda m: None)
+    assert read_manifest(out)["vmap_width"] == {"tsit5_rodas4_shared": 8}
+    assert {r["solver"] for r in load(out)[0]["runs"]} == {"tsit5_rodas4_shared"}
+    assert {r["solver"] for r in load(reference[0])[0]["runs"]} == {"tsit5_rodas4"}  # CPU default: in sequence
     (_, a), (_, b) = load(out), load(reference[0])
     np.testing.assert_allclose(a["w_final"], b["w_final"], rtol=0, atol=1e-6)
 

@@ -8,12 +8,16 @@ import subprocess
 import sys
 import textwrap
 
+import dataclasses
+
+import jax
 import numpy as np
 import pytest
 
 import mdflow as md
 from mdflow import _sweep
-from mdflow._sweep import Chunk, Progress, batches, difficulty, plan_chunks, solve_chunks, sweep
+from mdflow._solve import share_mode
+from mdflow._sweep import Chunk, Progress, batches, chunk_solver, difficulty, plan_chunks, solve_chunks, sweep
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +106,74 @@ def test_chunks_equal_one_batch_of_the_same_size(problem, vmap_width):
         np.testing.assert_array_equal(getattr(got, key), np.asarray(getattr(ref, key))[:3], err_msg=key)
 
 
+def test_chunk_solver_policy(problem, monkeypatch):
+    """`auto` in a chunk vmapped 8 or more wide is the shared-mode switch; members in sequence, narrower
+    batches, a pinned solver and small chunks keep their solver; on an accelerator (emulated) the
+    default width (the chunk) decides."""
+    flow = flows_for(problem)[0]
+    mesh = _sweep.make_mesh(jax.devices()[:1])
+    auto = md.SolvePolicy()
+    assert chunk_solver(auto, flow, None, 16, mesh) == "tsit5_rodas4"  # CPU default: width 1
+    assert chunk_solver(auto, flow, 1, 16, mesh) == "tsit5_rodas4"
+    assert chunk_solver(auto, flow, 4, 16, mesh) == "tsit5_rodas4"  # narrow batch: per-member modes
+    assert chunk_solver(auto, flow, 16, 4, mesh) == "tsit5_rodas4"  # width capped at the chunk size
+    assert chunk_solver(auto, flow, 8, 16, mesh) == "tsit5_rodas4_shared"
+    for pinned in ("tsit5_rodas4", "rodas4", "tsit5"):
+        assert chunk_solver(md.SolvePolicy(solver=pinned), flow, 16, 16, mesh) == pinned
+    monkeypatch.setattr(_sweep, "_on_host", lambda mesh: False)  # an accelerator: default width = chunk
+    assert chunk_solver(auto, flow, None, 16, mesh) == "tsit5_rodas4_shared"
+    assert chunk_solver(auto, flow, None, 4, mesh) == "tsit5_rodas4"
+    assert chunk_solver(md.SolvePolicy(solver="rodas4"), flow, None, 16, mesh) == "rodas4"
+
+
+def test_share_mode_decisions():
+    """Under vmap the batch is stiff where any member is; pulled-in members restart their vote count;
+    agreeing batches and a single run are unchanged."""
+    f0 = np.zeros((3, 2))
+    shared = jax.vmap(share_mode)
+    stiff, count, _ = shared((np.array([False, True, False]), np.array([1, 1, 2]), f0))
+    assert stiff.tolist() == [True, True, True] and count.tolist() == [0, 1, 0]
+    for flags in ([False] * 3, [True] * 3):
+        stiff, count, _ = shared((np.array(flags), np.array([1, 0, 2]), f0))
+        assert stiff.tolist() == flags and count.tolist() == [1, 0, 2]
+    for flag in (False, True):
+        stiff, count, _ = share_mode((np.array(flag), np.array(1), f0[0]))
+        assert bool(stiff) == flag and int(count) == 1
+
+
+def test_shared_mode_switch_alone_is_the_switch(small_problem):
+    """A single run of `tsit5_rodas4_shared` takes exactly `tsit5_rodas4`'s steps (ε = 1e-4 at a 1e-8
+    stop: the switch takes Rodas4 steps near the stop, 7 of 1 461 as counted by benchmarks/vmap_policy.py)."""
+    flow = md.make_flow("ssd", small_problem, eps=1e-4, alpha=0.1)
+    base = md.SolvePolicy(t1=50.0, num_ts=8, stop_rel_residual=1e-8)
+    a = md.solve(flow, small_problem, dataclasses.replace(base, solver="tsit5_rodas4"))
+    b = md.solve(flow, small_problem, dataclasses.replace(base, solver="tsit5_rodas4_shared"))
+    assert int(a.status) == 0 and bool(a.stopped)
+    for key in ("ys", "y_final", "loss", "t_end", "num_steps", "num_rejected", "status"):
+        np.testing.assert_array_equal(np.asarray(getattr(a, key)), np.asarray(getattr(b, key)), err_msg=key)
+
+
+def test_vmapped_auto_chunk_shares_the_mode_and_matches_the_loop(small_problem):
+    """A vmapped `auto` chunk whose members turn stiff at different times runs the shared-mode switch:
+    its path differs from the per-member switch's (members are pulled into the implicit mode), and it
+    has the loop's statuses and stops, with end points at the solver tolerance."""
+    flows = [md.make_flow("ssd", small_problem, eps=e, alpha=a) for e, a in ((1.0, 1.0), (1e-3, 0.1), (1e-4, 0.1))]
+    pol = md.SolvePolicy(t1=50.0, num_ts=8, stop_rel_residual=1e-8, save="final")
+    lines = []
+    batched = sweep(flows, small_problem, pol, chunk_size=8, vmap_width=8, log=lines.append,
+                    mesh=_sweep.make_mesh(jax.devices()[:1]))  # padded to 8 with copies of the first
+    assert "3 x tsit5_rodas4_shared" in lines[0]
+    per_member = md.solve_batch(md.stack_flows(flows), small_problem, dataclasses.replace(pol, solver="tsit5_rodas4"))
+    assert np.any(np.asarray(batched.num_steps) != np.asarray(per_member.num_steps))
+    tol = 1e-6
+    for i, flow in enumerate(flows):
+        one = md.solve(flow, small_problem, pol)  # the per-member switch, alone
+        assert int(batched.status[i]) == int(one.status) == 0
+        assert bool(batched.stopped[i]) and bool(one.stopped) and float(batched.rel_residual[i, -1]) <= 1e-8
+        w_b, w_1 = flow.weights(batched.y_final[i], small_problem), flow.weights(one.y_final, small_problem)
+        np.testing.assert_allclose(w_b, w_1, rtol=tol, atol=tol * float(np.max(np.abs(w_1))))
+
+
 def test_no_recompiles_across_eps_alpha_values(problem):
     # A max_steps value no other test uses gives a fresh compiled variant, traced exactly once.
     pol = policy(max_steps=123_457, save="final")
@@ -159,6 +231,7 @@ with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     s = _sweep.sweep(flows, p, pol, chunk_size=2, vmap_width=2)
 assert any("deadlock" in str(w.message) for w in caught), [str(w.message) for w in caught]
+assert _sweep.chunk_solver(pol, flows[0], 8, 8, _sweep.make_mesh()) == "tsit5_rodas4"  # not vmapped here
 assert np.array_equal(s.y_final, out["y_final.1"])
 np.savez(sys.argv[1], **out)
 """
