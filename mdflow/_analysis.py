@@ -55,8 +55,9 @@ def analyze_run(problem: Problem, flow, solution, config, *, policy=None) -> tup
     - `kkt` (`analysis.kkt`): `kkt_record` — for a run that did not reach its stop tolerance the KKT
       errors are still reported (a non-interpolating end point has feasibility > 0).
     - `stages` (`analysis.stages`): SSD and frozen SSD runs with a saved trajectory.
-    - `discrete` (`analysis.discrete`): SSD runs, Adam at `analysis.discrete_etas` on
-      `[0, analysis.discrete_t1]`.
+    - `discrete` (`analysis.discrete`): flows with a discrete counterpart (`has_discrete`: SSD, Adam,
+      RMSProp), the optimizer at `analysis.discrete_etas` on `[0, analysis.discrete_t1]` and at the end
+      point.
     `solution` is one run's `Solution` (no batch axis); `policy` defaults to `config.solve_policy()`.
     """
     from ._discrete import discrete_record
@@ -93,7 +94,8 @@ def analyze_run(problem: Problem, flow, solution, config, *, policy=None) -> tup
             record["discrete"], disc = discrete_record(problem, flow, etas, t1=float(an["discrete_t1"]), policy=policy)
         else:
             record["discrete"] = {"skipped": f"{flow.label} has no discrete optimizer counterpart"}
-            disc = {"discrete_etas": np.asarray(etas), "discrete_errors": np.full(len(etas), np.nan)}
+            disc = {"discrete_etas": np.asarray(etas), "discrete_errors": np.full(len(etas), np.nan),
+                    "discrete_end_errors": np.full(len(etas), np.nan)}
         arrays.update(disc)
     return record, arrays
 

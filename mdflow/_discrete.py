@@ -15,12 +15,17 @@ least-squares fit of `log error` against `log η'` over the usable step sizes.
 **Overshoot:** a step after which some coordinate of `u` or `v` is `≤ 0`. Flows in log coordinates
 keep u, v > 0, so there an overshoot is a discretization artifact and that η is left out of the fit;
 the Adam flow itself crosses zero (momentum), so its overshoots are only counted.
+**End points.** Implicit bias is about the limit, so each η also runs to interpolation: the iterates
+until `‖Xw − y‖/‖y‖ ≤ tol` (at most `max_steps`), against the flow stopped by the same rule
+(`end_errors = ‖w_K − w∞‖ / ‖w∞‖`, `end_steps`, `end_slope`; None where the optimizer did not get there).
 The optimizer runs are one `jit`'d `lax.scan` over the comparison times with an inner `fori_loop` of
 traced length, and every parameter (η included) is traced, so every η reuses one compilation per flow
 type.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import equinox as eqx
 import jax
@@ -73,6 +78,36 @@ def _optimizer_path(problem, flow, eta, steps_per_save, num_saves):
     return ws, carry[2], carry[3]
 
 
+@eqx.filter_jit
+def optimizer_endpoint(problem: Problem, flow, eta, tol, max_steps):
+    """`flow.discrete_optimizer(η)` from `u = v = α` until the relative residual is `≤ tol` or
+    `max_steps` steps: the final `w`, the number of steps taken and whether it got there."""
+    with jax.numpy_dtype_promotion("standard"):
+        import optax
+
+        dtype = problem.X.dtype
+        u0 = jnp.broadcast_to(jnp.asarray(flow.alpha, dtype), (problem.d,))
+        opt = flow.discrete_optimizer(eta)
+        grad = jax.grad(lambda params: problem.loss(params[0] * params[0] - params[1] * params[1]))
+
+        def weights(params):
+            return params[0] * params[0] - params[1] * params[1]
+
+        def going(carry):
+            params, _, k = carry
+            return (problem.rel_residual(weights(params)) > tol) & (k < max_steps)
+
+        def step(carry):
+            params, state, k = carry
+            updates, state = opt.update(grad(params), state, params)
+            return optax.apply_updates(params, updates), state, k + 1
+
+        params = (u0, u0)
+        params, _, k = jax.lax.while_loop(going, step, (params, opt.init(params), jnp.zeros((), jnp.int32)))
+        w = weights(params)
+        return w, k, problem.rel_residual(w) <= tol
+
+
 def fit_slope(etas, errors) -> float | None:
     """Least-squares slope of `log error` against `log η` (None with fewer than 2 usable points)."""
     etas, errors = np.asarray(etas, np.float64), np.asarray(errors, np.float64)
@@ -83,11 +118,14 @@ def fit_slope(etas, errors) -> float | None:
 
 
 def discrete_record(
-    problem: Problem, flow, etas, *, t1: float = 2.0, num_saves: int = 50, policy=None
+    problem: Problem, flow, etas, *, t1: float = 2.0, num_saves: int = 50, policy=None,
+    end_tol: float | None = None, max_steps: int = 2_000_000,
 ) -> tuple[dict, dict[str, np.ndarray]]:
-    """The flow's discrete optimizer vs the flow for each η (module docstring). Returns the `discrete`
-    sub-record (`etas`, `errors`, `overshoot_steps`, `first_overshoot`, `slope`, `t1`) and arrays
-    (`discrete_etas`, `discrete_errors`)."""
+    """The flow's discrete optimizer vs the flow for each η (module docstring), on `[0, t1]` and at
+    the end point (interpolation at `end_tol`, default the policy's stop tolerance or 1e-6; None
+    skips it). Returns the `discrete` sub-record (`etas`, `errors`, `overshoot_steps`,
+    `first_overshoot`, `slope`, `t1`, `end_tol`, `end_errors`, `end_steps`, `end_slope`) and arrays
+    (`discrete_etas`, `discrete_errors`, `discrete_end_errors`)."""
     from ._errors import InputError
     from ._solve import SolvePolicy, solve
 
@@ -123,5 +161,30 @@ def discrete_record(
     slope = fit_slope([e for e, ok in zip(used, clean) if ok], [x for x, ok in zip(errors, clean) if ok])
     record = {"etas": used, "errors": errors, "overshoot_steps": counts, "first_overshoot": firsts,
               "slope": slope, "t1": t1, "flow_status": int(sol.status)}
-    arrays = {"discrete_etas": np.asarray(used), "discrete_errors": np.asarray([np.nan if e is None else e for e in errors])}
+    end_errors = _end_point_errors(problem, flow, used, policy, end_tol, max_steps, record)
+    nan = np.nan
+    arrays = {"discrete_etas": np.asarray(used), "discrete_errors": np.asarray([nan if e is None else e for e in errors]),
+              "discrete_end_errors": np.asarray([nan if e is None else e for e in end_errors])}
     return record, arrays
+
+
+def _end_point_errors(problem, flow, etas, policy, end_tol, max_steps, record) -> list[float | None]:
+    """The end-point comparison (module docstring): fills `record` and returns `end_errors`."""
+    from ._solve import solve
+
+    if end_tol is None:
+        end_tol = policy.stop_rel_residual if policy.stop_rel_residual is not None else 1e-6
+    # The flow's limit: the same policy, stopped at `end_tol` (a long horizon: the stop ends it).
+    flow_end = solve(flow, problem, dataclasses.replace(policy, t1=max(policy.t1, 1e5), stop_rel_residual=end_tol,
+                                                        save="final"))
+    w_inf = np.asarray(flow.weights(flow_end.y_final, problem))
+    errors, steps = [], []
+    for eta in etas:
+        w, k, done = optimizer_endpoint(problem, flow, jnp.asarray(eta, problem.X.dtype),
+                                        jnp.asarray(end_tol, problem.X.dtype), jnp.asarray(max_steps))
+        ok = bool(done) and bool(flow_end.stopped)
+        errors.append(float(np.linalg.norm(np.asarray(w) - w_inf) / np.linalg.norm(w_inf)) if ok else None)
+        steps.append(int(k))
+    record.update(end_tol=end_tol, end_errors=errors, end_steps=steps, end_slope=fit_slope(etas, errors),
+                  flow_t_end=float(flow_end.t_end))
+    return errors

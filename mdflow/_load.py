@@ -37,6 +37,7 @@ ARRAY_DIMS: dict[str, tuple[str, ...]] = {
     "analysis.sign_duration_predicted": ("stage_rank",),
     "analysis.discrete_etas": ("eta",),
     "analysis.discrete_errors": ("eta",),
+    "analysis.discrete_end_errors": ("eta",),
 }
 # Any other `analysis.*` array of length d is per coordinate (minimizers, E, reference interpolators).
 

@@ -95,6 +95,9 @@ def test_optax_iterates_converge_at_first_order(small_problem, flow):
     assert 0.8 <= record["slope"] <= 1.2, record["errors"]
     assert np.all(np.diff(arrays["discrete_errors"]) < 0)
     assert arrays["discrete_errors"][0] < 1e-2  # the flow, not some other path, is what they approach
+    # The limits too: run to interpolation, the optimizer's end point approaches the flow's like η.
+    assert all(e is not None for e in record["end_errors"]), record["end_steps"]
+    assert 0.8 <= record["end_slope"] <= 1.2, record["end_errors"]
 
 
 def test_discrete_eps_sits_outside_the_square_root(small_problem):
