@@ -1,12 +1,16 @@
 """Rosenbrock methods written as diffrax solvers, for stiff flows (SSD at small ε).
 
 A Rosenbrock method replaces the Newton iterations of an implicit Runge–Kutta method by one linear
-system per stage, all with the same matrix `I − γh·J` (one factorization per step). For an autonomous
-field `f` (mdflow's flows have no explicit `t`-dependence: the solver assumes it) a step of the
+system per stage, all with the same matrix `I − γh·J` (one factorization per step). A step of the
 s-stage method in Hairer–Wanner's transformed form reads
 
-    (I − γh·J) k_i = γh · f(y0 + Σ_{j<i} a_ij k_j) + γ Σ_{j<i} c_ij k_j,
-    y1 = y0 + Σ m_i k_i,       error estimate Σ e_i k_i.
+    (I − γh·J) k_i = γh · f(t0 + α_i h, y0 + Σ_{j<i} a_ij k_j) + γ Σ_{j<i} c_ij k_j + γ γ_i h² ∂f/∂t,
+    y1 = y0 + Σ m_i k_i,       error estimate Σ e_i k_i,
+
+with `J = ∂f/∂y` and `∂f/∂t` taken at `(t0, y0)`. The time coefficients are not transcribed: with
+`Γ = (I/γ − C)⁻¹` (the untransformed method's `γ_ij`, `γ_ii = γ`) they are `γ_i = Σ_j Γ_ij` and
+`α_i = Σ_j (AΓ)_ij` (`RosenbrockTableau.alpha`, `.gamma_t`). For an autonomous field `∂f/∂t = 0` and
+the step is exactly the autonomous one (every time term adds an exact zero).
 
 `Rodas4` (Hairer & Wanner 1996, the `rodas.f` coefficients) is stiffly accurate, L-stable, order 4
 with an embedded order-3 solution. `Rodas3` (Sandu et al. 1997) is the order-3 / order-2 pair.
@@ -38,6 +42,7 @@ from typing import ClassVar
 import diffrax
 import equinox as eqx
 import equinox.internal as eqxi
+import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -51,7 +56,11 @@ JACOBIANS = ("structured", "dense")
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class RosenbrockTableau:
-    """Coefficients of an autonomous Rosenbrock method in the transformed (`a`, `c`, `m`, `e`) form."""
+    """Coefficients of a Rosenbrock method in the transformed (`a`, `c`, `m`, `e`) form.
+
+    `alpha` (stage times) and `gamma_t` (the `∂f/∂t` weights) are derived from `a`, `c`, `gamma`
+    (module docstring).
+    """
 
     gamma: float
     a: np.ndarray  # (s, s) strictly lower
@@ -59,6 +68,17 @@ class RosenbrockTableau:
     m: np.ndarray  # (s,) solution weights
     e: np.ndarray  # (s,) error weights (solution minus embedded solution)
     order: int
+    alpha: np.ndarray = dataclasses.field(init=False)  # (s,) stage times t0 + α_i h
+    gamma_t: np.ndarray = dataclasses.field(init=False)  # (s,) γ_i = γ + Σ_j γ_ij
+
+    def __post_init__(self):
+        s = len(self.m)
+        big_gamma = np.linalg.inv(np.eye(s) / self.gamma - self.c)  # the untransformed (γ_ij)
+        # Round-off of the inversion aside these are exact (rodas.f's stiffly accurate last stages
+        # have γ_i = 0): snap it, so the time term is skipped there statically.
+        snap = lambda x: np.where(np.abs(x) < 1e-12, 0.0, x)  # noqa: E731
+        object.__setattr__(self, "alpha", snap((self.a @ big_gamma).sum(axis=1)))
+        object.__setattr__(self, "gamma_t", snap(big_gamma.sum(axis=1)))
 
 
 def _lower(rows: list[list[float]]) -> np.ndarray:
@@ -175,10 +195,16 @@ class AbstractRosenbrock(diffrax.AbstractAdaptiveSolver):
         gh = tab.gamma * h
         jac = self.linearize(terms, t0, y0, args)
         factor = jac.factor(gh)
+        h2_ft = _scale(h * h, _time_derivative(terms, t0, y0, args))
         ks = []
         for i in range(len(tab.m)):
-            fi = f0 if i == 0 else terms.vf(t0, _axpy(tab.a[i, :i], ks, y0), args)
-            rhs = _axpy(tab.gamma * tab.c[i, :i], ks, jtu.tree_map(lambda x: gh * x, fi))
+            if i == 0:
+                fi = f0
+            else:
+                ti = t1 if tab.alpha[i] == 1.0 else t0 + float(tab.alpha[i]) * h
+                fi = terms.vf(ti, _axpy(tab.a[i, :i], ks, y0), args)
+            rhs = _axpy(tab.gamma * tab.c[i, :i], ks, _scale(gh, fi))
+            rhs = _axpy([tab.gamma * tab.gamma_t[i]], [h2_ft], rhs)
             ks.append(factor.solve(rhs))
         y1 = _axpy(tab.m, ks, y0)
         y_error = _axpy(tab.e, ks)
@@ -187,6 +213,12 @@ class AbstractRosenbrock(diffrax.AbstractAdaptiveSolver):
         y_error = jtu.tree_map(lambda x: jnp.where(_all_finite(y1), x, jnp.inf), y_error)
         dense_info = dict(y0=y0, y1=y1, k0=_scale(h, f0), k1=_scale(h, f1))
         return y1, y_error, dense_info, f1, jac
+
+
+def _time_derivative(terms, t0, y0, args):
+    """`∂f/∂t` at `(t0, y0)`: one forward-mode derivative in `t` (exact zeros for an autonomous field)."""
+    t0 = jnp.asarray(t0)
+    return jax.jvp(lambda t: terms.vf(t, y0, args), (t0,), (jnp.ones_like(t0),))[1]
 
 
 def _scale(h, tree):
