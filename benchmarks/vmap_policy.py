@@ -11,7 +11,7 @@ slowest member is done (finished members are masked, and keep their last mode). 
   `--tsit5-cap` steps): each run's own explicit / implicit steps and step counts;
 - *switch*: the sorted chunks of each `--chunk-sizes` solved vmapped with the switch (today's
   accelerator default), counting per chunk the batch iterations in each mode (`CountingSwitch`);
-- *shared mode*: the same chunks vmapped with `SharedModeSwitch` (`"tsit5_rodas4_shared"`): every
+- *shared mode*: the same chunks vmapped with `StiffSwitch(shared_mode=True)` (`"tsit5_rodas4_shared"`): every
   member takes the implicit method while any member is stiff, so no step is mixed;
 - *one method per chunk*: a vmapped single-method chunk runs `max(member steps)` batch iterations
   (each member's steps are its own, as in the loop), so its counts follow from the loop's: `rodas4`
@@ -45,8 +45,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import mdflow as md  # noqa: E402
-from mdflow._rosenbrock import Rodas4, StiffSwitch, jacobian_for  # noqa: E402
-from mdflow._solve import SOLVERS, _field, _interpolated, share_mode, stack_flows  # noqa: E402
+from mdflow._rosenbrock import Rodas4, StiffSwitch, jacobian_for, share_mode  # noqa: E402
+from mdflow._solve import SOLVERS, _field, _interpolated, stack_flows  # noqa: E402
 from mdflow._sweep import difficulty  # noqa: E402
 
 # `split` policies: chunks whose members all have a `difficulty` below this are predicted to stay
@@ -55,7 +55,7 @@ EXPLICIT_BELOW = 20.0
 
 
 class CountingSwitch(StiffSwitch):
-    """`StiffSwitch` (or with `shared`, `mdflow._solve.SharedModeSwitch`) that also counts batch
+    """`StiffSwitch` (or with `shared`, `StiffSwitch(..., shared_mode=True)`) that also counts batch
     iterations by mode `[explicit, implicit, mixed]` and the member's own steps `[explicit, implicit]`
     (measurement only; the steps themselves are unchanged)."""
 
@@ -129,7 +129,7 @@ def loop_counts(flows, problem, args):
 
 
 def vmapped_counts(flows, problem, args, chunk_size, shared):
-    """Per sorted chunk of `chunk_size`, solved vmapped with the switch (`shared`: `SharedModeSwitch`):
+    """Per sorted chunk of `chunk_size`, solved vmapped with the switch (`shared`: `StiffSwitch(shared_mode=True)`):
     batch iterations by mode, the members' own steps, steps and stops."""
     rows = []
     t = time.perf_counter()

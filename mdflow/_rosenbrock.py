@@ -360,6 +360,14 @@ class SwitchInterpolation(diffrax.AbstractLocalInterpolation):
         )
 
 
+def share_mode(solver_state):
+    """A `StiffSwitch` state whose mode is shared by the vmapped batch: stiff where any member is stiff
+    (a member pulled into the implicit mode restarts its vote count). Outside `vmap`: unchanged."""
+    stiff, count, f0 = solver_state
+    shared = stiff | eqxi.unvmap_any(stiff)
+    return shared, jnp.where(shared & ~stiff, 0, count), f0
+
+
 class StiffSwitch(diffrax.AbstractAdaptiveSolver):
     """Explicit Tsit5 while the flow is non-stiff, a Rosenbrock method while it is stiff, switching
     automatically inside one `diffeqsolve` (the idea of LSODA).
@@ -392,6 +400,11 @@ class StiffSwitch(diffrax.AbstractAdaptiveSolver):
     patience: int = eqx.field(static=True, default=2)
     power_iterations: int = eqx.field(static=True, default=4)
     explicit_error_scale: float = eqx.field(static=True, default=30.0)
+    # Under `vmap`, every member takes the implicit method while any member is stiff (`share_mode`):
+    # no batch step pays for both methods (solver `"tsit5_rodas4_shared"`, what `auto` runs in chunks
+    # vmapped 8 or more wide: `_sweep.chunk_solver`, measured in benchmarks/vmap_policy.py). A single
+    # run takes exactly the per-member switch's steps.
+    shared_mode: bool = eqx.field(static=True, default=False)
 
     term_structure: ClassVar = diffrax.AbstractTerm
     interpolation_cls: ClassVar[Callable[..., diffrax.AbstractLocalInterpolation]] = SwitchInterpolation
@@ -409,6 +422,8 @@ class StiffSwitch(diffrax.AbstractAdaptiveSolver):
         return terms.vf(t0, y0, args)
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        if self.shared_mode:
+            solver_state = share_mode(solver_state)
         stiff, count, f0 = solver_state
         if made_jump is not False:
             f0 = lax.cond(eqxi.unvmap_any(made_jump), lambda: terms.vf(t0, y0, args), lambda: f0)

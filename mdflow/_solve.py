@@ -13,7 +13,6 @@ from collections.abc import Callable
 
 import diffrax
 import equinox as eqx
-import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -90,30 +89,6 @@ class SolvePolicy:
         return np.concatenate([[0.0], np.geomspace(t_min, self.t1, self.num_ts - 1)])
 
 
-def share_mode(solver_state):
-    """A `StiffSwitch` state whose mode is shared by the vmapped batch: stiff where any member is stiff
-    (a member pulled into the implicit mode restarts its vote count). Outside `vmap`: unchanged."""
-    stiff, count, f0 = solver_state
-    shared = stiff | eqxi.unvmap_any(stiff)
-    return shared, jnp.where(shared & ~stiff, 0, count), f0
-
-
-class SharedModeSwitch(StiffSwitch):
-    """`StiffSwitch` whose members all take the same method under `vmap`: the implicit one while any
-    member is stiff, so no batch step pays for both methods (solver `"tsit5_rodas4_shared"`).
-
-    Why: under `vmap` the per-member switch evaluates both methods on every step where members
-    disagree, and in sorted chunks of 8–16 runs of a sweep 89–92 % of the steps do (measured in
-    `benchmarks/vmap_policy.py`, docs/accelerators.md); an all-implicit step costs less than a mixed
-    one, and the members' votes still decide when the batch returns to the explicit method. A single
-    run (or a batch of one) takes exactly `StiffSwitch`'s steps. `_sweep.chunk_solver` decides where
-    `auto` uses it.
-    """
-
-    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        return super().step(terms, t0, t1, y0, args, share_mode(solver_state), made_jump)
-
-
 # name -> factory(flow) returning a diffrax solver. Other modules register stiff solvers here.
 SOLVERS: dict[str, Callable[[AbstractFlow], diffrax.AbstractSolver]] = {
     "tsit5": lambda flow: diffrax.Tsit5(),
@@ -123,7 +98,7 @@ SOLVERS: dict[str, Callable[[AbstractFlow], diffrax.AbstractSolver]] = {
     "rodas4": lambda flow: Rodas4(jacobian=jacobian_for(flow)),
     "rodas3": lambda flow: Rodas3(jacobian=jacobian_for(flow)),
     "tsit5_rodas4": lambda flow: StiffSwitch(Rodas4(jacobian=jacobian_for(flow))),
-    "tsit5_rodas4_shared": lambda flow: SharedModeSwitch(Rodas4(jacobian=jacobian_for(flow))),
+    "tsit5_rodas4_shared": lambda flow: StiffSwitch(Rodas4(jacobian=jacobian_for(flow)), shared_mode=True),
 }
 
 # The explicit entries of `SOLVERS` (no linear algebra inside a step).

@@ -192,7 +192,7 @@ def chunk_solver(
     """The solver a sweep chunk of `flow`'s kind runs: `select_solver`, except that `solver = "auto"` in
     a chunk vmapped `SHARED_MODE_MIN_WIDTH` = 8 or more wide (`effective_vmap_width`; on accelerators
     the default width is the chunk, 16 by default) is the shared-mode switch `"tsit5_rodas4_shared"`
-    (`SharedModeSwitch`). Members in sequence (the CPU default) and narrower batches keep the
+    (`StiffSwitch(shared_mode=True)`). Members in sequence (the CPU default) and narrower batches keep the
     per-member `"tsit5_rodas4"`, whose runs do not depend on their chunk-mates.
 
     Why (`benchmarks/vmap_policy.py`, SSD n = 100, d = 1000, 16 ε × 4 α, sorted chunks, table in

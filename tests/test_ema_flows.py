@@ -46,7 +46,6 @@ def test_zero_time_constants_are_ssd(small_problem, ssd_path, solver, make):
     assert np.max(np.linalg.norm(_weights(flow, sol) - w_ssd, axis=1)) <= 1e-7 * scale
 
 
-@pytest.mark.needs_nonautonomous
 @pytest.mark.parametrize("make", [lambda: Adam(ALPHA, EPS, 0.0, 0.0), lambda: RMSProp(ALPHA, EPS, 0.0)],
                          ids=["adam", "rmsprop"])
 def test_zero_time_constants_are_ssd_rodas4_bias_corrected(small_problem, ssd_path, make):
@@ -59,7 +58,6 @@ def test_zero_time_constants_are_ssd_rodas4_bias_corrected(small_problem, ssd_pa
     assert np.max(np.linalg.norm(_weights(flow, sol) - w_ssd, axis=1)) <= 1e-7 * scale
 
 
-@pytest.mark.needs_nonautonomous
 @pytest.mark.parametrize("make", [lambda: Adam(ALPHA, EPS, 0.05, 0.5), lambda: RMSProp(ALPHA, EPS, 0.5)],
                          ids=["adam", "rmsprop"])
 def test_rodas4_follows_the_time_dependent_field(small_problem, make):

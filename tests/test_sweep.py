@@ -16,7 +16,7 @@ import pytest
 
 import mdflow as md
 from mdflow import _sweep
-from mdflow._solve import share_mode
+from mdflow._rosenbrock import share_mode
 from mdflow._sweep import Chunk, Progress, batches, chunk_solver, difficulty, plan_chunks, solve_chunks, sweep
 
 
