@@ -10,7 +10,7 @@ import pytest
 
 import mdflow
 from mdflow._rosenbrock import RODAS3, RODAS4, Rodas3, Rodas4, StiffSwitch
-from mdflow._solve import _field
+from mdflow._solve import FlowArgs, _field
 
 
 def test_time_coefficients_are_the_published_ones():
@@ -127,7 +127,7 @@ def test_autonomous_flows_unchanged_by_the_time_terms(small_problem, solver_cls,
     def solve(solver):
         return diffrax.diffeqsolve(
             diffrax.ODETerm(_field), solver, 0.0, 50.0, None, flow.init(small_problem),
-            args=(flow, small_problem, None), saveat=diffrax.SaveAt(steps=True),
+            args=FlowArgs(flow, small_problem, jnp.zeros(())), saveat=diffrax.SaveAt(steps=True),
             stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-10), max_steps=4096,
         )
 
