@@ -300,20 +300,24 @@ def f7_ema(data, stem) -> list[Path]:
         by_taus.setdefault((r["tau1"], r["tau2"]), []).append(r)
     for col, (key, title) in enumerate(EMA_PANELS):
         top, bottom = axes[0, col], axes[1, col]
-        for j, ((eps, tau1), rs) in enumerate(sorted(by_eps_tau1.items())):
+        # Colour: ε (top) or τ2 (bottom); marker: τ1. Distinct for up to 8 × 8 combinations.
+        eps_index = {e: i for i, e in enumerate(sorted({r["eps"] for r in adam}))}
+        tau1_index = {t: i for i, t in enumerate(sorted({r["tau1"] for r in adam}))}
+        tau2_index = {t: i for i, t in enumerate(sorted({r["tau2"] for r in adam}))}
+        for (eps, tau1), rs in sorted(by_eps_tau1.items()):
             rs = sorted((r for r in rs if r["tau2"] > 0 and _get(r, "kkt", key) is not None), key=lambda r: r["tau2"])
             if not rs:
                 continue
-            color = PALETTE[j % 8]
-            top.semilogx([r["tau2"] for r in rs], [r["kkt"][key] for r in rs], marker=MARKERS[j % 8], ms=3,
+            color = PALETTE[eps_index[eps] % 8]
+            top.semilogx([r["tau2"] for r in rs], [r["kkt"][key] for r in rs], marker=MARKERS[tau1_index[tau1] % 8], ms=3,
                          color=color, label=rf"$\varepsilon={number(eps)}$, $\alpha={number(alpha)}$, $\tau_1={number(tau1)}$")
             ref = _get(ssd.get(eps, {}), "kkt", key)
             if ref is not None:
                 top.axhline(ref, ls=":", color=color, lw=0.8)
-        for j, ((tau1, tau2), rs) in enumerate(sorted(by_taus.items())):
+        for (tau1, tau2), rs in sorted(by_taus.items()):
             rs = sorted((r for r in rs if _get(r, "kkt", key) is not None), key=lambda r: r["eps"])
-            bottom.semilogx([r["eps"] for r in rs], [r["kkt"][key] for r in rs], marker=MARKERS[j % 8], ms=3,
-                            color=PALETTE[j % 8], label=rf"$\alpha={number(alpha)}$, $\tau_1={number(tau1)}$, $\tau_2={number(tau2)}$")
+            bottom.semilogx([r["eps"] for r in rs], [r["kkt"][key] for r in rs], marker=MARKERS[tau1_index[tau1] % 8],
+                            ms=3, lw=0.8, color=PALETTE[tau2_index[tau2] % 8], label=rf"$\alpha={number(alpha)}$, $\tau_1={number(tau1)}$, $\tau_2={number(tau2)}$")
         if ssd:
             eps_sorted = sorted(e for e in ssd if _get(ssd[e], "kkt", key) is not None)
             bottom.semilogx(eps_sorted, [ssd[e]["kkt"][key] for e in eps_sorted], "k:", lw=0.9,
