@@ -1,7 +1,7 @@
 """The accelerator benchmark: a 1 024-run SSD sweep with the default policy, Rodas4 alone, Tsit5 alone.
 
 Sweep: SSD, 16 ε in [1e-6, 10] × 16 α in [1e-3, 1] × 4 seeds (sparse_gaussian n = 100, d = 1000,
-k = 5), stop at relative residual 1e-6, `save = "final"`, through `mdflow._sweep.sweep` (sorted
+k = 5), stop at relative residual 1e-6, `save = "final"`, through `mdflow._execution.sweep.sweep` (sorted
 chunks, one chunk per device per call, the default vmap width). One table, one line per solver:
 
 - wall time of the sweep without compilation, and compilation apart (first sweep minus second);
@@ -37,8 +37,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mdflow as md  # noqa: E402
-from mdflow._solve import stack_flows  # noqa: E402
-from mdflow._sweep import VMAPPED_AUTO_SOLVER, chunk_solver, difficulty, make_mesh, sweep  # noqa: E402
+from mdflow._solver.solve import stack_flows  # noqa: E402
+from mdflow._execution.sweep import VMAPPED_AUTO_SOLVER, chunk_solver, difficulty, make_mesh, sweep  # noqa: E402
 from vmap_policy import solve_counting  # noqa: E402
 
 SOLVERS = ("auto", "rodas4", "tsit5")

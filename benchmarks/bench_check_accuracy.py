@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 from scipy.integrate import solve_ivp  # noqa: E402
 
 import mdflow  # noqa: E402
-from mdflow._equivalence import paired_dual  # noqa: E402
+from mdflow._analysis.equivalence import paired_dual  # noqa: E402
 
 PROBLEM = dict(n=40, d=200, k=5, seed=0)
 GRID = dict(t1=1e3, num_ts=100, t_min=1e-4, stop_rel_residual=1e-6)

@@ -23,8 +23,8 @@ import numpy as np  # noqa: E402
 from scipy.integrate import solve_ivp  # noqa: E402
 
 import mdflow  # noqa: E402
-from mdflow import _solve  # noqa: E402
-from mdflow._rosenbrock import DENSE_OUTPUTS, Rodas4, StiffSwitch, jacobian_for  # noqa: E402
+from mdflow._solver import solve as _solve  # noqa: E402
+from mdflow._solver.rosenbrock import DENSE_OUTPUTS, Rodas4, StiffSwitch, jacobian_for  # noqa: E402
 
 
 FLOWS = {"gf": ("gf", dict(alpha=0.01)), "ssd 1e-2": ("ssd", dict(eps=1e-2, alpha=0.01)),

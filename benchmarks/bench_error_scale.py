@@ -16,8 +16,8 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import mdflow  # noqa: E402
-from mdflow import _solve  # noqa: E402
-from mdflow._rosenbrock import Rodas4, StiffSwitch, jacobian_for  # noqa: E402
+from mdflow._solver import solve as _solve  # noqa: E402
+from mdflow._solver.rosenbrock import Rodas4, StiffSwitch, jacobian_for  # noqa: E402
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ import numpy as np
 from scipy.integrate import solve_ivp
 
 import mdflow
-from mdflow._linear import CoordinatewiseJacobian
+from mdflow._solver.linear import CoordinatewiseJacobian
 
 
 class _Timeout(Exception):

@@ -1,7 +1,7 @@
 """Benchmark one sweep three (four) ways in one process and print a markdown table.
 
 (a)  mdflow: runs sorted by difficulty, chunks of `--chunk-size`, each chunk one vmapped solve
-     (`mdflow._sweep.sweep`, one chunk per device per call);
+     (`mdflow._execution.sweep.sweep`, one chunk per device per call);
 (a') the same as one compiled `jax.lax.map(..., batch_size=chunk_size)` over the sorted runs
      (`--lax-map`; the alternative the chunk loop was measured against);
 (b)  the same solves one by one in a Python loop (`mdflow.solve`, the same jitted solver);
@@ -39,8 +39,8 @@ def _import_jax(cpu_devices: int) -> None:
     import jax as _jax
 
     import mdflow as _md
-    from mdflow import _sweep as _sw
-    from mdflow._solve import SolveControls as _a, _solve as _s
+    from mdflow._execution import sweep as _sw
+    from mdflow._solver.solve import SolveControls as _a, _solve as _s
 
     jax, md, _sweep, _controls, _solve = _jax, _md, _sw, _a, _s
 

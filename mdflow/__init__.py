@@ -19,7 +19,7 @@ _jax.config.update("jax_enable_x64", True)
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "_dual": ("DUAL_FORMS", "DualFlow", "dual_flow"),
-    "_equivalence": ("VERDICTS", "format_table", "judge", "pair_record", "paired_dual", "plot_pair"),
+    "_analysis.equivalence": ("VERDICTS", "format_table", "judge", "pair_record", "paired_dual", "plot_pair"),
     "_errors": ("InputError",),
     "_mirror": (
         "MIRROR_MAPS", "AbstractMirrorMap", "Hypentropy", "L32Limit", "SSDPotential", "lambertw_log",
@@ -30,22 +30,22 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "PRIMAL_FLOWS", "make_flow",
     ),
     "_problem": ("Problem", "load_npz", "sparse_gaussian", "validate_data"),
-    "_solve": (
+    "_solver.solve": (
         "SOLVERS", "STATUSES", "RunStatus", "Solution", "SolveControls", "SolvePolicy", "select_solver", "solve", "solve_batch",
         "stack_flows", "status_name",
     ),
-    "_analysis": ("analyze_run",),
-    "_discrete": ("discrete_record",),
-    "_interpolators": ("min_l1", "min_l2", "min_l32", "min_linf", "min_lp"),
+    "_analysis.analyze": ("analyze_run",),
+    "_analysis.discrete": ("discrete_record",),
+    "_analysis.interpolators": ("min_l1", "min_l2", "min_l32", "min_linf", "min_lp"),
     "_load": ("load",),
     "_config": ("Config",),
-    "_run": ("execute",),
-    "_kkt": ("KKTSolution", "bregman_projection", "kkt_errors", "kkt_record"),
-    "_stages": ("stages_record",),
-    "_store": ("read_manifest",),
-    "_sweep": ("difficulty", "make_mesh", "solve_chunks", "sweep", "use_cpu_cores"),
-    "_linear": ("CoordinatewiseJacobian", "DenseJacobian"),
-    "_rosenbrock": ("AbstractRosenbrock", "Rodas3", "Rodas4", "StiffSwitch"),
+    "_execution.run": ("execute",),
+    "_analysis.kkt": ("KKTSolution", "bregman_projection", "kkt_errors", "kkt_record"),
+    "_analysis.stages": ("stages_record",),
+    "_execution.store": ("read_manifest",),
+    "_execution.sweep": ("difficulty", "make_mesh", "solve_chunks", "sweep", "use_cpu_cores"),
+    "_solver.linear": ("CoordinatewiseJacobian", "DenseJacobian"),
+    "_solver.rosenbrock": ("AbstractRosenbrock", "Rodas3", "Rodas4", "StiffSwitch"),
 }
 # Public names that differ from their module's own name: public -> (module, name there).
 _ALIASES = {"config_from_dict": ("_config", "from_dict"), "load_config": ("_config", "load")}

@@ -335,7 +335,7 @@ class Config:
         """The `SolvePolicy` in force; `duals` (default `flows.duals`) says whether runs are checked
         against their duals, which sets the tolerances left unset (`CHECK_TOLERANCES`, else
         `RUN_TOLERANCES`)."""
-        from ._solve import SolvePolicy
+        from ._solver.solve import SolvePolicy
 
         s = self.raw["solve"]
         duals = self.raw["flows"]["duals"] if duals is None else duals
@@ -374,7 +374,7 @@ class Config:
 def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
     """Validate a config dict (e.g. a parsed TOML file) and fill in defaults."""
     from ._flows import PRIMAL_FLOWS
-    from ._solve import SOLVERS
+    from ._solver.solve import SOLVERS
 
     if not isinstance(data, dict):
         raise InputError(f"config: expected a table, got {type(data).__name__}")

@@ -66,7 +66,7 @@ DESCRIPTIONS = {
 
 def describe(table: str, key: str) -> str:
     """The one description of `table.key`: the schema's `doc`, else `DESCRIPTIONS`."""
-    from ._solve import SOLVERS
+    from ._solver.solve import SOLVERS
 
     text = SCHEMA[table][key].doc or DESCRIPTIONS[f"{table}.{key}"]
     return text.replace("{solvers}", ", ".join(f"`\"{name}\"`" for name in SOLVERS))

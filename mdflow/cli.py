@@ -28,8 +28,8 @@ def _setup_jax(job=None) -> None:
     exists, and a persistent compilation cache for repeated CLI runs (`$MDFLOW_CACHE_DIR`, default
     `~/.cache/mdflow/jax`; empty: off): a later process loads its compiled solves instead of compiling
     them (they carry no host callbacks, see `mdflow/_errors.py`)."""
-    from ._distributed import initialize, local_device_count
-    from ._sweep import use_cpu_cores
+    from ._execution.distributed import initialize, local_device_count
+    from ._execution.sweep import use_cpu_cores
 
     flags = os.environ.get("XLA_FLAGS")
     use_cpu_cores(local_device_count(job))
@@ -75,7 +75,7 @@ def _writes() -> bool:
 
 
 def cmd_run(args) -> int:
-    from ._run import execute
+    from ._execution.run import execute
 
     config = _load_config(args.config)
     out = _out_dir(config, args.out)
@@ -85,7 +85,7 @@ def cmd_run(args) -> int:
         _log(f"wrote {out / 'summary.json'}, {out / 'trajectories.npz'}" + (", figures/" if config["output"]["figures"] else ""))
     _log(f"{len(records) - len(failed)}/{len(records)} runs ok")
     if pairs:
-        from ._equivalence import format_table
+        from ._analysis.equivalence import format_table
 
         print(format_table(pairs))
     return 1 if (failed and args.strict) else 0
@@ -95,9 +95,9 @@ def cmd_check(args) -> int:
     """Exit 0: every exact pair equivalent (true-SSD pairs may be `not_equivalent`: their dual is
     approximate); 1: some exact pair (GF, frozen SSD) not equivalent; 3: nothing verified (no pair
     `equivalent` or `not_equivalent`), a pair not solved, or an exact pair `inconclusive`."""
-    from ._equivalence import format_table
+    from ._analysis.equivalence import format_table
     from ._errors import InputError
-    from ._run import execute
+    from ._execution.run import execute
 
     config = _load_config(args.config)
     out = _out_dir(config, args.out)
@@ -128,7 +128,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from ._plot import plot_results
+    from ._plotting.plot import plot_results
 
     out = Path(args.results)
     paths = plot_results(out)
@@ -137,7 +137,7 @@ def cmd_plot(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from ._run import versions
+    from ._execution.run import versions
 
     for key, value in versions().items():
         print(f"{key:>10}: {value}")
@@ -156,7 +156,7 @@ def _add_distributed_flags(p: argparse.ArgumentParser) -> None:
 
 def _distributed_job(args):
     """The `jax.distributed` job of `run`/`check` (flags, else scheduler environment), or `None`."""
-    from ._distributed import job_from_flags
+    from ._execution.distributed import job_from_flags
 
     if not hasattr(args, "coordinator"):
         return None

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import mdflow
-from mdflow import _solve, _sweep
+from mdflow._solver import solve as _solve
+from mdflow._execution import sweep as _sweep
 
 TINY = """
 [problem]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import mdflow
-from mdflow._discrete import discrete_record, fit_slope, optimizer_path
+from mdflow._analysis.discrete import discrete_record, fit_slope, optimizer_path
 
 
 @pytest.fixture(scope="module")

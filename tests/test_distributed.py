@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mdflow._distributed import DistributedJob, job_from_flags, local_device_count
+from mdflow._execution.distributed import DistributedJob, job_from_flags, local_device_count
 from mdflow._errors import InputError
-from mdflow._store import read_manifest
+from mdflow._execution.store import read_manifest
 
 JOB_TIMEOUT_S = 120
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import mdflow
-from mdflow import _solve
-from mdflow._discrete import discrete_record
+from mdflow._solver import solve as _solve
+from mdflow._analysis.discrete import discrete_record
 from mdflow._flows import Adam, RMSProp
-from mdflow._linear import CoordinatewiseJacobian, DenseJacobian
+from mdflow._solver.linear import CoordinatewiseJacobian, DenseJacobian
 
 ALPHA, EPS = 0.1, 0.1
 TIGHT = dict(rtol=1e-10, atol=1e-12, t1=3.0, num_ts=30, t_min=1e-3)

@@ -6,12 +6,12 @@ import diffrax
 import numpy as np
 import pytest
 
-import mdflow._discrete
-import mdflow._kkt
-import mdflow._solve
-import mdflow._sweep
+import mdflow._analysis.discrete
+import mdflow._analysis.kkt
+import mdflow._solver.solve
+import mdflow._execution.sweep
 from mdflow import cli
-from mdflow._figures import FIGURES
+from mdflow._plotting.figures import FIGURES
 
 EXPECTED = ["loss", "coordinates", "f1_trajectories", "f2_equivalence_gap", "f3_kkt_error", "f4_geometry",
             "f4_geometry_heatmap", "f5_stages", "f6_discrete", "f7_ema"]
@@ -49,7 +49,7 @@ def _record(flow, eps, alpha, rng):
 @pytest.fixture()
 def stored(tmp_path):
     """A results folder as `mdflow run` writes it (summary.json, trajectories.npz, equivalence.json)."""
-    from mdflow._store import Store
+    from mdflow._execution.store import Store
 
     rng = np.random.default_rng(0)
     runs = [_record("gf", None, 0.01, rng)]
@@ -78,9 +78,9 @@ def test_plot_draws_every_figure_without_solving(stored, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a solver was called while plotting")
 
-    for module, name in ((diffrax, "diffeqsolve"), (mdflow._solve, "solve"), (mdflow._solve, "solve_batch"),
-                         (mdflow._sweep, "solve_chunks"), (mdflow._kkt, "bregman_projection"),
-                         (mdflow._discrete, "optimizer_path"), (mdflow._discrete, "discrete_record")):
+    for module, name in ((diffrax, "diffeqsolve"), (mdflow._solver.solve, "solve"), (mdflow._solver.solve, "solve_batch"),
+                         (mdflow._execution.sweep, "solve_chunks"), (mdflow._analysis.kkt, "bregman_projection"),
+                         (mdflow._analysis.discrete, "optimizer_path"), (mdflow._analysis.discrete, "discrete_record")):
         monkeypatch.setattr(module, name, forbidden)
     assert cli.main(["plot", str(stored)]) == 0
     for stem in EXPECTED:
@@ -96,7 +96,7 @@ def test_plot_draws_every_figure_without_solving(stored, monkeypatch):
 
 def test_figures_skip_what_the_folder_lacks(tmp_path):
     """A folder without analyses or duals yields no paper figures (and no error)."""
-    from mdflow._figures import plot_paper_figures
+    from mdflow._plotting.figures import plot_paper_figures
 
     runs = [{"flow": "ssd", "eps": 0.1, "alpha": 0.1, "seed": 0, "status": "ok", "stopped": False, "t_end": 1.0}]
     (tmp_path / "summary.json").write_text(json.dumps({"runs": runs}))
@@ -148,7 +148,7 @@ def test_every_panel_is_labelled_in_mathtext(stored, monkeypatch):
 
     import matplotlib.pyplot as plt
 
-    import mdflow._figures as figures
+    import mdflow._plotting.figures as figures
 
     drawn = []
     monkeypatch.setattr(figures, "save", lambda fig, stem: drawn.append(fig) or [stem])

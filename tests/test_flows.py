@@ -146,7 +146,7 @@ def test_vmap_equals_loop(small_problem, ssd_runs):
 def test_no_recompile_across_parameter_values(small_problem):
     """ε, α, tolerances and the stop tolerance are traced: new values reuse the compiled solve."""
     p = small_problem
-    from mdflow import _solve
+    from mdflow._solver import solve as _solve
 
     policy = mdflow.SolvePolicy(t1=1.0, num_ts=5, stop_rel_residual=1e-3)
     mdflow.solve(mdflow.make_flow("ssd", p, eps=1e-1, alpha=0.1), p, policy)

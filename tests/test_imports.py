@@ -9,7 +9,7 @@ _PROBE = """
 import sys
 import mdflow
 print(sorted(m for m in ("diffrax", "equinox", "scipy", "optax", "matplotlib") if m in sys.modules))
-import mdflow._run, mdflow._analysis, mdflow._equivalence, mdflow._kkt, mdflow._stages, mdflow._discrete, mdflow.cli
+import mdflow._execution.run, mdflow._analysis.analyze, mdflow._analysis.equivalence, mdflow._analysis.kkt, mdflow._analysis.stages, mdflow._analysis.discrete, mdflow.cli
 print(sorted(m for m in ("diffrax", "scipy", "optax", "matplotlib") if m in sys.modules))
 """
 

@@ -6,8 +6,8 @@ import pytest
 import scipy.optimize
 
 import mdflow
-from mdflow._interpolators import PowerPotential, min_l1, min_l2, min_l32, min_linf, min_lp
-from mdflow._kkt import bregman_projection, kkt_errors, kkt_record, stationarity
+from mdflow._analysis.interpolators import PowerPotential, min_l1, min_l2, min_l32, min_linf, min_lp
+from mdflow._analysis.kkt import bregman_projection, kkt_errors, kkt_record, stationarity
 from mdflow._mirror import Hypentropy, SSDPotential
 from mdflow._flows import FrozenSSD
 

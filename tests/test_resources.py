@@ -7,7 +7,7 @@ import warnings
 import pytest
 
 from mdflow import InputError
-from mdflow._resources import BYTES, SweepSize, check_sweep_fits, sweep_size
+from mdflow._execution.resources import BYTES, SweepSize, check_sweep_fits, sweep_size
 
 
 def test_estimate_counts_the_saved_trajectories():
@@ -35,7 +35,7 @@ def test_refused_and_warned_with_numbers_and_keys(tmp_path):
 
 
 def test_cli_refuses_a_sweep_too_large_before_any_work(tmp_path, capsys, monkeypatch):
-    from mdflow import _resources
+    from mdflow._execution import resources as _resources
     from mdflow.cli import main
 
     monkeypatch.setattr(_resources, "available_memory", lambda: int(16e9))  # any machine: 16 GB free
@@ -66,9 +66,9 @@ _ASSEMBLE_UNDER_CAP = """
 import resource, sys
 from pathlib import Path
 import numpy as np
-from mdflow._run import _stacked_members
-from mdflow._store import npz_bytes, stream_npz
-from mdflow._sweep import Chunk
+from mdflow._execution.run import _stacked_members
+from mdflow._execution.store import npz_bytes, stream_npz
+from mdflow._execution.sweep import Chunk
 
 out, R, T, d, per_chunk = Path(sys.argv[1]), 16, 100, 20_000, 4   # w: 16 x 100 x 20000 float64 = 256 MB
 (out / "chunks").mkdir(parents=True)

@@ -13,8 +13,8 @@ import pytest
 
 from mdflow import InputError
 from mdflow._config import from_dict
-from mdflow._run import execute
-from mdflow._store import read_manifest, read_results
+from mdflow._execution.run import execute
+from mdflow._execution.store import read_manifest, read_results
 from mdflow.cli import main
 
 GF = {
@@ -98,7 +98,7 @@ def test_identity_names_versions_and_policy(tmp_path, monkeypatch):
 def test_a_failed_commit_leaves_the_previous_set(tmp_path, monkeypatch):
     """A failure (or a kill) between the result files of a new set leaves the old complete set in
     place: summary and arrays from one set, never a mix; the half-written generation is removed."""
-    import mdflow._run as run
+    import mdflow._execution.run as run
 
     write_data(tmp_path, 0)
     config = from_dict(json.loads(json.dumps(GF)), source=str(config_file(tmp_path)))
@@ -125,7 +125,7 @@ def test_a_failed_commit_leaves_the_previous_set(tmp_path, monkeypatch):
 
 def test_force_with_other_inputs_retires_the_old_set_first(tmp_path, monkeypatch):
     """An interrupted --force run never leaves the old inputs' results beside the new manifest."""
-    import mdflow._run as run
+    import mdflow._execution.run as run
 
     write_data(tmp_path, 0)
     config = from_dict(json.loads(json.dumps(GF)), source=str(config_file(tmp_path)))

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import mdflow
-from mdflow._rosenbrock import RODAS3, RODAS4, Rodas3, Rodas4, StiffSwitch
-from mdflow._solve import FlowArgs, _field
+from mdflow._solver.rosenbrock import RODAS3, RODAS4, Rodas3, Rodas4, StiffSwitch
+from mdflow._solver.solve import FlowArgs, _field
 
 
 def test_time_coefficients_are_the_published_ones():

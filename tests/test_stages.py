@@ -6,7 +6,7 @@ import pytest
 import scipy.integrate
 
 import mdflow
-from mdflow._stages import detect_crossings, predicted_warmup, stages_record
+from mdflow._analysis.stages import detect_crossings, predicted_warmup, stages_record
 
 EPS, ALPHA = 0.01, 1e-4
 TARGETS = np.array([1.0, 0.5, 2.0])

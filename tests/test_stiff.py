@@ -8,8 +8,8 @@ import pytest
 from scipy.integrate import solve_ivp
 
 import mdflow
-from mdflow._linear import CoordinatewiseJacobian, DenseJacobian
-from mdflow._rosenbrock import Rodas3, Rodas4, StiffSwitch
+from mdflow._solver.linear import CoordinatewiseJacobian, DenseJacobian
+from mdflow._solver.rosenbrock import Rodas3, Rodas4, StiffSwitch
 
 
 def _vdp(t, y, args):

@@ -19,8 +19,8 @@ from conftest import host_devices_env
 import mdflow as md
 from mdflow import InputError
 from mdflow._config import from_dict
-from mdflow._run import execute
-from mdflow._store import atomic_write_json, read_manifest
+from mdflow._execution.run import execute
+from mdflow._execution.store import atomic_write_json, read_manifest
 
 TINY = {
     "problem": {"n": 10, "d": 24, "k": 3, "seed": 1},
@@ -174,7 +174,7 @@ def test_corrupt_chunk_files_are_recomputed(reference, tmp_path):
 _KILLABLE = """
 import sys, time
 from mdflow._config import from_dict
-from mdflow._run import execute
+from mdflow._execution.run import execute
 import json
 def log(msg):
     print(msg, flush=True)
@@ -288,7 +288,7 @@ def test_failures_are_isolated_and_strict(tmp_path):
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
-    import mdflow._store as store
+    import mdflow._execution.store as store
 
     path = tmp_path / "x.json"
     atomic_write_json(path, {"a": 1})
@@ -305,7 +305,7 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
 
 
 def test_dual_pairs_are_stored_per_chunk_and_resumed(tmp_path):
-    from mdflow._store import Store
+    from mdflow._execution.store import Store
 
     config = tiny(grid={"eps": [0.3, 3.0], "alpha": [0.1]}, sweep={"chunk_size": 1})
     out = tmp_path / "out"

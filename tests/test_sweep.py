@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 import mdflow as md
-from mdflow import _sweep
-from mdflow._rosenbrock import share_mode
-from mdflow._sweep import Chunk, Progress, batches, chunk_solver, difficulty, plan_chunks, solve_chunks, sweep
+from mdflow._execution import sweep as _sweep
+from mdflow._solver.rosenbrock import share_mode
+from mdflow._execution.sweep import Chunk, Progress, batches, chunk_solver, difficulty, plan_chunks, solve_chunks, sweep
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +216,7 @@ def test_progress_lines():
 _DEVICES = """
 import dataclasses, sys, warnings, numpy as np, jax
 import mdflow as md
-from mdflow import _sweep
+from mdflow._execution import sweep as _sweep
 assert len(jax.devices()) == int(sys.argv[2]), jax.devices()
 p = md.sparse_gaussian(10, 24, 3, seed=2)
 pol = md.SolvePolicy(t1=1e3, num_ts=12, stop_rel_residual=1e-7, save="trajectory")

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from mdflow._config import from_dict
-from mdflow._run import execute
-from mdflow._store import read_manifest
+from mdflow._execution.run import execute
+from mdflow._execution.store import read_manifest
 
 CONFIG = {
     "problem": {"n": 6, "d": 18, "k": 2},

@@ -55,7 +55,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, Bool, Float, PyTree
 
-from ._linear import CoordinatewiseJacobian, DenseJacobian
+from .linear import CoordinatewiseJacobian, DenseJacobian
 
 JACOBIANS = ("structured", "dense")
 DENSE_OUTPUTS = ("hermite", "extension")
@@ -309,7 +309,7 @@ class Rodas3(AbstractRosenbrock):
 
 def jacobian_for(flow) -> str:
     """The Jacobian strategy a flow supports: structured when it is coordinatewise, else dense."""
-    from ._linear import is_coordinatewise
+    from .linear import is_coordinatewise
 
     return "structured" if is_coordinatewise(flow) else "dense"
 

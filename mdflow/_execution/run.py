@@ -14,14 +14,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from ._config import Config, RunSpec
-from ._errors import InputError
-from ._flows import make_flow
-from ._problem import Problem
-from ._solve import STATUSES, Solution, SolvePolicy, status_name
-from ._resources import check_sweep_fits, sweep_size
-from ._store import Store, atomic_write_json, stream_npz
-from ._sweep import (
+from .._config import Config, RunSpec
+from .._errors import InputError
+from .._flows import make_flow
+from .._problem import Problem
+from .._solver.solve import STATUSES, Solution, SolvePolicy, status_name
+from .resources import check_sweep_fits, sweep_size
+from .store import Store, atomic_write_json, stream_npz
+from .sweep import (
     Chunk, Progress, chunk_solver, difficulty, effective_vmap_width, make_mesh, plan_chunks, solve_plan,
     timing_text,
 )
@@ -34,7 +34,7 @@ def versions() -> dict[str, str]:
     import diffrax
     import equinox
 
-    from . import __version__
+    from .. import __version__
 
     return {
         "mdflow": __version__,
@@ -84,7 +84,7 @@ def build_flow(spec: RunSpec, problem: Problem, config: Config, *, track_identit
 def run_axes(config: Config) -> list[str]:
     """The labels that identify a run: flow, seed, then every run parameter of the config's flows
     (their `axes`, first appearance first; `mdflow.load` indexes runs by them)."""
-    from ._flows import PRIMAL_FLOWS
+    from .._flows import PRIMAL_FLOWS
 
     axes = ["flow", "seed", "eps", "alpha"]
     for kind in config["flows"]["kinds"]:
@@ -183,7 +183,7 @@ def _chunk_result(
             for key, value in extra.items():
                 arrays.setdefault(f"{name}.{key}", []).append(np.asarray(value))
         if duals:
-            from ._equivalence import pair_record
+            from .._analysis.equivalence import pair_record
 
             pair, pair_arrays = pair_record(problem, flow, one, policy, tolerance=config["check"]["tolerance"],
                                             floor=config["check"]["floor"], dual_form=config["flows"]["dual_form"])
@@ -238,7 +238,7 @@ def execute(
     out_dir = Path(out_dir)
     duals = config["flows"]["duals"] if duals is None else duals
     if analyses is None:
-        from ._analysis import config_analyses
+        from .._analysis.analyze import config_analyses
 
         analyses = config_analyses(config)
     policy = config.solve_policy(duals=duals)
@@ -341,7 +341,7 @@ def execute(
                 if duals:
                     atomic_write_json(folder / "equivalence.json", {"pairs": pairs})
                 if config["output"]["figures"]:
-                    from ._plot import plot_all
+                    from .._plotting.plot import plot_all
 
                     progress.note("drawing figures")
                     plot_all(folder)

@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._errors import InputError
+from .._errors import InputError
 
 FORMAT = 2
 CHUNK_DIR = "chunks"

@@ -69,7 +69,7 @@ def number(x: float) -> str:
 
 def flow_name(kind: str) -> str:
     """A flow's human-readable name (its class's `label`; the kind itself if unknown)."""
-    from ._flows import PRIMAL_FLOWS
+    from .._flows import PRIMAL_FLOWS
 
     cls = PRIMAL_FLOWS.get(kind)
     return kind if cls is None else cls.label

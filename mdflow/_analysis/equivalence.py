@@ -20,11 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._dual import DualFlow, dual_flow
-from ._errors import InputError
-from ._flows import AbstractPrimalFlow
-from ._problem import Problem
-from ._solve import STATUSES, Solution, SolvePolicy, select_solver, solve, status_name
+from .._dual import DualFlow, dual_flow
+from .._errors import InputError
+from .._flows import AbstractPrimalFlow
+from .._problem import Problem
+from .._solver.solve import STATUSES, Solution, SolvePolicy, select_solver, solve, status_name
 
 def paired_dual(flow: AbstractPrimalFlow, problem: Problem, *, form: str = "rho") -> DualFlow:
     """The dual flow paired with a primal flow, on the flow's own mirror map (`flow.mirror`): GF ↔
@@ -290,7 +290,7 @@ def format_table(records: list[dict]) -> str:
 def plot_pair(record: dict, arrays: dict, stem: str | Path, *, num_coords: int = 4) -> list[Path]:
     """Figure of one pair: primal (solid) vs dual (dashed) `w_i(t)` for the largest final coordinates,
     and the relative gaps (and δ for tracked SSD) against t, log–log. Writes `stem.pdf` and `stem.png`."""
-    from ._style import FULL_WIDTH, PALETTE, figure, save
+    from .._plotting.style import FULL_WIDTH, PALETTE, figure, save
 
     ts = np.asarray(arrays["ts"])
     w_p, w_d = np.asarray(arrays["w_primal"]), np.asarray(arrays["w_dual"])

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.ticker import NullFormatter
 
-from ._style import FULL_WIDTH, PALETTE, TIME, alpha_label, figure, number, run_label, save
+from .style import FULL_WIDTH, PALETTE, TIME, alpha_label, figure, number, run_label, save
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
@@ -34,7 +34,7 @@ def load_folder(out_dir: str | Path) -> dict:
     """Everything a results folder holds that figures use: `summary`, `traj` (trajectories.npz),
     `analysis` (its `analysis.*` arrays, prefix dropped), `pairs` (equivalence.json, empty without
     duals). The summary and arrays come from the store's one reader."""
-    from ._store import read_result_folder
+    from .._execution.store import read_result_folder
 
     out_dir = Path(out_dir)
     summary, arrays = read_result_folder(out_dir)

@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from ._mirror import AbstractMirrorMap
-from ._problem import Problem
+from .._mirror import AbstractMirrorMap
+from .._problem import Problem
 
 
 class KKTSolution(eqx.Module):
@@ -259,7 +259,7 @@ def kkt_record(
     exactly). Distances are relative (`||w∞ − w_ref|| / ||w_ref||`); `l*_ratio` are norm ratios
     `||w∞||_p / ||w_ℓp||_p`.
     """
-    from ._mirror import Hypentropy
+    from .._mirror import Hypentropy
 
     y_final = jnp.asarray(y_final)
     w = np.asarray(flow.weights(y_final, problem))

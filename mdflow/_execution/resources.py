@@ -17,7 +17,7 @@ import shutil
 import warnings
 from pathlib import Path
 
-from ._errors import InputError
+from .._errors import InputError
 
 BYTES = 8  # float64
 # Solver work arrays per member, in units of its state: Rodas4 keeps 6 stages, the field values and

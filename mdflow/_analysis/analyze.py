@@ -16,7 +16,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from ._problem import Problem
+from .._problem import Problem
 
 NUM_STAGE_COORDS = 10
 
@@ -25,7 +25,7 @@ _REFERENCE_CACHE: dict[str, dict[str, np.ndarray]] = {}
 
 def references_for(problem: Problem) -> dict[str, np.ndarray]:
     """The min-ℓ1/ℓ3/2/ℓ2 interpolators of a problem, cached by the hash of `(X, y)`."""
-    from ._interpolators import reference_interpolators
+    from .interpolators import reference_interpolators
 
     key = hashlib.sha1(np.asarray(problem.X).tobytes() + np.asarray(problem.y).tobytes()).hexdigest()
     if key not in _REFERENCE_CACHE:
@@ -43,7 +43,7 @@ def _identity_state(problem: Problem, flow, solution, policy):
     tracked = flow.with_identity()
     if tracked is None:
         return None
-    from ._solve import solve
+    from .._solver.solve import solve
 
     sol = solve(tracked, problem, dataclasses.replace(policy, save="final"))
     return np.asarray(sol.y_final)
@@ -60,9 +60,9 @@ def analyze_run(problem: Problem, flow, solution, config, *, policy=None) -> tup
       point.
     `solution` is one run's `Solution` (no batch axis); `policy` defaults to `config.solve_policy()`.
     """
-    from ._discrete import discrete_record
-    from ._kkt import kkt_record
-    from ._stages import stages_record
+    from .discrete import discrete_record
+    from .kkt import kkt_record
+    from .stages import stages_record
 
     an = config["analysis"]
     policy = config.solve_policy() if policy is None else policy

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._problem import Problem
+from .._problem import Problem
 
 
 @eqx.filter_jit
@@ -126,8 +126,8 @@ def discrete_record(
     skips it). Returns the `discrete` sub-record (`etas`, `errors`, `overshoot_steps`,
     `first_overshoot`, `slope`, `t1`, `end_tol`, `end_errors`, `end_steps`, `end_slope`) and arrays
     (`discrete_etas`, `discrete_errors`, `discrete_end_errors`)."""
-    from ._errors import InputError
-    from ._solve import SolvePolicy, solve
+    from .._errors import InputError
+    from .._solver.solve import SolvePolicy, solve
 
     for name in ("tau1", "tau2"):
         tau = float(getattr(flow, name, 0.0))
@@ -170,7 +170,7 @@ def discrete_record(
 
 def _end_point_errors(problem, flow, etas, policy, end_tol, max_steps, record) -> list[float | None]:
     """The end-point comparison (module docstring): fills `record` and returns `end_errors`."""
-    from ._solve import solve
+    from .._solver.solve import solve
 
     if end_tol is None:
         end_tol = policy.stop_rel_residual if policy.stop_rel_residual is not None else 1e-6

@@ -23,7 +23,7 @@ import dataclasses
 import ipaddress
 import os
 
-from ._errors import InputError
+from .._errors import InputError
 
 LOOPBACK_NAMES = ("localhost",)
 

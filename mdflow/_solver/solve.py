@@ -19,10 +19,10 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int
 
-from ._errors import InputError, check_time_grid
-from ._flows import AbstractFlow
-from ._problem import Problem
-from ._rosenbrock import Rodas3, Rodas4, StiffSwitch, jacobian_for
+from .._errors import InputError, check_time_grid
+from .._flows import AbstractFlow
+from .._problem import Problem
+from .rosenbrock import Rodas3, Rodas4, StiffSwitch, jacobian_for
 
 class RunStatus(enum.IntEnum):
     """A run's outcome, stored as its integer code (`Solution.status`) and recorded by name."""

@@ -188,6 +188,6 @@ def _block_inv_lower(M: Float[Array, "K K d"], lead: int) -> Float[Array, "K K d
 
 def is_coordinatewise(flow) -> bool:
     """Whether a flow is a coordinatewise primal flow (`local_field`), as the structured Jacobian needs."""
-    from ._flows import AbstractPrimalFlow
+    from .._flows import AbstractPrimalFlow
 
     return isinstance(flow, AbstractPrimalFlow)

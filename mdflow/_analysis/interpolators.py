@@ -19,9 +19,9 @@ from typing import ClassVar
 import jax.numpy as jnp
 import numpy as np
 
-from ._kkt import bregman_projection
-from ._mirror import AbstractMirrorMap
-from ._problem import Problem
+from .kkt import bregman_projection
+from .._mirror import AbstractMirrorMap
+from .._problem import Problem
 
 
 class PowerPotential(AbstractMirrorMap):

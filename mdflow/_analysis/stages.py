@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._problem import Problem
+from .._problem import Problem
 
 
 def regime_indicator(flow, ys, problem: Problem) -> tuple[np.ndarray, np.ndarray]:

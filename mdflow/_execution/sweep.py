@@ -36,9 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ._flows import AbstractFlow
-from ._problem import Problem
-from ._solve import (
+from .._flows import AbstractFlow
+from .._problem import Problem
+from .._solver.solve import (
     AUTO_SOLVER, EXPLICIT_SOLVERS, Solution, SolveControls, SolvePolicy, _solve, select_solver, stack_flows,
 )
 
@@ -173,7 +173,7 @@ def effective_vmap_width(
             return 1
         warnings.warn(
             f"vmap_width={width} with solver {solver!r} on {mesh.devices.size} host CPU devices can "
-            "deadlock XLA's CPU runtime (see mdflow._sweep.effective_vmap_width); running chunk members in "
+            "deadlock XLA's CPU runtime (see mdflow._execution.sweep.effective_vmap_width); running chunk members in "
             "sequence (vmap_width=1)",
             stacklevel=3,
         )

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._store import read_result_folder
-from ._style import PALETTE, TIME, figure, run_label, save
+from .._execution.store import read_result_folder
+from .style import PALETTE, TIME, figure, run_label, save
 
 
 def plot_loss(summary: dict, arrays: dict, stem: Path) -> list[Path]:
@@ -67,7 +67,7 @@ def plot_run_figures(out_dir: str | Path, summary: dict | None = None, arrays: d
 def plot_all(folder: str | Path) -> list[Path]:
     """Every figure the result files in `folder` support: run figures and the paper figures F1–F6,
     written under `folder/figures`. `folder` is a result set's own folder (see `plot_results`)."""
-    from ._figures import load_folder, plot_paper_figures
+    from .figures import load_folder, plot_paper_figures
 
     data = load_folder(folder)  # the result set, read once for every figure
     return plot_run_figures(folder, data["summary"], data["traj"]) + plot_paper_figures(folder, data)
@@ -76,6 +76,6 @@ def plot_all(folder: str | Path) -> list[Path]:
 def plot_results(out_dir: str | Path) -> list[Path]:
     """`mdflow plot`: verify the committed result set of a results folder (a missing or inconsistent
     set is an `InputError`), then draw every figure from that one set, into it."""
-    from ._store import committed_folder
+    from .._execution.store import committed_folder
 
     return plot_all(committed_folder(out_dir))

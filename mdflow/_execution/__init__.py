@@ -1,0 +1,1 @@
+"""Running sweeps: the chunk planner and executor (`sweep`), the results store, the config-to-results pipeline behind `mdflow run/check` (`run`), resource guards and `jax.distributed` jobs. A one-way layer above the model and the solvers."""
