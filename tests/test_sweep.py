@@ -17,6 +17,7 @@ import pytest
 import mdflow as md
 from mdflow._execution import sweep as _sweep
 from mdflow._solver.rosenbrock import share_mode
+from mdflow._solver.solve import _solve as _solve_one
 from mdflow._execution.sweep import Chunk, Progress, batches, chunk_solver, difficulty, plan_chunks, solve_chunks, sweep
 
 
@@ -289,7 +290,7 @@ def test_gf_frozen_and_ssd_share_one_compiled_program(small_problem):
     assert _sweep.num_traces() - before == 1
     for flows, sol in zip(kinds, sols):
         for i, flow in enumerate(flows):
-            ref = md._solve._solve(flow, p, md.SolveControls.of(policy, p)[0], solver_name=md.select_solver(policy, flow),
+            ref = _solve_one(flow, p, md.SolveControls.of(policy, p)[0], solver_name=md.select_solver(policy, flow),
                                    max_steps=policy.max_steps, keep_states=True, stop=True)
             np.testing.assert_array_equal(sol.y_final[i], np.asarray(ref.y_final))
             np.testing.assert_array_equal(sol.ys[i], np.asarray(ref.ys))
