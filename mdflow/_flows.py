@@ -111,6 +111,8 @@ class AbstractPrimalFlow(AbstractFlow):
 
     # The config grid axes this flow takes (beyond the seed), in record order; `build` takes them.
     axes: ClassVar[tuple[str, ...]]
+    # Axes with a default when left unset (frozen SSD's `a`: `|g(0)|`).
+    optional_axes: ClassVar[tuple[str, ...]] = ()
     # Static switches of the flow, read from the `[flows]` table (e.g. `bias_correction`).
     options: ClassVar[tuple[str, ...]] = ()
     # Whether the θ rows are `(log u, log v)` (valid while u, v keep their sign) or `(u, v)`.
@@ -137,17 +139,12 @@ class AbstractPrimalFlow(AbstractFlow):
         unknown = sorted(k for k, v in params.items() if k not in cls.axes and v is not None)  # None: unset
         if unknown:
             raise InputError(f"flow {cls.kind!r}: unknown parameter {unknown[0]!r} (takes {list(cls.axes)})")
-        missing = [name for name in cls.axes if params.get(name) is None and name not in cls.optional_axes()]
+        missing = [name for name in cls.axes if params.get(name) is None and name not in cls.optional_axes]
         if missing:
             raise InputError(f"{missing[0]}=None: flow {cls.kind!r} needs {missing[0]}")
         dtype = problem.X.dtype
         values = {k: jnp.asarray(v, dtype) for k, v in params.items() if v is not None and k in cls.axes}
         return cls._from_values(problem, values, track_identity=track_identity, options=options)
-
-    @classmethod
-    def optional_axes(cls) -> tuple[str, ...]:
-        """Axes with a default when left unset (frozen SSD's `a`)."""
-        return ()
 
     @classmethod
     def _from_values(cls, problem: Problem, values: dict[str, Array], *, track_identity: bool, options: dict):
@@ -166,12 +163,6 @@ class AbstractPrimalFlow(AbstractFlow):
     @property
     def num_components(self) -> int:
         return 2
-
-    def uv(self, y: State) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
-        """`(u, v)` read off a state."""
-        if self.log_coordinates:
-            return jnp.exp(y[0]), jnp.exp(y[1])
-        return y[0], y[1]
 
     def log_uv(self, y: State) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
         """`(log |u|, log |v|)` of a state (the analyses' coordinates; `w` depends on `u², v²` only)."""
@@ -344,9 +335,7 @@ class FrozenSSD(AbstractPrimalFlow):
         check_parameter("eps", self.eps)
         check_parameter("a", self.a, strict=False)
 
-    @classmethod
-    def optional_axes(cls):
-        return ("a",)
+    optional_axes: ClassVar[tuple[str, ...]] = ("a",)
 
     @classmethod
     def _from_values(cls, problem, values, *, track_identity, options):

@@ -38,7 +38,7 @@ def ssd_path(small_problem):
 def test_zero_time_constants_are_ssd(small_problem, ssd_path, solver, make):
     """τ1 = τ2 = 0 is SSD exactly: the trajectories agree to solver tolerance (Adam in linear
     coordinates, RMSProp in log coordinates, SSD in log coordinates). Rodas4 (structured Jacobian)
-    without bias correction: the field is then autonomous, as the Rosenbrock methods assume today."""
+    without bias correction (an autonomous field); the bias-corrected Rodas4 case is the next test."""
     flow = make(solver == "tsit5")
     w_ssd, scale = ssd_path
     sol = mdflow.solve(flow, small_problem, mdflow.SolvePolicy(solver=solver, **TIGHT))

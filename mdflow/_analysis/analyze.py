@@ -91,7 +91,10 @@ def analyze_run(problem: Problem, flow, solution, config, *, policy=None) -> tup
     if an["discrete"]:
         etas = [float(e) for e in an["discrete_etas"]]
         if flow.has_discrete:
-            record["discrete"], disc = discrete_record(problem, flow, etas, t1=float(an["discrete_t1"]), policy=policy)
+            # A run stopped at its interpolation tolerance is the flow's end point: not solved again.
+            stopped = policy.stop_rel_residual is not None and bool(solution.stopped)
+            record["discrete"], disc = discrete_record(problem, flow, etas, t1=float(an["discrete_t1"]), policy=policy,
+                                                       end_state=solution.y_final if stopped else None)
         else:
             record["discrete"] = {"skipped": f"{flow.label} has no discrete optimizer counterpart"}
             disc = {"discrete_etas": np.asarray(etas), "discrete_errors": np.full(len(etas), np.nan),

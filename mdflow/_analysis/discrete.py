@@ -45,36 +45,39 @@ def optimizer_path(problem: Problem, flow, eta, steps_per_save, num_saves: int):
         return _optimizer_path(problem, flow, eta, steps_per_save, num_saves)
 
 
-def _optimizer_path(problem, flow, eta, steps_per_save, num_saves):
+def _weights(params):
+    u, v = params
+    return u * u - v * v
+
+
+def _optimizer(problem, flow, eta):
+    """The optimizer's start `(u, v) = (α, α)`, its `opt` (`flow.discrete_optimizer(η)`), the loss
+    gradient in `(u, v)` and `optax.apply_updates`."""
     import optax  # only here: `import mdflow` does not pay for optax
 
-    dtype = problem.X.dtype
-    u0 = jnp.broadcast_to(jnp.asarray(flow.alpha, dtype), (problem.d,))
-    params = (u0, u0)
-    opt = flow.discrete_optimizer(eta)
+    u0 = jnp.broadcast_to(jnp.asarray(flow.alpha, problem.X.dtype), (problem.d,))
+    grad = jax.grad(lambda params: problem.loss(_weights(params)))
+    return (u0, u0), flow.discrete_optimizer(eta), grad, optax.apply_updates
 
-    def loss(params):
-        u, v = params
-        return problem.loss(u * u - v * v)
 
-    grad = jax.grad(loss)
+def _optimizer_path(problem, flow, eta, steps_per_save, num_saves):
+    params, opt, grad, apply_updates = _optimizer(problem, flow, eta)
 
     def step(k, carry):
         params, state, count, first, index = carry
         updates, state = opt.update(grad(params), state, params)
-        params = optax.apply_updates(params, updates)
+        params = apply_updates(params, updates)
         bad = (jnp.min(params[0]) <= 0) | (jnp.min(params[1]) <= 0)
         first = jnp.where(bad & (first < 0), index, first)
         return params, state, count + bad.astype(count.dtype), first, index + 1
 
     def save(carry, _):
         carry = jax.lax.fori_loop(0, steps_per_save, step, carry)
-        u, v = carry[0]
-        return carry, u * u - v * v
+        return carry, _weights(carry[0])
 
     carry = (params, opt.init(params), jnp.zeros((), jnp.int32), -jnp.ones((), jnp.int32), jnp.ones((), jnp.int32))
     carry, ws = jax.lax.scan(save, carry, None, length=num_saves)
-    ws = jnp.concatenate([(u0 * u0 - u0 * u0)[None], ws])
+    ws = jnp.concatenate([_weights(params)[None], ws])
     return ws, carry[2], carry[3]
 
 
@@ -83,28 +86,19 @@ def optimizer_endpoint(problem: Problem, flow, eta, tol, max_steps):
     """`flow.discrete_optimizer(η)` from `u = v = α` until the relative residual is `≤ tol` or
     `max_steps` steps: the final `w`, the number of steps taken and whether it got there."""
     with jax.numpy_dtype_promotion("standard"):
-        import optax
-
-        dtype = problem.X.dtype
-        u0 = jnp.broadcast_to(jnp.asarray(flow.alpha, dtype), (problem.d,))
-        opt = flow.discrete_optimizer(eta)
-        grad = jax.grad(lambda params: problem.loss(params[0] * params[0] - params[1] * params[1]))
-
-        def weights(params):
-            return params[0] * params[0] - params[1] * params[1]
+        params, opt, grad, apply_updates = _optimizer(problem, flow, eta)
 
         def going(carry):
             params, _, k = carry
-            return (problem.rel_residual(weights(params)) > tol) & (k < max_steps)
+            return (problem.rel_residual(_weights(params)) > tol) & (k < max_steps)
 
         def step(carry):
             params, state, k = carry
             updates, state = opt.update(grad(params), state, params)
-            return optax.apply_updates(params, updates), state, k + 1
+            return apply_updates(params, updates), state, k + 1
 
-        params = (u0, u0)
         params, _, k = jax.lax.while_loop(going, step, (params, opt.init(params), jnp.zeros((), jnp.int32)))
-        w = weights(params)
+        w = _weights(params)
         return w, k, problem.rel_residual(w) <= tol
 
 
@@ -119,13 +113,14 @@ def fit_slope(etas, errors) -> float | None:
 
 def discrete_record(
     problem: Problem, flow, etas, *, t1: float = 2.0, num_saves: int = 50, policy=None,
-    end_tol: float | None = None, max_steps: int = 2_000_000,
+    end_tol: float | None = None, max_steps: int = 2_000_000, end_state=None,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """The flow's discrete optimizer vs the flow for each η (module docstring), on `[0, t1]` and at
     the end point (interpolation at `end_tol`, default the policy's stop tolerance or 1e-6; None
     skips it). Returns the `discrete` sub-record (`etas`, `errors`, `overshoot_steps`,
     `first_overshoot`, `slope`, `t1`, `end_tol`, `end_errors`, `end_steps`, `end_slope`) and arrays
-    (`discrete_etas`, `discrete_errors`, `discrete_end_errors`)."""
+    (`discrete_etas`, `discrete_errors`, `discrete_end_errors`). `end_state`: the flow's own end
+    state, stopped at `end_tol` (a run's `y_final`), to compare with instead of solving it again."""
     from .._errors import InputError
     from .._solver.solve import SolvePolicy, solve
 
@@ -140,6 +135,7 @@ def discrete_record(
     ts = np.linspace(0.0, t1, num_saves + 1)
     if policy is None:
         policy = SolvePolicy(rtol=1e-10, atol=1e-12)
+    end_policy = policy  # the caller's, with its stop tolerance (the end-point comparison's default)
     policy = SolvePolicy(**{**policy.__dict__, "t1": t1, "stop_rel_residual": None, "save": "trajectory"})
     sol = solve(flow, problem, policy, ts=ts)
     w_flow = np.asarray(jax.vmap(lambda y: flow.weights(y, problem))(sol.ys))
@@ -161,30 +157,34 @@ def discrete_record(
     slope = fit_slope([e for e, ok in zip(used, clean) if ok], [x for x, ok in zip(errors, clean) if ok])
     record = {"etas": used, "errors": errors, "overshoot_steps": counts, "first_overshoot": firsts,
               "slope": slope, "t1": t1, "flow_status": int(sol.status)}
-    end_errors = _end_point_errors(problem, flow, used, policy, end_tol, max_steps, record)
+    end_errors = _end_point_errors(problem, flow, used, end_policy, end_tol, max_steps, record, end_state)
     nan = np.nan
     arrays = {"discrete_etas": np.asarray(used), "discrete_errors": np.asarray([nan if e is None else e for e in errors]),
               "discrete_end_errors": np.asarray([nan if e is None else e for e in end_errors])}
     return record, arrays
 
 
-def _end_point_errors(problem, flow, etas, policy, end_tol, max_steps, record) -> list[float | None]:
+def _end_point_errors(problem, flow, etas, policy, end_tol, max_steps, record, end_state) -> list[float | None]:
     """The end-point comparison (module docstring): fills `record` and returns `end_errors`."""
     from .._solver.solve import solve
 
     if end_tol is None:
         end_tol = policy.stop_rel_residual if policy.stop_rel_residual is not None else 1e-6
-    # The flow's limit: the same policy, stopped at `end_tol` (a long horizon: the stop ends it).
-    flow_end = solve(flow, problem, dataclasses.replace(policy, t1=max(policy.t1, 1e5), stop_rel_residual=end_tol,
-                                                        save="final"))
-    w_inf = np.asarray(flow.weights(flow_end.y_final, problem))
+    flow_t_end = None
+    if end_state is None:
+        # The flow's limit: the same policy, stopped at `end_tol` (a long horizon: the stop ends it).
+        flow_end = solve(flow, problem, dataclasses.replace(policy, t1=max(policy.t1, 1e5), stop_rel_residual=end_tol,
+                                                            save="final"))
+        end_state = flow_end.y_final if bool(flow_end.stopped) else None
+        flow_t_end = float(flow_end.t_end)
+    w_inf = None if end_state is None else np.asarray(flow.weights(jnp.asarray(end_state), problem))
     errors, steps = [], []
     for eta in etas:
         w, k, done = optimizer_endpoint(problem, flow, jnp.asarray(eta, problem.X.dtype),
                                         jnp.asarray(end_tol, problem.X.dtype), jnp.asarray(max_steps))
-        ok = bool(done) and bool(flow_end.stopped)
+        ok = bool(done) and w_inf is not None
         errors.append(float(np.linalg.norm(np.asarray(w) - w_inf) / np.linalg.norm(w_inf)) if ok else None)
         steps.append(int(k))
     record.update(end_tol=end_tol, end_errors=errors, end_steps=steps, end_slope=fit_slope(etas, errors),
-                  flow_t_end=float(flow_end.t_end))
+                  flow_t_end=flow_t_end)
     return errors

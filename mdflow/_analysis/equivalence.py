@@ -182,11 +182,12 @@ def pair_record(
                                            "coarse {coarse_status}").format(**statuses)
     else:
         verdict, reason = judge(max_gap, gap_coarse, tolerance, ratio)
+    params = flow.params()
     record = {
         "flow": flow.kind,
         "exact": flow.exact_dual,
-        "eps": flow.params().get("eps"),
-        "alpha": flow.params().get("alpha"),
+        "eps": params.get("eps"),
+        "alpha": params.get("alpha"),
         "dual_form": dual_form,
         **_gap_fields(arrays, max_gap, floor),
         "tolerance": tolerance,

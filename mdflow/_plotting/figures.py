@@ -300,12 +300,11 @@ def f7_ema(data, stem) -> list[Path]:
     for r in adam:
         by_eps_tau1.setdefault((r["eps"], r["tau1"]), []).append(r)
         by_taus.setdefault((r["tau1"], r["tau2"]), []).append(r)
+    # Colour: ε (top) or τ2 (bottom); marker: τ1. Distinct for up to 8 × 8 combinations.
+    eps_index, tau1_index, tau2_index = ({v: i for i, v in enumerate(sorted({r[k] for r in adam}))}
+                                         for k in ("eps", "tau1", "tau2"))
     for col, (key, title) in enumerate(EMA_PANELS):
         top, bottom = axes[0, col], axes[1, col]
-        # Colour: ε (top) or τ2 (bottom); marker: τ1. Distinct for up to 8 × 8 combinations.
-        eps_index = {e: i for i, e in enumerate(sorted({r["eps"] for r in adam}))}
-        tau1_index = {t: i for i, t in enumerate(sorted({r["tau1"] for r in adam}))}
-        tau2_index = {t: i for i, t in enumerate(sorted({r["tau2"] for r in adam}))}
         for (eps, tau1), rs in sorted(by_eps_tau1.items()):
             rs = sorted((r for r in rs if r["tau2"] > 0 and _get(r, "kkt", key) is not None), key=lambda r: r["tau2"])
             if not rs:
