@@ -82,8 +82,9 @@ def test_bad_save_times_rejected_on_host(small_problem, ts):
 
 
 def test_second_process_loads_the_solve_from_the_cache(tmp_path):
-    """`mdflow run` twice, each in a new process, on an empty cache directory: the first writes the
-    compiled chunk solve (`jit__body`), the second loads it instead of compiling."""
+    """`mdflow run` twice, each in a new process, on an empty cache directory: the first traces the chunk
+    solve, stores its trace (`mdflow-programs/`) and its compilation (`jit__body`); the second loads
+    both instead of tracing and compiling, and its results are bit for bit the first's."""
     cfg = tmp_path / "tiny.toml"
     cfg.write_text(TINY)
     cache = tmp_path / "cache"
@@ -94,9 +95,18 @@ def test_second_process_loads_the_solve_from_the_cache(tmp_path):
         return subprocess.run([sys.executable, "-m", "mdflow.cli", "run", str(cfg), "--out", str(tmp_path / f"o{i}")],
                               env=env, capture_output=True, text=True, timeout=300, check=True).stderr
 
-    run(1)
+    first = run(1)
+    assert "(traced)" in first, first[-3000:]
     written = sorted(p.name for p in cache.glob("jit__body-*"))
     assert written, sorted(p.name for p in cache.iterdir())
+    programs = sorted(p.name for p in (cache / "mdflow-programs").glob("*.jaxexport"))
+    assert len(programs) == 1, programs
     second = run(2)
+    assert "(trace loaded)" in second, second[-3000:]
     assert "Persistent compilation cache hit for 'jit__body'" in second, second[-3000:]
     assert sorted(p.name for p in cache.glob("jit__body-*")) == written  # same program, same key
+    assert sorted(p.name for p in (cache / "mdflow-programs").glob("*.jaxexport")) == programs
+    with np.load(tmp_path / "o1" / "trajectories.npz") as a, np.load(tmp_path / "o2" / "trajectories.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for key in a.files:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)

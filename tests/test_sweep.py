@@ -176,15 +176,15 @@ def test_vmapped_auto_chunk_shares_the_mode_and_matches_the_loop(small_problem):
 
 
 def test_no_recompiles_across_eps_alpha_values(problem):
-    # A max_steps value no other test uses gives a fresh compiled variant, traced exactly once.
+    # A max_steps value no other test uses gives a fresh compiled variant, built exactly once.
     pol = policy(max_steps=123_457, save="final")
-    before = _sweep.num_traces()
+    before = _sweep.num_programs()
     sweep(flows_for(problem), problem, pol, chunk_size=2, vmap_width=2)  # three vmapped chunks
     sweep(flows_for(problem, eps=[0.05, 0.5, 5.0, 50.0], alpha=[0.02, 0.2]), problem, pol, chunk_size=2,
           vmap_width=2)
     other = md.sparse_gaussian(10, 24, 3, seed=7)  # another problem of the same shape
     sweep(flows_for(other, eps=[0.07], alpha=[0.3]), other, pol, chunk_size=2, vmap_width=2)
-    assert _sweep.num_traces() - before == 1
+    assert _sweep.num_programs() - before == 1
 
 
 def test_progress_lines():
@@ -263,9 +263,9 @@ def test_any_array_parameter_may_vary(problem):
     rng = np.random.default_rng(0)
     flows = [md.make_flow("ssd_frozen", problem, eps=0.1, alpha=rng.uniform(0.01, 0.1, problem.d), a=a)
              for a in (0.0, 0.05, 0.5, 5.0)]
-    before = _sweep.num_traces()
+    before = _sweep.num_programs()
     batched = sweep(flows, problem, pol, chunk_size=2)
-    assert _sweep.num_traces() - before == 1
+    assert _sweep.num_programs() - before == 1
     for i, flow in enumerate(flows):
         one = md.solve(flow, problem, pol)
         np.testing.assert_allclose(batched.y_final[i], np.asarray(one.y_final), rtol=0, atol=1e-12)
@@ -277,7 +277,7 @@ def test_gf_frozen_and_ssd_share_one_compiled_program(small_problem):
     """GF, frozen SSD and SSD are solved as `SSDFamily` members: chunks of all three kinds (same solver,
     shapes, save mode) trace the chunk solve once, and each run equals its own flow's direct solve bit
     for bit."""
-    # A max_steps value no other test uses: a fresh compiled variant, traced exactly once.
+    # A max_steps value no other test uses: a fresh compiled variant, built exactly once.
     policy = md.SolvePolicy(solver="auto", t1=50.0, num_ts=8, stop_rel_residual=1e-6, max_steps=123_461)
     p = small_problem
     kinds = [
@@ -285,9 +285,9 @@ def test_gf_frozen_and_ssd_share_one_compiled_program(small_problem):
         [md.make_flow("ssd_frozen", p, eps=0.3, alpha=a) for a in (0.05, 0.2)],
         [md.make_flow("ssd", p, eps=0.3, alpha=a) for a in (0.05, 0.2)],
     ]
-    before = _sweep.num_traces()
+    before = _sweep.num_programs()
     sols = [_sweep.solve_chunk(flows, p, policy, chunk_size=2) for flows in kinds]
-    assert _sweep.num_traces() - before == 1
+    assert _sweep.num_programs() - before == 1
     for flows, sol in zip(kinds, sols):
         for i, flow in enumerate(flows):
             ref = _solve_one(flow, p, md.SolveControls.of(policy, p)[0], solver_name=md.select_solver(policy, flow),

@@ -13,7 +13,7 @@ steps, so vmapping there only adds the masked steps). `vmap_width` chooses betwe
 Why one compiled function: every chunk is padded to the same size (repeating a member; the copies are
 discarded, or skipped when members run in sequence), ε, α, a, tolerances and the time grid are arrays,
 so all chunks of one (flow type, problem shape, solver, save mode, max_steps, vmap width) reuse one
-compiled function. `num_traces()` counts traces so tests can prove it.
+compiled function. `num_programs()` counts them so tests can prove it.
 
 Devices: the stacked batch axis (devices × chunk_size) is split over a 1-D `Mesh` of all devices with
 `jax.shard_map`, so each device solves its own chunk (no per-step cross-device reduction; each device
@@ -38,6 +38,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .._flows import AbstractFlow
 from .._problem import Problem
+from .programs import Program, build_program
 from .._solver.solve import (
     AUTO_SOLVER, EXPLICIT_SOLVERS, Solution, SolveControls, SolvePolicy, _solve, select_solver, stack_flows,
 )
@@ -233,41 +234,51 @@ def _body(flows, real, problem, controls: SolveControls, *, mesh, vmap_width, **
     )(flows, real, problem, controls)
 
 
-# `_traced` counts how often the sharded batch solve is traced (= compiled): see `num_traces`.
-_traced = eqx.debug.assert_max_traces(_body, max_traces=None)
-_solve_sharded = eqx.filter_jit(_traced)
-# Programs compiled ahead of their call (`_compiled_solver`), by call signature.
+def _body_fields(*args, **static) -> dict[str, Any]:
+    """`_body` with its `Solution` as a dict of its array fields (what a stored program returns)."""
+    return {k: v for k, v in vars(_body(*args, **static)).items() if v is not None}
+
+
+# Programs built for the chunk solve, by call signature (`_compiled_solver`), and how many were built.
 _compiled: dict[Any, Any] = {}
+_num_programs = 0
 
 
 @dataclasses.dataclass(frozen=True)
 class CallTiming:
-    """Seconds of one `solve_chunks` call, measured apart: `compile_s` traces, lowers and compiles the
-    program (or loads it from the persistent compilation cache) the first time this process meets its
-    signature, else 0; `solve_s` runs it and copies the results to the host."""
+    """Seconds of one `solve_chunks` call, measured apart: `compile_s` builds the program the first
+    time this process meets its signature (traces it, or loads its trace from the program cache
+    `_execution/programs.py`, then lowers and compiles it, which the persistent compilation cache may
+    answer), else 0; `solve_s` runs it and copies the results to the host. `program` says how the
+    program was got ("loaded", "traced", ...; `""` when this process had it already)."""
 
     compile_s: float
     solve_s: float
+    program: str = ""
 
 
-def _compiled_solver(args: tuple, static: dict[str, Any]) -> tuple[Any, float]:
-    """The compiled chunk solve for these arguments, and the seconds spent compiling it now (0 when this
-    process compiled it before). Compiling ahead of the call is what lets `CallTiming` time the two apart."""
+def _compiled_solver(args: tuple, static: dict[str, Any]) -> tuple[Program, float, str]:
+    """The compiled chunk solve for these arguments, the seconds spent building it now (0 when this
+    process built it before) and how (`Program.source`, `""` if built before). Compiling ahead of the
+    call is what lets `CallTiming` time the two apart."""
+    global _num_programs
     dynamic, rest = eqx.partition(args, eqx.is_array)
     leaves = jax.tree.leaves(dynamic)
     key = (jax.tree.structure(dynamic), tuple((x.shape, x.dtype, x.sharding) for x in leaves),
            jax.tree.structure(rest), tuple(jax.tree.leaves(rest)), tuple(sorted(static.items())))
     if key in _compiled:
-        return _compiled[key], 0.0
+        return _compiled[key], 0.0, ""
     start = time.perf_counter()
-    compiled = _solve_sharded.lower(*args, **static).compile()
-    _compiled[key] = compiled
-    return compiled, time.perf_counter() - start
+    program = build_program("mdflow._execution.sweep._body", _body_fields, args, static)
+    _compiled[key] = program
+    _num_programs += 1
+    return program, time.perf_counter() - start, program.source
 
 
-def num_traces() -> int:
-    """How many times the chunk solver has been traced in this process (one per compiled variant)."""
-    return eqx.debug.get_num_traces(_traced)
+def num_programs() -> int:
+    """How many chunk-solve programs this process has built (traced or loaded; one per compiled
+    variant): tests use it to prove that sweeps of one kind share one program."""
+    return _num_programs
 
 
 def solve_chunks(
@@ -317,10 +328,11 @@ def solve_chunks_timed(
     args = (batched, real, problem, controls)
     static = dict(mesh=mesh, vmap_width=vmap_width, solver_name=solver, max_steps=policy.max_steps,
                   keep_states=policy.save == "trajectory", stop=stop)
-    compiled, compile_s = _compiled_solver(args, static)
+    program, compile_s, how = _compiled_solver(args, static)
     start = time.perf_counter()
-    sol = jax.tree.map(_to_host, compiled(*args, **static))
-    timing = CallTiming(compile_s=compile_s, solve_s=time.perf_counter() - start)
+    fields = jax.tree.map(_to_host, program(args))
+    sol = Solution(**{f.name: fields.get(f.name) for f in dataclasses.fields(Solution)})
+    timing = CallTiming(compile_s=compile_s, solve_s=time.perf_counter() - start, program=how)
     return [jax.tree.map(lambda x, i=i, m=len(c): x[i * chunk_size:i * chunk_size + m], sol)
             for i, c in enumerate(chunks)], timing
 
@@ -401,7 +413,10 @@ class Progress:
 def timing_text(timing: CallTiming, solve_share: float) -> str:
     """A chunk's part of a progress line: its share of the call's solve time, and the call's compile time
     when it compiled."""
-    return f"solve {solve_share:.2f} s" + (f", compile {timing.compile_s:.2f} s" if timing.compile_s else "")
+    if not timing.compile_s:
+        return f"solve {solve_share:.2f} s"
+    how = {"loaded": "trace loaded", "traced": "traced"}.get(timing.program, timing.program)
+    return f"solve {solve_share:.2f} s, compile {timing.compile_s:.2f} s" + (f" ({how})" if how else "")
 
 
 def batches(plan: Sequence[Chunk], ndev: int) -> list[list[Chunk]]:

@@ -1,0 +1,101 @@
+"""The program cache (`mdflow/_execution/programs.py`): a stored trace gives the traced program's results
+bit for bit; its key changes with everything a trace depends on; anything it cannot key or store is
+traced as usual."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mdflow
+from mdflow._execution import programs
+from mdflow._execution import sweep as _sweep
+from mdflow._solver.solve import SolveControls
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    path = tmp_path / "programs"
+    monkeypatch.setattr(programs, "cache_folder", lambda: path)
+    return path
+
+
+def _chunk_args(problem, solver):
+    """The arguments of a one-device chunk solve of two SSD runs (trajectories kept, stop on)."""
+    policy = mdflow.SolvePolicy(solver=solver, t1=100.0, num_ts=12, stop_rel_residual=1e-6)
+    flows = mdflow.stack_flows([mdflow.make_flow("ssd", problem, eps=e, alpha=0.1).integrand(problem)
+                                for e in (0.03, 1.0)])
+    controls, stop = SolveControls.of(policy, problem)
+    mesh = _sweep.make_mesh(jax.devices()[:1])
+    static = dict(mesh=mesh, vmap_width=1, solver_name=solver, max_steps=4096, keep_states=True, stop=stop)
+    return (flows, np.ones(2, dtype=bool), problem, controls), static
+
+
+@pytest.mark.parametrize("solver", ["tsit5_rodas4"])  # both methods of the switch
+def test_loaded_program_is_bit_identical(small_problem, folder, solver):
+    args, static = _chunk_args(small_problem, solver)
+    traced = programs.build_program("test.body", _sweep._body_fields, args, static)
+    assert traced.source == "traced"
+    assert len(list(folder.glob("*.jaxexport"))) == 1
+    loaded = programs.build_program("test.body", _sweep._body_fields, args, static)
+    assert loaded.source == "loaded"
+    direct = eqx.filter_jit(_sweep._body)(*args, **static)  # no export at all
+    a, b = traced(args), loaded(args)
+    assert set(a) == set(b) == {k for k, v in vars(direct).items() if v is not None}
+    for key in a:
+        np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]), err_msg=key)
+        np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(getattr(direct, key)), err_msg=key)
+    # Other parameter values, same program: the stored trace serves them too.
+    flows2 = jax.tree.map(lambda x: x * 1.5 if eqx.is_inexact_array(x) and x.ndim == 1 and x.shape[0] == 2 else x,
+                          args[0])
+    args2 = (flows2, *args[1:])
+    np.testing.assert_array_equal(np.asarray(loaded(args2)["y_final"]),
+                                  np.asarray(eqx.filter_jit(_sweep._body)(*args2, **static).y_final))
+
+
+def _key(x, static, fn=lambda x, k: x * k):
+    dynamic, rest = eqx.partition((x,), eqx.is_array)
+    leaves, treedef = jax.tree.flatten(dynamic)
+    return programs.signature("test.f", leaves, treedef, rest, static)
+
+
+def test_signature_follows_what_a_trace_depends_on(monkeypatch):
+    x = jnp.ones(3)
+    base = _key(x, {"k": 2})
+    assert base == _key(jnp.zeros(3), {"k": 2})  # values are not part of it
+    assert base != _key(x, {"k": 3})  # a static value
+    assert base != _key(jnp.ones(4), {"k": 2})  # a shape
+    assert base != _key(jnp.ones(3, dtype=jnp.int32), {"k": 2})  # a dtype
+    assert _key(x, {"k": lambda: 0}) is None  # no stable repr: not stored
+    monkeypatch.setattr(programs, "code_fingerprint", lambda: "other code")
+    assert _key(x, {"k": 2}) != base  # the code
+
+
+def test_damaged_file_is_traced_again_and_replaced(small_problem, folder):
+    args, static = _chunk_args(small_problem, "tsit5")
+    first = programs.build_program("test.body", _sweep._body_fields, args, static)
+    (path,) = folder.glob("*.jaxexport")
+    path.write_bytes(b"not a program")
+    again = programs.build_program("test.body", _sweep._body_fields, args, static)
+    assert again.source.startswith("traced (unreadable")
+    np.testing.assert_array_equal(np.asarray(again(args)["y_final"]), np.asarray(first(args)["y_final"]))
+    assert programs.build_program("test.body", _sweep._body_fields, args, static).source == "loaded"
+
+
+def test_without_a_cache_or_export_it_traces(monkeypatch, tmp_path):
+    x = jnp.arange(3.0)
+    monkeypatch.setattr(programs, "cache_folder", lambda: None)
+    plain = programs.build_program("test.f", lambda x, k: {"y": x * k}, (x,), {"k": 2.0})
+    assert plain.source.startswith("traced, not stored")
+    np.testing.assert_array_equal(np.asarray(plain((x,))["y"]), [0.0, 2.0, 4.0])
+
+    def with_callback(x):  # host callbacks cannot be serialized: traced and compiled as usual
+        jax.debug.callback(lambda v: None, x)
+        return {"y": x + 1}
+
+    monkeypatch.setattr(programs, "cache_folder", lambda: tmp_path)
+    program = programs.build_program("test.g", with_callback, (x,), {})
+    assert program.source.startswith("traced, not stored")
+    np.testing.assert_array_equal(np.asarray(program((x,))["y"]), [1.0, 2.0, 3.0])
+    assert not list(tmp_path.glob("*.jaxexport"))
