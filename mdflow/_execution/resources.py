@@ -41,7 +41,7 @@ def sweep_size(*, num_runs: int, d: int, n: int, state_rows: int, num_ts: int, t
                chunk_size: int, devices: int) -> SweepSize:
     """The estimate (see the module docstring) for a sweep of `num_runs` runs on problems of size
     (n, d), states of `state_rows × d`, `num_ts` saved times, solved `chunk_size` per device."""
-    per_run_saved = num_ts * (state_rows * d if trajectories else 0) + d + 2 * num_ts
+    per_run_saved = num_ts * ((state_rows + 1) * d if trajectories else 0) + 2 * d + 2 * num_ts  # + weights
     members = min(num_runs, chunk_size * devices)
     solver = members * (STAGE_COPIES * state_rows * d + n * n + n * d)
     # One call's outputs on the device and their host copies, and their per-run weights.

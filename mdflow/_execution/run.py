@@ -97,9 +97,9 @@ def _finite_or_none(x) -> float | None:
     return x if np.isfinite(x) else None
 
 
-def run_record(spec: RunSpec, w: np.ndarray, problem: Problem, sol: Solution, solver: str,
-               wall_s: float) -> dict[str, Any]:
-    """The JSON record of one finished run with end weights `w` (a plain dict of floats/strings)."""
+def run_record(spec: RunSpec, sol: Solution, solver: str, wall_s: float) -> dict[str, Any]:
+    """The JSON record of one finished run (a plain dict of floats/strings)."""
+    w = np.asarray(sol.w_final)
     return {
         "flow": spec.flow,
         "eps": spec.eps,
@@ -112,8 +112,8 @@ def run_record(spec: RunSpec, w: np.ndarray, problem: Problem, sol: Solution, so
         "num_rejected": int(sol.num_rejected),
         "stopped": bool(sol.stopped),
         "t_end": float(sol.t_end),
-        "final_loss": _finite_or_none(problem.loss(w)),
-        "rel_residual": _finite_or_none(problem.rel_residual(w)),
+        "final_loss": _finite_or_none(sol.final_loss),
+        "rel_residual": _finite_or_none(sol.final_rel_residual),
         "w_l1": _finite_or_none(np.sum(np.abs(w))),
         "w_l2": _finite_or_none(np.linalg.norm(w)),
         "wall_s": wall_s,
@@ -169,14 +169,14 @@ def _chunk_result(
     for j, i in enumerate(chunk.runs):
         one = index(sol, j)
         flow = flows[i]
-        w_final = np.asarray(flow.weights(one.y_final, problem))
-        record = run_record(specs[i], w_final, problem, one, chunk.solver, wall / len(chunk.runs))
+        w_final = np.asarray(one.w_final)
+        record = run_record(specs[i], one, chunk.solver, wall / len(chunk.runs))
         record["chunk"] = chunk.index
         arrays["w_final"].append(w_final)
         arrays["loss"].append(np.asarray(one.loss))
         arrays["rel_residual"].append(np.asarray(one.rel_residual))
-        if one.ys is not None:
-            arrays["w"].append(np.asarray(jax.vmap(lambda y, f=flow: f.weights(y, problem))(one.ys)))
+        if one.ws is not None:
+            arrays["w"].append(np.asarray(one.ws))
         for name, analysis in analyses.items():
             fields, extra = analysis(specs[i], flow, problem, one, policy)
             record.update(fields)

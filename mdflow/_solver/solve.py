@@ -132,15 +132,21 @@ def select_solver(policy: SolvePolicy, flow: AbstractFlow) -> str:
 class Solution(eqx.Module):
     """One run's output (or a batch of them, with a leading batch axis on every array).
 
-    `ys` is the saved state on `ts` (`None` when only the end point was kept). After an interpolation
-    stop at `t_end`, later grid points hold the stopped state; after a failure they are NaN.
+    `ys` is the saved state on `ts` and `ws` its weights (`None` when only the end point was kept).
+    After an interpolation stop at `t_end`, later grid points hold the stopped state; after a failure
+    they are NaN. The weights and loss at the end (`w_final`, `final_loss`, `final_rel_residual`) are
+    computed inside the compiled solve, so reading a result costs no eager JAX operations.
     """
 
     ts: Float[Array, " T"]
     ys: Float[Array, "T K d"] | None
+    ws: Float[Array, "T d"] | None
     loss: Float[Array, " T"]
     rel_residual: Float[Array, " T"]
     y_final: Float[Array, "K d"]
+    w_final: Float[Array, " d"]
+    final_loss: Float[Array, ""]
+    final_rel_residual: Float[Array, ""]
     t_end: Float[Array, ""]
     status: Int[Array, ""]
     stopped: Bool[Array, ""]
@@ -200,7 +206,7 @@ def _solve(flow, problem, controls: SolveControls, *, solver_name, max_steps, ke
         w = flow.weights(y, problem)
         out = {"loss": problem.loss(w), "rel_residual": problem.rel_residual(w)}
         if keep_states:
-            out["y"] = y
+            out["y"], out["w"] = y, w
         return out
 
     saveat = diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=ts, fn=observe), diffrax.SubSaveAt(t1=True)])
@@ -242,15 +248,21 @@ def _solve(flow, problem, controls: SolveControls, *, solver_name, max_steps, ke
         return jnp.where(mask, fill, saved)
 
     w_final = flow.weights(y_final, problem)
-    loss = hold(grid["loss"], problem.loss(w_final))
-    rel = hold(grid["rel_residual"], problem.rel_residual(w_final))
+    final_loss, final_rel = problem.loss(w_final), problem.rel_residual(w_final)
+    loss = hold(grid["loss"], final_loss)
+    rel = hold(grid["rel_residual"], final_rel)
     ys = hold(grid["y"], y_final) if keep_states else None
+    ws = hold(grid["w"], w_final) if keep_states else None
     return Solution(
         ts=ts,
         ys=ys,
+        ws=ws,
         loss=loss,
         rel_residual=rel,
         y_final=y_final,
+        w_final=w_final,
+        final_loss=final_loss,
+        final_rel_residual=final_rel,
         t_end=t_end,
         status=status,
         stopped=stopped,
