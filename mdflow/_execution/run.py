@@ -31,7 +31,6 @@ def versions() -> dict[str, str]:
     """Versions of everything that determines results."""
     from importlib.metadata import version
 
-    import diffrax
     import equinox
 
     from .. import __version__
@@ -40,7 +39,7 @@ def versions() -> dict[str, str]:
         "mdflow": __version__,
         "python": platform.python_version(),
         "jax": jax.__version__,
-        "diffrax": diffrax.__version__,
+        "diffrax": version("diffrax"),  # without importing it (a loaded program does not need it)
         "equinox": equinox.__version__,
         "optax": version("optax"),  # without importing it (only `analysis.discrete` needs it)
         "numpy": np.__version__,

@@ -1,5 +1,9 @@
 """The one place that calls diffrax: solver policy, save grid, interpolation stop, statuses, stats.
 
+diffrax (and the Rosenbrock solvers built on it) are imported when a solve is first *traced*, not
+with this module: a process that loads its programs from the program cache
+(`_execution/programs.py`) never imports them (about 0.3 s of every warm command).
+
 Everything numeric that a user sweeps (ε, α, a, tolerances, the time grid, the stop tolerance) enters
 the compiled function as an array, so changing it never recompiles; only the flow *type*, the problem
 *shape*, the solver name and `max_steps` / save mode are static.
@@ -10,19 +14,20 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int
 
 from .._errors import InputError, check_time_grid
 from .._flows import AbstractFlow
 from .._problem import Problem
-from .rosenbrock import Rodas3, Rodas4, StiffSwitch, jacobian_for
+
+if TYPE_CHECKING:
+    import diffrax
 
 class RunStatus(enum.IntEnum):
     """A run's outcome, stored as its integer code (`Solution.status`) and recorded by name."""
@@ -89,16 +94,35 @@ class SolvePolicy:
         return np.concatenate([[0.0], np.geomspace(t_min, self.t1, self.num_ts - 1)])
 
 
-# name -> factory(flow) returning a diffrax solver. Other modules register stiff solvers here.
+def _diffrax_solver(name: str) -> Callable[[AbstractFlow], diffrax.AbstractSolver]:
+    def make(flow):
+        import diffrax
+
+        return getattr(diffrax, name)()
+
+    return make
+
+
+def _rosenbrock_solver(method: str, *, switch: bool = False, shared_mode: bool = False):
+    def make(flow):
+        from . import rosenbrock
+
+        implicit = getattr(rosenbrock, method)(jacobian=rosenbrock.jacobian_for(flow))
+        return rosenbrock.StiffSwitch(implicit, shared_mode=shared_mode) if switch else implicit
+
+    return make
+
+
+# name -> factory(flow) returning a diffrax solver (imported when called). Benchmarks register variants.
 SOLVERS: dict[str, Callable[[AbstractFlow], diffrax.AbstractSolver]] = {
-    "tsit5": lambda flow: diffrax.Tsit5(),
-    "dopri5": lambda flow: diffrax.Dopri5(),
-    "dopri8": lambda flow: diffrax.Dopri8(),
-    "kvaerno5": lambda flow: diffrax.Kvaerno5(),
-    "rodas4": lambda flow: Rodas4(jacobian=jacobian_for(flow)),
-    "rodas3": lambda flow: Rodas3(jacobian=jacobian_for(flow)),
-    "tsit5_rodas4": lambda flow: StiffSwitch(Rodas4(jacobian=jacobian_for(flow))),
-    "tsit5_rodas4_shared": lambda flow: StiffSwitch(Rodas4(jacobian=jacobian_for(flow)), shared_mode=True),
+    "tsit5": _diffrax_solver("Tsit5"),
+    "dopri5": _diffrax_solver("Dopri5"),
+    "dopri8": _diffrax_solver("Dopri8"),
+    "kvaerno5": _diffrax_solver("Kvaerno5"),
+    "rodas4": _rosenbrock_solver("Rodas4"),
+    "rodas3": _rosenbrock_solver("Rodas3"),
+    "tsit5_rodas4": _rosenbrock_solver("Rodas4", switch=True),
+    "tsit5_rodas4_shared": _rosenbrock_solver("Rodas4", switch=True, shared_mode=True),
 }
 
 # The explicit entries of `SOLVERS` (no linear algebra inside a step).
@@ -198,6 +222,9 @@ def _interpolated(t, y, args: FlowArgs, **kwargs):
 
 @eqx.filter_jit
 def _solve(flow, problem, controls: SolveControls, *, solver_name, max_steps, keep_states, stop):
+    import diffrax
+    import optimistix as optx
+
     ts = controls.ts
     solver = SOLVERS[solver_name](flow)
     y0 = flow.init(problem)
