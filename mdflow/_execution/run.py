@@ -304,7 +304,8 @@ def execute(
             meta["num_devices"] = mesh.devices.size  # rounding may depend on it (docs/store.md)
             meta["arrays"] = {k: {"dtype": v.dtype.str, "shape": list(v.shape[1:])} for k, v in arrays.items()}
             analysis_wall = time.perf_counter() - after_solve
-            meta.update(compile_s=timing.compile_s, solve_s=timing.solve_s)  # of the whole call
+            meta.update(compile_s=timing.compile_s, solve_s=timing.solve_s,  # of the whole call
+                        program=timing.program)
             if primary:
                 store.save_chunk(chunk.index, chunk.runs, meta, arrays)
             results[chunk.index] = meta
@@ -330,7 +331,8 @@ def execute(
                    "sweep": {"chunks": len(plan), "chunk_size": chunk_size, "devices": mesh.devices.size,
                              "computed": [c.index for c in pending],
                              "loaded": sorted(set(results) - {c.index for c in pending}),
-                             "compile_s": sum(t.compile_s for t in calls), "solve_s": sum(t.solve_s for t in calls)},
+                             "compile_s": sum(t.compile_s for t in calls), "solve_s": sum(t.solve_s for t in calls),
+                             "programs": [t.program for t in calls if t.program]},
                    "wall_s": time.perf_counter() - total_start}
         if primary:
             def write(folder: Path) -> None:
