@@ -234,8 +234,8 @@ class GF(AbstractPrimalFlow):
 
     def integrand(self, problem):
         # `2u·0 + 1 = 1` and `x / 1 = x` exactly: the family's field is GF's, bit for bit.
-        one = jnp.ones((), problem.X.dtype)
-        return SSDFamily(self.alpha, one, jnp.zeros(problem.d, problem.X.dtype), jnp.asarray(True))
+        one = np.ones((), problem.X.dtype)  # host constants: building an integrand runs no device op
+        return SSDFamily(self.alpha, one, np.zeros(problem.d, problem.X.dtype), np.asarray(True))
 
     def mirror(self, problem):
         from ._mirror import Hypentropy
@@ -284,8 +284,8 @@ class SSD(AbstractPrimalFlow):
         return SSD(self.alpha, self.eps, track_identity=True)
 
     def integrand(self, problem):
-        a = jnp.zeros(problem.d, problem.X.dtype)  # unused: the magnitude is |g|
-        return SSDFamily(self.alpha, self.eps, a, jnp.asarray(False), self.track_identity)
+        a = np.zeros(problem.d, problem.X.dtype)  # unused: the magnitude is |g|
+        return SSDFamily(self.alpha, self.eps, a, np.asarray(False), self.track_identity)
 
     def local_field(self, t, y, g):
         return sign_descent_field(y, g, self.magnitude(g), self.eps, self.track_identity)
@@ -353,7 +353,7 @@ class FrozenSSD(AbstractPrimalFlow):
         return jnp.broadcast_to(self.a, g.shape)
 
     def integrand(self, problem):
-        return SSDFamily(self.alpha, self.eps, self.a, jnp.asarray(True))
+        return SSDFamily(self.alpha, self.eps, self.a, np.asarray(True))
 
     def local_field(self, t, y, g):
         return sign_descent_field(y, g, self.magnitude(g), self.eps, False)

@@ -259,7 +259,7 @@ def execute(
     total_start = time.perf_counter()
     problem0 = next(iter(problems.values()))
     size = sweep_size(num_runs=len(specs), d=problem0.d, n=problem0.n, num_ts=len(ts),
-                      state_rows=max(int(np.shape(f.init(problems[seed]))[0])  # one flow per kind suffices
+                      state_rows=max(jax.eval_shape(f.init, problems[seed]).shape[0]  # one flow per kind suffices
                                      for f, seed in {type(f): (f, s.seed) for f, s in zip(flows, specs)}.values()),
                       trajectories=policy.save == "trajectory", chunk_size=chunk_size, devices=mesh.devices.size)
     check_sweep_fits(size, out_dir, trajectories=policy.save == "trajectory")

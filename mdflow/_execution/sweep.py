@@ -38,10 +38,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .._flows import AbstractFlow
 from .._problem import Problem
-from .programs import Program, build_program
 from .._solver.solve import (
-    AUTO_SOLVER, EXPLICIT_SOLVERS, Solution, SolveControls, SolvePolicy, _solve, select_solver, stack_flows,
+    AUTO_SOLVER, EXPLICIT_SOLVERS, Solution, SolveControls, SolvePolicy, _solve, select_solver,
 )
+from .programs import Program, build_program
 
 AXIS = "batch"
 
@@ -321,7 +321,8 @@ def solve_chunks_timed(
     # Host arrays: device_put then places each device's slice directly (also for multi-host meshes).
     # Each member as its family's integrand (`AbstractFlow.integrand`): GF, frozen SSD and SSD chunks
     # share one compiled program.
-    batched = jax.tree.map(np.asarray, stack_flows([f.integrand(problem) for c in padded for f in c]))
+    members = [jax.tree.map(np.asarray, f.integrand(problem)) for c in padded for f in c]
+    batched = jax.tree.map(lambda *xs: np.stack(xs), *members)  # on the host: no eager device ops
     controls, stop = SolveControls.of(policy, problem)
     batched, real = jax.device_put((batched, real), NamedSharding(mesh, P(AXIS)))
     problem, controls = jax.device_put((problem, controls), NamedSharding(mesh, P()))
