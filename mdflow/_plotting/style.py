@@ -45,13 +45,18 @@ def save(fig, stem: str | Path, *, preview: bool = False) -> list[Path]:
 
     Why previews: the run figures of every `mdflow run` are looked at, not printed, and drawing them
     sits between a sweep and its prompt; the paper figures F1–F6 keep their PDFs."""
+    from .._execution.store import atomic_write
+
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    # One level only: a result set garbage-collected while its figures are drawn stays gone.
+    stem.parent.mkdir(exist_ok=True)
     paths = [stem.with_suffix(".png")] if preview else [stem.with_suffix(".pdf"), stem.with_suffix(".png")]
-    with matplotlib.rc_context({**RC, "savefig.bbox": None} if preview else RC):
-        for path in paths:
-            fig.savefig(path)
-    plt.close(fig)
+    try:
+        with matplotlib.rc_context({**RC, "savefig.bbox": None} if preview else RC):
+            for path in paths:  # each file appears whole or not at all
+                atomic_write(path, lambda f, fmt=path.suffix[1:]: fig.savefig(f, format=fmt), create_folder=False)
+    finally:
+        plt.close(fig)
     return paths
 
 
