@@ -316,8 +316,9 @@ class Store:
     # -- the result set --------------------------------------------------------------------------
     def commit(self, write: Callable[[Path], None]) -> Path:
         """Write a result set as one unit: `write(folder)` fills a fresh generation folder (summary,
-        arrays, figures); `commit.json` then records the sha256 and size of its data files, and one
-        atomic rename switches `current` to it. A kill at any point leaves the previous set current."""
+        arrays); `commit.json` then records the sha256 and size of its data files, and one atomic
+        rename switches `current` to it. A kill at any point leaves the previous set current. Returns
+        the folder, whose empty `figures/` its figures are drawn into afterwards (`_plotting/plot.py`)."""
         generations = self.out_dir / GENERATIONS
         _make_folder(generations)
         folder = Path(tempfile.mkdtemp(dir=generations, prefix=f"g-{now().replace(':', '')[:17]}-"))

@@ -42,9 +42,10 @@ def figure(ncols: int = 1, nrows: int = 1, *, width: float = COLUMN_WIDTH, heigh
 def save(fig, stem: str | Path, *, preview: bool = False) -> list[Path]:
     """Write `stem.pdf` (vector) and `stem.png`, or with `preview` only the PNG of a figure laid out
     by `layout="constrained"` (no tight-bbox pass: about a third of the cost); return the paths.
+    Each file is written under a temporary name and renamed: a reader never sees half a figure.
 
-    Why previews: the run figures of every `mdflow run` are looked at, not printed, and drawing them
-    sits between a sweep and its prompt; the paper figures F1–F6 keep their PDFs."""
+    Why previews: the run figures of every `mdflow run` are looked at, not printed, and are drawn
+    after every run; the paper figures F1–F7 keep their PDFs."""
     from .._execution.store import atomic_write
 
     stem = Path(stem)
