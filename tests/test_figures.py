@@ -193,7 +193,7 @@ def test_a_figure_file_is_whole_or_absent(tmp_path):
     old = (tmp_path / "f.png").read_bytes()
     assert old[:8] == b"\x89PNG\r\n\x1a\n"
 
-    def dies_half_way(file, format):
+    def dies_half_way(file, **kwargs):
         file.write(old[: len(old) // 2])
         raise RuntimeError("killed while writing")
 
