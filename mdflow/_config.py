@@ -23,6 +23,10 @@ from ._errors import InputError
 
 _REQUIRED = object()
 
+# `output.figures`: drawn by a detached child process after the results are committed (true), in the
+# process itself after the commit ("inline"), or not at all (false).
+FIGURE_MODES = (True, "inline", False)
+
 
 @dataclasses.dataclass(frozen=True)
 class Key:
@@ -140,7 +144,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "output": {
         "dir": Key((str,), "results/quickstart", doc="default for a config file: results/<file stem>"),
         "save": Key((str,), "trajectories", _one_of("trajectories", "final")),
-        "figures": Key((bool,), True),
+        "figures": Key((bool, str), True, lambda v: None if v in FIGURE_MODES else
+                       'expected true (drawn in the background), "inline" or false'),
     },
 }
 

@@ -60,7 +60,10 @@ DESCRIPTIONS = {
     "check.tolerance": "verdict threshold on the maximal relative w-gap of the exact pairs (E1, E2)",
     "check.floor": "denominators of relative gaps are max(‖·‖, floor) (w(0) = 0)",
     "output.save": "`\"trajectories\"` (w on the whole time grid) or `\"final\"` (end points only)",
-    "output.figures": "draw the figures after the run (`mdflow plot` redraws them any time)",
+    "output.figures": "when to draw the figures, always after the results are committed: `true` in a "
+                      "background process (the command returns at once; `figures/figures.json` appears "
+                      "when they are done), `\"inline\"` before the command returns, `false` never "
+                      "(`mdflow plot` redraws them any time)",
 }
 
 

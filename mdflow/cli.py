@@ -82,7 +82,7 @@ def cmd_run(args) -> int:
     records, pairs = execute(config, out, log=_log, force=args.force)
     failed = [r for r in records if r["status"] != "ok"]
     if _writes():
-        _log(f"wrote {out / 'summary.json'}, {out / 'trajectories.npz'}" + (", figures/" if config["output"]["figures"] else ""))
+        _log(f"wrote {out / 'summary.json'}, {out / 'trajectories.npz'}")  # figures: see execute's lines
     _log(f"{len(records) - len(failed)}/{len(records)} runs ok")
     if pairs:
         from ._analysis.equivalence import format_table

@@ -63,6 +63,8 @@ def run_cli(tmp_path, text, *extra):
         ("[grid]\na = [0.5]\n", "flows.kinds"),
         ("[solve]\nstop_rel_residual = -1e-8\n", "solve.stop_rel_residual=-1e-08"),
         ("this is [not toml", "not valid TOML"),
+        ("[output]\nfigures = 'later'\n", "output.figures='later'"),
+        ("[output]\nfigures = 1\n", "output.figures=1"),
     ],
 )
 def test_bad_input_exits_2_naming_the_key(tmp_path, capsys, text, needle):
@@ -130,13 +132,15 @@ def test_run_on_user_data_writes_outputs(tmp_path):
 
 
 def test_run_writes_figures_and_plot_regenerates_them(tmp_path):
-    assert run_cli(tmp_path, TINY.replace("figures = false", "figures = true")) == 0
+    assert run_cli(tmp_path, TINY.replace("figures = false", 'figures = "inline"')) == 0  # drawn before return
     figs = tmp_path / "out" / "figures"
     for name in ("loss", "coordinates"):
         assert (figs / f"{name}.png").stat().st_size > 0  # run figures are PNG previews
         (figs / f"{name}.png").unlink()
     assert main(["plot", str(tmp_path / "out")]) == 0
     assert (figs / "loss.png").is_file() and (figs / "coordinates.png").is_file()
+    marker = json.loads((figs / "figures.json").read_text())  # `mdflow plot` rewrites the marker too
+    assert marker["status"] == "ok" and {"loss.png", "coordinates.png"} <= set(marker["files"])
 
 
 def test_plot_on_missing_folder_exits_2(tmp_path, capsys):

@@ -46,12 +46,10 @@ def _record(flow, eps, alpha, rng):
     return rec
 
 
-@pytest.fixture()
-def stored(tmp_path):
-    """A results folder as `mdflow run` writes it (summary.json, trajectories.npz, equivalence.json)."""
-    from mdflow._execution.store import Store
-
-    rng = np.random.default_rng(0)
+def write_result_set(folder, seed: int = 0) -> None:
+    """A result set as `mdflow run` writes one (summary.json, trajectories.npz, equivalence.json), with
+    every analysis the figures read."""
+    rng = np.random.default_rng(seed)
     runs = [_record("gf", None, 0.01, rng)]
     runs += [_record(f, e, a, rng) for f in ("ssd", "ssd_frozen") for e in (0.01, 1.0) for a in (0.01, 0.1)]
     for tau1 in (0.0, 0.01):
@@ -62,15 +60,19 @@ def stored(tmp_path):
     T, d = 20, 8
     ts = np.concatenate([[0.0], np.geomspace(1e-3, 100.0, T - 1)])
     w = np.tanh(ts)[None, :, None] * rng.standard_normal((len(runs), 1, d))
+    (folder / "summary.json").write_text(json.dumps({"config": {}, "runs": runs}))
+    np.savez(folder / "trajectories.npz", ts=ts, w=w, w_dual=w * (1 + 1e-8), w_final=w[:, -1],
+             loss=np.exp(-ts)[None].repeat(len(runs), 0), rel_residual=np.exp(-ts)[None].repeat(len(runs), 0))
+    (folder / "equivalence.json").write_text(json.dumps({"pairs": []}))
 
-    def write(folder):
-        (folder / "summary.json").write_text(json.dumps({"config": {}, "runs": runs}))
-        np.savez(folder / "trajectories.npz", ts=ts, w=w, w_dual=w * (1 + 1e-8), w_final=w[:, -1],
-                 loss=np.exp(-ts)[None].repeat(len(runs), 0), rel_residual=np.exp(-ts)[None].repeat(len(runs), 0))
-        (folder / "equivalence.json").write_text(json.dumps({"pairs": []}))
 
-    with Store.open(tmp_path, {"fixture": 1}, {}, []) as store:  # committed as `mdflow run` commits
-        store.commit(write)
+@pytest.fixture()
+def stored(tmp_path):
+    """A results folder as `mdflow run` writes it, committed as `mdflow run` commits."""
+    from mdflow._execution.store import Store
+
+    with Store.open(tmp_path, {"fixture": 1}, {}, []) as store:
+        store.commit(write_result_set)
     return tmp_path
 
 
@@ -83,11 +85,17 @@ def test_plot_draws_every_figure_without_solving(stored, monkeypatch):
                          (mdflow._analysis.discrete, "optimizer_path"), (mdflow._analysis.discrete, "discrete_record")):
         monkeypatch.setattr(module, name, forbidden)
     assert cli.main(["plot", str(stored)]) == 0
+    drawn = []
     for stem in EXPECTED:
         # The run figures are PNG previews; the paper figures F1–F6 are PDF + PNG.
         for suffix in (".png",) if stem in ("loss", "coordinates") else (".pdf", ".png"):
             path = stored / "figures" / f"{stem}{suffix}"
             assert path.is_file() and path.stat().st_size > 0, path
+            drawn.append(path.name)
+    # The marker, written last, lists exactly the files drawn; nothing else (no temporary file) is left.
+    marker = json.loads((stored / "figures" / "figures.json").read_text())
+    assert marker["status"] == "ok" and sorted(marker["files"]) == sorted(drawn)
+    assert sorted(p.name for p in (stored / "figures").iterdir()) == sorted([*drawn, "figures.json"])
     # Vector PDFs with TrueType (Type 42) fonts, never Type 3.
     pdf = (stored / "figures" / "f3_kkt_error.pdf").read_bytes()
     assert b"/Type3" not in pdf
@@ -172,3 +180,52 @@ def test_every_panel_is_labelled_in_mathtext(stored, monkeypatch):
         plt.close(fig)
     assert all(r"\alpha" in legend for legend in legends if "w_" not in legend and "slope" not in legend)
     assert any(r"\varepsilon" in legend and r"\alpha" in legend for legend in legends)
+
+
+def test_a_figure_file_is_whole_or_absent(tmp_path):
+    """`save` writes each file under a temporary name and renames it: a drawing that dies half-way
+    leaves the previous file as it was and no partial file behind."""
+    from mdflow._plotting.style import figure, save
+
+    fig, axes = figure()
+    axes[0, 0].plot([0, 1], [0, 1])
+    assert save(fig, tmp_path / "f", preview=True) == [tmp_path / "f.png"]
+    old = (tmp_path / "f.png").read_bytes()
+    assert old[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def dies_half_way(file, **kwargs):
+        file.write(old[: len(old) // 2])
+        raise RuntimeError("killed while writing")
+
+    fig, _ = figure()
+    fig.savefig = dies_half_way
+    with pytest.raises(RuntimeError, match="killed while writing"):
+        save(fig, tmp_path / "f", preview=True)
+    assert (tmp_path / "f.png").read_bytes() == old
+    assert [p.name for p in tmp_path.iterdir()] == ["f.png"]
+
+
+def test_figures_stay_in_their_own_set_and_a_collected_set_fails_quietly(tmp_path):
+    """A drawing names its result set's folder, never `current`: drawing an older set touches no other
+    set; drawing a set that was garbage-collected meanwhile fails (exit 1, logged) without bringing
+    its folder back, and later commits are unaffected."""
+    from mdflow._execution.store import Store, read_results
+    from mdflow._plotting.plot import _child, draw_figures
+
+    def one_run(folder, seed):  # a set with one GF run and no trajectories: only the loss figure
+        rec = {"flow": "gf", "eps": None, "alpha": 0.1, "seed": seed, "status": "ok", "stopped": False, "t_end": 1.0}
+        (folder / "summary.json").write_text(json.dumps({"config": {}, "runs": [rec]}))
+        ts = np.linspace(0.0, 1.0, 5)
+        np.savez(folder / "trajectories.npz", ts=ts, w_final=np.ones((1, 3)), loss=np.exp(-ts)[None],
+                 rel_residual=np.exp(-ts)[None])
+
+    with Store.open(tmp_path, {"fixture": 1}, {}, []) as store:
+        sets = [store.commit(lambda folder, k=k: one_run(folder, k)) for k in range(3)]
+        assert not sets[0].exists()  # collected: a store keeps the current set and the one before it
+        assert _child(str(sets[0])) == 1
+        assert not sets[0].exists()
+        draw_figures(sets[1])  # the previous set, while sets[2] is current
+        assert (sets[1] / "figures" / "figures.json").is_file() and (sets[1] / "figures" / "loss.png").is_file()
+        assert list((sets[2] / "figures").iterdir()) == [] and list((tmp_path / "figures").iterdir()) == []
+        store.commit(lambda folder: one_run(folder, 3))  # collects sets[1], figures and all
+    assert not sets[1].exists() and read_results(tmp_path).summary["runs"][0]["seed"] == 3

@@ -9,7 +9,7 @@ _PROBE = """
 import sys
 import mdflow
 print(sorted(m for m in ("diffrax", "equinox", "scipy", "optax", "matplotlib") if m in sys.modules))
-import mdflow._execution.run, mdflow._analysis.analyze, mdflow._analysis.equivalence, mdflow._analysis.kkt, mdflow._analysis.stages, mdflow._analysis.discrete, mdflow.cli
+import mdflow._execution.run, mdflow._analysis.analyze, mdflow._analysis.equivalence, mdflow._analysis.kkt, mdflow._analysis.stages, mdflow._analysis.discrete, mdflow.cli, mdflow._plotting.plot
 print(sorted(m for m in ("diffrax", "scipy", "optax", "matplotlib") if m in sys.modules))
 p = mdflow.sparse_gaussian(4, 8, 2, seed=0)
 mdflow.solve(mdflow.make_flow("gf", p, alpha=0.1), p, mdflow.SolvePolicy(solver="tsit5", num_ts=3, t1=1.0))
@@ -19,8 +19,9 @@ print(sorted(m for m in ("diffrax", "scipy", "optax", "matplotlib") if m in sys.
 
 def test_lazy_imports():
     """In a fresh process: `import mdflow` imports neither diffrax nor equinox; importing every module of a
-    run (figures aside) imports none of diffrax, scipy, optax or matplotlib (a process that loads its
-    programs from the program cache never traces, so never needs diffrax); tracing a solve imports
+    run imports none of diffrax, scipy, optax or matplotlib (a process that loads its programs from the
+    program cache never traces, so never needs diffrax; a run whose figures are drawn in the background,
+    by `mdflow._plotting.plot`'s child process, never loads matplotlib itself); tracing a solve imports
     diffrax."""
     out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.split("\n")[:3] == ["[]", "[]", "['diffrax']"], out.stdout

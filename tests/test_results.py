@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +180,108 @@ def test_files_follow_the_umask(tmp_path):
                  gen / "trajectories.npz", gen / "commit.json"]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o664, path
     assert stat.S_IMODE(gen.stat().st_mode) == 0o775
+
+
+# -- figures are drawn after the commit (`output.figures`) ---------------------------------------------
+RUN_FIGURES = ["coordinates.png", "f1_trajectories.pdf", "f1_trajectories.png", "loss.png"]  # of a GF folder
+
+
+def figures_config(tmp_path: Path, figures):
+    write_data(tmp_path, 0)
+    raw = json.loads(json.dumps(GF))
+    raw["output"]["figures"] = figures
+    return from_dict(raw, source=str(config_file(tmp_path)))
+
+
+def drawn_files(out: Path) -> list[str]:
+    return sorted(p.name for p in (out / "figures").iterdir() if p.name not in ("figures.json", "figures.log"))
+
+
+def wait_for_marker(folder: Path, timeout_s: float = 60.0) -> dict:
+    from mdflow._plotting.plot import read_marker
+
+    deadline = time.monotonic() + timeout_s
+    while (marker := read_marker(folder)) is None:
+        assert time.monotonic() < deadline, f"no figures marker in {folder} after {timeout_s} s"
+        time.sleep(0.1)
+    return marker
+
+
+def reap(pid: int, timeout_s: float = 60.0) -> int:
+    """Exit code of this process's child `pid`, once it has ended (no test leaves a drawing behind)."""
+    deadline = time.monotonic() + timeout_s
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        assert time.monotonic() < deadline, f"figure process {pid} still running after {timeout_s} s"
+        time.sleep(0.05)
+    return os.waitstatus_to_exitcode(done[1])
+
+
+def test_inline_figures_exist_when_execute_returns(tmp_path):
+    from mdflow._execution.store import committed_folder
+    from mdflow._plotting.plot import read_marker
+
+    out = tmp_path / "out"
+    execute(figures_config(tmp_path, "inline"), out, log=lambda m: None)
+    marker = read_marker(committed_folder(out))
+    assert marker["status"] == "ok" and marker["pid"] == os.getpid()
+    assert sorted(marker["files"]) == drawn_files(out) == RUN_FIGURES
+    assert all((out / "figures" / name).stat().st_size > 0 for name in RUN_FIGURES)
+
+
+def test_a_failing_figure_loses_no_results(tmp_path, monkeypatch):
+    """Inline: the plotter raises after the results are committed; they are complete and readable, the
+    run finishes normally, and the failure is logged and recorded in the marker."""
+    import mdflow._plotting.plot as plot
+
+    def broken(folder):
+        raise RuntimeError("out of ink")
+
+    monkeypatch.setattr(plot, "plot_all", broken)
+    out, lines = tmp_path / "out", []
+    records, _ = execute(figures_config(tmp_path, "inline"), out, log=lines.append)
+    summary, arrays = read_results(out)
+    assert summary["runs"] == records and [r["status"] for r in records] == ["ok", "ok"]
+    assert arrays["w"].shape == (2, 6, 16) and read_manifest(out)["finished"]
+    marker = plot.read_marker(out / "current")
+    assert marker["status"] == "failed" and marker["error"] == "RuntimeError: out of ink"
+    assert any("figures failed (RuntimeError: out of ink)" in line and f"mdflow plot {out}" in line for line in lines)
+    assert drawn_files(out) == []
+
+
+def test_no_figures_when_disabled(tmp_path):
+    out = tmp_path / "out"
+    execute(figures_config(tmp_path, False), out, log=lambda m: None)
+    assert read_results(out).summary["num_ok"] == 2
+    assert list((out / "figures").iterdir()) == []  # no files, no marker, no log: nothing was started
+
+
+def test_background_figures_appear_after_the_command_returns(tmp_path, capsys):
+    write_data(tmp_path, 0)
+    cfg, out = config_file(tmp_path, output={"save": "trajectories", "figures": True}), tmp_path / "out"
+    assert main(["run", str(cfg), "--out", str(out)]) == 0
+    assert read_results(out).summary["num_ok"] == 2  # committed before the drawing started
+    err = capsys.readouterr().err
+    assert "drawn in the background (pid " in err and str(out / "figures" / "figures.json") in err
+    marker = wait_for_marker(out / "current")
+    assert reap(marker["pid"]) == 0 and f"(pid {marker['pid']})" in err
+    assert marker["status"] == "ok" and sorted(marker["files"]) == drawn_files(out) == RUN_FIGURES
+    assert "wrote 4 figure files" in (out / "figures" / "figures.log").read_text()
+
+
+def test_a_failing_background_drawing_keeps_the_exit_code_and_the_results(tmp_path, monkeypatch):
+    """The child cannot import matplotlib: the command still exits 0 with its results committed; the
+    failure is in the child's log and marker, and its exit code."""
+    write_data(tmp_path, 0)
+    broken = tmp_path / "broken" / "matplotlib"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('matplotlib is broken here')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(broken.parent), os.environ.get("PYTHONPATH")])))
+    cfg, out = config_file(tmp_path, output={"save": "trajectories", "figures": True}), tmp_path / "out"
+    assert main(["run", str(cfg), "--out", str(out)]) == 0
+    assert read_results(out).summary["num_ok"] == 2
+    marker = wait_for_marker(out / "current")
+    assert reap(marker["pid"]) == 1
+    assert marker["status"] == "failed" and "matplotlib is broken here" in marker["error"]
+    log = (out / "figures" / "figures.log").read_text()
+    assert "ImportError: matplotlib is broken here" in log and "the results are intact" in log
+    assert drawn_files(out) == []

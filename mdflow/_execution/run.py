@@ -221,7 +221,8 @@ def execute(
     config: Config, out_dir: Path, *, log: Callable[[str], None] = print, duals: bool | None = None,
     force: bool = False, analyses: dict[str, RunAnalysis] | None = None,
 ):
-    """Run every spec of the config as a sweep and write `summary.json`, `trajectories.npz` and figures.
+    """Run every spec of the config as a sweep, commit `summary.json` and `trajectories.npz`, then
+    draw the figures into the committed set (`output.figures`, see `draw_committed_figures`).
 
     Runs are grouped by (seed, flow kind, solver), sorted by expected difficulty and cut into chunks of
     `sweep.chunk_size`; one call solves one chunk per device (`_sweep.py`). Each finished chunk is
@@ -341,17 +342,40 @@ def execute(
                            [("ts", lambda: ts), *_stacked_members(store, plan, results, len(specs))])
                 if duals:
                     atomic_write_json(folder / "equivalence.json", {"pairs": pairs})
-                if config["output"]["figures"]:
-                    from .._plotting.plot import plot_all
 
-                    progress.note("drawing figures")
-                    plot_all(folder)
-
-            store.commit(write)
+            committed = store.commit(write)
             store.write_manifest(finished=True)
     finally:
         store.close()
+    if primary and config["output"]["figures"] is not False:
+        draw_committed_figures(committed, out_dir, config["output"]["figures"], log)
     return records, pairs
+
+
+def draw_committed_figures(folder: Path, out_dir: Path, mode: bool | str, log: Callable[[str], None]) -> None:
+    """The figures of the result set just committed into `folder` (`output.figures`: `True` in a
+    detached child process, `"inline"` here and now). Results are already safe: a figure failure is
+    logged (and recorded in `figures/figures.json`), never raised."""
+    from .._plotting import plot
+
+    figures = out_dir / "figures"
+    if mode == "inline":
+        log(f"drawing figures into {figures}")
+        try:
+            paths = plot.draw_figures(folder)
+        except Exception as exc:  # noqa: BLE001 - the results are committed; figures are redrawn any time
+            log(f"figures failed ({type(exc).__name__}: {exc}); the results are intact; "
+                f"`mdflow plot {out_dir}` redraws them")
+            return
+        log(f"wrote {len(paths)} figure files into {figures}")
+        return
+    try:
+        child = plot.start_figures(folder)
+    except OSError as exc:
+        log(f"figures not started ({exc}); the results are intact; `mdflow plot {out_dir}` draws them")
+        return
+    log(f"figures: drawn in the background (pid {child.pid}) into {figures}; log {figures / plot.LOG}; "
+        f"{figures / plot.MARKER} appears when they are done")
 
 
 def _assemble(plan: list[Chunk], metas: dict[int, dict[str, Any]], num_runs: int):

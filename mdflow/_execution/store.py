@@ -65,11 +65,13 @@ def _follow_umask(fd: int, *, folder: bool = False) -> None:
     os.fchmod(fd, (0o777 if folder else 0o666) & ~_umask())
 
 
-def _atomic_write(path: str | Path, write: Callable[[Any], None]) -> None:
+def atomic_write(path: str | Path, write: Callable[[Any], None], *, create_folder: bool = True) -> None:
     """`write(file)` into a temporary file in the same folder, fsync, and rename: readers never see
-    half a file."""
+    half a file. `create_folder=False`: the folder must exist (a figure drawn into a result set that
+    was garbage-collected meanwhile fails instead of bringing its folder back)."""
     path = Path(path)
-    _make_folder(path.parent)
+    if create_folder:
+        _make_folder(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -85,12 +87,12 @@ def _atomic_write(path: str | Path, write: Callable[[Any], None]) -> None:
     _fsync_folder(path.parent)  # make the rename itself durable
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    _atomic_write(path, lambda f: f.write(data))
+def atomic_write_bytes(path: str | Path, data: bytes, *, create_folder: bool = True) -> None:
+    atomic_write(path, lambda f: f.write(data), create_folder=create_folder)
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
+def atomic_write_json(path: str | Path, obj: Any, *, create_folder: bool = True) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode(), create_folder=create_folder)
 
 
 def npz_bytes(**arrays) -> bytes:
@@ -109,7 +111,7 @@ def stream_npz(path: str | Path, members: Iterable[tuple[str, Callable[[], np.nd
                 with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
                     np.lib.format.write_array(member, np.asarray(build()), allow_pickle=False)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def file_sha256(path: Path) -> str:
@@ -314,8 +316,9 @@ class Store:
     # -- the result set --------------------------------------------------------------------------
     def commit(self, write: Callable[[Path], None]) -> Path:
         """Write a result set as one unit: `write(folder)` fills a fresh generation folder (summary,
-        arrays, figures); `commit.json` then records the sha256 and size of its data files, and one
-        atomic rename switches `current` to it. A kill at any point leaves the previous set current."""
+        arrays); `commit.json` then records the sha256 and size of its data files, and one atomic
+        rename switches `current` to it. A kill at any point leaves the previous set current. Returns
+        the folder, whose empty `figures/` its figures are drawn into afterwards (`_plotting/plot.py`)."""
         generations = self.out_dir / GENERATIONS
         _make_folder(generations)
         folder = Path(tempfile.mkdtemp(dir=generations, prefix=f"g-{now().replace(':', '')[:17]}-"))
@@ -378,7 +381,15 @@ def committed_folder(out_dir: str | Path) -> Path:
             raise InputError(f"{name}: written by an mdflow without committed result sets; rerun `mdflow run`")
         raise InputError(f"{name}: no committed result set there (run `mdflow run` first; an interrupted run "
                          "commits none)")
-    folder = out_dir / os.readlink(out_dir / CURRENT)  # resolved once: every file comes from one set
+    # Resolved once: every file comes from one set.
+    return verified_folder(out_dir / os.readlink(out_dir / CURRENT), name=name)
+
+
+def verified_folder(folder: str | Path, *, name: str | None = None) -> Path:
+    """A generation folder after checking every data file its `commit.json` lists (see
+    `committed_folder`); `name` says whose it is in errors (default: the folder itself)."""
+    folder = Path(folder)
+    name = f"results={str(folder)!r}" if name is None else name
     commit = _read_json(folder / COMMIT)
     if not isinstance(commit, dict) or not isinstance(commit.get("files"), dict):
         raise InputError(f"{name}: result set {folder.name} has no readable {COMMIT}")
