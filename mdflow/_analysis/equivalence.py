@@ -176,8 +176,11 @@ def pair_record(
         raise InputError("check: the primal-dual check needs the trajectory (output.save = 'trajectory')")
     if primal.ts.ndim != 1:
         raise ValueError("pair_record takes one run; index a batched Solution first")
-    one = jax.tree.map(lambda x: np.asarray(x)[None], primal)  # a chunk of one
-    (solved,), _ = solve_pairs([([flow], one)], problem, policy, solver=select_solver(policy, flow), chunk_size=1,
+    one = jax.tree.map(lambda x: np.asarray(x)[None], primal)  # a chunk of one run
+    # Padded to 2: with members in sequence (CPU) the padding is skipped and the run takes the path of
+    # a sweep chunk's members, so this record is the one `mdflow check` stores, bit for bit (a chunk of
+    # size 1 would be a vmap of one member instead, equal only to rounding).
+    (solved,), _ = solve_pairs([([flow], one)], problem, policy, solver=select_solver(policy, flow), chunk_size=2,
                                mesh=make_mesh(jax.local_devices()[:1]), dual_form=dual_form, ratio=ratio)
     return pair_record_from(solved[0], problem, flow, primal, policy, tolerance=tolerance, floor=floor,
                             dual_form=dual_form, ratio=ratio)

@@ -244,7 +244,9 @@ def execute(
     its `compile_s` and `solve_s` are stored with each of its chunks (chunk files, manifest) and shown
     in its progress lines. A run's `wall_s` is its call's solve time shared among the call's runs
     (compile excluded; `summary.json` totals both under `sweep`).
-    With duals on, every run is paired with its dual and checked (`equivalence.json`).
+    With duals on, every run is paired with its dual and checked (`equivalence.json`): the pairs of each
+    call are solved right after it on the same engine (`solve_pairs`: three calls with the call's
+    layout), their `dual_compile_s`, `dual_solve_s` stored like the primal's and totalled under `sweep`.
     Returns `(records, pairs)` in config order.
     """
     out_dir = Path(out_dir)
