@@ -153,3 +153,31 @@ def test_exact_pairs_agree_to_1e9_at_the_check_settings(small_problem, kind, eps
         loose = dataclasses.replace(policy, rtol=1e-12, atol=1e-14)
         before, _ = pair_record(small_problem, flow, solve(flow, small_problem, loose), loose)
         assert before["max_rel_gap_w"] > 1e-9 and before["t_max_gap"] < 1e-3, before
+
+
+def test_batched_pairs_equal_single_pair_records(small_problem):
+    """`solve_pairs` on a padded chunk (what `mdflow check` runs for a sweep call) gives, run for run,
+    the records and arrays `pair_record` gives for the run alone: bit for bit on CPU, where a chunk's
+    members run one after the other, so a member's solve does not depend on its chunk-mates (nor on the
+    chunk size: chunks of 3 and 4 give these bits too; only a chunk of 1, a vmap of one member, rounds
+    differently, which is why `pair_record` pads to 2)."""
+    from mdflow._analysis.equivalence import pair_record_from, solve_pairs
+    from mdflow._execution.sweep import index, solve_chunk
+
+    policy = _policy(20.0)  # with a chunk of 2, the programs of `ssd_pairs` (nothing new to compile)
+    flows = [mdflow.make_flow("ssd", small_problem, eps=e, alpha=a, track_identity=True)
+             for e, a in ((0.1, 0.01), (1.0, 0.1))]
+    primals = solve_chunk(flows, small_problem, policy, chunk_size=2)
+    (solved,), calls = solve_pairs([(flows, primals)], small_problem, policy, solver="tsit5", chunk_size=2)
+    assert calls.fine_dual.solve_s > 0 and calls.solve_s > calls.fine_dual.solve_s
+    for j, flow in enumerate(flows):
+        primal = index(primals, j)
+        batched, batched_arrays = pair_record_from(solved[j], small_problem, flow, primal, policy)
+        single, single_arrays = pair_record(small_problem, flow, primal, policy)
+        assert batched.pop("dual_wall_s") > 0 and single.pop("dual_wall_s") > 0
+        assert batched == single
+        assert batched_arrays.keys() == single_arrays.keys()
+        for key in batched_arrays:
+            np.testing.assert_array_equal(batched_arrays[key], single_arrays[key], err_msg=key)
+    # Non-trivial pairs: true SSD is not its dual, the gaps differ between runs.
+    assert solved[0].fine.num_steps != solved[1].fine.num_steps

@@ -40,3 +40,35 @@ def test_compile_and_solve_recorded_per_call(tmp_path):
     again = read_manifest(tmp_path / "b")["chunks"]
     assert [c["compile_s"] for c in again] == [0.0] * len(again)
     assert json.loads((tmp_path / "b" / "summary.json").read_text())["sweep"]["compile_s"] == 0.0
+
+
+def test_dual_solves_one_program_per_mirror_family_and_timed(tmp_path):
+    """With duals, each call's pairs are solved on the sweep engine: one program per mirror-map family
+    (the hypentropy for GF, the SSD potential for frozen SSD), shared by the fine and the coarse dual
+    solves, and the coarse primals reuse the primal program, however many calls. Each chunk records the
+    dual calls' compile and solve times, the summary totals them, the progress lines show them."""
+    from mdflow._execution import sweep
+
+    # GF and frozen SSD: one primal program (`SSDFamily`), two mirror families; 3 calls of 1 chunk each.
+    # A max_steps no other test uses: every program here is new to this process.
+    raw = {**CONFIG, "flows": {"kinds": ["gf", "ssd_frozen"], "duals": True},
+           "solve": {**CONFIG["solve"], "max_steps": 4322, "rtol": 1e-8, "atol": 1e-10}}
+    config = from_dict(raw)
+    lines = []
+    before = sweep.num_traces()
+    records, pairs = execute(config, tmp_path / "a", log=lines.append)
+    assert sweep.num_traces() - before == 3  # 1 primal + 1 per mirror family (no coarse-solve programs)
+    assert [p["run_index"] for p in pairs] == [0, 1, 2] and {p["verdict"] for p in pairs} == {"equivalent"}
+    metas = [json.loads(p.read_text()) for p in sorted((tmp_path / "a" / "chunks").glob("chunk-*.json"))]
+    manifest = read_manifest(tmp_path / "a")["chunks"]
+    assert all(m["dual_solve_s"] > 0 and m["dual_compile_s"] >= 0 for m in metas)
+    assert [c["dual_compile_s"] for c in manifest] == [m["dual_compile_s"] for m in metas]
+    # The gf call and the first frozen SSD call compile their dual program; the second one does not.
+    assert [m["dual_compile_s"] > 0 for m in metas] == [True, True, False]
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())["sweep"]
+    assert summary["dual_compile_s"] == pytest.approx(sum(m["dual_compile_s"] for m in metas), rel=1e-12)
+    assert summary["dual_solve_s"] == pytest.approx(sum(m["dual_solve_s"] for m in metas), rel=1e-12)
+    # A pair's dual_wall_s is its share of the fine dual call's solve time: part of dual_solve_s.
+    assert all(p["dual_wall_s"] > 0 for p in pairs)
+    assert sum(p["dual_wall_s"] for p in pairs) < summary["dual_solve_s"]
+    assert sum("; duals solve" in line for line in lines) == 3

@@ -1,9 +1,10 @@
 """Primal–dual equivalence checker (docs/math.md §4): E1, E2 exactly, true SSD with its E3 identity.
 
 `pair_record` solves the dual paired with a primal run on the primal's time grid, under the same
-`SolvePolicy`, and compares the trajectories in w-space and in dual space; it solves the pair again at a
-100× looser tolerance and judges it by how the gap moves (`judge`): solver error falls with the
-tolerance, a difference in the dynamics stays. For true SSD solved with `track_identity=True` it also
+`SolvePolicy`, and compares the trajectories in w-space and in dual space; it solves the pair again at
+a 100× looser tolerance and judges it by how the gap moves (`judge`): solver error falls with the
+tolerance, a difference in the dynamics stays. The solves run on the sweep engine (`solve_pairs`, which
+solves a whole sweep call's pairs at once, one compiled program per mirror-map family). For true SSD solved with `track_identity=True` it also
 reports the E3 identity residual and the assumption residual δ, which says *why* the dual is not exact
 there.
 """
@@ -12,19 +13,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from .._dual import DualFlow, dual_flow
 from .._errors import InputError
+from .._execution.sweep import CallTiming, chunk_solver, index, make_mesh, solve_chunks_timed
 from .._flows import AbstractPrimalFlow
 from .._problem import Problem
-from .._solver.solve import STATUSES, Solution, SolvePolicy, select_solver, solve, status_name
+from .._solver.solve import STATUSES, Solution, SolvePolicy, select_solver, status_name
 
 def paired_dual(flow: AbstractPrimalFlow, problem: Problem, *, form: str = "rho") -> DualFlow:
     """The dual flow paired with a primal flow, on the flow's own mirror map (`flow.mirror`): GF ↔
@@ -138,7 +141,9 @@ def pair_record(
 
     The pair is compared as solved under `policy` (the dual is solved here on `primal.ts`) and again
     with both re-solved at `ratio`× looser `rtol` and `atol`: the verdict (`judge`) rests on how the
-    gap moves with the tolerance, not on one tolerance.
+    gap moves with the tolerance, not on one tolerance. The solves run on the sweep engine as a chunk
+    of one on one device (`solve_pairs`); `mdflow check` solves a whole call's pairs at once and
+    gives the same records.
 
     **Arguments:**
     - `primal`: the primal `Solution` of `flow` on `problem`, saved as a trajectory (one run, no batch
@@ -163,15 +168,29 @@ def pair_record(
     `δ^u = a(u − α) − J^u` (θ units); `assumption_residual_rel` divides it by `max_t ‖Γ(t)‖_∞`.
     `verdict` is one of `VERDICTS` (see `judge`) for every flow, `reason` says why in one line;
     a pair whose solves did not all finish ok is `inconclusive`. `coarse_status` is the worse of the
-    coarse primal and dual statuses. `dual_wall_s` (the finer dual solve) includes compilation on the
-    first call of a dual type. `arrays` (numpy): `ts, w_primal (T,d), w_dual (T,d), gap_w (T,),
+    coarse primal and dual statuses. `dual_wall_s` is the finer dual solve's time (its share of its
+    engine call's solve time, `solve_pairs`; compilation excluded). `arrays` (numpy): `ts, w_primal (T,d), w_dual (T,d), gap_w (T,),
     gap_dual (T,)`, and for tracked SSD `identity (T,)`, `delta (T,)`; all of the finer solves.
     """
     if primal.ys is None:
         raise InputError("check: the primal-dual check needs the trajectory (output.save = 'trajectory')")
     if primal.ts.ndim != 1:
         raise ValueError("pair_record takes one run; index a batched Solution first")
-    solved = _solve_pair(flow, problem, primal, policy, dual_form, ratio)
+    one = jax.tree.map(lambda x: np.asarray(x)[None], primal)  # a chunk of one run
+    # Padded to 2: with members in sequence (CPU) the padding is skipped and the run takes the path of
+    # a sweep chunk's members, so this record is the one `mdflow check` stores, bit for bit (a chunk of
+    # size 1 would be a vmap of one member instead, equal only to rounding).
+    (solved,), _ = solve_pairs([([flow], one)], problem, policy, solver=select_solver(policy, flow), chunk_size=2,
+                               mesh=make_mesh(jax.local_devices()[:1]), dual_form=dual_form, ratio=ratio)
+    return pair_record_from(solved[0], problem, flow, primal, policy, tolerance=tolerance, floor=floor,
+                            dual_form=dual_form, ratio=ratio)
+
+
+def pair_record_from(
+    solved: SolvedPair, problem: Problem, flow: AbstractPrimalFlow, primal: Solution, policy: SolvePolicy, *,
+    tolerance: float = 1e-6, floor: float = 1e-12, dual_form: str = "rho", ratio: float = TOLERANCE_RATIO,
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """`pair_record` of a pair already solved (`solve_pairs`): the comparison and the verdict only."""
     arrays = _pair_arrays(flow, solved.dual, problem, primal, solved.fine, floor)
     gap_coarse = _max_gap(_pair_arrays(flow, solved.dual, problem, *solved.coarse, floor)["gap_w"])
     statuses = {"primal_status": status_name(primal.status), "dual_status": status_name(solved.fine.status),
@@ -200,7 +219,7 @@ def pair_record(
         "verdict": verdict,
         "reason": reason,
         **statuses,
-        "dual_solver": select_solver(policy, solved.dual),
+        "dual_solver": solved.solver,
         "dual_steps": int(solved.fine.num_steps),
         "dual_wall_s": solved.wall_s,
         "primal_t_end": float(primal.t_end),
@@ -213,23 +232,76 @@ def pair_record(
 @dataclasses.dataclass(frozen=True)
 class SolvedPair:
     """The solves behind one pair record: the `dual` flow, its `fine` solve under the primal's policy
-    (timed: `wall_s`), and the `coarse` (primal, dual) solves at `ratio`× looser tolerances."""
+    with `solver` (`wall_s`: its share of its call's solve time), and the `coarse` (primal, dual) solves
+    at `ratio`× looser tolerances."""
 
     dual: DualFlow
     fine: Solution
     coarse: tuple[Solution, Solution]
     wall_s: float
+    solver: str
 
 
-def _solve_pair(flow, problem, primal: Solution, policy: SolvePolicy, dual_form: str, ratio: float) -> SolvedPair:
-    dual = paired_dual(flow, problem, form=dual_form)
-    start = time.perf_counter()
-    fine = solve(dual, problem, policy, ts=primal.ts)
-    jax.block_until_ready(fine.ys)
-    wall = time.perf_counter() - start
+@dataclasses.dataclass(frozen=True)
+class PairCalls:
+    """The `CallTiming` of the three engine calls behind the pairs of one primal call (`solve_pairs`)."""
+
+    fine_dual: CallTiming
+    coarse_primal: CallTiming
+    coarse_dual: CallTiming
+
+    @property
+    def compile_s(self) -> float:
+        return sum(t.compile_s for t in self.calls)
+
+    @property
+    def solve_s(self) -> float:
+        return sum(t.solve_s for t in self.calls)
+
+    @property
+    def calls(self) -> tuple[CallTiming, CallTiming, CallTiming]:
+        return self.fine_dual, self.coarse_primal, self.coarse_dual
+
+    @property
+    def program(self) -> str:
+        """How the calls that built a program got it (`CallTiming.program`), e.g. "loaded"."""
+        return ", ".join(dict.fromkeys(t.program for t in self.calls if t.program))
+
+
+def solve_pairs(
+    chunks: Sequence[tuple[Sequence[AbstractPrimalFlow], Solution]], problem: Problem, policy: SolvePolicy, *,
+    solver: str, chunk_size: int, mesh: Mesh | None = None, vmap_width: int | None = None,
+    dual_form: str = "rho", ratio: float = TOLERANCE_RATIO,
+) -> tuple[list[list[SolvedPair]], PairCalls]:
+    """The solves behind the pair records of one primal call: each chunk `(flows, primals)` (`primals`
+    batched, as `solve_chunks` returns them) gets its paired duals solved under `policy`, and its primals
+    and duals re-solved at `ratio`× looser `rtol`, `atol`, all on the primals' time grid.
+
+    Three calls of the sweep engine (`solve_chunks_timed`), each with the primal call's layout (chunk
+    `i` on device `i`, `chunk_size`, `vmap_width`): the fine duals, the coarse primals (with `solver`,
+    the primals' own: the primal call's compiled program, the tolerances being traced controls), the
+    coarse duals (the fine duals' program). So the duals of one mirror-map family compile once per
+    process. Returns one `SolvedPair` per run, by chunk, and the three calls' timings; a pair's `wall_s`
+    is the fine dual call's solve time shared among its pairs (compilation excluded).
+    """
+    if not chunks:
+        raise ValueError("solve_pairs needs at least one chunk")
+    ts = np.asarray(chunks[0][1].ts)[0]
+    if any(not np.array_equal(np.asarray(sol.ts), np.broadcast_to(ts, np.shape(sol.ts))) for _, sol in chunks):
+        raise ValueError("solve_pairs: the primals of one call must share their time grid")
+    mesh = make_mesh() if mesh is None else mesh
+    duals = [[paired_dual(f, problem, form=dual_form) for f in flows] for flows, _ in chunks]
+    dual_solver = chunk_solver(policy, duals[0][0], vmap_width, chunk_size, mesh)
+    engine = dict(chunk_size=chunk_size, mesh=mesh, vmap_width=vmap_width, ts=ts)
     coarse_policy = dataclasses.replace(policy, rtol=policy.rtol * ratio, atol=policy.atol * ratio)
-    coarse = tuple(solve(f, problem, coarse_policy, ts=primal.ts) for f in (flow, dual))
-    return SolvedPair(dual, fine, coarse, wall)
+    fine, fine_timing = solve_chunks_timed(duals, problem, policy, solver=dual_solver, **engine)
+    coarse_primal, primal_timing = solve_chunks_timed([list(flows) for flows, _ in chunks], problem, coarse_policy,
+                                                      solver=solver, **engine)
+    coarse_dual, dual_timing = solve_chunks_timed(duals, problem, coarse_policy, solver=dual_solver, **engine)
+    wall = fine_timing.solve_s / sum(map(len, duals))
+    pairs = [[SolvedPair(dual, index(f, j), (index(p, j), index(d, j)), wall, dual_solver) for j, dual in enumerate(ds)]
+             for ds, f, p, d in zip(duals, fine, coarse_primal, coarse_dual)]
+    return pairs, PairCalls(fine_timing, primal_timing, dual_timing)
 
 
 def _gap_fields(arrays: dict[str, np.ndarray], max_gap: float | None, floor: float) -> dict:

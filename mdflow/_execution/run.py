@@ -22,7 +22,7 @@ from .._solver.solve import STATUSES, Solution, SolvePolicy, status_name
 from .resources import check_sweep_fits, sweep_size
 from .store import Store, atomic_write_json, stream_npz
 from .sweep import (
-    Chunk, Progress, chunk_solver, difficulty, effective_vmap_width, make_mesh, plan_chunks, solve_plan,
+    Chunk, Progress, chunk_solver, difficulty, effective_vmap_width, index, make_mesh, plan_chunks, solve_plan_calls,
     timing_text,
 )
 
@@ -119,11 +119,6 @@ def run_record(spec: RunSpec, sol: Solution, solver: str, wall_s: float) -> dict
     }
 
 
-def index(batch, i):
-    """Member `i` of a batched pytree (leading axis)."""
-    return jax.tree.map(lambda x: x[i], batch)
-
-
 # A per-run analysis: (spec, flow, problem, solution, policy) -> (record fields, per-run arrays). Its
 # fields are merged into the run's record; its arrays (same shape for every run) are stored per chunk
 # and stacked into `trajectories.npz` as "<name>.<key>".
@@ -158,9 +153,11 @@ def _plan(config: Config, policy: SolvePolicy, duals: bool, chunk_size: int, vma
 
 def _chunk_result(
     chunk: Chunk, sol: Solution, specs, flows, problem: Problem, policy: SolvePolicy, config: Config,
-    duals: bool, wall: float, analyses: dict[str, RunAnalysis],
+    solved_pairs: list | None, wall: float, analyses: dict[str, RunAnalysis],
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Records, dual pairs and arrays of one solved chunk (what its chunk files hold)."""
+    """Records, dual pairs and arrays of one solved chunk (what its chunk files hold). `solved_pairs`:
+    with duals on, the chunk's runs solved with their duals (`solve_pairs`, one per run), else None."""
+    duals = solved_pairs is not None
     records, pairs = [], []
     arrays: dict[str, list[np.ndarray]] = {"w_final": [], "loss": [], "rel_residual": []}
     if policy.save == "trajectory":
@@ -182,10 +179,11 @@ def _chunk_result(
             for key, value in extra.items():
                 arrays.setdefault(f"{name}.{key}", []).append(np.asarray(value))
         if duals:
-            from .._analysis.equivalence import pair_record
+            from .._analysis.equivalence import pair_record_from
 
-            pair, pair_arrays = pair_record(problem, flow, one, policy, tolerance=config["check"]["tolerance"],
-                                            floor=config["check"]["floor"], dual_form=config["flows"]["dual_form"])
+            pair, pair_arrays = pair_record_from(solved_pairs[j], problem, flow, one, policy,
+                                                 tolerance=config["check"]["tolerance"], floor=config["check"]["floor"],
+                                                 dual_form=config["flows"]["dual_form"])
             for key in ("w_dual", "gap_w"):  # the dual trajectory and gap(t), for figures F1/F2
                 arrays.setdefault(key, []).append(pair_arrays[key])
             pair["run_index"] = i
@@ -197,6 +195,20 @@ def _chunk_result(
     meta = {"records": records, "pairs": pairs, "duals": duals, "save": policy.save, "solver": chunk.solver,
             "wall_s": wall, "failures": _failures(records)}
     return meta, {k: np.stack(v) for k, v in arrays.items()}
+
+
+def _solve_call_pairs(call, flows, problems, policy, config, chunk_size, mesh, vmap_width, progress, num_chunks):
+    """The dual solves of one primal call's runs (`solve_pairs`: three engine calls with the primal
+    call's layout), by chunk, and their timing."""
+    from .._analysis.equivalence import solve_pairs
+
+    first = call[0].chunk
+    runs = sum(len(done.chunk.runs) for done in call)
+    names = ", ".join(f"{done.chunk.index + 1}" for done in call)
+    progress.note(f"chunk(s) {names}/{num_chunks} solved; dual solves of their {runs} run(s)")
+    return solve_pairs([([flows[i] for i in done.chunk.runs], done.solution) for done in call], problems[first.seed],
+                       policy, solver=first.solver, chunk_size=chunk_size, mesh=mesh, vmap_width=vmap_width,
+                       dual_form=config["flows"]["dual_form"])
 
 
 def _failures(records) -> dict[str, int]:
@@ -232,7 +244,9 @@ def execute(
     its `compile_s` and `solve_s` are stored with each of its chunks (chunk files, manifest) and shown
     in its progress lines. A run's `wall_s` is its call's solve time shared among the call's runs
     (compile excluded; `summary.json` totals both under `sweep`).
-    With duals on, every run is paired with its dual and checked (`equivalence.json`).
+    With duals on, every run is paired with its dual and checked (`equivalence.json`): the pairs of each
+    call are solved right after it on the same engine (`solve_pairs`: three calls with the call's
+    layout), their `dual_compile_s`, `dual_solve_s` stored like the primal's and totalled under `sweep`.
     Returns `(records, pairs)` in config order.
     """
     out_dir = Path(out_dir)
@@ -287,35 +301,49 @@ def execute(
                             f"{len(results)} chunk(s) loaded from {out_dir / 'chunks'}",
                             cost=sum(cost[j] for i in results for j in plan[i].runs))
         # What happens between a chunk's solve and its progress line, said in a note line.
-        between = ", ".join([*(["dual solves and equivalence check"] if duals else []),
+        between = ", ".join([*(["equivalence check"] if duals else []),
                              *(f"analysis.{k}" for k in ("kkt", "stages", "discrete")
                                if "analysis" in analyses and config["analysis"][k]),
                              *(name for name in analyses if name != "analysis")])
-        calls = []  # the CallTiming of every solve call
-        for done in solve_plan(pending, flows, problems, policy, chunk_size=chunk_size, mesh=mesh,
-                               vmap_width=vmap_width):
-            chunk, timing = done.chunk, done.timing
-            if not calls or calls[-1] is not timing:
-                calls.append(timing)
-            if between:
-                progress.note(f"chunk {chunk.index + 1}/{len(plan)} solved; {between} of its {len(chunk.runs)} run(s)")
-            after_solve = time.perf_counter()
-            meta, arrays = _chunk_result(chunk, done.solution, specs, flows, problems[chunk.seed], policy, config,
-                                         duals, done.solve_s, analyses)
-            meta["num_devices"] = mesh.devices.size  # rounding may depend on it (docs/store.md)
-            meta["arrays"] = {k: {"dtype": v.dtype.str, "shape": list(v.shape[1:])} for k, v in arrays.items()}
-            analysis_wall = time.perf_counter() - after_solve
-            meta.update(compile_s=timing.compile_s, solve_s=timing.solve_s,  # of the whole call
-                        program=timing.program)
-            if primary:
-                store.save_chunk(chunk.index, chunk.runs, meta, arrays)
-            results[chunk.index] = meta
-            del arrays
-            bad = meta["failures"]
-            progress.update(chunk.index, len(chunk.runs),
-                            f"{chunk.flow} (seed {chunk.seed}) x{len(chunk.runs)}, {chunk.solver}, "
-                            + timing_text(timing, done.solve_s) + (f", failed: {bad}" if bad else ""),
-                            wall=done.solve_s + analysis_wall, cost=sum(cost[i] for i in chunk.runs))
+        calls, dual_calls = [], []  # the CallTiming of every primal solve call; the dual calls' timings
+        for call in solve_plan_calls(pending, flows, problems, policy, chunk_size=chunk_size, mesh=mesh,
+                                     vmap_width=vmap_width):
+            timing = call[0].timing
+            calls.append(timing)
+            paired, dual_timing = [None] * len(call), None
+            if duals:
+                paired, dual_timing = _solve_call_pairs(call, flows, problems, policy, config, chunk_size, mesh,
+                                                        vmap_width, progress, len(plan))
+                dual_calls.append(dual_timing)
+            call_runs = sum(len(done.chunk.runs) for done in call)
+            for done, solved_pairs in zip(call, paired):
+                chunk = done.chunk
+                if between:
+                    progress.note(f"chunk {chunk.index + 1}/{len(plan)} solved; {between} of its {len(chunk.runs)} run(s)")
+                after_solve = time.perf_counter()
+                meta, arrays = _chunk_result(chunk, done.solution, specs, flows, problems[chunk.seed], policy, config,
+                                             solved_pairs, done.solve_s, analyses)
+                meta["num_devices"] = mesh.devices.size  # rounding may depend on it (docs/store.md)
+                meta["arrays"] = {k: {"dtype": v.dtype.str, "shape": list(v.shape[1:])} for k, v in arrays.items()}
+                analysis_wall = time.perf_counter() - after_solve
+                meta.update(compile_s=timing.compile_s, solve_s=timing.solve_s,  # of the whole call
+                            program=timing.program)
+                dual_share = 0.0
+                if dual_timing is not None:  # the three dual calls of the whole call (`solve_pairs`)
+                    meta.update(dual_compile_s=dual_timing.compile_s, dual_solve_s=dual_timing.solve_s)
+                    dual_share = dual_timing.solve_s * len(chunk.runs) / call_runs
+                if primary:
+                    store.save_chunk(chunk.index, chunk.runs, meta, arrays)
+                results[chunk.index] = meta
+                del arrays
+                bad = meta["failures"]
+                text = timing_text(timing, done.solve_s)
+                if dual_timing is not None:
+                    text += "; duals " + timing_text(dual_timing, dual_share)
+                progress.update(chunk.index, len(chunk.runs),
+                                f"{chunk.flow} (seed {chunk.seed}) x{len(chunk.runs)}, {chunk.solver}, "
+                                + text + (f", failed: {bad}" if bad else ""),
+                                wall=done.solve_s + dual_share + analysis_wall, cost=sum(cost[i] for i in chunk.runs))
         if not primary and len(results) < len(plan):
             # Chunks process 0 loaded from a store this process cannot see (no shared filesystem):
             # the results are process 0's to write; this process has only its own part.
@@ -333,7 +361,10 @@ def execute(
                              "computed": [c.index for c in pending],
                              "loaded": sorted(set(results) - {c.index for c in pending}),
                              "compile_s": sum(t.compile_s for t in calls), "solve_s": sum(t.solve_s for t in calls),
-                             "programs": [t.program for t in calls if t.program]},
+                             "programs": [t.program for t in [*calls, *(c for d in dual_calls for c in d.calls)]
+                                          if t.program],
+                             **({"dual_compile_s": sum(t.compile_s for t in dual_calls),
+                                 "dual_solve_s": sum(t.solve_s for t in dual_calls)} if duals else {})},
                    "wall_s": time.perf_counter() - total_start}
         if primary:
             def write(folder: Path) -> None:

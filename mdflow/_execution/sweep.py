@@ -292,7 +292,7 @@ def solve_chunks(
 
 def solve_chunks_timed(
     chunks: Sequence[Sequence[AbstractFlow]], problem: Problem, policy: SolvePolicy, *, chunk_size: int,
-    mesh: Mesh | None = None, solver: str | None = None, vmap_width: int | None = None,
+    mesh: Mesh | None = None, solver: str | None = None, vmap_width: int | None = None, ts=None,
 ) -> tuple[list[Solution], CallTiming]:
     """Solve up to one chunk per device in one call: chunk `i` (same-type flows, at most `chunk_size`)
     runs on device `i` as its own vmapped batch. Every chunk is padded to `chunk_size` members and idle
@@ -304,6 +304,8 @@ def solve_chunks_timed(
     `solver`: the solver name for every member (default `chunk_solver(policy, chunks[0][0], ...)`).
     `vmap_width`: members vmapped together on a device (default `default_vmap_width`); smaller widths
     run the chunk's members in sequence inside the same call (`jax.lax.map(..., batch_size=...)`).
+    `ts`: the save grid (default `policy.time_grid()`; a traced control, so any grid of the same length
+    reuses the program).
     """
     chunks = [list(c) for c in chunks]
     mesh = make_mesh() if mesh is None else mesh
@@ -323,7 +325,7 @@ def solve_chunks_timed(
     # share one compiled program.
     members = [jax.tree.map(np.asarray, f.integrand(problem)) for c in padded for f in c]
     batched = jax.tree.map(lambda *xs: np.stack(xs), *members)  # on the host: no eager device ops
-    controls, stop = SolveControls.of(policy, problem)
+    controls, stop = SolveControls.of(policy, problem, ts)
     batched, real = jax.device_put((batched, real), NamedSharding(mesh, P(AXIS)))
     problem, controls = jax.device_put((problem, controls), NamedSharding(mesh, P()))
     args = (batched, real, problem, controls)
@@ -346,6 +348,11 @@ def solve_chunk(
     flows = list(flows)
     return solve_chunks([flows], problem, policy, chunk_size=chunk_size or len(flows), mesh=mesh, solver=solver,
                         vmap_width=vmap_width)[0]
+
+
+def index(batch, i):
+    """Member `i` of a batched pytree (leading axis), e.g. one run of a chunk's `Solution`."""
+    return jax.tree.map(lambda x: x[i], batch)
 
 
 def _to_host(x) -> np.ndarray:
@@ -452,14 +459,24 @@ def solve_plan(
     """Solve a plan's chunks in order, one chunk per device per call (`batches`), each chunk's members
     `flows[i]` for `i` in its runs on `problems[chunk.seed]`: the one executor behind `sweep` and
     `mdflow run/check`. Yields each chunk as soon as its call returns."""
+    for call in solve_plan_calls(plan, flows, problems, policy, chunk_size=chunk_size, mesh=mesh,
+                                 vmap_width=vmap_width):
+        yield from call
+
+
+def solve_plan_calls(
+    plan: Sequence[Chunk], flows: Sequence[AbstractFlow], problems: dict[int, Problem], policy: SolvePolicy,
+    *, chunk_size: int, mesh: Mesh, vmap_width: int | None = None,
+) -> Iterator[list[SolvedChunk]]:
+    """`solve_plan` a call at a time: the solved chunks of each call, as soon as it returns (for work
+    done on a whole call at once, such as the dual solves of its runs: `mdflow check`)."""
     for call in batches(plan, mesh.devices.size):
         first = call[0]
         sols, timing = solve_chunks_timed([[flows[i] for i in c.runs] for c in call], problems[first.seed],
                                           policy, chunk_size=chunk_size, mesh=mesh, solver=first.solver,
                                           vmap_width=vmap_width)
         per_run = timing.solve_s / sum(len(c.runs) for c in call)
-        for chunk, sol in zip(call, sols):
-            yield SolvedChunk(chunk, sol, timing, per_run * len(chunk.runs))
+        yield [SolvedChunk(chunk, sol, timing, per_run * len(chunk.runs)) for chunk, sol in zip(call, sols)]
 
 
 def sweep(
