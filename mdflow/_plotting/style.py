@@ -43,9 +43,9 @@ def fixed_margins(fig, *, left: float = 0.5, right: float = 0.12, bottom: float 
                   wspace: float = 0.0, hspace: float = 0.0) -> None:
     """Lay a figure's subplot grid out with fixed margins and gaps between panels, in inches.
 
-    Why: `layout="constrained"` measures every tick label, title and legend before each save, which
-    measured about a third of the cost of a many-panel preview; the previews' labels have known sizes,
-    so fixed margins fit them."""
+    Why: `layout="constrained"` measures every tick label, title and legend before each save: measured,
+    a quarter to a third of the cost of the run previews. Their labels have known sizes (mathtext at
+    fixed font sizes, log-axis powers of ten), so fixed margins fit them."""
     width, height = fig.get_size_inches()
     grid = fig.axes[0].get_subplotspec().get_gridspec()
     nrows, ncols = grid.get_geometry()
@@ -57,7 +57,8 @@ def fixed_margins(fig, *, left: float = 0.5, right: float = 0.12, bottom: float 
 
 def save(fig, stem: str | Path, *, preview: bool = False) -> list[Path]:
     """Write `stem.pdf` (vector) and `stem.png`, or with `preview` only the PNG of a figure laid out
-    by `layout="constrained"` (no tight-bbox pass: about a third of the cost); return the paths.
+    when it was made (`fixed_margins`; no tight-bbox pass: about a third of the cost); return the paths.
+    Without `preview` the tight box is measured once for both files, as each tight save would anew.
     Each file is written under a temporary name and renamed: a reader never sees half a figure.
 
     Why previews: the run figures of every `mdflow run` are looked at, not printed, and are drawn
@@ -71,7 +72,7 @@ def save(fig, stem: str | Path, *, preview: bool = False) -> list[Path]:
     try:
         with matplotlib.rc_context({**RC, "savefig.bbox": None} if preview else RC):
             bbox = None
-            if not preview:  # the tight box once for both files (each `bbox="tight"` save measures it anew)
+            if not preview:
                 fig.draw_without_rendering()  # runs the layout engine, as a tight save does first
                 bbox = fig.get_tightbbox().padded(matplotlib.rcParams["savefig.pad_inches"])
             for path in paths:  # each file appears whole or not at all
