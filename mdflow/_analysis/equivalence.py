@@ -4,9 +4,9 @@
 `SolvePolicy`, and compares the trajectories in w-space and in dual space; it solves the pair again at
 a 100× looser tolerance and judges it by how the gap moves (`judge`): solver error falls with the
 tolerance, a difference in the dynamics stays. The solves run on the sweep engine (`solve_pairs`, which
-solves a whole sweep call's pairs at once, one compiled program per mirror-map family). For true SSD solved with `track_identity=True` it also
-reports the E3 identity residual and the assumption residual δ, which says *why* the dual is not exact
-there.
+solves a whole sweep call's pairs at once, one compiled program per mirror-map family). For true SSD
+solved with `track_identity=True` it also reports the E3 identity residual and the assumption residual
+δ, which says *why* the dual is not exact there.
 """
 
 from __future__ import annotations
@@ -169,8 +169,9 @@ def pair_record(
     `verdict` is one of `VERDICTS` (see `judge`) for every flow, `reason` says why in one line;
     a pair whose solves did not all finish ok is `inconclusive`. `coarse_status` is the worse of the
     coarse primal and dual statuses. `dual_wall_s` is the finer dual solve's time (its share of its
-    engine call's solve time, `solve_pairs`; compilation excluded). `arrays` (numpy): `ts, w_primal (T,d), w_dual (T,d), gap_w (T,),
-    gap_dual (T,)`, and for tracked SSD `identity (T,)`, `delta (T,)`; all of the finer solves.
+    engine call's solve time, `solve_pairs`; compilation excluded). `arrays` (numpy): `ts, w_primal
+    (T,d), w_dual (T,d), gap_w (T,), gap_dual (T,)`, and for tracked SSD `identity (T,)`, `delta (T,)`;
+    all of the finer solves.
     """
     if primal.ys is None:
         raise InputError("check: the primal-dual check needs the trajectory (output.save = 'trajectory')")
