@@ -319,7 +319,8 @@ def execute(
             for done, solved_pairs in zip(call, paired):
                 chunk = done.chunk
                 if between:
-                    progress.note(f"chunk {chunk.index + 1}/{len(plan)} solved; {between} of its {len(chunk.runs)} run(s)")
+                    progress.note(f"chunk {chunk.index + 1}/{len(plan)} solved; {between} of its "
+                                  f"{len(chunk.runs)} run(s)")
                 after_solve = time.perf_counter()
                 meta, arrays = _chunk_result(chunk, done.solution, specs, flows, problems[chunk.seed], policy, config,
                                              solved_pairs, done.solve_s, analyses)
