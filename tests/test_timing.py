@@ -42,33 +42,60 @@ def test_compile_and_solve_recorded_per_call(tmp_path):
     assert json.loads((tmp_path / "b" / "summary.json").read_text())["sweep"]["compile_s"] == 0.0
 
 
-def test_dual_solves_one_program_per_mirror_family_and_timed(tmp_path):
-    """With duals, each call's pairs are solved on the sweep engine: one program per mirror-map family
-    (the hypentropy for GF, the SSD potential for frozen SSD), shared by the fine and the coarse dual
-    solves, and the coarse primals reuse the primal program, however many calls. Each chunk records the
-    dual calls' compile and solve times, the summary totals them, the progress lines show them."""
-    from mdflow._execution import sweep
+_DUALS_ON_TWO_DEVICES = """
+import json, sys
+import mdflow
+from mdflow._config import from_dict
+from mdflow._execution import sweep
+from mdflow._execution.run import execute
 
-    # GF and frozen SSD: one primal program (`SSDFamily`), two mirror families; 3 calls of 1 chunk each.
-    # A max_steps no other test uses: every program here is new to this process.
+before = sweep.num_traces()
+execute(from_dict(json.loads(sys.argv[1])), sys.argv[2], log=print)
+print("traces", sweep.num_traces() - before)
+"""
+
+
+def test_dual_solves_one_program_per_mirror_family_and_timed(tmp_path):
+    """With duals, each call's pairs are solved on the sweep engine, on two host devices here (a call's
+    chunks on both): one program per mirror-map family (the hypentropy for GF, the SSD potential for
+    frozen SSD), shared by the fine and the coarse dual solves, and the coarse primals reuse the primal
+    program, however many calls. Each chunk records the dual calls' compile and solve times, the summary
+    totals them, the progress lines show them."""
+    import subprocess
+    import sys
+
+    from conftest import host_devices_env
+
+    # GF and frozen SSD: one primal program (`SSDFamily`), two mirror families. Calls on 2 devices:
+    # [gf], [ssd_frozen x2], [ssd_frozen] (chunks of 1).
     raw = {**CONFIG, "flows": {"kinds": ["gf", "ssd_frozen"], "duals": True},
-           "solve": {**CONFIG["solve"], "max_steps": 4322, "rtol": 1e-8, "atol": 1e-10}}
-    config = from_dict(raw)
-    lines = []
-    before = sweep.num_traces()
-    records, pairs = execute(config, tmp_path / "a", log=lines.append)
-    assert sweep.num_traces() - before == 3  # 1 primal + 1 per mirror family (no coarse-solve programs)
-    assert [p["run_index"] for p in pairs] == [0, 1, 2] and {p["verdict"] for p in pairs} == {"equivalent"}
-    metas = [json.loads(p.read_text()) for p in sorted((tmp_path / "a" / "chunks").glob("chunk-*.json"))]
-    manifest = read_manifest(tmp_path / "a")["chunks"]
+           "grid": {"eps": [0.1, 1.0, 3.0], "alpha": [0.1]}, "solve": {**CONFIG["solve"], "rtol": 1e-8, "atol": 1e-10}}
+    out = tmp_path / "a"
+    done = subprocess.run([sys.executable, "-c", _DUALS_ON_TWO_DEVICES, json.dumps(raw), str(out)],
+                          env=host_devices_env(2), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-1] == "traces 3"  # 1 primal + 1 per mirror family (no programs for the coarse solves)
+    assert sum("; duals solve" in line for line in lines) == 4
+    metas = [json.loads(p.read_text()) for p in sorted((out / "chunks").glob("chunk-*.json"))]
+    assert [m["num_devices"] for m in metas] == [2] * 4
+    # Each pair is its own run's (exact pairs: a dual solved for another run would not be equivalent).
+    pairs = json.loads((out / "equivalence.json").read_text())["pairs"]
+    runs = json.loads((out / "summary.json").read_text())["runs"]
+    assert [p["run_index"] for p in pairs] == [0, 1, 2, 3]
+    assert [(p["flow"], p["eps"]) for p in pairs] == [(r["flow"], r["eps"]) for r in runs]
+    assert all(p["verdict"] == "equivalent" and p["max_rel_gap_w"] < 1e-6 for p in pairs), pairs
+    manifest = read_manifest(out)["chunks"]
     assert all(m["dual_solve_s"] > 0 and m["dual_compile_s"] >= 0 for m in metas)
     assert [c["dual_compile_s"] for c in manifest] == [m["dual_compile_s"] for m in metas]
-    # The gf call and the first frozen SSD call compile their dual program; the second one does not.
-    assert [m["dual_compile_s"] > 0 for m in metas] == [True, True, False]
-    summary = json.loads((tmp_path / "a" / "summary.json").read_text())["sweep"]
-    assert summary["dual_compile_s"] == pytest.approx(sum(m["dual_compile_s"] for m in metas), rel=1e-12)
-    assert summary["dual_solve_s"] == pytest.approx(sum(m["dual_solve_s"] for m in metas), rel=1e-12)
+    # The gf call and the first frozen SSD call (2 chunks) compile their dual program; the last does not.
+    assert [m["dual_compile_s"] > 0 for m in metas] == [True, True, True, False]
+    summary = json.loads((out / "summary.json").read_text())["sweep"]
+    times = ("dual_compile_s", "dual_solve_s")
+    assert [metas[1][k] for k in times] == [metas[2][k] for k in times]
+    calls = [metas[0], metas[1], metas[3]]  # one chunk per call: the chunks of a call share its times
+    assert summary["dual_compile_s"] == pytest.approx(sum(m["dual_compile_s"] for m in calls), rel=1e-12)
+    assert summary["dual_solve_s"] == pytest.approx(sum(m["dual_solve_s"] for m in calls), rel=1e-12)
     # A pair's dual_wall_s is its share of the fine dual call's solve time: part of dual_solve_s.
     assert all(p["dual_wall_s"] > 0 for p in pairs)
     assert sum(p["dual_wall_s"] for p in pairs) < summary["dual_solve_s"]
-    assert sum("; duals solve" in line for line in lines) == 3

@@ -4,9 +4,9 @@
 `SolvePolicy`, and compares the trajectories in w-space and in dual space; it solves the pair again at
 a 100× looser tolerance and judges it by how the gap moves (`judge`): solver error falls with the
 tolerance, a difference in the dynamics stays. The solves run on the sweep engine (`solve_pairs`, which
-solves a whole sweep call's pairs at once, one compiled program per mirror-map family). For true SSD solved with `track_identity=True` it also
-reports the E3 identity residual and the assumption residual δ, which says *why* the dual is not exact
-there.
+solves a whole sweep call's pairs at once, one compiled program per mirror-map family). For true SSD
+solved with `track_identity=True` it also reports the E3 identity residual and the assumption residual
+δ, which says *why* the dual is not exact there.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from jax.sharding import Mesh
 
 from .._dual import DualFlow, dual_flow
 from .._errors import InputError
-from .._execution.sweep import CallTiming, chunk_solver, index, make_mesh, solve_chunks_timed
+from .._execution.sweep import (
+    CallTiming, chunk_solver, index, make_mesh, plan_chunks, solve_chunks_timed, solve_plan_calls,
+)
 from .._flows import AbstractPrimalFlow
 from .._problem import Problem
 from .._solver.solve import STATUSES, Solution, SolvePolicy, select_solver, status_name
@@ -169,8 +171,9 @@ def pair_record(
     `verdict` is one of `VERDICTS` (see `judge`) for every flow, `reason` says why in one line;
     a pair whose solves did not all finish ok is `inconclusive`. `coarse_status` is the worse of the
     coarse primal and dual statuses. `dual_wall_s` is the finer dual solve's time (its share of its
-    engine call's solve time, `solve_pairs`; compilation excluded). `arrays` (numpy): `ts, w_primal (T,d), w_dual (T,d), gap_w (T,),
-    gap_dual (T,)`, and for tracked SSD `identity (T,)`, `delta (T,)`; all of the finer solves.
+    engine call's solve time, `solve_pairs`; compilation excluded). `arrays` (numpy): `ts, w_primal
+    (T,d), w_dual (T,d), gap_w (T,), gap_dual (T,)`, and for tracked SSD `identity (T,)`, `delta (T,)`;
+    all of the finer solves.
     """
     if primal.ys is None:
         raise InputError("check: the primal-dual check needs the trajectory (output.save = 'trajectory')")
@@ -244,7 +247,8 @@ class SolvedPair:
 
 @dataclasses.dataclass(frozen=True)
 class PairCalls:
-    """The `CallTiming` of the three engine calls behind the pairs of one primal call (`solve_pairs`)."""
+    """The timings behind the pairs of one primal call (`solve_pairs`), by solve: each the total of its
+    engine calls."""
 
     fine_dual: CallTiming
     coarse_primal: CallTiming
@@ -277,12 +281,13 @@ def solve_pairs(
     batched, as `solve_chunks` returns them) gets its paired duals solved under `policy`, and its primals
     and duals re-solved at `ratio`× looser `rtol`, `atol`, all on the primals' time grid.
 
-    Three calls of the sweep engine (`solve_chunks_timed`), each with the primal call's layout (chunk
-    `i` on device `i`, `chunk_size`, `vmap_width`): the fine duals, the coarse primals (with `solver`,
-    the primals' own: the primal call's compiled program, the tolerances being traced controls), the
-    coarse duals (the fine duals' program). So the duals of one mirror-map family compile once per
-    process. Returns one `SolvedPair` per run, by chunk, and the three calls' timings; a pair's `wall_s`
-    is the fine dual call's solve time shared among its pairs (compilation excluded).
+    All on the sweep engine (`solve_plan_calls`): the coarse primals in one call with the primal call's
+    layout (chunk `i` on device `i`, `chunk_size`, with `solver`, the primals' own), so they run the
+    primal call's compiled program (tolerances are traced controls); the fine and the coarse duals
+    spread over every device, in chunks of `dual_chunk_size(chunk_size, mesh)`, one program per
+    mirror-map family for both (a call of one chunk would leave the other devices solving a copy).
+    Returns one `SolvedPair` per run, by chunk, and the timings; a pair's `wall_s` is its share of its
+    fine dual call's solve time (compilation excluded).
     """
     if not chunks:
         raise ValueError("solve_pairs needs at least one chunk")
@@ -290,18 +295,45 @@ def solve_pairs(
     if any(not np.array_equal(np.asarray(sol.ts), np.broadcast_to(ts, np.shape(sol.ts))) for _, sol in chunks):
         raise ValueError("solve_pairs: the primals of one call must share their time grid")
     mesh = make_mesh() if mesh is None else mesh
-    duals = [[paired_dual(f, problem, form=dual_form) for f in flows] for flows, _ in chunks]
-    dual_solver = chunk_solver(policy, duals[0][0], vmap_width, chunk_size, mesh)
-    engine = dict(chunk_size=chunk_size, mesh=mesh, vmap_width=vmap_width, ts=ts)
+    duals = [paired_dual(f, problem, form=dual_form) for flows, _ in chunks for f in flows]
+    size = dual_chunk_size(chunk_size, mesh)
+    dual_solver = chunk_solver(policy, duals[0], vmap_width, size, mesh)
     coarse_policy = dataclasses.replace(policy, rtol=policy.rtol * ratio, atol=policy.atol * ratio)
-    fine, fine_timing = solve_chunks_timed(duals, problem, policy, solver=dual_solver, **engine)
+    fine, fine_timing, walls = _solve_spread(duals, problem, policy, dual_solver, size, mesh, vmap_width, ts)
+    coarse_dual, dual_timing, _ = _solve_spread(duals, problem, coarse_policy, dual_solver, size, mesh, vmap_width, ts)
     coarse_primal, primal_timing = solve_chunks_timed([list(flows) for flows, _ in chunks], problem, coarse_policy,
-                                                      solver=solver, **engine)
-    coarse_dual, dual_timing = solve_chunks_timed(duals, problem, coarse_policy, solver=dual_solver, **engine)
-    wall = fine_timing.solve_s / sum(map(len, duals))
-    pairs = [[SolvedPair(dual, index(f, j), (index(p, j), index(d, j)), wall, dual_solver) for j, dual in enumerate(ds)]
-             for ds, f, p, d in zip(duals, fine, coarse_primal, coarse_dual)]
+                                                      chunk_size=chunk_size, mesh=mesh, solver=solver,
+                                                      vmap_width=vmap_width, ts=ts)
+    pairs, k = [], 0
+    for primals in coarse_primal:
+        members = len(primals.ts)
+        pairs.append([SolvedPair(duals[k + j], fine[k + j], (index(primals, j), coarse_dual[k + j]), walls[k + j],
+                                 dual_solver) for j in range(members)])
+        k += members
     return pairs, PairCalls(fine_timing, primal_timing, dual_timing)
+
+
+def dual_chunk_size(chunk_size: int, mesh: Mesh) -> int:
+    """The chunk size of the dual solves behind a sweep of `chunk_size` on `mesh`: a primal call's runs
+    (up to one chunk per device) spread over all devices, `ceil(chunk_size / devices)`, and at least 2
+    (a chunk of one member is a vmap of one, which rounds differently from members in sequence; with
+    2, `pair_record` and a sweep's pairs agree bit for bit on CPU)."""
+    return max(2, -(-chunk_size // mesh.devices.size))
+
+
+def _solve_spread(flows, problem, policy, solver, size, mesh, vmap_width, ts):
+    """`flows` (one type) solved in chunks of `size`, one per device per call, in order: their
+    solutions, the calls' total `CallTiming`, and each flow's share of its call's solve time."""
+    plan = plan_chunks([((0, "dual", solver), range(len(flows)), range(len(flows)))], size)
+    solutions, walls, compile_s, solve_s = [], [], 0.0, 0.0
+    for call in solve_plan_calls(plan, flows, {0: problem}, policy, chunk_size=size, mesh=mesh,
+                                 vmap_width=vmap_width, ts=ts):
+        compile_s, solve_s = compile_s + call[0].timing.compile_s, solve_s + call[0].timing.solve_s
+        for done in call:
+            members = len(done.chunk.runs)
+            solutions += [index(done.solution, j) for j in range(members)]
+            walls += [done.solve_s / members] * members
+    return solutions, CallTiming(compile_s, solve_s), walls
 
 
 def _gap_fields(arrays: dict[str, np.ndarray], max_gap: float | None, floor: float) -> dict:

@@ -198,8 +198,8 @@ def _chunk_result(
 
 
 def _solve_call_pairs(call, flows, problems, policy, config, chunk_size, mesh, vmap_width, progress, num_chunks):
-    """The dual solves of one primal call's runs (`solve_pairs`: three engine calls with the primal
-    call's layout), by chunk, and their timing."""
+    """The dual solves of one primal call's runs (`solve_pairs`: fine and coarse duals spread over the
+    devices, coarse primals with the call's layout), by chunk, and their timing."""
     from .._analysis.equivalence import solve_pairs
 
     first = call[0].chunk
@@ -245,8 +245,8 @@ def execute(
     in its progress lines. A run's `wall_s` is its call's solve time shared among the call's runs
     (compile excluded; `summary.json` totals both under `sweep`).
     With duals on, every run is paired with its dual and checked (`equivalence.json`): the pairs of each
-    call are solved right after it on the same engine (`solve_pairs`: three calls with the call's
-    layout), their `dual_compile_s`, `dual_solve_s` stored like the primal's and totalled under `sweep`.
+    call are solved right after it on the same engine (`solve_pairs`), their `dual_compile_s`,
+    `dual_solve_s` stored like the primal's and totalled under `sweep`.
     Returns `(records, pairs)` in config order.
     """
     out_dir = Path(out_dir)
@@ -319,7 +319,8 @@ def execute(
             for done, solved_pairs in zip(call, paired):
                 chunk = done.chunk
                 if between:
-                    progress.note(f"chunk {chunk.index + 1}/{len(plan)} solved; {between} of its {len(chunk.runs)} run(s)")
+                    progress.note(f"chunk {chunk.index + 1}/{len(plan)} solved; {between} of its "
+                                  f"{len(chunk.runs)} run(s)")
                 after_solve = time.perf_counter()
                 meta, arrays = _chunk_result(chunk, done.solution, specs, flows, problems[chunk.seed], policy, config,
                                              solved_pairs, done.solve_s, analyses)
@@ -329,7 +330,7 @@ def execute(
                 meta.update(compile_s=timing.compile_s, solve_s=timing.solve_s,  # of the whole call
                             program=timing.program)
                 dual_share = 0.0
-                if dual_timing is not None:  # the three dual calls of the whole call (`solve_pairs`)
+                if dual_timing is not None:  # the dual solves of the whole call (`solve_pairs`)
                     meta.update(dual_compile_s=dual_timing.compile_s, dual_solve_s=dual_timing.solve_s)
                     dual_share = dual_timing.solve_s * len(chunk.runs) / call_runs
                 if primary:

@@ -305,7 +305,8 @@ class Store:
     def _mark(self, index: int, status: str, meta: dict[str, Any], *, loaded: bool) -> None:
         entry = self.manifest["chunks"][index]
         entry["status"] = status
-        for key in ("wall_s", "compile_s", "solve_s", "dual_compile_s", "dual_solve_s", "solver", "written", "failures"):
+        for key in ("wall_s", "compile_s", "solve_s", "dual_compile_s", "dual_solve_s", "solver", "written",
+                    "failures"):
             if key in meta:
                 entry[key] = meta[key]
         entry["file"] = f"{CHUNK_DIR}/chunk-{index:04d}.npz"

@@ -454,19 +454,19 @@ class SolvedChunk:
 
 def solve_plan(
     plan: Sequence[Chunk], flows: Sequence[AbstractFlow], problems: dict[int, Problem], policy: SolvePolicy,
-    *, chunk_size: int, mesh: Mesh, vmap_width: int | None = None,
+    *, chunk_size: int, mesh: Mesh, vmap_width: int | None = None, ts=None,
 ) -> Iterator[SolvedChunk]:
     """Solve a plan's chunks in order, one chunk per device per call (`batches`), each chunk's members
-    `flows[i]` for `i` in its runs on `problems[chunk.seed]`: the one executor behind `sweep` and
-    `mdflow run/check`. Yields each chunk as soon as its call returns."""
+    `flows[i]` for `i` in its runs on `problems[chunk.seed]` (save grid `ts`, default the policy's): the
+    one executor behind `sweep` and `mdflow run/check`. Yields each chunk as soon as its call returns."""
     for call in solve_plan_calls(plan, flows, problems, policy, chunk_size=chunk_size, mesh=mesh,
-                                 vmap_width=vmap_width):
+                                 vmap_width=vmap_width, ts=ts):
         yield from call
 
 
 def solve_plan_calls(
     plan: Sequence[Chunk], flows: Sequence[AbstractFlow], problems: dict[int, Problem], policy: SolvePolicy,
-    *, chunk_size: int, mesh: Mesh, vmap_width: int | None = None,
+    *, chunk_size: int, mesh: Mesh, vmap_width: int | None = None, ts=None,
 ) -> Iterator[list[SolvedChunk]]:
     """`solve_plan` a call at a time: the solved chunks of each call, as soon as it returns (for work
     done on a whole call at once, such as the dual solves of its runs: `mdflow check`)."""
@@ -474,7 +474,7 @@ def solve_plan_calls(
         first = call[0]
         sols, timing = solve_chunks_timed([[flows[i] for i in c.runs] for c in call], problems[first.seed],
                                           policy, chunk_size=chunk_size, mesh=mesh, solver=first.solver,
-                                          vmap_width=vmap_width)
+                                          vmap_width=vmap_width, ts=ts)
         per_run = timing.solve_s / sum(len(c.runs) for c in call)
         yield [SolvedChunk(chunk, sol, timing, per_run * len(chunk.runs)) for chunk, sol in zip(call, sols)]
 
