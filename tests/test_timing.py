@@ -49,9 +49,9 @@ from mdflow._config import from_dict
 from mdflow._execution import sweep
 from mdflow._execution.run import execute
 
-before = sweep.num_traces()
+before = sweep.num_programs()
 execute(from_dict(json.loads(sys.argv[1])), sys.argv[2], log=print)
-print("traces", sweep.num_traces() - before)
+print("programs", sweep.num_programs() - before)
 """
 
 
@@ -75,7 +75,7 @@ def test_dual_solves_one_program_per_mirror_family_and_timed(tmp_path):
                           env=host_devices_env(2), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[-1] == "traces 3"  # 1 primal + 1 per mirror family (no programs for the coarse solves)
+    assert lines[-1] == "programs 3"  # 1 primal + 1 per mirror family (no programs for the coarse solves)
     assert sum("; duals solve" in line for line in lines) == 4
     metas = [json.loads(p.read_text()) for p in sorted((out / "chunks").glob("chunk-*.json"))]
     assert [m["num_devices"] for m in metas] == [2] * 4
