@@ -255,21 +255,21 @@ class PairCalls:
     coarse_dual: CallTiming
 
     @property
-    def compile_s(self) -> float:
-        return sum(t.compile_s for t in self.calls)
-
-    @property
-    def solve_s(self) -> float:
-        return sum(t.solve_s for t in self.calls)
-
-    @property
     def calls(self) -> tuple[CallTiming, CallTiming, CallTiming]:
         return self.fine_dual, self.coarse_primal, self.coarse_dual
 
     @property
+    def compile_s(self) -> float:
+        return CallTiming.total(self.calls).compile_s
+
+    @property
+    def solve_s(self) -> float:
+        return CallTiming.total(self.calls).solve_s
+
+    @property
     def program(self) -> str:
         """How the calls that built a program got it (`CallTiming.program`), e.g. "loaded"."""
-        return ", ".join(dict.fromkeys(t.program for t in self.calls if t.program))
+        return CallTiming.total(self.calls).program
 
 
 def solve_pairs(
@@ -324,16 +324,17 @@ def dual_chunk_size(chunk_size: int, mesh: Mesh) -> int:
 def _solve_spread(flows, problem, policy, solver, size, mesh, vmap_width, ts):
     """`flows` (one type) solved in chunks of `size`, one per device per call, in order: their
     solutions, the calls' total `CallTiming`, and each flow's share of its call's solve time."""
+    # Each flow's position as its cost: the chunks keep the flows' order (no sorting by difficulty).
     plan = plan_chunks([((0, "dual", solver), range(len(flows)), range(len(flows)))], size)
-    solutions, walls, compile_s, solve_s = [], [], 0.0, 0.0
+    solutions, walls, timings = [], [], []
     for call in solve_plan_calls(plan, flows, {0: problem}, policy, chunk_size=size, mesh=mesh,
                                  vmap_width=vmap_width, ts=ts):
-        compile_s, solve_s = compile_s + call[0].timing.compile_s, solve_s + call[0].timing.solve_s
+        timings.append(call[0].timing)
         for done in call:
             members = len(done.chunk.runs)
             solutions += [index(done.solution, j) for j in range(members)]
             walls += [done.solve_s / members] * members
-    return solutions, CallTiming(compile_s, solve_s), walls
+    return solutions, CallTiming.total(timings), walls
 
 
 def _gap_fields(arrays: dict[str, np.ndarray], max_gap: float | None, floor: float) -> dict:

@@ -30,13 +30,14 @@ import hashlib
 import importlib.util
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import equinox as eqx
 import jax
+
+from .store import atomic_write_bytes
 
 # Bump when the file layout or the signature's contents change.
 FORMAT = 1
@@ -129,31 +130,23 @@ def build_program(name: str, fn: Callable[..., Any], args: tuple, static: dict[s
 
     flat.__name__ = flat.__qualname__ = name.rsplit(".", 1)[-1]  # names the program (`jit_<name>`)
 
-    folder = cache_folder()
-    key = None if folder is None else signature(name, leaves, treedef, rest, static)
-    if folder is None:
-        why = "no compilation cache" if not jax.config.jax_compilation_cache_dir else "multi-process job"
-    elif key is None:
-        why = "an argument has no stable repr"
-    else:
-        why = ""
-    path = None if key is None else folder / f"{key}.jaxexport"
-    exported, source = None, "traced"
+    path, why = _program_path(name, leaves, treedef, rest, static)
+    exported, source = None, "traced" if path is not None else f"traced, not stored: {why}"
     if path is not None and path.is_file():
         try:
             exported = export.deserialize(bytearray(path.read_bytes()))
             source = "loaded"
         except Exception as error:  # noqa: BLE001 - a damaged file is traced again and replaced
-            exported, source = None, f"traced (unreadable {path.name} replaced: {type(error).__name__})"
+            source = f"traced (unreadable {path.name} replaced: {type(error).__name__})"
     if exported is None:
         try:
             exported = export.export(jax.jit(flat))(*leaves)
         except NotImplementedError as error:  # e.g. host callbacks: not serializable
             return Program(jax.jit(flat).lower(*leaves).compile(), f"traced, not stored: {error}")
         if path is not None:
-            _atomic_write(path, exported.serialize())
-        elif why:
-            source = f"traced, not stored: {why}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, exported.serialize(), create_folder=False)
+
     def call(*leaves):
         return exported.call(*leaves)
 
@@ -161,13 +154,12 @@ def build_program(name: str, fn: Callable[..., Any], args: tuple, static: dict[s
     return Program(jax.jit(call).lower(*leaves).compile(), source)
 
 
-def _atomic_write(path: Path, data: bytes | bytearray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _program_path(name: str, leaves: list, treedef, rest, static: dict[str, Any]) -> tuple[Path | None, str]:
+    """Where the program's trace is stored, or None and why it is not."""
+    folder = cache_folder()
+    if folder is None:
+        return None, "no compilation cache" if not jax.config.jax_compilation_cache_dir else "multi-process job"
+    key = signature(name, leaves, treedef, rest, static)
+    if key is None:
+        return None, "an argument has no stable repr"
+    return folder / f"{key}.jaxexport", ""

@@ -256,23 +256,28 @@ class CallTiming:
     solve_s: float
     program: str = ""
 
+    @classmethod
+    def total(cls, timings: Sequence[CallTiming]) -> CallTiming:
+        """Several calls as one: their seconds summed, how their new programs were got joined."""
+        return cls(sum(t.compile_s for t in timings), sum(t.solve_s for t in timings),
+                   ", ".join(dict.fromkeys(t.program for t in timings if t.program)))
 
-def _compiled_solver(args: tuple, static: dict[str, Any]) -> tuple[Program, float, str]:
-    """The compiled chunk solve for these arguments, the seconds spent building it now (0 when this
-    process built it before) and how (`Program.source`, `""` if built before). Compiling ahead of the
-    call is what lets `CallTiming` time the two apart."""
+
+def _compiled_solver(args: tuple, static: dict[str, Any]) -> tuple[Program, float]:
+    """The compiled chunk solve for these arguments, and the seconds spent building it now (0 when this
+    process built it before). Compiling ahead of the call is what lets `CallTiming` time the two apart."""
     global _num_programs
     dynamic, rest = eqx.partition(args, eqx.is_array)
     leaves = jax.tree.leaves(dynamic)
     key = (jax.tree.structure(dynamic), tuple((x.shape, x.dtype, x.sharding) for x in leaves),
            jax.tree.structure(rest), tuple(jax.tree.leaves(rest)), tuple(sorted(static.items())))
     if key in _compiled:
-        return _compiled[key], 0.0, ""
+        return _compiled[key], 0.0
     start = time.perf_counter()
     program = build_program("mdflow._execution.sweep._body", _body_fields, args, static)
     _compiled[key] = program
     _num_programs += 1
-    return program, time.perf_counter() - start, program.source
+    return program, time.perf_counter() - start
 
 
 def num_programs() -> int:
@@ -331,11 +336,12 @@ def solve_chunks_timed(
     args = (batched, real, problem, controls)
     static = dict(mesh=mesh, vmap_width=vmap_width, solver_name=solver, max_steps=policy.max_steps,
                   keep_states=policy.save == "trajectory", stop=stop)
-    program, compile_s, how = _compiled_solver(args, static)
+    program, compile_s = _compiled_solver(args, static)
     start = time.perf_counter()
     fields = jax.tree.map(_to_host, program(args))
     sol = Solution(**{f.name: fields.get(f.name) for f in dataclasses.fields(Solution)})
-    timing = CallTiming(compile_s=compile_s, solve_s=time.perf_counter() - start, program=how)
+    timing = CallTiming(compile_s=compile_s, solve_s=time.perf_counter() - start,
+                        program=program.source if compile_s else "")
     return [jax.tree.map(lambda x, i=i, m=len(c): x[i * chunk_size:i * chunk_size + m], sol)
             for i, c in enumerate(chunks)], timing
 
