@@ -215,7 +215,7 @@ def chunk_solver(
 def _body(flows, real, problem, controls: SolveControls, *, mesh, vmap_width, **static):
     def local(flows, real, problem, controls):
         def one(flow):
-            return _solve(flow, problem, controls, **static)
+            return _solve(flow, problem, controls, batched=vmap_width > 1, **static)
 
         size = real.shape[0]
         if vmap_width >= size:

@@ -221,12 +221,18 @@ def _interpolated(t, y, args: FlowArgs, **kwargs):
 
 
 @eqx.filter_jit
-def _solve(flow, problem, controls: SolveControls, *, solver_name, max_steps, keep_states, stop):
+def _solve(flow, problem, controls: SolveControls, *, solver_name, max_steps, keep_states, stop, batched=False):
+    """The compiled solve of one run. `batched`: whether it runs vmapped (a `StiffSwitch` then keeps the
+    branch for a batch whose members disagree on the mode; see `StiffSwitch.batched`)."""
     import diffrax
     import optimistix as optx
 
+    from .rosenbrock import StiffSwitch
+
     ts = controls.ts
     solver = SOLVERS[solver_name](flow)
+    if isinstance(solver, StiffSwitch) and solver.batched != batched:
+        solver = dataclasses.replace(solver, batched=batched)
     y0 = flow.init(problem)
 
     def observe(t, y, args):
@@ -320,7 +326,7 @@ def stack_flows(flows: list[AbstractFlow]) -> AbstractFlow:
 
 @eqx.filter_jit
 def _solve_batch(flows, problem, controls: SolveControls, **static):
-    return eqx.filter_vmap(lambda flow: _solve(flow, problem, controls, **static))(flows)
+    return eqx.filter_vmap(lambda flow: _solve(flow, problem, controls, batched=True, **static))(flows)
 
 
 def solve_batch(flows: AbstractFlow, problem: Problem, policy: SolvePolicy, ts=None) -> Solution:
