@@ -182,6 +182,26 @@ def test_vmap_matches_loop(small_problem):
         np.testing.assert_allclose(w_b, w_1, rtol=tol, atol=tol * float(jnp.max(jnp.abs(w_1))))
 
 
+def test_unbatched_switch_drops_only_an_unreachable_branch(small_problem):
+    """Outside `vmap` a step's members never disagree on the mode, so `StiffSwitch(batched=False)` (what
+    `mdflow.solve` and sequential chunk members run) has a smaller program and takes exactly the
+    batch-aware switch's steps: bit-identical on a run that goes implicit (ε = 1e-5)."""
+    from mdflow._solver.solve import SolveControls, _solve
+
+    policy = mdflow.SolvePolicy(t1=50.0, num_ts=20, stop_rel_residual=1e-8)
+    controls, stop = SolveControls.of(policy, small_problem)
+    flow = mdflow.make_flow("ssd", small_problem, eps=1e-5, alpha=0.1).integrand(small_problem)
+    static = dict(solver_name="tsit5_rodas4", max_steps=policy.max_steps, keep_states=True, stop=stop)
+    sizes, sols = [], []
+    for batched in (True, False):
+        sizes.append(len(_solve.lower(flow, small_problem, controls, batched=batched, **static).as_text()))
+        sols.append(_solve(flow, small_problem, controls, batched=batched, **static))
+    assert sizes[1] < 0.8 * sizes[0], sizes
+    assert int(sols[0].status) == 0 and bool(sols[0].stopped)
+    for a, b in zip(jax.tree.leaves(sols[0]), jax.tree.leaves(sols[1])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_dense_jacobian_path_on_a_non_coordinatewise_field():
     """`jacobian="dense"` integrates any (pytree) field: a stiff linear system against `expm`."""
     rng = np.random.default_rng(0)
