@@ -131,7 +131,7 @@ def lax_map_sweep(flows, problem, policy, chunk_size):
     batched = md.stack_flows([flows[i] for i in order])
     controls, stop = _controls.of(policy, problem)
     static = dict(solver_name=md.select_solver(policy, flows[0]), max_steps=policy.max_steps,
-                  keep_states=policy.save == "trajectory", stop=stop, batched=chunk_size > 1)
+                  keep_states=policy.save == "trajectory", stop=stop, batched=True)  # lax.map with batch_size vmaps
 
     @jax.jit
     def run(batched, problem, controls):

@@ -214,10 +214,12 @@ def chunk_solver(
 
 def _body(flows, real, problem, controls: SolveControls, *, mesh, vmap_width, **static):
     def local(flows, real, problem, controls):
-        def one(flow):
-            return _solve(flow, problem, controls, batched=vmap_width > 1, **static)
-
         size = real.shape[0]
+        vmapped = vmap_width > 1 or size == 1  # a chunk of one takes the `vmap` branch below
+
+        def one(flow):
+            return _solve(flow, problem, controls, batched=vmapped, **static)
+
         if vmap_width >= size:
             return eqx.filter_vmap(one)(flows)
         if vmap_width == 1:

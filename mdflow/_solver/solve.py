@@ -231,6 +231,7 @@ def _solve(flow, problem, controls: SolveControls, *, solver_name, max_steps, ke
 
     ts = controls.ts
     solver = SOLVERS[solver_name](flow)
+    # Told here, not by the factories: any registered switch (benchmark variants too) is told.
     if isinstance(solver, StiffSwitch) and solver.batched != batched:
         solver = dataclasses.replace(solver, batched=batched)
     y0 = flow.init(problem)
