@@ -18,6 +18,7 @@ os.environ["MDFLOW_CACHE_DIR"] = os.environ["JAX_COMPILATION_CACHE_DIR"] = CACHE
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"  # as the CLI (`mdflow.cli._setup_jax`)
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
@@ -48,3 +49,44 @@ def host_devices_env(count: int | None = None) -> dict[str, str]:
     count = len(jax.devices()) if count is None else count
     flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", ""))
     return {**os.environ, "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={count}".strip()}
+
+
+def numpy_ssd_reference(flow, problem):
+    """SSD's field in log coordinates and its exact Jacobian, in NumPy on the flat state `[p, q]`
+    (`p = log u`, `q = log v`, `w = u² − v²`): what scipy integrates as an independent reference. Calls
+    cost microseconds (a jitted JAX field costs ~0.2 ms per call from Python, and a tight Radau solve
+    makes ~10⁵ calls). Checked here against the flow's own field and `jax.jacfwd` of it at the start
+    and at a random state, so the reference is the flow's ODE and only the integrator differs."""
+    import jax.numpy as jnp
+
+    X, y = np.asarray(problem.X), np.asarray(problem.y)
+    gram = problem.scale * X.T @ X
+    eps, d = float(flow.eps), X.shape[1]
+
+    def split(z):
+        u, v = np.exp(z[:d]), np.exp(z[d:])
+        g = problem.scale * (X.T @ (X @ (u * u - v * v) - y))  # the residual first: near the end g is round-off
+        return u, v, g, 2 * u * np.abs(g) + eps, 2 * v * np.abs(g) + eps
+
+    def field(t, z):
+        u, v, g, den_u, den_v = split(z)
+        return np.concatenate([-2 * g / den_u, 2 * g / den_v])
+
+    def jacobian(t, z):
+        # ṗ = −2g/(2u|g| + ε): ∂ṗ/∂g = −2ε/den_u², explicitly ∂ṗ/∂p = 4u|g|g/den_u²; ∂g/∂p = G·2u², ∂g/∂q = −G·2v².
+        u, v, g, den_u, den_v = split(z)
+        dg = np.hstack([gram * (2 * u * u), -gram * (2 * v * v)])
+        jac = np.vstack([(-2 * eps / den_u**2)[:, None] * dg, (2 * eps / den_v**2)[:, None] * dg])
+        jac[np.arange(d), np.arange(d)] += 4 * u * np.abs(g) * g / den_u**2
+        jac[d + np.arange(d), d + np.arange(d)] -= 4 * v * np.abs(g) * g / den_v**2
+        return jac
+
+    shape = flow.init(problem).shape
+    ours = jax.jit(lambda z: flow.vector_field(0.0, z.reshape(shape), problem).reshape(-1))
+    z0 = np.asarray(flow.init(problem)).reshape(-1)
+    for z in (z0, z0 + np.random.default_rng(0).uniform(-1.0, 1.0, z0.shape)):
+        np.testing.assert_allclose(field(0.0, z), np.asarray(ours(jnp.asarray(z))), rtol=1e-9,
+                                   atol=1e-12 * np.max(np.abs(field(0.0, z))))
+        exact = np.asarray(jax.jacfwd(ours)(jnp.asarray(z)))
+        np.testing.assert_allclose(jacobian(0.0, z), exact, rtol=1e-9, atol=1e-12 * np.max(np.abs(exact)))
+    return field, jacobian

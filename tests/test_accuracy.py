@@ -8,6 +8,7 @@ import pytest
 from scipy.integrate import solve_ivp
 
 import mdflow
+from conftest import numpy_ssd_reference
 
 
 @pytest.fixture(scope="module")
@@ -17,10 +18,9 @@ def case():
     t1 = 1000.0
     ts = np.concatenate([[0.0], np.geomspace(t1 * 1e-6, t1, 40)])
     shape = flow.init(problem).shape
-    f = jax.jit(lambda y: flow.vector_field(0.0, y.reshape(shape), problem).reshape(-1))
-    jac = jax.jit(jax.jacfwd(f))
-    ref = solve_ivp(lambda t, y: np.asarray(f(jnp.asarray(y))), (0.0, t1), np.asarray(flow.init(problem)).ravel(),
-                    method="Radau", t_eval=ts, rtol=1e-13, atol=1e-15, jac=lambda t, y: np.asarray(jac(jnp.asarray(y))))
+    field, jacobian = numpy_ssd_reference(flow, problem)
+    ref = solve_ivp(field, (0.0, t1), np.asarray(flow.init(problem)).ravel(), method="Radau", t_eval=ts, rtol=1e-13,
+                    atol=1e-15, jac=jacobian)
     assert ref.success
     w_ref = np.asarray(jax.vmap(flow.weights)(jnp.asarray(ref.y.T.reshape(len(ts), *shape))))
     return problem, flow, ts, w_ref

@@ -8,6 +8,7 @@ import pytest
 from scipy.integrate import solve_ivp
 
 import mdflow
+from conftest import numpy_ssd_reference
 from mdflow._solver.linear import CoordinatewiseJacobian, DenseJacobian
 from mdflow._solver.rosenbrock import Rodas3, Rodas4, StiffSwitch
 
@@ -86,12 +87,9 @@ def stiff_case():
 def scipy_reference(stiff_case):
     problem, flow, ts = stiff_case
     shape = flow.init(problem).shape
-    f = jax.jit(lambda y: flow.vector_field(0.0, y.reshape(shape), problem).reshape(-1))
-    jac = jax.jit(jax.jacfwd(f))
-    sol = solve_ivp(
-        lambda t, y: np.asarray(f(jnp.asarray(y))), (0.0, ts[-1]), np.asarray(flow.init(problem)).reshape(-1),
-        method="Radau", t_eval=ts, rtol=1e-11, atol=1e-13, jac=lambda t, y: np.asarray(jac(jnp.asarray(y))),
-    )
+    field, jacobian = numpy_ssd_reference(flow, problem)
+    sol = solve_ivp(field, (0.0, ts[-1]), np.asarray(flow.init(problem)).reshape(-1), method="Radau", t_eval=ts,
+                    rtol=1e-11, atol=1e-13, jac=jacobian)
     assert sol.success
     ys = sol.y.T.reshape(len(ts), *shape)
     return np.asarray(jax.vmap(flow.weights)(jnp.asarray(ys)))
