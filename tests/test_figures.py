@@ -150,8 +150,9 @@ figures = false
         assert (tmp_path / "out" / "figures" / f"{stem}.pdf").is_file(), stem
 
 
-def test_every_panel_is_labelled_in_mathtext(stored, monkeypatch):
-    """Axis labels on every panel; legends name ε and α; no raw TeX or Unicode norms outside mathtext."""
+def test_every_panel_is_labelled(stored, monkeypatch):
+    """Axis labels on every panel; legends name ε and α (plain text); no raw TeX or Unicode norms
+    outside mathtext, and no mathtext in legends (each string would be parsed at every resolution)."""
     import re
 
     import matplotlib.pyplot as plt
@@ -178,8 +179,9 @@ def test_every_panel_is_labelled_in_mathtext(stored, monkeypatch):
                 outside = re.sub(r"\$[^$]*\$", "", text)
                 assert "‖" not in text and "_{" not in outside and "\\" not in outside, text
         plt.close(fig)
-    assert all(r"\alpha" in legend for legend in legends if "w_" not in legend and "slope" not in legend)
-    assert any(r"\varepsilon" in legend and r"\alpha" in legend for legend in legends)
+    assert legends and not any("$" in legend for legend in legends)
+    assert all("α = " in legend for legend in legends if not legend.startswith("w") and "slope 1" not in legend)
+    assert any("ε = " in legend and "α = " in legend for legend in legends)
 
 
 def test_a_figure_file_is_whole_or_absent(tmp_path):
@@ -229,3 +231,15 @@ def test_figures_stay_in_their_own_set_and_a_collected_set_fails_quietly(tmp_pat
         assert list((sets[2] / "figures").iterdir()) == [] and list((tmp_path / "figures").iterdir()) == []
         store.commit(lambda folder: one_run(folder, 3))  # collects sets[1], figures and all
     assert not sets[1].exists() and read_results(tmp_path).summary["runs"][0]["seed"] == 3
+
+
+def test_numbers_and_parameters_as_text():
+    """Labels write numbers as text: powers of ten as superscripts, other values to 3 significant digits."""
+    from mdflow._plotting.style import number, param, run_label, subscript
+
+    assert [number(x) for x in (0.01, 1e-8, 100.0, 0.3, 2.5e-5, 12345.0, 1.0, 0.05)] == [
+        "10⁻²", "10⁻⁸", "10²", "0.3", "2.5×10⁻⁵", "1.23×10⁴", "1", "0.05"]
+    assert subscript("w", 12) == "w₁₂" and param("ε", 1e-3) == "ε = 10⁻³"
+    rec = {"flow": "adam", "eps": 1e-3, "alpha": 0.1, "tau1": 0.0, "tau2": 1.0}
+    assert run_label(rec).endswith(", ε = 10⁻³, α = 0.1, τ₁ = 0, τ₂ = 1")
+    assert run_label({"flow": "gf", "eps": None, "alpha": 0.01}).endswith(", α = 10⁻²")

@@ -396,7 +396,7 @@ def format_table(records: list[dict]) -> str:
 def plot_pair(record: dict, arrays: dict, stem: str | Path, *, num_coords: int = 4) -> list[Path]:
     """Figure of one pair: primal (solid) vs dual (dashed) `w_i(t)` for the largest final coordinates,
     and the relative gaps (and δ for tracked SSD) against t, log–log. Writes `stem.pdf` and `stem.png`."""
-    from .._plotting.style import FULL_WIDTH, PALETTE, figure, save
+    from .._plotting.style import FULL_WIDTH, PALETTE, figure, save, subscript
 
     ts = np.asarray(arrays["ts"])
     w_p, w_d = np.asarray(arrays["w_primal"]), np.asarray(arrays["w_dual"])
@@ -408,7 +408,7 @@ def plot_pair(record: dict, arrays: dict, stem: str | Path, *, num_coords: int =
     pos = ts > 0
     for k, i in enumerate(top):
         color = PALETTE[k % len(PALETTE)]
-        ax.plot(ts[pos], w_p[pos, i], color=color, label=f"$w_{{{i}}}$")
+        ax.plot(ts[pos], w_p[pos, i], color=color, label=subscript("w", i))
         ax.plot(ts[pos], w_d[pos, i], color=color, linestyle="--", dashes=(2, 2))
     ax.set_xscale("log")
     ax.set_xlabel("t")

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.ticker import NullFormatter
 
-from .style import FULL_WIDTH, PALETTE, TIME, alpha_label, figure, number, run_label, save
+from .style import FULL_WIDTH, PALETTE, TIME, alpha_label, figure, number, param, run_label, save, subscript
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
@@ -105,7 +105,7 @@ def f1_trajectories(data, stem, *, num_coords: int = 4, max_runs: int = 3) -> li
             keep_i = keep
         top = np.argsort(-np.abs(traj["w_final"][i]))[:num_coords]
         for c, coord in enumerate(top):
-            ax.semilogx(ts[keep_i], traj["w"][i][keep_i, coord], color=PALETTE[c % 8], lw=1.2, label=f"$w_{{{coord}}}$")
+            ax.semilogx(ts[keep_i], traj["w"][i][keep_i, coord], color=PALETTE[c % 8], lw=1.2, label=subscript("w", coord))
             if has_dual and np.isfinite(traj["w_dual"][i]).any():
                 ax.semilogx(ts[keep_i], traj["w_dual"][i][keep_i, coord], "--", color="k", lw=0.7,
                             label="dual" if c == 0 else None)
@@ -211,8 +211,8 @@ def f4_geometry(data, stem) -> list[Path]:
             if r["flow"] == "ssd" and v is not None:
                 grid[alphas.index(r["alpha"]), eps_values.index(r["eps"])] = v
         im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis")
-        ax.set_xticks(range(len(eps_values)), [f"${number(e)}$" for e in eps_values], fontsize=6)
-        ax.set_yticks(range(len(alphas)), [f"${number(a)}$" for a in alphas], fontsize=6)
+        ax.set_xticks(range(len(eps_values)), [number(e) for e in eps_values], fontsize=6)
+        ax.set_yticks(range(len(alphas)), [number(a) for a in alphas], fontsize=6)
         ax.set_xlabel(r"stability constant $\varepsilon$")
         ax.set_ylabel(r"initialization scale $\alpha$")
         ax.set_title("SSD: " + title, fontsize=7)
@@ -311,18 +311,18 @@ def f7_ema(data, stem) -> list[Path]:
                 continue
             color = PALETTE[eps_index[eps] % 8]
             top.semilogx([r["tau2"] for r in rs], [r["kkt"][key] for r in rs], marker=MARKERS[tau1_index[tau1] % 8], ms=3,
-                         color=color, label=rf"$\varepsilon={number(eps)}$, $\alpha={number(alpha)}$, $\tau_1={number(tau1)}$")
+                         color=color, label=", ".join([param("ε", eps), param("α", alpha), param("τ₁", tau1)]))
             ref = _get(ssd.get(eps, {}), "kkt", key)
             if ref is not None:
                 top.axhline(ref, ls=":", color=color, lw=0.8)
         for (tau1, tau2), rs in sorted(by_taus.items()):
             rs = sorted((r for r in rs if _get(r, "kkt", key) is not None), key=lambda r: r["eps"])
             bottom.semilogx([r["eps"] for r in rs], [r["kkt"][key] for r in rs], marker=MARKERS[tau1_index[tau1] % 8],
-                            ms=3, lw=0.8, color=PALETTE[tau2_index[tau2] % 8], label=rf"$\alpha={number(alpha)}$, $\tau_1={number(tau1)}$, $\tau_2={number(tau2)}$")
+                            ms=3, lw=0.8, color=PALETTE[tau2_index[tau2] % 8], label=", ".join([param("α", alpha), param("τ₁", tau1), param("τ₂", tau2)]))
         if ssd:
             eps_sorted = sorted(e for e in ssd if _get(ssd[e], "kkt", key) is not None)
             bottom.semilogx(eps_sorted, [ssd[e]["kkt"][key] for e in eps_sorted], "k:", lw=0.9,
-                            label=r"SSD ($\tau_1=\tau_2=0$)")
+                            label="SSD (τ₁ = τ₂ = 0)")
         for ax in (top, bottom):
             ax.set_title(title, fontsize=7)
             ax.set_ylabel("norm ratio" if key != "dist_to_wstar" else "relative distance")

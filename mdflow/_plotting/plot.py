@@ -52,7 +52,7 @@ def plot_coordinates(summary: dict, arrays: dict, stem: Path, *, num_coords: int
     """`w_i(t)` of the largest final coordinates, one panel per run."""
     from matplotlib.ticker import NullLocator
 
-    from .style import PALETTE, TIME, figure, fixed_margins, run_label, save
+    from .style import PALETTE, TIME, figure, fixed_margins, run_label, save, subscript
 
     runs = summary["runs"]
     ncols = min(3, len(runs))
@@ -66,7 +66,7 @@ def plot_coordinates(summary: dict, arrays: dict, stem: Path, *, num_coords: int
         # Show the run up to a little past its end (a stopped run is flat afterwards).
         keep = (ts > 0) & (ts <= 3 * rec["t_end"])
         for c, coord in enumerate(top):
-            ax.semilogx(ts[keep], arrays["w"][i][keep, coord], color=PALETTE[c % len(PALETTE)], label=f"$w_{{{coord}}}$")
+            ax.semilogx(ts[keep], arrays["w"][i][keep, coord], color=PALETTE[c % len(PALETTE)], label=subscript("w", coord))
         # No unlabelled minor ticks on the log time axis: every tick is an artist; measured, they were
         # about 40% of this many-panel preview's cost once its layout was fixed.
         ax.xaxis.set_minor_locator(NullLocator())

@@ -1,5 +1,5 @@
-"""The one figure style: column-width sizes, Type-42 fonts, a colour-blind-safe palette, mathtext labels,
-PDF + PNG."""
+"""The one figure style: column-width sizes, Type-42 fonts, a colour-blind-safe palette, mathtext axis
+labels and plain-text parameter labels, PDF + PNG."""
 
 from __future__ import annotations
 
@@ -75,6 +75,9 @@ def save(fig, stem: str | Path, *, preview: bool = False) -> list[Path]:
             if not preview:
                 fig.draw_without_rendering()  # runs the layout engine, as a tight save does first
                 bbox = fig.get_tightbbox().padded(matplotlib.rcParams["savefig.pad_inches"])
+                # Laid out now: both files keep these positions instead of running the layout engine
+                # again for each (a constrained layout measures every text of the figure each time).
+                fig.set_layout_engine("none")
             for path in paths:  # each file appears whole or not at all
                 atomic_write(path, lambda f, fmt=path.suffix[1:]: fig.savefig(f, format=fmt, bbox_inches=bbox),
                              create_folder=False)
@@ -83,16 +86,37 @@ def save(fig, stem: str | Path, *, preview: bool = False) -> list[Path]:
     return paths
 
 
-# Labels (mathtext), shared by the run figures and F1–F6.
+# Labels, shared by the run figures and F1–F7. Axis labels with formulas are mathtext; parameter values
+# in legends and titles (ε, α, τ, coordinate names) are plain Unicode text. Why: every distinct mathtext
+# string is parsed anew at each resolution a figure is drawn at (pyparsing, ~20 ms each here) and
+# matplotlib keeps only 50 parses; legends name every run, so mathtext legends were measured at about
+# a quarter of the time of drawing F1–F7 (benchmarks/bench_figures.py).
 TIME = "time $t$"
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+_SUBSCRIPT = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
 
 
 def number(x: float) -> str:
-    """A number for mathtext: 0.01 → `10^{-2}` (powers of ten from 1e-2 down and 1e2 up), else 3 significant digits."""
+    """A number as text, 3 significant digits, powers of ten written out: 0.01 → `10⁻²` (from 1e-2 down
+    and 1e2 up), 2.5e-5 → `2.5×10⁻⁵`, 0.3 → `0.3`."""
     exponent = np.log10(x) if x > 0 else np.nan
     if np.isfinite(exponent) and abs(exponent - round(exponent)) < 1e-9 and abs(exponent) >= 2:
-        return f"10^{{{int(round(exponent))}}}"
-    return f"{x:.3g}"
+        return "10" + str(int(round(exponent))).translate(_SUPERSCRIPT)
+    text = f"{x:.3g}"
+    if "e" in text:
+        mantissa, power = text.split("e")
+        return f"{mantissa}×10" + str(int(power)).translate(_SUPERSCRIPT)
+    return text
+
+
+def subscript(symbol: str, index: int) -> str:
+    """`w₁₂` from (`"w"`, 12)."""
+    return symbol + str(index).translate(_SUBSCRIPT)
+
+
+def param(symbol: str, value: float) -> str:
+    """`ε = 10⁻²`: a parameter and its value, for legends and titles."""
+    return f"{symbol} = {number(value)}"
 
 
 def flow_name(kind: str) -> str:
@@ -104,11 +128,12 @@ def flow_name(kind: str) -> str:
 
 
 def run_label(rec: dict) -> str:
-    """A run's legend or title label in mathtext, naming ε and α: `SSD, ε = 10^{-2}, α = 0.1` (GF has no ε)."""
-    eps = "" if rec["eps"] is None else rf", $\varepsilon={number(rec['eps'])}$"
-    taus = "".join(rf", $\tau_{i}={number(rec[f'tau{i}'])}$" for i in (1, 2) if rec.get(f"tau{i}") is not None)
-    return flow_name(rec["flow"]) + eps + rf", $\alpha={number(rec['alpha'])}$" + taus
+    """A run's legend or title label naming ε and α: `SSD, ε = 10⁻², α = 0.1` (GF has no ε; Adam and
+    RMSProp add τ₁, τ₂)."""
+    eps = "" if rec["eps"] is None else ", " + param("ε", rec["eps"])
+    taus = "".join(", " + param(subscript("τ", i), rec[f"tau{i}"]) for i in (1, 2) if rec.get(f"tau{i}") is not None)
+    return flow_name(rec["flow"]) + eps + ", " + param("α", rec["alpha"]) + taus
 
 
 def alpha_label(alpha: float, prefix: str = "") -> str:
-    return f"{prefix}$\\alpha={number(alpha)}$"
+    return prefix + param("α", alpha)
