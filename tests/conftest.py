@@ -33,6 +33,41 @@ import mdflow  # noqa: E402
 jax.devices()
 
 
+# The canonical plumbing config: what a test of the store, the CLI, loading, timing or the caches runs
+# unless it is *about* a shape, a solver or a save grid. Every test that runs it shares its one
+# compiled chunk program (Tsit5; `save = "final"` adds one more). `tiny_config(**tables)` merges
+# overrides table by table.
+TINY = {
+    "problem": {"n": 8, "d": 24, "k": 2},
+    "flows": {"kinds": ["gf", "ssd"]},
+    "grid": {"eps": [0.1, 1.0], "alpha": [0.1]},
+    "solve": {"solver": "tsit5", "t1": 1000.0, "num_ts": 12, "stop_rel_residual": 1e-6},
+    "sweep": {"chunk_size": 2},
+    "output": {"save": "trajectories", "figures": False},
+}
+
+
+def tiny_config(**tables) -> dict:
+    """`TINY` with `tables` merged in, key by key (a fresh dict: callers may change it)."""
+    import copy
+
+    raw = copy.deepcopy(TINY)
+    for table, values in tables.items():
+        raw.setdefault(table, {}).update(copy.deepcopy(values))
+    return raw
+
+
+def toml_text(raw: dict) -> str:
+    """A config dict as TOML text (flat tables of numbers, strings, booleans and lists)."""
+    import json
+
+    lines = []
+    for table, values in raw.items():
+        lines.append(f"[{table}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
 @pytest.fixture(scope="session")
 def small_problem():
     """n=10, d=30, k=3: over-parameterized, fast to solve."""
