@@ -3,7 +3,7 @@
 Importing mdflow turns on float64 (the flows need it: tolerances ≤ 1e-8, log coordinates), and,
 unless the environment sets it, `EQX_ON_ERROR=nan` before equinox is imported: see `_errors.py`.
 
-The public names below are loaded on first use (`mdflow.solve` imports `_solve`, hence diffrax), so
+The public names below are loaded on first use (`mdflow.solve` imports `_solver/solve.py`, hence diffrax), so
 `import mdflow` costs little more than `import jax`, and tools that need only configs or stored results
 (`mdflow plot`, `mdflow info`) never load the solvers.
 """

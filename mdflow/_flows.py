@@ -194,7 +194,7 @@ class AbstractPrimalFlow(AbstractFlow):
 
     def discrete_optimizer(self, eta):
         """The optax optimizer on `θ = (u, v)` whose iterates (step η, at `t = kη`) follow this flow as
-        η → 0 (docs/math.md §7, §8; `_discrete.py`); only where `has_discrete`."""
+        η → 0 (docs/math.md §7, §8; `_analysis/discrete.py`); only where `has_discrete`."""
         raise NotImplementedError(f"{type(self).__name__} has no discrete (optax) counterpart")
 
     def params(self) -> dict[str, Any]:

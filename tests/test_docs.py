@@ -100,3 +100,128 @@ def test_tutorial_runs(tmp_path, monkeypatch):
     for i, block in enumerate(blocks):
         exec(compile(block, f"docs/tutorial.md[block {i}]", "exec"), namespace)  # noqa: S102
     assert (tmp_path / "results" / "tutorial" / "my_loss.png").stat().st_size > 0
+
+
+
+# ---------------------------------------------------------------------------------------------------
+# References to code: a module, name or file that the docs or the code's own docstrings and comments
+# name must exist, so that moving a module fails here rather than leaving a reader at a dead end.
+
+SOURCES = sorted([*DOCS, *(ROOT / "mdflow").rglob("*.py")])
+TICKED = re.compile(r"`([^`\n]+)`")
+# `mdflow.x.y`, or a private module and what follows: `_execution.sweep.difficulty`, `_flows.GF`.
+DOTTED = re.compile(r"(mdflow|_[a-z]\w*)(\.\w+)+")
+# A source file, a package folder or a test: `_solver/solve.py`, `run.py`, `tests/test_store.py::test_x`.
+FILE = re.compile(r"[\w./-]+\.(py|md)(::\w+)?|(mdflow|_[a-z]\w*)(/[\w.]*)*/")
+CLASS_ATTRIBUTE = re.compile(r"([A-Z]\w*)\.(\w+)")  # `StiffSwitch.batched`, `Config.hash()`
+PRIVATE = re.compile(r"_[a-z]\w*")  # a private module or name: `_setup_jax`, `_body`
+# Repository paths written without backticks: "see benchmarks/vmap_policy.py".
+PLAIN_PATH = re.compile(r"(?<![\w/.])(?:mdflow|tests|benchmarks|docs|experiments|configs)/[\w/.-]*\.(?:py|md|toml)")
+
+
+@pytest.fixture(scope="module")
+def code_index():
+    """mdflow's modules (each imported: nothing is solved), their classes, the private names the package
+    defines, and the file names of the repository."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import mdflow
+
+    modules = {m.name for m in pkgutil.walk_packages(mdflow.__path__, "mdflow.")} | {"mdflow"}
+    by_last: dict[str, list[str]] = {}
+    classes: dict[str, list[type]] = {}
+    for name in sorted(modules):
+        by_last.setdefault(name.rsplit(".", 1)[-1], []).append(name)
+        for key, value in vars(importlib.import_module(name)).items():
+            if inspect.isclass(value) and value.__module__.startswith("mdflow"):
+                classes.setdefault(key, []).append(value)
+    defined = set()
+    for path in (ROOT / "mdflow").rglob("*.py"):
+        for groups in re.findall(r"^\s*(?:def|class) (_\w+)|^(_\w+)\s*[:=]", path.read_text(), re.M):
+            defined |= set(groups) - {""}
+    files = [p for p in ROOT.rglob("*") if p.suffix in {".py", ".md"} and not {".venv", ".git"} & set(p.parts)]
+    return {"modules": modules, "by_last": by_last, "classes": classes, "defined": defined,
+            "basenames": {p.name for p in files}}
+
+
+def _has(obj, attrs) -> bool:
+    for attr in attrs:
+        if not hasattr(obj, attr):
+            return attr in getattr(obj, "__dataclass_fields__", {}) and attr == attrs[-1]  # a field, no default
+        obj = getattr(obj, attr)
+    return True
+
+
+def _resolves_dotted(name: str, index) -> bool:
+    import importlib
+
+    parts = name.split(".")
+    for module in ["mdflow"] if parts[0] == "mdflow" else index["by_last"].get(parts[0], []):
+        rest = parts[1:]
+        while rest and f"{module}.{rest[0]}" in index["modules"]:
+            module, rest = f"{module}.{rest[0]}", rest[1:]
+        if _has(importlib.import_module(module), rest):
+            return True
+    return False
+
+
+def _resolves_file(token: str, source: Path, index) -> bool:
+    path, _, test = token.partition("::")
+    bases = [ROOT, source.parent, ROOT / "mdflow", *(p for p in (ROOT / "mdflow").iterdir() if p.is_dir())]
+    hits = [base / path for base in bases if (base / path).exists()]
+    if not hits and "/" not in path.rstrip("/"):  # a bare file name (`run.py`): a file of the repository
+        return path in index["basenames"] and not test
+    return bool(hits) and (not test or any(re.search(rf"^\s*def {test}\(", h.read_text(), re.M) for h in hits))
+
+
+def _stale_references(source: Path, index) -> list[str]:
+    """What `source` names that does not exist: backticked modules, `module.name`s, `Class.attribute`s
+    of mdflow's classes, private names and files, and repository paths in plain text."""
+    text = source.read_text()
+    if source.suffix == ".md":
+        text = re.sub(r"```.*?```", "", text, flags=re.S)  # code blocks hold examples, not references
+    stale = []
+    for ref in (t.removesuffix("()") for t in TICKED.findall(text)):
+        if FILE.fullmatch(ref):
+            ok = _resolves_file(ref, source, index)
+        elif DOTTED.fullmatch(ref):
+            ok = _resolves_dotted(ref, index)
+        elif m := CLASS_ATTRIBUTE.fullmatch(ref):
+            cls, attr = m.groups()
+            ok = cls not in index["classes"] or any(_has(c, [attr]) for c in index["classes"][cls])
+        elif PRIVATE.fullmatch(ref) and not ref.endswith("__"):
+            ok = ref in index["by_last"] or ref in index["defined"]
+        else:
+            continue
+        if not ok:
+            stale.append(ref)
+    stale += [path for path in PLAIN_PATH.findall(text) if not (ROOT / path).exists()]
+    return list(dict.fromkeys(stale))
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_code_references_resolve(source, code_index):
+    """`mdflow._execution.sweep.effective_vmap_width` imports, `_solver/solve.py` is a file,
+    `tests/test_store.py::test_resume_after_sigkill` is a test, `StiffSwitch.batched` an attribute."""
+    stale = _stale_references(source, code_index)
+    assert not stale, f"{source.relative_to(ROOT)} names what does not exist: {sorted(set(stale))}"
+
+
+def test_the_reference_check_rejects_what_moved(code_index, tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text(
+        "`mdflow._execution.sweep.effective_vmap_width`, `_execution.sweep.chunk_solver`, `_solver/solve.py`,\n"
+        "`tests/test_docs.py::test_the_reference_check_rejects_what_moved`, `StiffSwitch.batched`, `_body`,\n"
+        "`solve.rtol`, `grid.tau1` (config keys), `summary.json`, `jax.lax.map` (not mdflow's).\n"
+        "Moved: `_sweep.chunk_solver`, `mdflow._execution.sweep.no_such_name`, `_sweep.py`, `_run.execute()`,\n"
+        "`tests/test_docs.py::test_no_such_test`, `StiffSwitch.no_such_attribute`, `_no_such_helper`,\n"
+        "`mdflow/_stages.py`, and in plain text benchmarks/no_such_bench.py.\n"
+        "```\n`_inside_a_code_block`\n```\n"
+    )
+    assert _stale_references(doc, code_index) == [
+        "_sweep.chunk_solver", "mdflow._execution.sweep.no_such_name", "_sweep.py", "_run.execute",
+        "tests/test_docs.py::test_no_such_test", "StiffSwitch.no_such_attribute", "_no_such_helper",
+        "mdflow/_stages.py", "benchmarks/no_such_bench.py",
+    ]

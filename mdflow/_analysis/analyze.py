@@ -104,7 +104,7 @@ def analyze_run(problem: Problem, flow, solution, config, *, policy=None) -> tup
 
 
 def config_analyses(config) -> dict:
-    """The run analyses `execute` applies (`_run.RunAnalysis`): `{"analysis": ...}` when any of
+    """The run analyses `execute` applies (`_execution.run.RunAnalysis`): `{"analysis": ...}` when any of
     `analysis.kkt / stages / discrete` is on, else `{}`. Arrays land in `trajectories.npz` as
     `"analysis.<key>"`."""
     if not any(config["analysis"][k] for k in ("kkt", "stages", "discrete")):

@@ -2,7 +2,7 @@
 
 Several processes (one per GPU, one per host, or several CPU processes on one machine) run the same
 `mdflow run/check CONFIG`; every process solves its devices' chunks and process 0 writes the store
-(`_run.execute`). The job must be joined before JAX creates its backend (before the first array), so
+(`_execution.run.execute`). The job must be joined before JAX creates its backend (before the first array), so
 the CLI calls `initialize` from `_setup_jax`.
 
 - Flags: `--coordinator HOST:PORT --num-processes N --process-id I` (all three, or none).

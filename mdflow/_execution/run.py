@@ -1,5 +1,5 @@
-"""`mdflow run`: expand a config into runs, solve them as a chunked, sharded sweep (`_sweep.py`) into a
-resumable store (`_store.py`), then assemble `summary.json`, `trajectories.npz` and figures."""
+"""`mdflow run`: expand a config into runs, solve them as a chunked, sharded sweep (`sweep.py`) into a
+resumable store (`store.py`), then assemble `summary.json`, `trajectories.npz` and figures."""
 
 from __future__ import annotations
 
@@ -237,7 +237,7 @@ def execute(
     draw the figures into the committed set (`output.figures`, see `draw_committed_figures`).
 
     Runs are grouped by (seed, flow kind, solver), sorted by expected difficulty and cut into chunks of
-    `sweep.chunk_size`; one call solves one chunk per device (`_sweep.py`). Each finished chunk is
+    `sweep.chunk_size`; one call solves one chunk per device (`sweep.py`). Each finished chunk is
     stored atomically under `out_dir/chunks/` and listed in `out_dir/manifest.json`; rerunning the same
     config loads finished chunks instead of solving them again (`force=True` recomputes everything; a
     folder holding another config is an `InputError`). Each call's program is compiled before the call:

@@ -4,7 +4,7 @@ Why chunks: `vmap(diffeqsolve)` is a vmapped while loop that runs until its *slo
 (finished members are masked, not skipped). One stiff member would make a whole vmapped sweep pay its
 step count. Sorting the runs by expected difficulty (`difficulty`) and solving them `chunk_size` at a
 time makes each chunk stop at its own slowest member, gives the unit of progress lines and of the
-results store (`_store.py`), and bounds memory (`chunk_size × T × d` for trajectories).
+results store (`store.py`), and bounds memory (`chunk_size × T × d` for trajectories).
 
 Inside a device, a chunk is one vmapped batch on accelerators, and on CPU its members run one after
 the other inside the same compiled call (`default_vmap_width`: a vmapped CPU step costs about B single

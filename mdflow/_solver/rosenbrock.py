@@ -26,8 +26,8 @@ accurate with Rodas4 (GF and SSD ε = 1e-2, 1e-4 at rtol 1e-6…1e-10: 1.1–5.4
 The linear solves come from a *Jacobian strategy*:
 
 - `"structured"`: for coordinatewise primal flows, `J = block-diag + rank n` solved by Woodbury in
-  `O(d n²)` (`_linear.CoordinatewiseJacobian`). **Contract:** the strategy reads the flow and the
-  problem from `args.flow`, `args.problem` (`_solve.FlowArgs`, what `mdflow.solve` passes) and assumes the term's vector field is
+  `O(d n²)` (`_solver.linear.CoordinatewiseJacobian`). **Contract:** the strategy reads the flow and the
+  problem from `args.flow`, `args.problem` (`_solver.solve.FlowArgs`, what `mdflow.solve` passes) and assumes the term's vector field is
   `flow.vector_field(t, y, problem)`.
 - `"dense"`: `jax.jacfwd` of the term's vector field plus LU; works for any field (the dual flows).
 
@@ -402,7 +402,7 @@ class StiffSwitch(diffrax.AbstractAdaptiveSolver):
     explicit_error_scale: float = eqx.field(static=True, default=30.0)
     # Under `vmap`, every member takes the implicit method while any member is stiff (`share_mode`):
     # no batch step pays for both methods (solver `"tsit5_rodas4_shared"`, what `auto` runs in chunks
-    # vmapped 8 or more wide: `_sweep.chunk_solver`, measured in benchmarks/vmap_policy.py). A single
+    # vmapped 8 or more wide: `_execution.sweep.chunk_solver`, measured in benchmarks/vmap_policy.py). A single
     # run takes exactly the per-member switch's steps.
     shared_mode: bool = eqx.field(static=True, default=False)
     # Whether the solve may run under `vmap`. Outside `vmap` a step's members never disagree on the mode,

@@ -130,7 +130,7 @@ EXPLICIT_SOLVERS = ("tsit5", "dopri5", "dopri8")
 
 
 # What `solver = "auto"` means (see `select_solver`; measured in benchmarks/bench_small_eps.py and
-# benchmarks/bench_sweep.py, tables in the README).
+# benchmarks/bench_sweep.py, tables in docs/benchmarks.md).
 AUTO_SOLVER = "tsit5_rodas4"
 
 
