@@ -237,7 +237,7 @@ def entry() -> None:
     """The `mdflow` command: `main`, then a prompt exit.
 
     Why: tearing the interpreter down after a command (freeing JAX's compiled programs, device buffers
-    and thread pools) took 0.6–0.9 s on the 2-core CPU, after every result was already written. By the
+    and thread pools) took a large share of a warm command's time, after every result was written. By the
     time `main` returns, every file is written, closed and renamed into place, so a single-process
     command flushes its output and leaves with `os._exit`. A multi-process job exits normally (its
     `jax.distributed` client shuts down), and so does an exception (its traceback is printed)."""

@@ -225,3 +225,27 @@ def test_the_reference_check_rejects_what_moved(code_index, tmp_path):
         "tests/test_docs.py::test_no_such_test", "StiffSwitch.no_such_attribute", "_no_such_helper",
         "mdflow/_stages.py", "benchmarks/no_such_bench.py",
     ]
+
+
+# Timings, percentages and step-count measurements rot as code and machines change: they live in
+# docs/benchmarks.md and docs/solvers.md with their commands; docstrings say why in words.
+TIMING = re.compile(r"\d(?:\.\d+)? ?(?:s|ms|µs)\b|\d ?%|\d(?:\.\d+)? ?k steps|GFLOP")
+
+
+def _docstring_timings(source: str) -> list[str]:
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            found += [line.strip() for line in (ast.get_docstring(node) or "").splitlines() if TIMING.search(line)]
+    return found
+
+
+def test_docstrings_hold_no_benchmark_numbers():
+    assert _docstring_timings('def f():\n    """Fast: 0.034 s vmapped, 22.8 k steps, 64 % mixed."""\n') == [
+        "Fast: 0.034 s vmapped, 22.8 k steps, 64 % mixed."]
+    assert _docstring_timings('class A:\n    """`n × n` blocks, rtol 1e-8, a 100× looser tolerance."""\n') == []
+    for path in sorted((ROOT / "mdflow").rglob("*.py")):
+        found = _docstring_timings(path.read_text())
+        assert not found, f"{path.relative_to(ROOT)}: move these numbers to docs/benchmarks.md: {found}"

@@ -3,7 +3,7 @@
 JAX's persistent compilation cache stores the XLA *compilation* of a program, keyed by its lowered
 HLO; a new process must still trace and lower the Python function to find that key. For the chunk
 solve, tracing diffrax's loop, both methods of the stiffness switch and the structured Jacobian takes
-about 2 s, which dwarfs a small sweep's solve. So each program is also stored as a serialized
+seconds, more than a small sweep's solve. So each program is also stored as a serialized
 `jax.export.Exported` (its StableHLO) under `<compilation cache dir>/mdflow-programs/`, keyed by a
 **signature** of everything tracing depends on:
 

@@ -61,12 +61,12 @@ def difficulty(eps: float | None, alpha) -> float:
     `1/α · ε/(ε + 0.1) + ε^(-1/2)` (GF: `ε → ∞`, i.e. `1/α`), has two terms:
 
     - *escape*: for ε above the gradient scale SSD behaves like a slowed-down GF, and an explicit
-      solver spends its steps leaving the small initialization: ~1/α steps (measured with Tsit5 on
-      sparse_gaussian n=100, d=1000, stop at rel. residual 1e-6: 60 / 480 / 8 000 steps for
-      α = 0.1 / 0.01 / 0.001 at ε ≥ 0.5). Small ε (sign-like regime) escapes fast: at α = 1e-3 the
-      steps fall from 8 000 (ε ≥ 0.5) to ~140 (ε = 1e-3).
+      solver spends its steps leaving the small initialization: ~1/α steps. Small ε (sign-like
+      regime) escapes fast, in far fewer steps at the same α.
     - *stiffness*: near convergence the field is GF sped up by 1/ε, so an explicit solver's steps grow
-      as ε shrinks (measured with Tsit5: ~ε^-0.5 steps at a 1e-6 stop, far more without a stop).
+      as ε shrinks (~ε^-1/2 at a stop at interpolation, far more without a stop).
+
+    Both terms were fitted to Tsit5 step counts (docs/solvers.md, "Measured choices").
     """
     inv_alpha = float(np.mean(1.0 / np.asarray(alpha, dtype=np.float64)))
     if eps is None:
@@ -142,10 +142,9 @@ def default_vmap_width(chunk_size: int, mesh: Mesh) -> int:
 
     Why: `vmap` of an adaptive solve runs every member until the slowest is done. That pays off where
     a batch step costs about as much as a single step (GPU). On CPU a batched step costs about B single
-    steps (n=100, d=1000, four SSD runs of equal step counts: Tsit5 0.034 s vmapped vs 0.034 s in a
-    loop; the 32 sorted pairs of the 64-run benchmark sweep with `auto`, vmapped: 3.4 s vs 2.0 s in a
-    loop, the batched n×n formation and LU of the Rosenbrock steps gaining nothing), so vmapping only
-    adds the masked steps; CPU parallelism comes from devices instead (one chunk per host device).
+    steps (the batched n×n formation and LU of the Rosenbrock steps gain nothing either; measured in
+    docs/benchmarks.md), so vmapping only adds the masked steps; CPU parallelism comes from devices
+    instead (one chunk per host device).
     """
     return 1 if _on_host(mesh) else chunk_size
 
@@ -162,10 +161,10 @@ def effective_vmap_width(
     host (CPU) devices (with a warning if `warn` and a larger width was asked for).
 
     Why: XLA's CPU runtime shares one thread pool between host devices, and two devices each running a
-    vmapped Rosenbrock solve (batched LU and triangular solves inside a `while` loop) deadlock in it:
-    measured with `jax 0.10`, 2 host devices on 2 cores, two chunks of 2 SSD runs with `rodas4` or `auto`
-    (0 % CPU, never returns, even at `max_steps = 20`); the same chunks return in 0.3 s on one device
-    or with members in sequence, and Tsit5 chunks do not hang. Only host devices are clamped (the
+    vmapped Rosenbrock solve (batched LU and triangular solves inside a `while` loop) deadlock in it
+    (seen with jax 0.10 on 2 host devices, with `rodas4` and `auto`: no CPU use, no return, even at a
+    small `max_steps`; docs/sweeps.md); the same chunks return at once on one device or with members
+    in sequence, and Tsit5 chunks do not hang. Only host devices are clamped (the
     vmapped implicit path has not been run on an accelerator here).
     """
     width = default_vmap_width(chunk_size, mesh) if vmap_width is None else min(vmap_width, chunk_size)
@@ -196,13 +195,13 @@ def chunk_solver(
     (`StiffSwitch(shared_mode=True)`). Members in sequence (the CPU default) and narrower batches keep the
     per-member `"tsit5_rodas4"`, whose runs do not depend on their chunk-mates.
 
-    Why (`benchmarks/vmap_policy.py`, SSD n = 100, d = 1000, 16 ε × 4 α, sorted chunks, table in
-    docs/accelerators.md): under `vmap` the per-member switch pays for both methods on every step where
-    its members disagree on the mode, 64 / 89 / 92 % of the batch steps in chunks of 4 / 8 / 16. Sharing
-    the implicit mode while any member is stiff cost 0.76–0.94× (chunks of 8) and 0.74–0.92× (16) of the
-    per-member switch for an implicit step worth r = 2…5 explicit ones, the cheapest policy measured
-    there (Rodas4 for every chunk, or for all but the predicted-explicit ones: 0.94–1.27×); in chunks
-    of 4, with fewer mixed steps, it cost 0.91–1.17×, so narrow batches keep the per-member switch.
+    Why (`benchmarks/vmap_policy.py`, table in docs/accelerators.md): under `vmap` the per-member
+    switch pays for both methods on every step where its members disagree on the mode, which is most
+    batch steps of a sorted sweep's chunks, the more so the wider the chunk. Sharing the implicit mode
+    while any member is stiff was the cheapest policy measured for chunks of 8 and 16 (cheaper than
+    the per-member switch, Rodas4 for every chunk, or Rodas4 for all but the predicted-explicit
+    chunks); in chunks of 4, with fewer mixed steps, it was not, so narrow batches keep the
+    per-member switch.
     """
     solver = select_solver(policy, flow)
     if policy.solver == "auto" and solver == AUTO_SOLVER and (

@@ -19,9 +19,9 @@ ends. By default (`dense_output="hermite"`) it is the cubic Hermite through `(y0
 `(y1, f(y1))`; `f(y1)` is the next step's first stage, carried in the solver state
 (first-same-as-last). Rodas4 also has its own order-3 continuous extension
 (`dense_output="extension"`: `q0`, `q1` from the stages, `rodas.f`'s dense-output coefficients, which
-satisfy the order-3 conditions at every θ; tested). On the saved grid the Hermite was measured the more
-accurate with Rodas4 (GF and SSD ε = 1e-2, 1e-4 at rtol 1e-6…1e-10: 1.1–5.4× smaller grid error;
-`benchmarks/bench_dense_output.py`), so it is the default.
+satisfy the order-3 conditions at every θ; tested). On the saved grid the Hermite is the more
+accurate of the two with Rodas4 (`benchmarks/bench_dense_output.py`, numbers in docs/solvers.md), so
+it is the default.
 
 The linear solves come from a *Jacobian strategy*:
 
@@ -376,19 +376,17 @@ class StiffSwitch(diffrax.AbstractAdaptiveSolver):
     (both at `t1`: `ρ ≈ |f(y1) − f(Y6)| / |y1 − Y6|`, Hairer's DOPRI5 test), on an implicit step by
     power iteration on the Jacobian the step already built. After `patience` consecutive explicit
     steps with `h·ρ > to_stiff` (the step is pinned near Tsit5's stability boundary, ≈ 3.5 on the
-    negative real axis) it switches to the implicit method; after `patience` consecutive implicit
-    steps with `h·ρ < to_explicit` it switches back. The defaults (2.0, 0.3, 2) were tuned on SSD at
-    ε = 1e-8 (reference problem): 22.8 k steps against 29.6–32.3 k for (3.0, 0.5–1.5, 4–8) and 27 k
-    for Rodas4 alone; at ε ≥ 1e-6 the run stays explicit until the stiff convergence phase.
-    `power_iterations` = 4: with 2 the (low) spectral-radius estimate makes the mode thrash (10 k
-    switches, 54 k steps at ε = 1e-8); 6 or 8 change nothing but cost.
+    negative real axis) it switches to the implicit method; after `patience` consecutive implicit steps with
+    `h·ρ < to_explicit` it switches back. The defaults were tuned on SSD at ε = 1e-8, the hardest run
+    of the small-ε benchmark: later or slower switching took more steps than Rodas4 alone, and fewer
+    `power_iterations` underestimate ρ so that the mode thrashes (numbers in docs/solvers.md,
+    "Measured choices").
     Both methods share the first-same-as-last value `f(y0)`. Dense output is each step's own method's
-    (`SwitchInterpolation`): a cubic Hermite over Tsit5's long steps was measured 300× less accurate
-    than the steps themselves.
-    `explicit_error_scale` = 30 multiplies Tsit5's error estimate: at one tolerance Tsit5's estimate
-    undercounts its global error against Rodas4's by about that much on these flows (n = 15, d = 60:
-    GF, SSD ε = 1e-2, 1e-4; with 1 the switch was 20–40× less accurate than Rodas4 alone, with 10 up
-    to 5.7×, with 30 within 2× at rtol 1e-6…1e-10), so a tolerance means the same in both modes.
+    (`SwitchInterpolation`): a cubic Hermite over Tsit5's long steps is far less accurate than the
+    steps themselves.
+    `explicit_error_scale` multiplies Tsit5's error estimate: at one tolerance Tsit5's estimate
+    undercounts its global error against Rodas4's on these flows, so without it the switch is much
+    less accurate than Rodas4 alone; scaled, a tolerance means the same in both modes.
     Under `vmap` each member keeps its own mode (as in a per-run loop); only while the batch holds
     members in both modes does a step evaluate both methods.
     """
@@ -407,7 +405,7 @@ class StiffSwitch(diffrax.AbstractAdaptiveSolver):
     shared_mode: bool = eqx.field(static=True, default=False)
     # Whether the solve may run under `vmap`. Outside `vmap` a step's members never disagree on the mode,
     # so `batched=False` drops the branch that takes both methods (what `mdflow.solve` and sequential
-    # chunk members use: a program ~30 % smaller, traced and compiled ~1 s faster for the quickstart).
+    # chunk members use: a smaller program, traced and compiled faster; docs/solvers.md).
     # Vmapped anyway, it stays correct: the mode `cond` becomes a select of both methods on every step.
     batched: bool = eqx.field(static=True, default=True)
 

@@ -2,7 +2,7 @@
 
 diffrax (and the Rosenbrock solvers built on it) are imported when a solve is first *traced*, not
 with this module: a process that loads its programs from the program cache
-(`_execution/programs.py`) never imports them (about 0.3 s of every warm command).
+(`_execution/programs.py`) never imports them, which saves a noticeable part of every warm command.
 
 Everything numeric that a user sweeps (ε, α, a, tolerances, the time grid, the stop tolerance) enters
 the compiled function as an array, so changing it never recompiles; only the flow *type*, the problem
@@ -142,9 +142,9 @@ def select_solver(policy: SolvePolicy, flow: AbstractFlow) -> str:
     Why one answer for every flow: stiffness is a property of the *phase* of a run, not of ε alone,
     so the switch decides it where it is measured. Small ε is stiff near convergence and while
     coordinates slide; GF-like runs (large ε, small α) are stiff in their long last stage, where
-    directions of scale α² converge while others are done (n = 100, d = 1000, stop at 1e-6: ε = 10,
-    α = 1e-3 takes 7 082 Tsit5 steps and 262 switched ones); below a stop tolerance of ~100·rtol an
-    explicit method stalls at its accuracy floor, an L-stable one does not. While a run is non-stiff the
+    directions of scale α² converge while others are done (there the switch takes a few percent of
+    Tsit5's steps; docs/solvers.md); near the solver tolerance an explicit method stalls at its
+    accuracy floor, an L-stable one does not. While a run is non-stiff the
     switch takes Tsit5's steps (tested), so little is lost there. Pin `solver = "tsit5"` for
     trajectory comparisons at tight tolerances (the equivalence checks do).
     """
