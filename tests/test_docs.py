@@ -249,3 +249,19 @@ def test_docstrings_hold_no_benchmark_numbers():
     for path in sorted((ROOT / "mdflow").rglob("*.py")):
         found = _docstring_timings(path.read_text())
         assert not found, f"{path.relative_to(ROOT)}: move these numbers to docs/benchmarks.md: {found}"
+
+
+@pytest.mark.e2e
+def test_readme_python_example_runs(tmp_path, monkeypatch):
+    """The README's python block, after the quickstart it reads (run in-process, figures off)."""
+    import mdflow
+    from mdflow._config import QUICKSTART
+
+    (block,) = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    monkeypatch.chdir(tmp_path)
+    records, _ = mdflow.execute(mdflow.config_from_dict({**QUICKSTART, "output": {
+        **QUICKSTART["output"], "figures": False}}), "results/quickstart")
+    assert len(records) == 8
+    namespace: dict = {"__name__": "readme"}
+    exec(compile(block, "README.md[python]", "exec"), namespace)  # noqa: S102
+    assert mdflow.status_name(namespace["sol"].status) == "ok"
