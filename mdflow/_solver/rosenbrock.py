@@ -26,9 +26,9 @@ it is the default.
 The linear solves come from a *Jacobian strategy*:
 
 - `"structured"`: for coordinatewise primal flows, `J = block-diag + rank n` solved by Woodbury in
-  `O(d n²)` (`_solver.linear.CoordinatewiseJacobian`). **Contract:** the strategy reads the flow and the
-  problem from `args.flow`, `args.problem` (`_solver.solve.FlowArgs`, what `mdflow.solve` passes) and assumes the term's vector field is
-  `flow.vector_field(t, y, problem)`.
+  `O(d n²)` (`_solver.linear.CoordinatewiseJacobian`). **Contract:** the strategy reads the flow and
+  the problem from `args.flow`, `args.problem` (`_solver.solve.FlowArgs`, what `mdflow.solve` passes)
+  and assumes the term's vector field is `flow.vector_field(t, y, problem)`.
 - `"dense"`: `jax.jacfwd` of the term's vector field plus LU; works for any field (the dual flows).
 
 `StiffSwitch` combines explicit Tsit5 with a Rosenbrock method and switches between them inside one
@@ -376,11 +376,11 @@ class StiffSwitch(diffrax.AbstractAdaptiveSolver):
     (both at `t1`: `ρ ≈ |f(y1) − f(Y6)| / |y1 − Y6|`, Hairer's DOPRI5 test), on an implicit step by
     power iteration on the Jacobian the step already built. After `patience` consecutive explicit
     steps with `h·ρ > to_stiff` (the step is pinned near Tsit5's stability boundary, ≈ 3.5 on the
-    negative real axis) it switches to the implicit method; after `patience` consecutive implicit steps with
-    `h·ρ < to_explicit` it switches back. The defaults were tuned on SSD at ε = 1e-8, the hardest run
-    of the small-ε benchmark: later or slower switching took more steps than Rodas4 alone, and fewer
-    `power_iterations` underestimate ρ so that the mode thrashes (numbers in docs/solvers.md,
-    "Measured choices").
+    negative real axis) it switches to the implicit method; after `patience` consecutive implicit
+    steps with `h·ρ < to_explicit` it switches back. The defaults were tuned on SSD at ε = 1e-8, the
+    hardest run of the small-ε benchmark: later or slower switching took more steps than Rodas4
+    alone, and fewer `power_iterations` underestimate ρ so that the mode thrashes (numbers in
+    docs/solvers.md, "Measured choices").
     Both methods share the first-same-as-last value `f(y0)`. Dense output is each step's own method's
     (`SwitchInterpolation`): a cubic Hermite over Tsit5's long steps is far less accurate than the
     steps themselves.
