@@ -235,7 +235,7 @@ class GF(AbstractPrimalFlow):
     def integrand(self, problem):
         # `2u·0 + 1 = 1` and `x / 1 = x` exactly: the family's field is GF's, bit for bit.
         one = np.ones((), problem.X.dtype)  # host constants: building an integrand runs no device op
-        return SSDFamily(self.alpha, one, np.zeros(problem.d, problem.X.dtype), np.asarray(True))
+        return SSDFamily(_per_coordinate(self.alpha, problem.d), one, np.zeros(problem.d, problem.X.dtype), np.asarray(True))
 
     def mirror(self, problem):
         from ._mirror import Hypentropy
@@ -285,7 +285,7 @@ class SSD(AbstractPrimalFlow):
 
     def integrand(self, problem):
         a = np.zeros(problem.d, problem.X.dtype)  # unused: the magnitude is |g|
-        return SSDFamily(self.alpha, self.eps, a, np.asarray(False), self.track_identity)
+        return SSDFamily(_per_coordinate(self.alpha, problem.d), self.eps, a, np.asarray(False), self.track_identity)
 
     def local_field(self, t, y, g):
         return sign_descent_field(y, g, self.magnitude(g), self.eps, self.track_identity)
@@ -353,7 +353,8 @@ class FrozenSSD(AbstractPrimalFlow):
         return jnp.broadcast_to(self.a, g.shape)
 
     def integrand(self, problem):
-        return SSDFamily(self.alpha, self.eps, self.a, np.asarray(True))
+        return SSDFamily(_per_coordinate(self.alpha, problem.d), self.eps, _per_coordinate(self.a, problem.d),
+                         np.asarray(True))
 
     def local_field(self, t, y, g):
         return sign_descent_field(y, g, self.magnitude(g), self.eps, False)
@@ -404,6 +405,14 @@ class SSDFamily(AbstractPrimalFlow):
     def local_field(self, t, y, g):
         magnitude = jnp.where(self.frozen, self.a, jnp.abs(g))
         return sign_descent_field(y, g, magnitude, self.eps, self.track_identity)
+
+
+def _per_coordinate(x, d: int) -> Array:
+    """A scalar or `(d,)` parameter as a `(d,)` array, so that a family member's program does not depend on
+    whether α (or `a`) is per coordinate; the values, hence the results, are the same."""
+    if isinstance(x, (np.ndarray, np.generic, float, int)):
+        return np.broadcast_to(np.asarray(x), (d,))
+    return jnp.broadcast_to(x, (d,))
 
 
 def _as_float(x) -> Array:

@@ -1,5 +1,13 @@
 """Test setup: one persistent compilation cache for the whole test run, float64 and strict dtype
-promotion, before any array exists."""
+promotion, before any array exists; the canonical problems, policies and configs every test reuses unless
+it is *about* a shape, a solver or a save grid; the budget of compiled solve programs of a test run.
+
+Tiers (`pyproject.toml` markers; `make test` runs the default, `make test-all` every tier):
+- default: unit tests and numerics on the shared fixtures below;
+- `slow`: long references (tight Radau, ε = 1e-6 stiffness, long horizons, repeated kill/resume);
+- `e2e`: every test that starts a process (CLI subprocesses, multi-process jobs, SIGKILL/resume,
+  device-count comparisons, background figures, the tutorial and the README example).
+"""
 
 import atexit
 import os
@@ -31,6 +39,84 @@ import mdflow  # noqa: E402
 # in-process would otherwise set one host device per core (`use_cpu_cores`) for every later test,
 # and results that depend on the device count (the effective vmap width) would depend on test order.
 jax.devices()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The budget of compiled solve programs. A solve program (`_solve`, `_solve_batch`, a sweep chunk's
+# `_body`) costs seconds of XLA compilation here, and every distinct (flow type, shape, solver, save grid
+# length, max_steps, save mode, stop, chunk layout) is another program: the default tier's time is
+# mostly their count. Each is stored once in this run's compilation cache (named after its function), so
+# the cache, shared by the workers and every subprocess, counts the distinct programs of the run. A
+# default-tier run that compiles more than `SOLVE_PROGRAM_BUDGET` fails and lists the tests that added
+# them: reuse a canonical policy below, or raise the budget here with the reason.
+SOLVE_PROGRAM_BUDGET = 40
+SOLVE_PROGRAMS = ("jit__solve-", "jit__solve_batch-", "jit__body-")
+_PROGRAM_LOG = os.path.join(CACHE_DIR, "solve-programs.log")
+_seen_programs: set[str] = set()
+
+
+def _solve_programs() -> set[str]:
+    try:
+        return {name for name in os.listdir(CACHE_DIR) if name.startswith(SOLVE_PROGRAMS)}
+    except OSError:
+        return set()
+
+
+def pytest_sessionstart(session):
+    _seen_programs.update(_solve_programs())  # a reused cache (MDFLOW_TEST_CACHE_DIR): count only new ones
+
+
+def pytest_runtest_teardown(item):
+    """Name the test that compiled each new solve program (in the run's log; with two workers a program
+    may be named after the other worker's concurrent test)."""
+    new = _solve_programs() - _seen_programs
+    if new:
+        _seen_programs.update(new)
+        with open(_PROGRAM_LOG, "a") as log:
+            log.writelines(f"{item.nodeid}\t{name.rsplit('-', 2)[0]}\n" for name in sorted(new))
+
+
+def _default_tier(config) -> bool:
+    return config.getoption("markexpr") == "not slow and not e2e"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if hasattr(session.config, "workerinput") or not _default_tier(session.config):
+        return  # a worker (the controller counts), or a run of another tier
+    try:
+        with open(_PROGRAM_LOG) as log:
+            entries = [line.rstrip("\n").split("\t") for line in log]
+    except OSError:
+        entries = []
+    session.config._solve_programs = entries
+    if len(entries) > SOLVE_PROGRAM_BUDGET and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    entries = getattr(config, "_solve_programs", None)
+    if entries is None:
+        return
+    counts: dict[str, int] = {}
+    for nodeid, _ in entries:
+        counts[nodeid] = counts.get(nodeid, 0) + 1
+    over = len(entries) > SOLVE_PROGRAM_BUDGET
+    terminalreporter.write_line(
+        f"solve programs compiled: {len(entries)} (budget {SOLVE_PROGRAM_BUDGET}, tests/conftest.py)"
+        + (" -- OVER BUDGET; by test:" if over else ""), red=over, bold=over)
+    if over or config.getoption("verbose") > 0:
+        for nodeid, count in sorted(counts.items(), key=lambda kv: -kv[1]):
+            terminalreporter.write_line(f"  {count}  {nodeid}")
+
+
+@pytest.fixture
+def fresh_programs(monkeypatch):
+    """This test builds its chunk programs anew in this process (the in-process table of built programs
+    starts empty), so it can count what it builds and time their compiles; a program another test built
+    comes from this run's program and compilation caches (a load: no new compiled program)."""
+    from mdflow._execution import sweep
+
+    monkeypatch.setattr(sweep, "_compiled", {})
 
 
 # The canonical plumbing config: what a test of the store, the CLI, loading, timing or the caches runs

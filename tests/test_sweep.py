@@ -22,12 +22,15 @@ from mdflow._execution.sweep import Chunk, Progress, batches, chunk_solver, diff
 
 
 @pytest.fixture(scope="module")
-def problem():
-    return md.sparse_gaussian(10, 24, 3, seed=2)
+def problem(small_problem):
+    return small_problem
 
 
 EPS = [0.03, 0.3, 3.0]
 ALPHA = [0.01, 0.1]
+# Chunks of 4 throughout: members in sequence (width 1), vmapped pairs (2) or all vmapped (4), one
+# compiled program each, shared by every test here (Tsit5: the engine, not the solver, is tested).
+CHUNK = 4
 
 
 def flows_for(problem, eps=EPS, alpha=ALPHA):
@@ -35,7 +38,7 @@ def flows_for(problem, eps=EPS, alpha=ALPHA):
 
 
 def policy(**kw):
-    base = dict(t1=1e3, num_ts=12, stop_rel_residual=1e-7, save="trajectory")
+    base = dict(solver="tsit5", t1=1e3, num_ts=12, stop_rel_residual=1e-7, save="trajectory")
     base.update(kw)
     return md.SolvePolicy(**base)
 
@@ -75,7 +78,7 @@ def test_chunked_sweep_matches_per_run_loop(problem, vmap_width):
     pol = policy()
     flows = flows_for(problem)
     # chunks of 4 and 2 (padded to 4); members one after the other, in vmapped pairs, or all vmapped
-    batched = sweep(flows, problem, pol, chunk_size=4, vmap_width=vmap_width)
+    batched = sweep(flows, problem, pol, chunk_size=CHUNK, vmap_width=vmap_width)
     for i, flow in enumerate(flows):
         one = md.solve(flow, problem, pol)
         assert int(batched.status[i]) == int(one.status) == 0
@@ -100,7 +103,7 @@ def test_chunks_equal_one_batch_of_the_same_size(problem, vmap_width):
     pol = policy()
     flows = flows_for(problem)[:4]
     ref = md.solve_batch(md.stack_flows(flows), problem, pol)
-    got = solve_chunks([flows[:3]], problem, pol, chunk_size=4, vmap_width=vmap_width)[0]
+    got = solve_chunks([flows[:3]], problem, pol, chunk_size=CHUNK, vmap_width=vmap_width)[0]
     if vmap_width == 1:
         ref = md.stack_flows([md.solve(f, problem, pol) for f in flows])
     for key in ("y_final", "ys", "loss", "rel_residual", "t_end", "num_steps", "status"):
@@ -142,6 +145,7 @@ def test_share_mode_decisions():
         assert bool(stiff) == flag and int(count) == 1
 
 
+@pytest.mark.slow
 def test_shared_mode_switch_alone_is_the_switch(small_problem):
     """A single run of `tsit5_rodas4_shared` takes exactly `tsit5_rodas4`'s steps (ε = 1e-4 at a 1e-8
     stop: the switch takes Rodas4 steps near the stop, 7 of 1 461 as counted by benchmarks/vmap_policy.py)."""
@@ -154,6 +158,7 @@ def test_shared_mode_switch_alone_is_the_switch(small_problem):
         np.testing.assert_array_equal(np.asarray(getattr(a, key)), np.asarray(getattr(b, key)), err_msg=key)
 
 
+@pytest.mark.slow
 def test_vmapped_auto_chunk_shares_the_mode_and_matches_the_loop(small_problem):
     """A vmapped `auto` chunk whose members turn stiff at different times runs the shared-mode switch:
     its path differs from the per-member switch's (members are pulled into the implicit mode), and it
@@ -175,15 +180,14 @@ def test_vmapped_auto_chunk_shares_the_mode_and_matches_the_loop(small_problem):
         np.testing.assert_allclose(w_b, w_1, rtol=tol, atol=tol * float(np.max(np.abs(w_1))))
 
 
-def test_no_recompiles_across_eps_alpha_values(problem):
-    # A max_steps value no other test uses gives a fresh compiled variant, built exactly once.
-    pol = policy(max_steps=123_457, save="final")
+def test_no_recompiles_across_eps_alpha_values(problem, fresh_programs):
+    pol = policy()
     before = _sweep.num_programs()
-    sweep(flows_for(problem), problem, pol, chunk_size=2, vmap_width=2)  # three vmapped chunks
-    sweep(flows_for(problem, eps=[0.05, 0.5, 5.0, 50.0], alpha=[0.02, 0.2]), problem, pol, chunk_size=2,
+    sweep(flows_for(problem), problem, pol, chunk_size=CHUNK, vmap_width=2)  # two chunks, vmapped pairs
+    sweep(flows_for(problem, eps=[0.05, 0.5, 5.0, 50.0], alpha=[0.02, 0.2]), problem, pol, chunk_size=CHUNK,
           vmap_width=2)
-    other = md.sparse_gaussian(10, 24, 3, seed=7)  # another problem of the same shape
-    sweep(flows_for(other, eps=[0.07], alpha=[0.3]), other, pol, chunk_size=2, vmap_width=2)
+    other = md.sparse_gaussian(problem.n, problem.d, 3, seed=7)  # another problem of the same shape
+    sweep(flows_for(other, eps=[0.07], alpha=[0.3]), other, pol, chunk_size=CHUNK, vmap_width=2)
     assert _sweep.num_programs() - before == 1
 
 
@@ -219,7 +223,7 @@ import dataclasses, sys, warnings, numpy as np, jax
 import mdflow as md
 from mdflow._execution import sweep as _sweep
 assert len(jax.devices()) == int(sys.argv[2]), jax.devices()
-p = md.sparse_gaussian(10, 24, 3, seed=2)
+p = md.sparse_gaussian(10, 30, 3, seed=1)  # conftest's small_problem
 pol = md.SolvePolicy(t1=1e3, num_ts=12, stop_rel_residual=1e-7, save="trajectory")
 flows = [md.make_flow("ssd", p, eps=e, alpha=a) for e in (0.03, 0.3, 3.0) for a in (0.01, 0.1)]
 out = {}
@@ -238,6 +242,7 @@ np.savez(sys.argv[1], **out)
 """
 
 
+@pytest.mark.e2e
 def test_one_and_four_devices_identical(tmp_path, problem):
     """Chunks of 2 on 4 devices (a subprocess) vs 1 device, sequential (width 1, auto) and vmapped
     (width 2, Tsit5); vmapped implicit chunks on several host devices fall back to width 1."""
@@ -248,7 +253,7 @@ def test_one_and_four_devices_identical(tmp_path, problem):
     mesh = _sweep.make_mesh(_sweep.jax.devices()[:1])
     with np.load(out) as four:
         for width, solver in ((1, "auto"), (2, "tsit5")):
-            pol = policy(solver=solver)
+            pol = policy(solver=solver)  # as the subprocess's (its default solver is auto)
             one = sweep(flows_for(problem), problem, pol, chunk_size=2, mesh=mesh, vmap_width=width)
             for key in ("y_final", "ys", "loss", "rel_residual", "num_steps", "t_end"):
                 np.testing.assert_allclose(np.asarray(getattr(one, key)), four[f"{key}.{width}"], rtol=0,
@@ -256,15 +261,16 @@ def test_one_and_four_devices_identical(tmp_path, problem):
             assert np.all(four[f"num_steps.{width}"] > 0)
 
 
-def test_any_array_parameter_may_vary(problem):
-    """Frozen SSD over its magnitudes `a` and per-coordinate α vectors: one compiled function, and each
-    member equals its own solve (the sweep is not limited to ε × α)."""
-    pol = policy(max_steps=123_461, save="final")
+def test_any_array_parameter_may_vary(problem, fresh_programs):
+    """Frozen SSD over its magnitudes `a` and per-coordinate α vectors: one compiled function (the SSD
+    chunks' own: frozen SSD is an `SSDFamily` member), and each member equals its own solve (the sweep
+    is not limited to ε × α)."""
+    pol = policy()
     rng = np.random.default_rng(0)
     flows = [md.make_flow("ssd_frozen", problem, eps=0.1, alpha=rng.uniform(0.01, 0.1, problem.d), a=a)
              for a in (0.0, 0.05, 0.5, 5.0)]
     before = _sweep.num_programs()
-    batched = sweep(flows, problem, pol, chunk_size=2)
+    batched = sweep(flows, problem, pol, chunk_size=CHUNK, vmap_width=1)
     assert _sweep.num_programs() - before == 1
     for i, flow in enumerate(flows):
         one = md.solve(flow, problem, pol)
@@ -273,25 +279,37 @@ def test_any_array_parameter_may_vary(problem):
     assert np.max(np.abs(batched.y_final[0] - batched.y_final[3])) > 1e-3
 
 
-def test_gf_frozen_and_ssd_share_one_compiled_program(small_problem):
+FAMILY = [("gf", None), ("ssd_frozen", 0.3), ("ssd", 0.3)]
+
+
+def test_gf_frozen_and_ssd_share_one_compiled_program(problem, fresh_programs):
     """GF, frozen SSD and SSD are solved as `SSDFamily` members: chunks of all three kinds (same solver,
-    shapes, save mode) trace the chunk solve once, and each run equals its own flow's direct solve bit
-    for bit."""
-    # A max_steps value no other test uses: a fresh compiled variant, built exactly once.
-    policy = md.SolvePolicy(solver="auto", t1=50.0, num_ts=8, stop_rel_residual=1e-6, max_steps=123_461)
-    p = small_problem
-    kinds = [
-        [md.make_flow("gf", p, alpha=a) for a in (0.05, 0.2)],
-        [md.make_flow("ssd_frozen", p, eps=0.3, alpha=a) for a in (0.05, 0.2)],
-        [md.make_flow("ssd", p, eps=0.3, alpha=a) for a in (0.05, 0.2)],
-    ]
+    shapes, save mode) build the chunk solve once, each run equals its own single solve bit for bit, and
+    each member's field is its own flow's, bit for bit (the family is exact, not an approximation)."""
+    pol, p = policy(), problem
+    kinds = [[md.make_flow(kind, p, eps=eps, alpha=a) for a in (0.05, 0.2)] for kind, eps in FAMILY]
     before = _sweep.num_programs()
-    sols = [_sweep.solve_chunk(flows, p, policy, chunk_size=2) for flows in kinds]
+    sols = [_sweep.solve_chunk(flows, p, pol, chunk_size=CHUNK, vmap_width=1) for flows in kinds]
     assert _sweep.num_programs() - before == 1
+    rng = np.random.default_rng(0)
     for flows, sol in zip(kinds, sols):
         for i, flow in enumerate(flows):
-            ref = _solve_one(flow, p, md.SolveControls.of(policy, p)[0], solver_name=md.select_solver(policy, flow),
-                                   max_steps=policy.max_steps, keep_states=True, stop=True)
-            np.testing.assert_array_equal(sol.y_final[i], np.asarray(ref.y_final))
-            np.testing.assert_array_equal(sol.ys[i], np.asarray(ref.ys))
-            assert int(sol.num_steps[i]) == int(ref.num_steps)
+            one = md.solve(flow, p, pol)
+            for key in ("y_final", "ys", "num_steps"):
+                np.testing.assert_array_equal(getattr(sol, key)[i], np.asarray(getattr(one, key)), err_msg=key)
+            y = jax.numpy.asarray(rng.uniform(-3.0, 0.0, flow.init(p).shape))
+            np.testing.assert_array_equal(np.asarray(flow.integrand(p).vector_field(0.0, y, p)),
+                                          np.asarray(flow.vector_field(0.0, y, p)))
+
+
+@pytest.mark.slow
+def test_family_members_solve_as_their_own_flows(problem):
+    """Each family member's solve equals the solve of its own flow type (its own program), bit for bit."""
+    pol, p = policy(), problem
+    for kind, eps in FAMILY:
+        flow = md.make_flow(kind, p, eps=eps, alpha=0.05)
+        ref = _solve_one(flow, p, md.SolveControls.of(pol, p)[0], solver_name=md.select_solver(pol, flow),
+                         max_steps=pol.max_steps, keep_states=True, stop=True)
+        one = md.solve(flow, p, pol)
+        for key in ("y_final", "ys", "num_steps"):
+            np.testing.assert_array_equal(np.asarray(getattr(one, key)), np.asarray(getattr(ref, key)), err_msg=key)
