@@ -154,6 +154,28 @@ def toml_text(raw: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------------------------------------------
+# Canonical numerics policies. What a policy makes static (solver, the number of save times, max_steps,
+# whether a stop exists, the save mode) selects a compiled program; what it traces (t1, t_min, rtol,
+# atol, the stop tolerance, the controller coefficients, the save times' values) never recompiles. So a
+# numerics test takes `policy(...)` and sets its traced controls freely; a test that changes the static
+# part is about that part.
+NUM_TS = 30
+MAX_STEPS = 100_000
+
+
+def policy(solver: str = "tsit5", *, stop: float | None = None, save: str = "trajectory", **controls):
+    """A canonical `SolvePolicy`: `NUM_TS` save times, `MAX_STEPS`, the given solver, stop tolerance
+    (None: no stop) and save mode; `controls` are the traced ones (t1, t_min, rtol, atol, ...)."""
+    return mdflow.SolvePolicy(solver=solver, num_ts=NUM_TS, max_steps=MAX_STEPS, stop_rel_residual=stop,
+                              save=save, **controls)
+
+
+def save_times(t1: float, t_min: float | None = None) -> np.ndarray:
+    """`NUM_TS` save times: 0, then log-spaced on `[t_min, t1]` (default `t1 · 1e-4`)."""
+    return np.concatenate([[0.0], np.geomspace(t1 * 1e-4 if t_min is None else t_min, t1, NUM_TS - 1)])
+
+
 @pytest.fixture(scope="session")
 def small_problem():
     """n=10, d=30, k=3: over-parameterized, fast to solve."""

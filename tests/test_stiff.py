@@ -1,6 +1,7 @@
 """The small-ε path: Rosenbrock solvers, the structured (Woodbury) linear solve, the auto policy."""
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 from scipy.integrate import solve_ivp
 
 import mdflow
-from conftest import numpy_ssd_reference
+from conftest import numpy_ssd_reference, policy
 from mdflow._solver.linear import CoordinatewiseJacobian, DenseJacobian
 from mdflow._solver.rosenbrock import Rodas3, Rodas4, StiffSwitch
 
@@ -26,18 +27,23 @@ def test_convergence_order(solver_cls, order):
         diffrax.ODETerm(_vdp), diffrax.Dopri8(), 0.0, 1.0, 1e-3, y0,
         stepsize_controller=diffrax.PIDController(rtol=1e-13, atol=1e-13), max_steps=100_000,
     ).ys[-1]
-    errs = []
-    for N in (10, 20, 40):
-        sol = diffrax.diffeqsolve(diffrax.ODETerm(_vdp), solver_cls(), 0.0, 1.0, 1.0 / N, y0, max_steps=100)
-        errs.append(float(jnp.linalg.norm(sol.ys[-1] - ref)))
+    term, solver = diffrax.ODETerm(_vdp), solver_cls()
+
+    @jax.jit
+    def fixed(h):  # the step size traced: one program for every N
+        return diffrax.diffeqsolve(term, solver, 0.0, 1.0, h, y0, max_steps=100).ys[-1]
+
+    @jax.jit
+    def one_step(h):
+        return solver.step(term, 0.0, h, y0, None, solver.init(term, 0.0, h, y0, None), False)[1]
+
+    errs = [float(jnp.linalg.norm(fixed(jnp.asarray(1.0 / N)) - ref)) for N in (10, 20, 40)]
     rates = np.log2(np.array(errs[:-1]) / np.array(errs[1:]))
     assert np.all(np.abs(rates - order) < 0.3), rates
 
-    term, solver = diffrax.ODETerm(_vdp), solver_cls()
     est = []
     for h in (0.1, 0.05, 0.025):
-        f0 = solver.init(term, 0.0, h, y0, None)
-        _, err, *_ = solver.step(term, 0.0, h, y0, None, f0, False)
+        err = one_step(jnp.asarray(h))
         est.append(float(jnp.linalg.norm(err)))
     est_rates = np.log2(np.array(est[:-1]) / np.array(est[1:]))
     assert np.all(np.abs(est_rates - order) < 0.5), est_rates
@@ -62,14 +68,21 @@ def test_structured_jacobian_and_solve_match_dense(small_problem, make):
     `(I − γh J) x = b` equals a dense solve to 1e-10, on random states and step sizes."""
     flow = make(small_problem)
     K = flow.init(small_problem).shape[0]
+    p = small_problem
+
+    @eqx.filter_jit  # one program per flow (eager, every operation here would compile its own)
+    def matrices(flow, y, b, gh):
+        jac = CoordinatewiseJacobian.from_flow(flow, p, y, t=0.0)
+        dense = DenseJacobian.from_field(lambda z: flow.vector_field(0.0, z, p), y).as_matrix()
+        return jac.as_matrix(), dense, jac.factor(gh).solve(b)
+
     for seed, gh in ((0, 1e-4), (1, 1e-1), (2, 10.0)):
-        y, b = _random_state(jax.random.PRNGKey(seed), K, small_problem.d)
-        jac = CoordinatewiseJacobian.from_flow(flow, small_problem, y, t=0.0)
-        dense = DenseJacobian.from_field(lambda z: flow.vector_field(0.0, z, small_problem), y).as_matrix()
-        np.testing.assert_allclose(jac.as_matrix(), dense, rtol=1e-12, atol=1e-12 * float(jnp.max(jnp.abs(dense))))
-        M = np.eye(dense.shape[0]) - gh * np.asarray(dense)
+        y, b = _random_state(jax.random.PRNGKey(seed), K, p.d)
+        structured, dense, x = (np.asarray(a) for a in matrices(flow, y, b, jnp.asarray(gh)))
+        np.testing.assert_allclose(structured, dense, rtol=1e-12, atol=1e-12 * float(np.max(np.abs(dense))))
+        M = np.eye(dense.shape[0]) - gh * dense
         x_ref = np.linalg.solve(M, np.asarray(b).reshape(-1))
-        x = np.asarray(jac.factor(jnp.asarray(gh)).solve(b)).reshape(-1)
+        x = x.reshape(-1)
         assert np.linalg.norm(x - x_ref) <= 1e-10 * np.linalg.norm(x_ref)
         # The residual of the computed solution, independent of numpy's solve.
         assert np.linalg.norm(M @ x - np.asarray(b).reshape(-1)) <= 1e-10 * np.linalg.norm(b)
@@ -95,6 +108,7 @@ def scipy_reference(stiff_case):
     return np.asarray(jax.vmap(flow.weights)(jnp.asarray(ys)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("solver", ["auto", "rodas4"])
 def test_small_eps_matches_radau(stiff_case, scipy_reference, solver):
     """At ε = 1e-6 the small-ε path agrees with scipy Radau (rtol 1e-11) on w(t) to 1e-6 relative on the
@@ -111,17 +125,19 @@ def test_small_eps_matches_radau(stiff_case, scipy_reference, solver):
     assert float(sol.rel_residual[-1]) < 1e-6  # the horizon reaches the stiff equilibrium
 
 
+# The canonical `auto` program of the default tier (the tests about the switch share it).
+AUTO = dict(stop=1e-8, t1=50.0)
+
+
 def test_auto_picks_both_ends(small_problem):
     """`auto` is the switch: explicit (Tsit5's step count, up to its different first step) at large ε
     where the run is non-stiff, implicit at small ε where Tsit5 is stability-bound."""
     p = small_problem
     big = mdflow.make_flow("ssd", p, eps=1.0, alpha=0.1)
     small = mdflow.make_flow("ssd", p, eps=1e-6, alpha=0.1)
-    assert mdflow.select_solver(mdflow.SolvePolicy(), big) == "tsit5_rodas4"
-    assert mdflow.select_solver(mdflow.SolvePolicy(solver="rodas3"), small) == "rodas3"
 
     def steps(flow, solver, **kw):
-        sol = mdflow.solve(flow, p, mdflow.SolvePolicy(solver=solver, num_ts=10, **kw))
+        sol = mdflow.solve(flow, p, policy(solver, **{**AUTO, **kw}))
         return int(sol.num_steps), mdflow.status_name(sol.status), np.asarray(sol.y_final)
 
     # Large ε on a horizon that ends before the stiff tail: the switch never leaves Tsit5 (whose error
@@ -131,10 +147,10 @@ def test_auto_picks_both_ends(small_problem):
     n_tsit5, _, y_tsit5 = steps(big, "tsit5", t1=2.0, rtol=1e-8 / scale, atol=1e-10 / scale)
     assert status == "ok" and abs(n_auto - n_tsit5) <= 0.2 * n_tsit5, (n_auto, n_tsit5)
     np.testing.assert_allclose(y_auto, y_tsit5, rtol=1e-6)
-    # Small ε to interpolation: the switch goes implicit and needs a fraction of Tsit5's steps.
-    # (Budget: the accuracy-scaled explicit phase costs steps here, 21 k against 6 k unscaled.)
-    n_auto, status, _ = steps(small, "auto", t1=1e3, stop_rel_residual=1e-8, max_steps=40_000)
-    n_tsit5, status_tsit5, _ = steps(small, "tsit5", t1=1e3, stop_rel_residual=1e-8, max_steps=40_000)
+    # Small ε to interpolation: the switch goes implicit and needs a fraction of Tsit5's steps (which
+    # may run out of its budget of `MAX_STEPS`).
+    n_auto, status, _ = steps(small, "auto", t1=1e3)
+    n_tsit5, status_tsit5, _ = steps(small, "tsit5", t1=1e3)
     assert status == "ok"
     assert status_tsit5 == "max_steps" or n_auto < n_tsit5 / 3, (n_auto, n_tsit5)
 
@@ -165,13 +181,12 @@ def test_vmap_matches_loop(small_problem):
     """A batched solve of the auto path equals the per-run loop to the solver tolerance (batched
     round-off can move a step, diffrax #692; each member keeps its own explicit/implicit mode), and every
     member stops at a relative residual of 1e-8 at rtol 1e-8 (where Tsit5 alone stalls)."""
-    solver = "tsit5_rodas4"
     flows = [mdflow.make_flow("ssd", small_problem, eps=e, alpha=0.1) for e in (1e-1, 1e-3, 1e-5)]
-    policy = mdflow.SolvePolicy(solver=solver, rtol=1e-8, atol=1e-10, t1=50.0, num_ts=20, stop_rel_residual=1e-8)
-    batch = mdflow.solve_batch(mdflow.stack_flows(flows), small_problem, policy)
+    pol = policy("auto", rtol=1e-8, atol=1e-10, **AUTO)
+    batch = mdflow.solve_batch(mdflow.stack_flows(flows), small_problem, pol)
     tol = 1e-6
     for i, flow in enumerate(flows):
-        one = mdflow.solve(flow, small_problem, policy)
+        one = mdflow.solve(flow, small_problem, pol)
         assert int(batch.status[i]) == int(one.status) == 0
         assert bool(batch.stopped[i]) and float(batch.rel_residual[i, -1]) <= 1e-8
         # A switch decision near its threshold can flip under batched round-off and move later steps.
@@ -180,21 +195,38 @@ def test_vmap_matches_loop(small_problem):
         np.testing.assert_allclose(w_b, w_1, rtol=tol, atol=tol * float(jnp.max(jnp.abs(w_1))))
 
 
+def _switch_static(problem, batched):
+    from mdflow._solver.solve import SolveControls
+
+    pol = policy("auto", **AUTO)
+    controls, stop = SolveControls.of(pol, problem)
+    static = dict(solver_name="tsit5_rodas4", max_steps=pol.max_steps, keep_states=True, stop=stop, batched=batched)
+    return mdflow.make_flow("ssd", problem, eps=1e-5, alpha=0.1).integrand(problem), controls, static
+
+
 def test_unbatched_switch_drops_only_an_unreachable_branch(small_problem):
     """Outside `vmap` a step's members never disagree on the mode, so `StiffSwitch(batched=False)` (what
-    `mdflow.solve` and sequential chunk members run) has a smaller program and takes exactly the
-    batch-aware switch's steps: bit-identical on a run that goes implicit (ε = 1e-5)."""
-    from mdflow._solver.solve import SolveControls, _solve
+    `mdflow.solve` and sequential chunk members run) has a smaller program (lowered, not compiled, here;
+    the slow tier checks that both take the same steps bit for bit)."""
+    from mdflow._solver.solve import _solve
 
-    policy = mdflow.SolvePolicy(t1=50.0, num_ts=20, stop_rel_residual=1e-8)
-    controls, stop = SolveControls.of(policy, small_problem)
-    flow = mdflow.make_flow("ssd", small_problem, eps=1e-5, alpha=0.1).integrand(small_problem)
-    static = dict(solver_name="tsit5_rodas4", max_steps=policy.max_steps, keep_states=True, stop=stop)
-    sizes, sols = [], []
+    sizes = []
     for batched in (True, False):
-        sizes.append(len(_solve.lower(flow, small_problem, controls, batched=batched, **static).as_text()))
-        sols.append(_solve(flow, small_problem, controls, batched=batched, **static))
+        flow, controls, static = _switch_static(small_problem, batched)
+        sizes.append(len(_solve.lower(flow, small_problem, controls, **static).as_text()))
     assert sizes[1] < 0.8 * sizes[0], sizes
+
+
+@pytest.mark.slow
+def test_unbatched_switch_takes_the_batch_aware_steps(small_problem):
+    """... and takes exactly the batch-aware switch's steps: bit-identical on a run that goes implicit
+    (ε = 1e-5)."""
+    from mdflow._solver.solve import _solve
+
+    sols = []
+    for batched in (True, False):
+        flow, controls, static = _switch_static(small_problem, batched)
+        sols.append(_solve(flow, small_problem, controls, **static))
     assert int(sols[0].status) == 0 and bool(sols[0].stopped)
     for a, b in zip(jax.tree.leaves(sols[0]), jax.tree.leaves(sols[1])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -227,6 +259,7 @@ def test_dense_jacobian_path_on_a_non_coordinatewise_field():
     assert int(sol.stats["num_steps"]) < 2000  # stiff modes do not limit the step (Tsit5: ~5e5 steps)
 
 
+@pytest.mark.slow
 def test_dual_flow_through_the_dense_path(small_problem):
     """The n-dimensional ρ-form dual of the SSD potential at ε = 1e-6 (a non-coordinatewise flow) is
     solved by the auto path with a dense Jacobian and agrees with Rodas4 at a tighter tolerance."""
