@@ -14,22 +14,16 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import host_devices_env
+from conftest import host_devices_env, tiny_config, toml_text
 
-import mdflow as md
 from mdflow import InputError
 from mdflow._config import from_dict
 from mdflow._execution.run import execute
 from mdflow._execution.store import atomic_write_json, read_manifest
 
-TINY = {
-    "problem": {"n": 10, "d": 24, "k": 3, "seed": 1},
-    "flows": {"kinds": ["ssd"]},
-    "grid": {"eps": [0.03, 0.3, 3.0], "alpha": [0.01, 0.1]},
-    "solve": {"t1": 1e3, "num_ts": 12, "stop_rel_residual": 1e-7},
-    "sweep": {"chunk_size": 2},
-    "output": {"save": "trajectories", "figures": False},
-}
+# conftest's plumbing config (its one chunk program), six SSD runs in three chunks.
+TINY = tiny_config(problem={"k": 3, "seed": 1}, flows={"kinds": ["ssd"]},
+                   grid={"eps": [0.03, 0.3, 3.0], "alpha": [0.01, 0.1]}, solve={"stop_rel_residual": 1e-7})
 
 
 def tiny(**changes):
@@ -71,7 +65,7 @@ def test_layout_and_manifest(reference):
     assert manifest["config_hash"] == config.hash()
     assert manifest["x64"] is True and manifest["devices"] and manifest["started"] and manifest["finished"]
     assert manifest["versions"]["jax"]
-    assert manifest["vmap_width"] == {"tsit5_rodas4": 1}  # CPU default: members in sequence
+    assert manifest["vmap_width"] == {"tsit5": 1}  # CPU default: members in sequence
     assert json.loads((out / "summary.json").read_text())["stop_rel_residual"] == 1e-7
     chunks = manifest["chunks"]
     assert len(chunks) == 3 and all(c["status"] == "done" for c in chunks)
@@ -129,24 +123,10 @@ def test_cli_hash_mismatch_exit_code(tmp_path):
     from mdflow.cli import main
 
     cfg = tmp_path / "a.toml"
-    cfg.write_text(textwrap.dedent("""
-        [problem]
-        n = 8
-        d = 16
-        k = 2
-        [flows]
-        kinds = ["gf"]
-        [grid]
-        alpha = [0.1]
-        [solve]
-        t1 = 100.0
-        num_ts = 5
-        [output]
-        figures = false
-    """))
+    cfg.write_text(toml_text(tiny_config(flows={"kinds": ["gf"]}, grid={"alpha": [0.1]})))
     out = tmp_path / "out"
     assert main(["run", str(cfg), "--out", str(out)]) == 0
-    cfg.write_text(cfg.read_text().replace("alpha = [0.1]", "alpha = [0.2]"))
+    cfg.write_text(toml_text(tiny_config(flows={"kinds": ["gf"]}, grid={"alpha": [0.2]})))
     assert main(["run", str(cfg), "--out", str(out)]) == 2
     assert main(["run", str(cfg), "--out", str(out), "--force"]) == 0
 
@@ -215,6 +195,7 @@ def _resume_and_check_sessions(out: Path, done_before: list[int]) -> None:
     assert sorted(session[-1]["loaded"] + session[-1]["computed"]) == [0, 1, 2]
 
 
+@pytest.mark.e2e
 def test_resume_after_sigkill(reference, tmp_path):
     """Killed after its first chunk, then resumed: bit-identical to the uninterrupted run. The killed
     run has this process's device count (pinned: an inherited `XLA_FLAGS` must not decide it)."""
@@ -224,11 +205,13 @@ def test_resume_after_sigkill(reference, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("attempt", range(20))
 def test_resume_after_sigkill_repeated(reference, tmp_path, attempt):
     test_resume_after_sigkill(reference, tmp_path)
 
 
+@pytest.mark.e2e
 def test_resume_with_another_device_count(reference, tmp_path):
     """The killed run has one more host device than the resuming one. Compiled sharded programs of
     different device counts may round differently (1 device vs 2: `rel_residual` differs in the last
@@ -251,8 +234,9 @@ def test_failures_are_isolated_and_strict(tmp_path):
     from mdflow.cli import main
 
     # A step budget that the small-ε members cannot meet: they fail with max_steps, the others finish.
-    config = tiny(solve={"max_steps": 400, "solver": "tsit5"})
-    records, _ = execute(config, tmp_path / "a", log=lambda m: None)
+    raw = json.loads(json.dumps(TINY))
+    raw["solve"]["max_steps"] = 400
+    records, _ = execute(from_dict(raw), tmp_path / "a", log=lambda m: None)
     statuses = [r["status"] for r in records]
     assert "max_steps" in statuses and "ok" in statuses
     summary, arrays = load(tmp_path / "a")
@@ -261,28 +245,7 @@ def test_failures_are_isolated_and_strict(tmp_path):
     bad = [i for i, s in enumerate(statuses) if s != "ok"]
     assert np.all(np.isnan(arrays["loss"][bad, -1]))
     cfg = tmp_path / "fail.toml"
-    cfg.write_text(textwrap.dedent("""
-        [problem]
-        n = 10
-        d = 24
-        k = 3
-        seed = 1
-        [flows]
-        kinds = ["ssd"]
-        [grid]
-        eps = [0.03, 3.0]
-        alpha = [0.01]
-        [solve]
-        t1 = 1000.0
-        num_ts = 12
-        stop_rel_residual = 1e-7
-        max_steps = 400
-        solver = "tsit5"
-        [sweep]
-        chunk_size = 2
-        [output]
-        figures = false
-    """))
+    cfg.write_text(toml_text(raw))  # the same program from the command line
     assert main(["run", str(cfg), "--out", str(tmp_path / "b")]) == 0
     assert main(["run", str(cfg), "--out", str(tmp_path / "b"), "--strict"]) == 1
 
@@ -307,10 +270,10 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
 def test_dual_pairs_are_stored_per_chunk_and_resumed(tmp_path):
     from mdflow._execution.store import Store
 
-    config = tiny(grid={"eps": [0.3, 3.0], "alpha": [0.1]}, sweep={"chunk_size": 1})
+    config = tiny(grid={"eps": [0.3, 1.0, 3.0, 10.0], "alpha": [0.1]})  # two chunks of two
     out = tmp_path / "out"
     records, pairs = execute(config, out, log=lambda m: None, duals=True)
-    assert [p["run_index"] for p in pairs] == [0, 1]
+    assert [p["run_index"] for p in pairs] == [0, 1, 2, 3]
     assert all(r["identity_residual"] == p["identity_residual"] for r, p in zip(records, pairs))
     stored = [json.loads(p.read_text()) for p in sorted((out / "chunks").glob("chunk-*.json"))]
     assert all(meta["duals"] is True and len(meta["pairs"]) == len(meta["runs"]) for meta in stored)
@@ -329,13 +292,23 @@ def test_dual_pairs_are_stored_per_chunk_and_resumed(tmp_path):
 
 
 def test_config_vmap_width_reaches_the_solve(tmp_path, reference):
-    """`[sweep] vmap_width = 8` vmaps the chunk of 6 runs (padded to 8) with the shared-mode switch (what
-    `auto` runs in a chunk vmapped 8 wide): recorded in the manifest and every run's record, same results."""
+    """`[sweep] vmap_width = 2` vmaps each chunk's two members: recorded in the manifest, same results."""
     out = tmp_path / "vmapped"
-    execute(tiny(sweep={"chunk_size": 8, "vmap_width": 8}), out, log=lambda m: None)
+    execute(tiny(sweep={"vmap_width": 2}), out, log=lambda m: None)
+    assert read_manifest(out)["vmap_width"] == {"tsit5": 2}
+    assert read_manifest(reference[0])["vmap_width"] == {"tsit5": 1}  # CPU default: in sequence
+    (_, a), (_, b) = load(out), load(reference[0])
+    np.testing.assert_allclose(a["w_final"], b["w_final"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_config_vmap_width_selects_the_shared_mode_switch(tmp_path, reference):
+    """`[sweep] vmap_width = 8` with `auto` vmaps the chunk of 6 runs (padded to 8) with the shared-mode
+    switch (what `auto` runs in a chunk vmapped 8 wide): recorded in the manifest and every run's record."""
+    out = tmp_path / "vmapped"
+    execute(tiny(solve={"solver": "auto"}, sweep={"chunk_size": 8, "vmap_width": 8}), out, log=lambda m: None)
     assert read_manifest(out)["vmap_width"] == {"tsit5_rodas4_shared": 8}
     assert {r["solver"] for r in load(out)[0]["runs"]} == {"tsit5_rodas4_shared"}
-    assert {r["solver"] for r in load(reference[0])[0]["runs"]} == {"tsit5_rodas4"}  # CPU default: in sequence
     (_, a), (_, b) = load(out), load(reference[0])
     np.testing.assert_allclose(a["w_final"], b["w_final"], rtol=0, atol=1e-6)
 
@@ -345,19 +318,15 @@ def test_grid_over_frozen_magnitudes(tmp_path):
     each an exact mirror flow of its own dual (duals on)."""
     config = tiny(flows={"kinds": ["ssd_frozen", "gf"], "duals": True},
                   grid={"eps": [0.1], "alpha": [0.1], "a": [0.0, 0.5, 2.0]},
-                  solve={"solver": "tsit5", "rtol": 1e-11, "atol": 1e-13})  # the check's tolerances
+                  solve={"rtol": 1e-11, "atol": 1e-13})  # the check's tolerances
     records, pairs = execute(config, tmp_path / "a", log=lambda m: None)
     frozen = [r for r in records if r["flow"] == "ssd_frozen"]
     assert [r["a"] for r in frozen] == [0.0, 0.5, 2.0] and all(r["status"] == "ok" for r in records)
     assert "a" not in [r for r in records if r["flow"] == "gf"][0]
     summary, arrays = load(tmp_path / "a")
-    problem = config.problem(1)
-    policy = config.solve_policy()
-    for i, r in enumerate(records[:3]):
-        flow = md.make_flow("ssd_frozen", problem, eps=0.1, alpha=0.1, a=r["a"])
-        w = flow.weights(md.solve(flow, problem, policy).y_final, problem)
-        np.testing.assert_allclose(arrays["w_final"][i], np.asarray(w), rtol=0, atol=1e-10)
     assert np.max(np.abs(arrays["w_final"][0] - arrays["w_final"][2])) > 1e-3
+    # Each run is the flow it names: an exact pair with the dual of its own magnitude `a` (a run of
+    # another `a` is not equivalent to it: test_equivalence.py::test_verdicts_exact_pair_and_mismatch).
     frozen_pairs = [p for p in pairs if p["flow"] == "ssd_frozen"]
     assert len(frozen_pairs) == 3 and all(p["verdict"] == "equivalent" for p in frozen_pairs), frozen_pairs
     assert [p["a"] for p in frozen_pairs] == [0.0, 0.5, 2.0]
