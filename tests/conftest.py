@@ -64,6 +64,9 @@ def _solve_programs() -> set[str]:
 
 def pytest_sessionstart(session):
     _seen_programs.update(_solve_programs())  # a reused cache (MDFLOW_TEST_CACHE_DIR): count only new ones
+    if not hasattr(session.config, "workerinput"):  # the controller, before any worker starts
+        with open(_PROGRAM_LOG, "w"):
+            pass
 
 
 def pytest_runtest_teardown(item):

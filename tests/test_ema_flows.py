@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 
 import mdflow
+from conftest import policy
 from mdflow._solver import solve as _solve
 from mdflow._analysis.discrete import discrete_record
 from mdflow._flows import Adam, RMSProp
 from mdflow._solver.linear import CoordinatewiseJacobian, DenseJacobian
 
 ALPHA, EPS = 0.1, 0.1
-TIGHT = dict(rtol=1e-10, atol=1e-12, t1=3.0, num_ts=30, t_min=1e-3)
+TIGHT = dict(rtol=1e-10, atol=1e-12, t1=3.0, t_min=1e-3)
 
 
 def _weights(flow, sol):
@@ -26,34 +27,34 @@ def ssd_path(small_problem):
     """SSD's trajectory (Tsit5, tight tolerances) and the tolerance-proportional error of a run at
     100× looser tolerances, the scale of "solver tolerance"."""
     ssd = mdflow.make_flow("ssd", small_problem, eps=EPS, alpha=ALPHA)
-    w = _weights(ssd, mdflow.solve(ssd, small_problem, mdflow.SolvePolicy(solver="tsit5", **TIGHT)))
+    w = _weights(ssd, mdflow.solve(ssd, small_problem, policy("tsit5", **TIGHT)))
     return w, np.max(np.linalg.norm(w, axis=1))
 
 
 @pytest.mark.parametrize("solver", ["tsit5", "rodas4"])
-@pytest.mark.parametrize("make", [
-    lambda bc: Adam(ALPHA, EPS, 0.0, 0.0, bias_correction=bc),
-    lambda bc: RMSProp(ALPHA, EPS, 0.0, bias_correction=bc),
-], ids=["adam", "rmsprop"])
+@pytest.mark.parametrize("make", [lambda: Adam(ALPHA, EPS, 0.0, 0.0), lambda: RMSProp(ALPHA, EPS, 0.0)],
+                         ids=["adam", "rmsprop"])
 def test_zero_time_constants_are_ssd(small_problem, ssd_path, solver, make):
     """τ1 = τ2 = 0 is SSD exactly: the trajectories agree to solver tolerance (Adam in linear
-    coordinates, RMSProp in log coordinates, SSD in log coordinates). Rodas4 (structured Jacobian)
-    without bias correction (an autonomous field); the bias-corrected Rodas4 case is the next test."""
-    flow = make(solver == "tsit5")
+    coordinates, RMSProp in log coordinates, SSD in log coordinates), with bias correction (a field that
+    depends on t): under the structured Rodas4 that needs the Rosenbrock methods' non-autonomous support
+    (linearization at the step's time). The autonomous path (no bias correction) is in the slow tier."""
+    flow = make()
     w_ssd, scale = ssd_path
-    sol = mdflow.solve(flow, small_problem, mdflow.SolvePolicy(solver=solver, **TIGHT))
+    sol = mdflow.solve(flow, small_problem, policy(solver, **TIGHT))
     assert mdflow.status_name(sol.status) == "ok"
     assert np.max(np.linalg.norm(_weights(flow, sol) - w_ssd, axis=1)) <= 1e-7 * scale
 
 
-@pytest.mark.parametrize("make", [lambda: Adam(ALPHA, EPS, 0.0, 0.0), lambda: RMSProp(ALPHA, EPS, 0.0)],
-                         ids=["adam", "rmsprop"])
-def test_zero_time_constants_are_ssd_rodas4_bias_corrected(small_problem, ssd_path, make):
-    """As above with bias correction (a field that depends on t) under the structured Rodas4: needs
-    the Rosenbrock methods' non-autonomous support (linearization at the step's time)."""
+@pytest.mark.slow
+@pytest.mark.parametrize("make", [
+    lambda: Adam(ALPHA, EPS, 0.0, 0.0, bias_correction=False), lambda: RMSProp(ALPHA, EPS, 0.0, bias_correction=False),
+], ids=["adam", "rmsprop"])
+def test_zero_time_constants_are_ssd_rodas4_autonomous(small_problem, ssd_path, make):
+    """As above without bias correction (an autonomous field) under the structured Rodas4."""
     flow = make()
     w_ssd, scale = ssd_path
-    sol = mdflow.solve(flow, small_problem, mdflow.SolvePolicy(solver="rodas4", **TIGHT))
+    sol = mdflow.solve(flow, small_problem, policy("rodas4", **TIGHT))
     assert mdflow.status_name(sol.status) == "ok"
     assert np.max(np.linalg.norm(_weights(flow, sol) - w_ssd, axis=1)) <= 1e-7 * scale
 
@@ -64,7 +65,7 @@ def test_rodas4_follows_the_time_dependent_field(small_problem, make):
     """At τ > 0 the bias correction makes the field depend on t (the τ = 0 test above cannot see
     whether a solver handles that): structured Rodas4 agrees with Tsit5 to solver tolerance."""
     flow = make()
-    runs = {name: _weights(flow, mdflow.solve(flow, small_problem, mdflow.SolvePolicy(solver=name, **TIGHT)))
+    runs = {name: _weights(flow, mdflow.solve(flow, small_problem, policy(name, **TIGHT)))
             for name in ("tsit5", "rodas4")}
     scale = np.max(np.linalg.norm(runs["tsit5"], axis=1))
     assert np.max(np.linalg.norm(runs["rodas4"] - runs["tsit5"], axis=1)) <= 1e-7 * scale
@@ -74,11 +75,11 @@ def test_finite_time_constants_move_the_path(small_problem, ssd_path):
     """The SSD test above could pass with τ ignored: at τ1 = 0.05, τ2 = 0.5 the path differs."""
     w_ssd, scale = ssd_path
     for flow in (Adam(ALPHA, EPS, 0.05, 0.5), RMSProp(ALPHA, EPS, 0.5)):
-        sol = mdflow.solve(flow, small_problem, mdflow.SolvePolicy(solver="tsit5", **TIGHT))
+        sol = mdflow.solve(flow, small_problem, policy("tsit5", **TIGHT))
         assert np.max(np.linalg.norm(_weights(flow, sol) - w_ssd, axis=1)) > 1e-2 * scale
 
 
-DISCRETE_POLICY = mdflow.SolvePolicy(solver="tsit5", rtol=1e-10, atol=1e-12)
+DISCRETE_POLICY = policy(rtol=1e-10, atol=1e-12)  # the flows' own Tsit5 programs of the tests above
 ETAS = [4e-3, 2e-3, 1e-3, 5e-4]
 
 
@@ -103,12 +104,13 @@ def test_discrete_eps_sits_outside_the_square_root(small_problem):
     its error does not shrink with η."""
     import optax
 
-    class InsideRoot(RMSProp):
-        def discrete_optimizer(self, eta):
-            return optax.rmsprop(eta, decay=1 - eta / self.tau2, eps=self.eps, bias_correction=True)
+    flow = RMSProp(ALPHA, 0.5, 0.2)
 
-    ours = discrete_record(small_problem, RMSProp(ALPHA, 0.5, 0.2), ETAS[::3], t1=1.0, policy=DISCRETE_POLICY)[0]
-    inside = discrete_record(small_problem, InsideRoot(ALPHA, 0.5, 0.2), ETAS[::3], t1=1.0, policy=DISCRETE_POLICY)[0]
+    def inside_root(eta):
+        return optax.rmsprop(eta, decay=1 - eta / flow.tau2, eps=flow.eps, bias_correction=True)
+
+    ours = discrete_record(small_problem, flow, ETAS[::3], t1=1.0, policy=DISCRETE_POLICY)[0]
+    inside = discrete_record(small_problem, flow, ETAS[::3], t1=1.0, policy=DISCRETE_POLICY, optimizer=inside_root)[0]
     assert inside["errors"][-1] > 0.5 * inside["errors"][0]
     assert inside["errors"][-1] > 10 * ours["errors"][-1]
 
@@ -156,23 +158,30 @@ def test_structured_jacobian_matches_dense(small_problem, flow):
 def test_jacobian_time_matters_only_for_time_dependent_flows(small_problem):
     """The linearization time is part of a bias-corrected flow's Jacobian (it changes with t) and moot
     for an autonomous one (bit-identical at any t)."""
-    y = Adam(ALPHA, EPS, 0.01, 1.0).init(small_problem)
+    p = small_problem
+
+    @eqx.filter_jit  # one program per flow type (eager, every operation would compile its own)
+    def at(flow, y, t):
+        jac = CoordinatewiseJacobian.from_flow(flow, p, y, t=t)
+        return jac.B, jac.c, jac.v
+
+    y = Adam(ALPHA, EPS, 0.01, 1.0).init(p)
     flow = Adam(ALPHA, EPS, 0.01, 1.0)
-    early, late = (CoordinatewiseJacobian.from_flow(flow, small_problem, y, t=t) for t in (1e-3, 3.0))
-    assert not np.allclose(np.asarray(early.B), np.asarray(late.B))
+    early, late = (at(flow, y, jnp.asarray(t)) for t in (1e-3, 3.0))
+    assert not np.allclose(np.asarray(early[0]), np.asarray(late[0]))
     flow = Adam(ALPHA, EPS, 0.01, 1.0, bias_correction=False)
-    moot, late = (CoordinatewiseJacobian.from_flow(flow, small_problem, y, t=t) for t in (0.0, 3.0))
-    for a, b in ((moot.B, late.B), (moot.c, late.c), (moot.v, late.v)):
+    moot, late = (at(flow, y, jnp.asarray(t)) for t in (0.0, 3.0))
+    for a, b in zip(moot, late):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_tau_sweep_compiles_once(small_problem):
     """τ1, τ2 (0 included) are traced: a batched sweep at new values reuses the compiled program."""
     p = small_problem
-    policy = mdflow.SolvePolicy(solver="tsit5", t1=1.0, num_ts=5)
+    pol = policy(t1=1.0)
 
     def sweep(taus):
-        return mdflow.solve_batch(mdflow.stack_flows([Adam(ALPHA, EPS, t1, t2) for t1, t2 in taus]), p, policy)
+        return mdflow.solve_batch(mdflow.stack_flows([Adam(ALPHA, EPS, t1, t2) for t1, t2 in taus]), p, pol)
 
     first = sweep([(0.0, 0.0), (0.01, 1.0), (0.1, 0.0)])
     batch_size = _solve._solve_batch._cached._cache_size()

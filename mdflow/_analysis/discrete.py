@@ -7,9 +7,11 @@ A flow declares its counterpart (`flow.discrete_optimizer(η)`): SSD is
 `optax.rmsprop(η, decay=1 − η/τ2, eps=ε, eps_in_sqrt=False, bias_correction=…)` (ε outside the square
 root, as in the flow's `√ŝ + ε`). Iterate k sits at time `t = kη`.
 
-**Comparison.** On a horizon `T`, `M` comparison times `t_j = jT/M` (j = 0..M; `M ≤ T/max η`). For each η the step
-count per comparison interval is `s = round(T/(Mη))` and the step actually used is `η' = T/(Ms)`
-(reported), so every `t_j` is an iterate. The flow is solved once on the same grid (the solve layer,
+**Comparison.** On a horizon `T`, `M` comparison times `t_j = jT/M` (j = 0..M; `M ≤ T/max η`, and at most
+`num_saves` and the policy's `num_ts − 1`). For each η the step count per comparison interval is
+`s = round(T/(Mη))` and the step actually used is `η' = T/(Ms)` (reported), so every `t_j` is an iterate.
+The grids are padded to the policy's `num_ts` save times (the last one repeated, no steps in between), so
+the flow solve and the optimizer runs are one program each whatever T and the η's are. The flow is solved once on the same grid (the solve layer,
 no interpolation stop). Error: `max_j ||w_{k_j} − w(t_j)|| / max_j ||w(t_j)||`. The slope is the
 least-squares fit of `log error` against `log η'` over the usable step sizes.
 **Overshoot:** a step after which some coordinate of `u` or `v` is `≤ 0`. Flows in log coordinates
@@ -20,7 +22,7 @@ until `‖Xw − y‖/‖y‖ ≤ tol` (at most `max_steps`), against the flow s
 (`end_errors = ‖w_K − w∞‖ / ‖w∞‖`, `end_steps`, `end_slope`; None where the optimizer did not get there).
 The optimizer runs are one `jit`'d `lax.scan` over the comparison times with an inner `fori_loop` of
 traced length, and every parameter (η included) is traced, so every η reuses one compilation per flow
-type.
+type. `optimizer(η)` compares another optax optimizer with the flow (default `flow.discrete_optimizer`).
 """
 
 from __future__ import annotations
@@ -36,13 +38,14 @@ from .._problem import Problem
 
 
 @eqx.filter_jit
-def optimizer_path(problem: Problem, flow, eta, steps_per_save, num_saves: int):
-    """`flow.discrete_optimizer(η)` on `(u, v)` from `u = v = α`: `w` at every `steps_per_save`-th step
-    (M + 1 rows, row 0 the start), the number of steps with an overshoot and the first such step (−1
-    if none)."""
+def optimizer_path(problem: Problem, flow, eta, steps_per_save, num_saves: int, optimizer=None):
+    """`optimizer(η)` (default `flow.discrete_optimizer(η)`) on `(u, v)` from `u = v = α`: `w` after every
+    save interval (M + 1 rows, row 0 the start), the number of steps with an overshoot and the first such
+    step (−1 if none). `steps_per_save`: the steps of each of the `num_saves` intervals (a scalar: the
+    same for all; a vector: one per interval, 0 for padding)."""
     # optax's bias correction mixes float and int32 (`b ** count`): allow it under strict promotion.
     with jax.numpy_dtype_promotion("standard"):
-        return _optimizer_path(problem, flow, eta, steps_per_save, num_saves)
+        return _optimizer_path(problem, flow, eta, steps_per_save, num_saves, optimizer)
 
 
 def _weights(params):
@@ -50,18 +53,19 @@ def _weights(params):
     return u * u - v * v
 
 
-def _optimizer(problem, flow, eta):
-    """The optimizer's start `(u, v) = (α, α)`, its `opt` (`flow.discrete_optimizer(η)`), the loss
-    gradient in `(u, v)` and `optax.apply_updates`."""
+def _optimizer(problem, flow, eta, optimizer=None):
+    """The optimizer's start `(u, v) = (α, α)`, its `opt` (`optimizer(η)`, default
+    `flow.discrete_optimizer(η)`), the loss gradient in `(u, v)` and `optax.apply_updates`."""
     import optax  # only here: `import mdflow` does not pay for optax
 
     u0 = jnp.broadcast_to(jnp.asarray(flow.alpha, problem.X.dtype), (problem.d,))
     grad = jax.grad(lambda params: problem.loss(_weights(params)))
-    return (u0, u0), flow.discrete_optimizer(eta), grad, optax.apply_updates
+    opt = (flow.discrete_optimizer if optimizer is None else optimizer)(eta)
+    return (u0, u0), opt, grad, optax.apply_updates
 
 
-def _optimizer_path(problem, flow, eta, steps_per_save, num_saves):
-    params, opt, grad, apply_updates = _optimizer(problem, flow, eta)
+def _optimizer_path(problem, flow, eta, steps_per_save, num_saves, optimizer):
+    params, opt, grad, apply_updates = _optimizer(problem, flow, eta, optimizer)
 
     def step(k, carry):
         params, state, count, first, index = carry
@@ -71,22 +75,23 @@ def _optimizer_path(problem, flow, eta, steps_per_save, num_saves):
         first = jnp.where(bad & (first < 0), index, first)
         return params, state, count + bad.astype(count.dtype), first, index + 1
 
-    def save(carry, _):
-        carry = jax.lax.fori_loop(0, steps_per_save, step, carry)
+    def save(carry, steps):
+        carry = jax.lax.fori_loop(0, steps, step, carry)
         return carry, _weights(carry[0])
 
+    steps = jnp.broadcast_to(steps_per_save, (num_saves,))
     carry = (params, opt.init(params), jnp.zeros((), jnp.int32), -jnp.ones((), jnp.int32), jnp.ones((), jnp.int32))
-    carry, ws = jax.lax.scan(save, carry, None, length=num_saves)
+    carry, ws = jax.lax.scan(save, carry, steps)
     ws = jnp.concatenate([_weights(params)[None], ws])
     return ws, carry[2], carry[3]
 
 
 @eqx.filter_jit
-def optimizer_endpoint(problem: Problem, flow, eta, tol, max_steps):
-    """`flow.discrete_optimizer(η)` from `u = v = α` until the relative residual is `≤ tol` or
-    `max_steps` steps: the final `w`, the number of steps taken and whether it got there."""
+def optimizer_endpoint(problem: Problem, flow, eta, tol, max_steps, optimizer=None):
+    """`optimizer(η)` (default `flow.discrete_optimizer(η)`) from `u = v = α` until the relative residual
+    is `≤ tol` or `max_steps` steps: the final `w`, the number of steps taken and whether it got there."""
     with jax.numpy_dtype_promotion("standard"):
-        params, opt, grad, apply_updates = _optimizer(problem, flow, eta)
+        params, opt, grad, apply_updates = _optimizer(problem, flow, eta, optimizer)
 
         def going(carry):
             params, _, k = carry
@@ -113,14 +118,15 @@ def fit_slope(etas, errors) -> float | None:
 
 def discrete_record(
     problem: Problem, flow, etas, *, t1: float = 2.0, num_saves: int = 50, policy=None,
-    end_tol: float | None = None, max_steps: int = 2_000_000, end_state=None,
+    end_tol: float | None = None, max_steps: int = 2_000_000, end_state=None, optimizer=None,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """The flow's discrete optimizer vs the flow for each η (module docstring), on `[0, t1]` and at
     the end point (interpolation at `end_tol`, default the policy's stop tolerance or 1e-6; None
     skips it). Returns the `discrete` sub-record (`etas`, `errors`, `overshoot_steps`,
     `first_overshoot`, `slope`, `t1`, `end_tol`, `end_errors`, `end_steps`, `end_slope`) and arrays
     (`discrete_etas`, `discrete_errors`, `discrete_end_errors`). `end_state`: the flow's own end
-    state, stopped at `end_tol` (a run's `y_final`), to compare with instead of solving it again."""
+    state, stopped at `end_tol` (a run's `y_final`), to compare with instead of solving it again.
+    `optimizer(η)`: the optax optimizer to compare (default `flow.discrete_optimizer`)."""
     from .._errors import InputError
     from .._solver.solve import SolvePolicy, solve
 
@@ -129,24 +135,26 @@ def discrete_record(
         if 0 < tau < max(float(e) for e in etas):
             raise InputError(f"discrete etas={list(etas)!r}: every η must be <= {name}={tau!r} "
                              "(the discrete decay β = 1 − η/τ would be negative)")
-    # At least one step per comparison interval for the largest η, so every η is used as given
-    # (up to rounding T/(Mη) to an integer).
-    num_saves = max(1, min(num_saves, int(round(t1 / max(float(e) for e in etas)))))
-    ts = np.linspace(0.0, t1, num_saves + 1)
     if policy is None:
         policy = SolvePolicy(rtol=1e-10, atol=1e-12)
+    size = policy.num_ts - 1  # the padded number of save intervals: one program whatever t1 and η are
+    # At least one step per comparison interval for the largest η, so every η is used as given
+    # (up to rounding T/(Mη) to an integer).
+    num_saves = max(1, min(num_saves, size, int(round(t1 / max(float(e) for e in etas)))))
+    ts = np.concatenate([np.linspace(0.0, t1, num_saves + 1), np.full(size - num_saves, t1)])
     end_policy = policy  # the caller's, with its stop tolerance (the end-point comparison's default)
     policy = SolvePolicy(**{**policy.__dict__, "t1": t1, "stop_rel_residual": None, "save": "trajectory"})
     sol = solve(flow, problem, policy, ts=ts)
-    w_flow = np.asarray(jax.vmap(lambda y: flow.weights(y, problem))(sol.ys))
+    w_flow = np.asarray(jax.vmap(lambda y: flow.weights(y, problem))(sol.ys))[:num_saves + 1]
     scale = np.max(np.linalg.norm(w_flow, axis=1))
     used, errors, counts, firsts = [], [], [], []
     for eta in etas:
         s = max(1, int(round(t1 / (num_saves * float(eta)))))
         eta_used = t1 / (num_saves * s)
-        ws, count, first = optimizer_path(problem, flow, jnp.asarray(eta_used, problem.X.dtype), jnp.asarray(s),
-                                          num_saves)
-        err = np.max(np.linalg.norm(np.asarray(ws) - w_flow, axis=1)) / scale
+        steps = np.where(np.arange(size) < num_saves, s, 0)
+        ws, count, first = optimizer_path(problem, flow, jnp.asarray(eta_used, problem.X.dtype), jnp.asarray(steps),
+                                          size, optimizer)
+        err = np.max(np.linalg.norm(np.asarray(ws)[:num_saves + 1] - w_flow, axis=1)) / scale
         used.append(eta_used)
         errors.append(float(err) if np.isfinite(err) else None)
         counts.append(int(count))
@@ -157,14 +165,15 @@ def discrete_record(
     slope = fit_slope([e for e, ok in zip(used, clean) if ok], [x for x, ok in zip(errors, clean) if ok])
     record = {"etas": used, "errors": errors, "overshoot_steps": counts, "first_overshoot": firsts,
               "slope": slope, "t1": t1, "flow_status": int(sol.status)}
-    end_errors = _end_point_errors(problem, flow, used, end_policy, end_tol, max_steps, record, end_state)
+    end_errors = _end_point_errors(problem, flow, used, end_policy, end_tol, max_steps, record, end_state, optimizer)
     nan = np.nan
     arrays = {"discrete_etas": np.asarray(used), "discrete_errors": np.asarray([nan if e is None else e for e in errors]),
               "discrete_end_errors": np.asarray([nan if e is None else e for e in end_errors])}
     return record, arrays
 
 
-def _end_point_errors(problem, flow, etas, policy, end_tol, max_steps, record, end_state) -> list[float | None]:
+def _end_point_errors(problem, flow, etas, policy, end_tol, max_steps, record, end_state,
+                      optimizer) -> list[float | None]:
     """The end-point comparison (module docstring): fills `record` and returns `end_errors`."""
     from .._solver.solve import solve
 
@@ -181,7 +190,7 @@ def _end_point_errors(problem, flow, etas, policy, end_tol, max_steps, record, e
     errors, steps = [], []
     for eta in etas:
         w, k, done = optimizer_endpoint(problem, flow, jnp.asarray(eta, problem.X.dtype),
-                                        jnp.asarray(end_tol, problem.X.dtype), jnp.asarray(max_steps))
+                                        jnp.asarray(end_tol, problem.X.dtype), jnp.asarray(max_steps), optimizer)
         ok = bool(done) and w_inf is not None
         errors.append(float(np.linalg.norm(np.asarray(w) - w_inf) / np.linalg.norm(w_inf)) if ok else None)
         steps.append(int(k))
