@@ -234,8 +234,7 @@ class GF(AbstractPrimalFlow):
 
     def integrand(self, problem):
         # `2u·0 + 1 = 1` and `x / 1 = x` exactly: the family's field is GF's, bit for bit.
-        one = np.ones((), problem.X.dtype)  # host constants: building an integrand runs no device op
-        return SSDFamily(_per_coordinate(self.alpha, problem.d), one, np.zeros(problem.d, problem.X.dtype), np.asarray(True))
+        return SSDFamily.member(problem, self.alpha, 1.0, 0.0, frozen=True)
 
     def mirror(self, problem):
         from ._mirror import Hypentropy
@@ -284,8 +283,8 @@ class SSD(AbstractPrimalFlow):
         return SSD(self.alpha, self.eps, track_identity=True)
 
     def integrand(self, problem):
-        a = np.zeros(problem.d, problem.X.dtype)  # unused: the magnitude is |g|
-        return SSDFamily(_per_coordinate(self.alpha, problem.d), self.eps, a, np.asarray(False), self.track_identity)
+        # `a` is unused: the magnitude is |g|.
+        return SSDFamily.member(problem, self.alpha, self.eps, 0.0, frozen=False, track_identity=self.track_identity)
 
     def local_field(self, t, y, g):
         return sign_descent_field(y, g, self.magnitude(g), self.eps, self.track_identity)
@@ -353,8 +352,7 @@ class FrozenSSD(AbstractPrimalFlow):
         return jnp.broadcast_to(self.a, g.shape)
 
     def integrand(self, problem):
-        return SSDFamily(_per_coordinate(self.alpha, problem.d), self.eps, _per_coordinate(self.a, problem.d),
-                         np.asarray(True))
+        return SSDFamily.member(problem, self.alpha, self.eps, self.a, frozen=True)
 
     def local_field(self, t, y, g):
         return sign_descent_field(y, g, self.magnitude(g), self.eps, False)
@@ -398,6 +396,14 @@ class SSDFamily(AbstractPrimalFlow):
     label: ClassVar[str] = "SSD family"
     axes: ClassVar[tuple[str, ...]] = ("eps", "alpha", "a")
 
+    @classmethod
+    def member(cls, problem: Problem, alpha, eps, a, *, frozen: bool, track_identity: bool = False) -> SSDFamily:
+        """The family member with these parameters: α and `a` per coordinate and every leaf of the
+        problem's dtype (never weakly typed), so that one program serves every member however its flow
+        was built; the values, hence the results, are those of the flow."""
+        return cls(_per_coordinate(alpha, problem), _of_dtype(eps, problem), _per_coordinate(a, problem),
+                   np.asarray(frozen), track_identity)
+
     @property
     def num_components(self) -> int:
         return 5 if self.track_identity else 2
@@ -407,12 +413,18 @@ class SSDFamily(AbstractPrimalFlow):
         return sign_descent_field(y, g, magnitude, self.eps, self.track_identity)
 
 
-def _per_coordinate(x, d: int) -> Array:
-    """A scalar or `(d,)` parameter as a `(d,)` array, so that a family member's program does not depend on
-    whether α (or `a`) is per coordinate; the values, hence the results, are the same."""
+def _of_dtype(x, problem: Problem) -> Array:
+    """`x` as an array of the problem's dtype: host values stay on the host (building an integrand runs
+    no device operation), arrays and tracers become strongly typed."""
     if isinstance(x, (np.ndarray, np.generic, float, int)):
-        return np.broadcast_to(np.asarray(x), (d,))
-    return jnp.broadcast_to(x, (d,))
+        return np.asarray(x, problem.X.dtype)
+    return jnp.asarray(x, problem.X.dtype)
+
+
+def _per_coordinate(x, problem: Problem) -> Array:
+    """A scalar or `(d,)` parameter as a `(d,)` array (`_of_dtype`)."""
+    x = _of_dtype(x, problem)
+    return (np.broadcast_to if isinstance(x, np.ndarray) else jnp.broadcast_to)(x, (problem.d,))
 
 
 def _as_float(x) -> Array:

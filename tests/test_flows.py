@@ -7,6 +7,7 @@ import pytest
 import scipy.integrate
 
 import mdflow
+from conftest import policy, save_times
 
 
 def woodworth_minimizer(X, y, alpha):
@@ -37,22 +38,21 @@ def woodworth_minimizer(X, y, alpha):
 @pytest.mark.parametrize("alpha", [0.01, 0.1, 1.0])
 def test_gf_end_point_is_woodworth_minimizer(small_problem, alpha):
     p = small_problem
-    policy = mdflow.SolvePolicy(solver="dopri8", rtol=1e-12, atol=1e-14, t1=1e6, num_ts=3, stop_rel_residual=1e-11)
-    sol = mdflow.solve(mdflow.GF(jnp.asarray(alpha)), p, policy)
+    sol = mdflow.solve(mdflow.GF(jnp.asarray(alpha)), p, policy("dopri8", stop=1e-11, rtol=1e-12, atol=1e-14, t1=1e6))
     assert mdflow.status_name(sol.status) == "ok" and bool(sol.stopped)
     w = np.asarray(mdflow.GF(jnp.asarray(alpha)).weights(sol.y_final))
     w_ref = woodworth_minimizer(p.X, p.y, alpha)
     assert np.linalg.norm(w - w_ref) / np.linalg.norm(w_ref) <= 1e-6
 
 
-SSD_POLICY = mdflow.SolvePolicy(solver="tsit5", rtol=1e-10, atol=1e-12, t1=50.0, num_ts=120, t_min=1e-4, stop_rel_residual=1e-7)
+SSD_POLICY = policy(stop=1e-7, rtol=1e-10, atol=1e-12, t1=50.0, t_min=1e-4)
 
 
 @pytest.fixture(scope="module")
 def ssd_runs(small_problem):
     """SSD at several ε and α, batched, on a fixed horizon."""
     p = small_problem
-    grid = [(e, a) for e in (1e-3, 1e-1, 10.0) for a in (0.01, 1.0)]
+    grid = [(1e-3, 0.01), (1e-1, 1.0), (10.0, 0.01), (10.0, 1.0)]  # a batch of 4, as test_sweep's
     flows = mdflow.stack_flows([mdflow.make_flow("ssd", p, eps=e, alpha=a) for e, a in grid])
     return grid, flows, mdflow.solve_batch(flows, p, SSD_POLICY)
 
@@ -80,14 +80,14 @@ def test_large_eps_ssd_is_gf_in_rescaled_time(small_problem):
     """ε → ∞ with τ = t/ε gives GF exactly; the error shrinks like 1/ε."""
     p = small_problem
     alpha = 0.1
-    tau = np.concatenate([[0.0], np.geomspace(1e-2, 20.0, 40)])
-    policy = mdflow.SolvePolicy(solver="dopri8", rtol=1e-11, atol=1e-13, t1=float(tau[-1]), num_ts=len(tau))
-    gf = mdflow.solve(mdflow.GF(jnp.asarray(alpha)), p, policy, ts=tau)
+    tau = save_times(20.0, 1e-2)
+    pol = policy(rtol=1e-11, atol=1e-13, t1=float(tau[-1]))
+    gf = mdflow.solve(mdflow.GF(jnp.asarray(alpha)), p, pol, ts=tau)
     w_gf = jax.vmap(mdflow.GF(jnp.asarray(alpha)).weights)(gf.ys)
     errors = []
     for eps in (1e3, 1e4):
         flow = mdflow.make_flow("ssd", p, eps=eps, alpha=alpha)
-        ssd = mdflow.solve(flow, p, policy, ts=tau * eps)
+        ssd = mdflow.solve(flow, p, pol, ts=tau * eps)
         w = jax.vmap(flow.weights)(ssd.ys)
         errors.append(float(jnp.max(jnp.linalg.norm(w - w_gf, axis=1)) / jnp.max(jnp.linalg.norm(w_gf, axis=1))))
     assert errors[1] < 1e-3
@@ -98,9 +98,8 @@ def test_agrees_with_scipy(small_problem):
     """SSD against scipy's LSODA at tight tolerances, on the whole saved grid."""
     p = small_problem
     flow = mdflow.make_flow("ssd", p, eps=1e-2, alpha=0.1)
-    ts = np.concatenate([[0.0], np.geomspace(1e-3, 5.0, 30)])
-    policy = mdflow.SolvePolicy(rtol=1e-11, atol=1e-13, t1=5.0, num_ts=len(ts))
-    sol = mdflow.solve(flow, p, policy, ts=ts)
+    ts = save_times(5.0, 1e-3)
+    sol = mdflow.solve(flow, p, policy(rtol=1e-11, atol=1e-13, t1=5.0), ts=ts)
     w = np.asarray(jax.vmap(flow.weights)(sol.ys))
 
     X, yv, eps, alpha, n = np.asarray(p.X), np.asarray(p.y), 1e-2, 0.1, p.n
@@ -122,12 +121,12 @@ def test_agrees_with_scipy(small_problem):
 def test_frozen_ssd_with_zero_magnitude_is_rescaled_gf(small_problem):
     """a = 0: ṗ = −2g/ε, i.e. GF in time t/ε (a closed-form special case of frozen SSD)."""
     p = small_problem
-    eps, alpha, tau = 0.5, 0.1, np.array([0.0, 0.5, 1.0, 2.0])
-    policy = mdflow.SolvePolicy(solver="dopri8", rtol=1e-11, atol=1e-13, t1=2.0, num_ts=4)
+    eps, alpha, tau = 0.5, 0.1, save_times(2.0, 1e-2)
+    pol = policy(rtol=1e-11, atol=1e-13, t1=2.0)
     frozen = mdflow.make_flow("ssd_frozen", p, eps=eps, alpha=alpha, a=0.0)
     gf = mdflow.GF(jnp.asarray(alpha))
-    w1 = jax.vmap(frozen.weights)(mdflow.solve(frozen, p, policy, ts=tau * eps).ys)
-    w2 = jax.vmap(gf.weights)(mdflow.solve(gf, p, policy, ts=tau).ys)
+    w1 = jax.vmap(frozen.weights)(mdflow.solve(frozen, p, pol, ts=tau * eps).ys)
+    w2 = jax.vmap(gf.weights)(mdflow.solve(gf, p, pol, ts=tau).ys)
     np.testing.assert_allclose(np.asarray(w1), np.asarray(w2), rtol=1e-8, atol=1e-10)
 
 
@@ -148,19 +147,17 @@ def test_no_recompile_across_parameter_values(small_problem):
     p = small_problem
     from mdflow._solver import solve as _solve
 
-    policy = mdflow.SolvePolicy(t1=1.0, num_ts=5, stop_rel_residual=1e-3)
-    mdflow.solve(mdflow.make_flow("ssd", p, eps=1e-1, alpha=0.1), p, policy)
+    mdflow.solve(mdflow.make_flow("ssd", p, eps=1e-1, alpha=0.1), p, policy(stop=1e-3, t1=1.0))
     size = _solve._solve._cached._cache_size()
     for eps, alpha, rtol, stop in [(1e-2, 0.01, 1e-7, 1e-4), (1.0, 1.0, 1e-9, 1e-2)]:
-        pol = mdflow.SolvePolicy(t1=2.0, num_ts=5, rtol=rtol, stop_rel_residual=stop)
-        mdflow.solve(mdflow.make_flow("ssd", p, eps=eps, alpha=alpha), p, pol)
+        mdflow.solve(mdflow.make_flow("ssd", p, eps=eps, alpha=alpha), p, policy(stop=stop, t1=2.0, rtol=rtol))
     assert _solve._solve._cached._cache_size() == size
 
 
 def test_stopped_run_holds_its_final_state(small_problem):
     p = small_problem
     flow = mdflow.make_flow("ssd", p, eps=0.1, alpha=0.1)
-    sol = mdflow.solve(flow, p, mdflow.SolvePolicy(t1=1e3, num_ts=60, stop_rel_residual=1e-4))
+    sol = mdflow.solve(flow, p, policy(stop=1e-4, t1=1e3))
     assert bool(sol.stopped) and float(sol.t_end) < 1e3
     after = np.asarray(sol.ts) > float(sol.t_end)
     assert after.sum() > 5
@@ -170,7 +167,13 @@ def test_stopped_run_holds_its_final_state(small_problem):
 
 
 def test_max_steps_is_a_status_not_an_exception(small_problem):
+    """ε = 1e-8 to interpolation is stability-bound for Tsit5 (GF sped up by 1e8 near the end): it runs
+    out of its step budget and says so in its status, with the state it reached."""
     p = small_problem
-    sol = mdflow.solve(mdflow.make_flow("ssd", p, eps=1e-3, alpha=0.1), p,
-                       mdflow.SolvePolicy(t1=100.0, num_ts=10, max_steps=5))
-    assert mdflow.status_name(sol.status) == "max_steps"
+    sol = mdflow.solve(mdflow.make_flow("ssd", p, eps=1e-8, alpha=0.1), p, policy(stop=1e-8, t1=1e3))
+    assert mdflow.status_name(sol.status) == "max_steps" and int(sol.num_steps) == sol_max_steps()
+    assert not bool(sol.stopped) and float(sol.t_end) < 1e3
+
+
+def sol_max_steps():
+    return policy().max_steps

@@ -38,7 +38,7 @@ def reference_crossings(target):
 
 
 @pytest.fixture(scope="module")
-def separable_run():
+def separable_run():  # 3 000 save times: the slow tier
     problem = separable_problem(TARGETS)
     flow = mdflow.make_flow("ssd", problem, eps=EPS, alpha=ALPHA)
     policy = mdflow.SolvePolicy(t1=20.0, num_ts=3000, t_min=1e-4, rtol=1e-10, atol=1e-12)
@@ -48,6 +48,7 @@ def separable_run():
     return problem, flow, sol, record, arrays
 
 
+@pytest.mark.slow
 def test_detected_times_match_event_location(separable_run):
     _, _, _, record, arrays = separable_run
     assert record["num_active"] == 3
@@ -57,6 +58,7 @@ def test_detected_times_match_event_location(separable_run):
         assert arrays["t_sign_measured"][j] == pytest.approx(down, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_predicted_times(separable_run):
     """Warm-up: the refined §6 time is exact up to O(ε/y) while |g| ≈ y; sign descent lasts ≈ √y."""
     problem, flow, _, record, arrays = separable_run
@@ -71,6 +73,7 @@ def test_predicted_times(separable_run):
     assert record["t_conv_measured"] == pytest.approx(np.max(arrays["t_sign_measured"]))
 
 
+@pytest.mark.slow
 def test_final_rate_one_coordinate():
     """One active coordinate: the residual decays at (4/ε)(u∞² + v∞²) ≈ 4y/ε (§6, linearized)."""
     problem = separable_problem(np.array([1.0]))

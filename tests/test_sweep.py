@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import mdflow as md
+from conftest import policy as canonical_policy
 from mdflow._execution import sweep as _sweep
 from mdflow._solver.rosenbrock import share_mode
 from mdflow._solver.solve import _solve as _solve_one
@@ -37,10 +38,9 @@ def flows_for(problem, eps=EPS, alpha=ALPHA):
     return [md.make_flow("ssd", problem, eps=e, alpha=a) for e in eps for a in alpha]
 
 
-def policy(**kw):
-    base = dict(solver="tsit5", t1=1e3, num_ts=12, stop_rel_residual=1e-7, save="trajectory")
-    base.update(kw)
-    return md.SolvePolicy(**base)
+def policy(solver="tsit5"):
+    """conftest's canonical Tsit5 policy with a stop (its single-run and batch programs are shared)."""
+    return canonical_policy(solver, stop=1e-7, t1=1e3)
 
 
 def test_difficulty_order():
@@ -224,7 +224,7 @@ import mdflow as md
 from mdflow._execution import sweep as _sweep
 assert len(jax.devices()) == int(sys.argv[2]), jax.devices()
 p = md.sparse_gaussian(10, 30, 3, seed=1)  # conftest's small_problem
-pol = md.SolvePolicy(t1=1e3, num_ts=12, stop_rel_residual=1e-7, save="trajectory")
+pol = md.SolvePolicy(t1=1e3, num_ts=30, max_steps=100_000, stop_rel_residual=1e-7)  # conftest's canonical
 flows = [md.make_flow("ssd", p, eps=e, alpha=a) for e in (0.03, 0.3, 3.0) for a in (0.01, 0.1)]
 out = {}
 for width, solver in ((1, "auto"), (2, "tsit5")):
@@ -253,7 +253,7 @@ def test_one_and_four_devices_identical(tmp_path, problem):
     mesh = _sweep.make_mesh(_sweep.jax.devices()[:1])
     with np.load(out) as four:
         for width, solver in ((1, "auto"), (2, "tsit5")):
-            pol = policy(solver=solver)  # as the subprocess's (its default solver is auto)
+            pol = policy(solver)  # as the subprocess's
             one = sweep(flows_for(problem), problem, pol, chunk_size=2, mesh=mesh, vmap_width=width)
             for key in ("y_final", "ys", "loss", "rel_residual", "num_steps", "t_end"):
                 np.testing.assert_allclose(np.asarray(getattr(one, key)), four[f"{key}.{width}"], rtol=0,
