@@ -8,7 +8,7 @@ import pytest
 from scipy.integrate import solve_ivp
 
 import mdflow
-from conftest import numpy_ssd_reference
+from conftest import numpy_ssd_reference, policy
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,7 @@ def _grid_error(case, solver, rtol):
     return float(np.max(np.linalg.norm(w - w_ref, axis=1)[1:] / np.linalg.norm(w_ref, axis=1)[1:]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rtol", [1e-6, 1e-8, 1e-10])
 def test_auto_within_3x_of_better_component(case, rtol):
     """On the saved grid (dense output included) the auto solver's error against scipy Radau
@@ -44,6 +45,7 @@ def test_auto_within_3x_of_better_component(case, rtol):
     assert auto <= 3 * rodas4, (auto, rodas4)
 
 
+@pytest.mark.slow
 def test_auto_tolerance_proportionality(case):
     """The auto solver's error falls roughly in proportion to rtol (at least 30× per 100× in rtol)."""
     errs = [_grid_error(case, "auto", rtol) for rtol in (1e-6, 1e-8, 1e-10)]
@@ -51,16 +53,17 @@ def test_auto_tolerance_proportionality(case):
 
 
 # Tsit5 on a shorter horizon: on [0, 100] it is stability-bound and runs into max_steps.
-@pytest.mark.parametrize("solver, t1", [("auto", 100.0), ("tsit5", 1.0), ("rodas4", 100.0)])
+@pytest.mark.parametrize("solver, t1", [pytest.param("auto", 100.0, marks=pytest.mark.slow), ("tsit5", 1.0),
+                                        pytest.param("rodas4", 100.0, marks=pytest.mark.slow)])
 def test_tracked_identity_leaves_the_primal_bit_identical(small_problem, solver, t1):
     """Carrying the E3 states (what `[analysis] kkt` and the checker switch on) leaves the steps, the
     saved (p, q) and the losses bit-identical: the auxiliary rows are outside the error norm, and the
     structured linear solve computes the leading rows without them (before, Rodas4 took 1 900 instead
     of 1 898 steps here and ended 1e-6 away)."""
-    policy = mdflow.SolvePolicy(solver=solver, t1=t1, num_ts=30)
-    plain = mdflow.solve(mdflow.make_flow("ssd", small_problem, eps=1e-4, alpha=0.1), small_problem, policy)
+    pol = policy(solver, t1=t1, rtol=1e-8, atol=1e-10)
+    plain = mdflow.solve(mdflow.make_flow("ssd", small_problem, eps=1e-4, alpha=0.1), small_problem, pol)
     tracked = mdflow.solve(mdflow.make_flow("ssd", small_problem, eps=1e-4, alpha=0.1, track_identity=True),
-                           small_problem, policy)
+                           small_problem, pol)
     assert mdflow.status_name(plain.status) == mdflow.status_name(tracked.status) == "ok"
     assert int(plain.num_steps) == int(tracked.num_steps)
     assert int(plain.num_rejected) == int(tracked.num_rejected)

@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 
 import mdflow
-from mdflow import FrozenSSD, SolvePolicy, format_table, pair_record, plot_pair, solve, solve_batch, stack_flows
+from conftest import policy, save_times
+from mdflow import FrozenSSD, format_table, pair_record, plot_pair, solve, solve_batch, stack_flows
 
 EPS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 ALPHAS = (0.01, 0.1, 1.0)
 
 
 def _policy(t1, **kwargs):
-    # one static configuration (solver, num_ts, no stop) so every dual solve below shares one compile
-    return SolvePolicy(solver="tsit5", t1=t1, num_ts=25, t_min=t1 * 1e-4, rtol=1e-10, atol=1e-12, **kwargs)
+    # the canonical Tsit5 policy without a stop: every primal and dual solve below shares its programs
+    return policy(t1=t1, t_min=t1 * 1e-4, rtol=1e-10, atol=1e-12, **kwargs)
 
 
 def test_e3_identity_on_grid(small_problem):
@@ -24,8 +25,7 @@ def test_e3_identity_on_grid(small_problem):
     flows = [mdflow.make_flow("ssd", small_problem, eps=e, alpha=a, track_identity=True) for e in EPS for a in ALPHAS]
     batch = stack_flows(flows)
     # stop at interpolation: afterwards true SSD at small ε and large α is stiff (GF sped up by 1/ε)
-    policy = SolvePolicy(solver="tsit5", t1=20.0, num_ts=30, rtol=1e-12, atol=1e-14, stop_rel_residual=1e-8)
-    sol = solve_batch(batch, small_problem, policy)
+    sol = solve_batch(batch, small_problem, policy(stop=1e-8, t1=20.0, rtol=1e-12, atol=1e-14))
     assert np.all(np.asarray(sol.status) == 0)
     p, q, gamma, j_u, j_v = (np.asarray(sol.ys[:, :, k]) for k in range(5))
     eps = np.asarray(batch.eps)[:, None, None]
@@ -59,8 +59,8 @@ def test_true_ssd_is_not_its_dual_and_delta_explains_it(ssd_pairs):
     assert "plateaus" in record["reason"]
     assert record["identity_residual"] <= 1e-8
     assert record["assumption_residual"] > 1e-2  # |g| moved away from a = |g(0)|
-    assert arrays["w_dual"].shape == arrays["w_primal"].shape == (25, 30)
-    assert arrays["gap_w"].shape == arrays["delta"].shape == (25,)
+    assert arrays["w_dual"].shape == arrays["w_primal"].shape == (30, 30)
+    assert arrays["gap_w"].shape == arrays["delta"].shape == (30,)
     assert 0 < record["t_max_gap"] <= 20.0
     assert record["dual_steps"] > 0 and record["dual_wall_s"] > 0
 
@@ -125,11 +125,11 @@ def test_early_stop_is_compared_on_the_common_window(small_problem):
     """A primal that stops early (residual 1e-3) against a dual that runs on: the gap counts only up to
     the earlier stop (a held state is never compared with a moving one), both stop times recorded."""
     flow = mdflow.make_flow("gf", small_problem, alpha=0.1)
-    ts = jnp.asarray(np.concatenate([[0.0], np.geomspace(1e-3, 100.0, 40)]))
-    stopping = mdflow.SolvePolicy(solver="tsit5", rtol=1e-11, atol=1e-13, t1=100.0, stop_rel_residual=1e-3)
+    ts = jnp.asarray(save_times(100.0, 1e-3))
+    stopping = policy(stop=1e-3, rtol=1e-11, atol=1e-13, t1=100.0)
     primal = solve(flow, small_problem, stopping, ts=ts)
     assert bool(primal.stopped) and float(primal.t_end) < 100.0
-    running = mdflow.SolvePolicy(solver="tsit5", rtol=1e-11, atol=1e-13, t1=100.0)
+    running = policy(rtol=1e-11, atol=1e-13, t1=100.0)
     record, arrays = pair_record(small_problem, flow, primal, running, tolerance=1e-6)
     assert record["dual_t_end"] == 100.0 and record["primal_t_end"] == float(primal.t_end)
     assert record["t_common"] == record["primal_t_end"]
@@ -146,11 +146,11 @@ def test_exact_pairs_agree_to_1e9_at_the_check_settings(small_problem, kind, eps
     the dual state ρ starts at 0 and, at α = 1, so does log u. There an absolute tolerance of 1e-14
     (the earlier setting) is no longer small against the states, and the same gap exceeds 1e-9 early on."""
     flow = mdflow.make_flow(kind, small_problem, eps=eps, alpha=alpha)
-    policy = SolvePolicy(solver="tsit5", t1=20.0, num_ts=25, t_min=1e-5, rtol=1e-13, atol=1e-18)
-    record, _ = pair_record(small_problem, flow, solve(flow, small_problem, policy), policy)
+    pol = policy(t1=20.0, t_min=1e-5, rtol=1e-13, atol=1e-18)
+    record, _ = pair_record(small_problem, flow, solve(flow, small_problem, pol), pol)
     assert record["verdict"] == "equivalent" and record["max_rel_gap_w"] <= 1e-9, record
     if alpha == 1.0 and kind == "ssd_frozen":
-        loose = dataclasses.replace(policy, rtol=1e-12, atol=1e-14)
+        loose = dataclasses.replace(pol, rtol=1e-12, atol=1e-14)
         before, _ = pair_record(small_problem, flow, solve(flow, small_problem, loose), loose)
         assert before["max_rel_gap_w"] > 1e-9 and before["t_max_gap"] < 1e-3, before
 

@@ -6,17 +6,19 @@ import pytest
 import scipy.optimize
 
 import mdflow
+from conftest import policy
 from mdflow._analysis.interpolators import PowerPotential, min_l1, min_l2, min_l32, min_linf, min_lp
 from mdflow._analysis.kkt import bregman_projection, kkt_errors, kkt_record, stationarity
 from mdflow._mirror import Hypentropy, SSDPotential
 from mdflow._flows import FrozenSSD
 
-TIGHT = mdflow.SolvePolicy(t1=1e4, rtol=1e-11, atol=1e-13, stop_rel_residual=1e-11, save="final")
+# End points to interpolation: the canonical `auto` program (GF's last stage at small α is stiff).
+TIGHT = policy("auto", stop=1e-11, t1=1e4, rtol=1e-11, atol=1e-13)
 
 
 @pytest.fixture(scope="module")
-def problem():
-    return mdflow.sparse_gaussian(10, 30, 3, seed=1)
+def problem(small_problem):
+    return small_problem
 
 
 @pytest.fixture(scope="module")
