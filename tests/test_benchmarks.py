@@ -28,6 +28,7 @@ def check_row(row):
     return cells
 
 
+@pytest.mark.e2e
 def test_accelerator_benchmark_smoke_tsit5():
     out, rows = smoke("--solvers", "tsit5")
     assert "GFLOP/s" in out and len(rows) == 1
@@ -35,6 +36,7 @@ def test_accelerator_benchmark_smoke_tsit5():
     assert cells[5] == "—"
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_accelerator_benchmark_smoke_all_solvers():
     _, rows = smoke()

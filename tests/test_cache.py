@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import mdflow
+from conftest import policy
 from mdflow._solver import solve as _solve
 from mdflow._execution import sweep as _sweep
 
@@ -66,11 +67,12 @@ def test_chunk_solve_has_no_host_callbacks(small_problem, solver):
 
 
 def test_failures_stay_statuses(small_problem):
-    """With the checks compiled out, a failing run is still a status from `sol.result`, not an exception."""
-    policy = mdflow.SolvePolicy(solver="tsit5", t1=100.0, num_ts=10, max_steps=5)
-    flow = mdflow.make_flow("ssd", small_problem, eps=0.1, alpha=0.1)
-    sol = _sweep.solve_chunk([flow], small_problem, policy, mesh=_sweep.make_mesh(jax.devices()[:1]))
-    assert [mdflow.status_name(s) for s in sol.status] == ["max_steps"]
+    """With the checks compiled out, a failing run is still a status from `sol.result`, not an exception:
+    ε = 1e-8 runs Tsit5 out of its step budget beside a run that finishes (test_sweep.py's chunk program)."""
+    flows = [mdflow.make_flow("ssd", small_problem, eps=eps, alpha=0.1) for eps in (1e-8, 0.1)]
+    sol = _sweep.solve_chunk(flows, small_problem, policy(stop=1e-7, t1=1e3), chunk_size=4, vmap_width=1,
+                             mesh=_sweep.make_mesh(jax.devices()[:1]))
+    assert [mdflow.status_name(s) for s in sol.status] == ["max_steps", "ok"]
 
 
 @pytest.mark.parametrize("ts", [[0.0, 2.0, 1.0], [1.0, 1.0], [0.0, np.nan, 1.0], [[0.0, 1.0]]])
@@ -81,6 +83,7 @@ def test_bad_save_times_rejected_on_host(small_problem, ts):
         mdflow.solve(flow, small_problem, mdflow.SolvePolicy(), ts=jnp.asarray(ts))
 
 
+@pytest.mark.e2e
 def test_second_process_loads_the_solve_from_the_cache(tmp_path):
     """`mdflow run` twice, each in a new process, on an empty cache directory: the first traces the chunk
     solve, stores its trace (`mdflow-programs/`) and its compilation (`jit__body`); the second loads

@@ -8,27 +8,11 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import tiny_config, toml_text
 from mdflow._config import from_dict
 from mdflow.cli import main
 
-TINY = """
-[problem]
-n = 8
-d = 24
-k = 2
-[flows]
-kinds = ["gf", "ssd"]
-[grid]
-eps = [0.1, 1.0]
-alpha = [0.1]
-[solve]
-t1 = 1000.0
-num_ts = 20
-stop_rel_residual = 1e-6
-[output]
-save = "trajectories"
-figures = false
-"""
+TINY = toml_text(tiny_config())  # conftest's plumbing config: its one chunk program
 
 
 def run_cli(tmp_path, text, *extra):
@@ -115,7 +99,9 @@ def test_run_on_user_data_writes_outputs(tmp_path):
     w = np.zeros(24)
     w[:2] = 1.0
     np.savez(tmp_path / "data.npz", X=X, y=X @ w)
-    text = TINY.replace("[problem]\nn = 8\nd = 24\nk = 2", "[problem]\nkind = 'file'\npath = 'data.npz'")
+    raw = tiny_config()
+    raw["problem"] = {"kind": "file", "path": "data.npz"}
+    text = toml_text(raw)
     assert run_cli(tmp_path, text) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     runs = summary["runs"]
@@ -126,13 +112,13 @@ def test_run_on_user_data_writes_outputs(tmp_path):
         for key in ("alpha", "seed", "num_steps", "final_loss", "w_l1", "w_l2", "t_end", "wall_s", "solver"):
             assert key in r
     data = np.load(tmp_path / "out" / "trajectories.npz")
-    assert data["w"].shape == (3, 20, 24) and data["w_final"].shape == (3, 24) and data["ts"][0] == 0.0
+    assert data["w"].shape == (3, 12, 24) and data["w_final"].shape == (3, 24) and data["ts"][0] == 0.0
     np.testing.assert_allclose(data["w"][:, -1], data["w_final"])
     assert summary["versions"]["x64"] is True
 
 
 def test_run_writes_figures_and_plot_regenerates_them(tmp_path):
-    assert run_cli(tmp_path, TINY.replace("figures = false", 'figures = "inline"')) == 0  # drawn before return
+    assert run_cli(tmp_path, toml_text(tiny_config(output={"figures": "inline"}))) == 0  # drawn before return
     figs = tmp_path / "out" / "figures"
     for name in ("loss", "coordinates"):
         assert (figs / f"{name}.png").stat().st_size > 0  # run figures are PNG previews
@@ -148,11 +134,6 @@ def test_plot_on_missing_folder_exits_2(tmp_path, capsys):
     assert "no committed result set" in capsys.readouterr().err
 
 
-def test_info_reports_x64():
-    out = subprocess.run([sys.executable, "-m", "mdflow.cli", "info"], capture_output=True, text=True, check=True)
-    assert "x64: True" in out.stdout and "jax" in out.stdout
-
-
 def test_config_file_gets_its_own_output_folder(tmp_path):
     """Without `output.dir` a config file writes to results/<file stem>, never into another config's store."""
     from mdflow._config import load
@@ -165,6 +146,7 @@ def test_config_file_gets_its_own_output_folder(tmp_path):
     assert load(tmp_path / "pinned.toml")["output"]["dir"] == "elsewhere"
 
 
+@pytest.mark.e2e
 def test_cli_leaves_the_environment_of_its_caller(monkeypatch):
     """`main` sets one host device per core for its own backend only: a test process (or a caller's
     subprocesses) must not inherit another device count through `XLA_FLAGS`."""
@@ -177,6 +159,7 @@ def test_cli_leaves_the_environment_of_its_caller(monkeypatch):
     assert main(["info"]) == 0
     assert os.environ["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false"
     out = subprocess.run([sys.executable, "-m", "mdflow.cli", "info"], capture_output=True, text=True, check=True)
+    assert "x64: True" in out.stdout and "jax" in out.stdout
     devices = next(line for line in out.stdout.splitlines() if "devices:" in line)
     if "cpu:" in devices:  # ... while the CLI itself still gets one host device per core
         assert devices.count("cpu:") == os.cpu_count()
@@ -258,21 +241,21 @@ def test_read_only_output_folder_exits_2(tmp_path, capsys):
 
 def test_check_with_final_only_exits_2_before_solving(tmp_path, capsys):
     cfg = tmp_path / "cfg.toml"
-    cfg.write_text(TINY.replace('save = "trajectories"', 'save = "final"'))
+    cfg.write_text(toml_text(tiny_config(output={"save": "final"})))
     assert main(["check", str(cfg), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "output.save='final'" in err[0] and '"trajectories"' in err[0], err
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_check_exits_3_when_nothing_was_verified(tmp_path, capsys):
     """Every solve fails its step budget: no pair is verified, which is not a pass."""
     from mdflow.cli import EXIT_NOTHING_VERIFIED
 
     cfg = tmp_path / "cfg.toml"
     # tsit5: the exit code is the point here, not the solver (the auto switch compiles for longer).
-    cfg.write_text(TINY.replace("[solve]", "[solve]\nmax_steps = 3\nsolver = \"tsit5\"")
-                   .replace('kinds = ["gf", "ssd"]', 'kinds = ["ssd"]'))
+    cfg.write_text(toml_text(tiny_config(solve={"max_steps": 3}, flows={"kinds": ["ssd"]})))
     assert main(["check", str(cfg), "--out", str(tmp_path / "out")]) == EXIT_NOTHING_VERIFIED == 3
     assert "nothing verified" in capsys.readouterr().err
 
@@ -295,6 +278,7 @@ figures = false
 """
 
 
+@pytest.mark.slow
 def test_check_judges_every_pair_with_default_solve_settings(tmp_path, capsys):
     """All three flows, no solver settings: every exact pair `equivalent` (its gap falls with the
     tolerance), every true-SSD pair `not_equivalent` (its gap plateaus, δ beside it), and exit 0: a

@@ -200,12 +200,14 @@ def check_kill_and_resume(tmp_path: Path, *, solver: str, chunk_size: int, vmap_
         assert_same_store(tmp_path / "one-device", out, diagnostics_ulp=4)
 
 
+@pytest.mark.e2e
 def test_two_processes_resume_and_match_single_process(tmp_path):
     """2 processes × 1 host device, killed mid-sweep and rerun: the store equals a 1-process run
     with as many devices."""
     check_kill_and_resume(tmp_path, solver="tsit5", chunk_size=1, vmap_width=None, devices=1)
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.parametrize("solver, vmap_width", [("auto", None), ("tsit5", 2)])
 def test_two_processes_two_devices_each(tmp_path, solver, vmap_width):
@@ -254,6 +256,7 @@ def test_one_machine_job_splits_the_cores():
     assert local_device_count(None, cores=16) is None
 
 
+@pytest.mark.e2e
 def test_cli_bad_distributed_flags_exit_2_before_work(tmp_path):
     res = subprocess.run([sys.executable, "-m", "mdflow.cli", "run", "--out", str(tmp_path / "o"),
                           "--coordinator", "127.0.0.1:5", "--num-processes", "2"],

@@ -91,6 +91,7 @@ def test_cli_help_names_every_option(capsys):
     assert all(name in top for name in subparsers) and "exit" in top.lower()
 
 
+@pytest.mark.e2e
 def test_tutorial_runs(tmp_path, monkeypatch):
     """Every python block of docs/tutorial.md, in order, in one namespace (results under tmp_path)."""
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "tutorial.md").read_text(), re.S)

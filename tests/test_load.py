@@ -9,28 +9,11 @@ import numpy as np
 import pytest
 
 import mdflow
+from conftest import tiny_config, toml_text
 from mdflow.cli import main
 
-CONFIG = """
-[problem]
-n = 6
-d = 14
-k = 2
-[flows]
-kinds = ["gf", "ssd"]
-[grid]
-eps = [0.1, 1.0]
-alpha = [0.05, 0.1]
-[solve]
-solver = "tsit5"
-t1 = 1e3
-num_ts = 25
-stop_rel_residual = 1e-6
-[analysis]
-stages = true
-[output]
-figures = false
-"""
+# conftest's plumbing config (its chunk program) with two α values and the stage analysis.
+CONFIG = toml_text(tiny_config(grid={"eps": [0.1, 1.0], "alpha": [0.05, 0.1]}, analysis={"stages": True}))
 
 
 @pytest.fixture(scope="module")

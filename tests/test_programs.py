@@ -11,6 +11,7 @@ import pytest
 import mdflow
 from mdflow._execution import programs
 from mdflow._execution import sweep as _sweep
+from conftest import policy as canonical_policy
 from mdflow._solver.solve import SolveControls
 
 
@@ -23,16 +24,16 @@ def folder(tmp_path, monkeypatch):
 
 def _chunk_args(problem, solver):
     """The arguments of a one-device chunk solve of two SSD runs (trajectories kept, stop on)."""
-    policy = mdflow.SolvePolicy(solver=solver, t1=100.0, num_ts=12, stop_rel_residual=1e-6)
+    policy = canonical_policy(solver, stop=1e-6, t1=100.0)
     flows = mdflow.stack_flows([mdflow.make_flow("ssd", problem, eps=e, alpha=0.1).integrand(problem)
                                 for e in (0.03, 1.0)])
     controls, stop = SolveControls.of(policy, problem)
     mesh = _sweep.make_mesh(jax.devices()[:1])
-    static = dict(mesh=mesh, vmap_width=1, solver_name=solver, max_steps=4096, keep_states=True, stop=stop)
+    static = dict(mesh=mesh, vmap_width=1, solver_name=solver, max_steps=policy.max_steps, keep_states=True, stop=stop)
     return (flows, np.ones(2, dtype=bool), problem, controls), static
 
 
-@pytest.mark.parametrize("solver", ["tsit5_rodas4"])  # both methods of the switch
+@pytest.mark.parametrize("solver", ["tsit5", pytest.param("tsit5_rodas4", marks=pytest.mark.slow)])  # + the switch
 def test_loaded_program_is_bit_identical(small_problem, folder, solver):
     args, static = _chunk_args(small_problem, solver)
     traced = programs.build_program("test.body", _sweep._body_fields, args, static)

@@ -95,6 +95,7 @@ except MemoryError:
 """
 
 
+@pytest.mark.e2e
 def test_assembly_streams_under_a_memory_cap(tmp_path):
     """A result of 256 MB is assembled under an address-space cap of 1.6x its size (the old assembly
     held every chunk, a stacked copy and the npz bytes: about 3x), in a subprocess with `setrlimit`."""

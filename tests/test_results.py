@@ -18,20 +18,15 @@ from mdflow._execution.run import execute
 from mdflow._execution.store import read_manifest, read_results
 from mdflow.cli import main
 
-GF = {
-    "problem": {"kind": "file", "path": "data.npz"},
-    "flows": {"kinds": ["gf"]},
-    "grid": {"alpha": [0.1, 0.3]},
-    "solve": {"t1": 1e3, "num_ts": 6, "stop_rel_residual": 1e-7},
-    "sweep": {"chunk_size": 1},
-    "output": {"save": "trajectories", "figures": False},
-}
+# conftest's plumbing config (its chunk program) on a data file of its shape: two GF runs, one chunk.
+GF = {**tiny_config(flows={"kinds": ["gf"]}, grid={"alpha": [0.1, 0.3]}, solve={"stop_rel_residual": 1e-7}),
+      "problem": {"kind": "file", "path": "data.npz"}}
 
 
 def write_data(folder: Path, seed: int) -> Path:
     rng = np.random.default_rng(seed)
-    X = rng.standard_normal((6, 16))
-    w = np.zeros(16)
+    X = rng.standard_normal((TINY["problem"]["n"], TINY["problem"]["d"]))
+    w = np.zeros(X.shape[1])
     w[:2] = 1.0
     np.savez(folder / "data.npz", X=X, y=X @ w)
     return folder / "data.npz"
@@ -106,7 +101,7 @@ def test_a_failed_commit_leaves_the_previous_set(tmp_path, monkeypatch):
     out = tmp_path / "out"
     execute(config, out, log=lambda m: None)
     old = read_results(out)
-    assert old.summary["sweep"]["computed"] == [0, 1]
+    assert old.summary["sweep"]["computed"] == [0]
 
     def die(*args, **kwargs):
         raise KeyboardInterrupt  # after summary.json of the new set is written, before its arrays
@@ -241,7 +236,7 @@ def test_a_failing_figure_loses_no_results(tmp_path, monkeypatch):
     records, _ = execute(figures_config(tmp_path, "inline"), out, log=lines.append)
     summary, arrays = read_results(out)
     assert summary["runs"] == records and [r["status"] for r in records] == ["ok", "ok"]
-    assert arrays["w"].shape == (2, 6, 16) and read_manifest(out)["finished"]
+    assert arrays["w"].shape == (2, TINY["solve"]["num_ts"], TINY["problem"]["d"]) and read_manifest(out)["finished"]
     marker = plot.read_marker(out / "current")
     assert marker["status"] == "failed" and marker["error"] == "RuntimeError: out of ink"
     assert any("figures failed (RuntimeError: out of ink)" in line and f"mdflow plot {out}" in line for line in lines)
@@ -255,6 +250,7 @@ def test_no_figures_when_disabled(tmp_path):
     assert list((out / "figures").iterdir()) == []  # no files, no marker, no log: nothing was started
 
 
+@pytest.mark.e2e
 def test_background_figures_appear_after_the_command_returns(tmp_path, capsys):
     write_data(tmp_path, 0)
     cfg, out = config_file(tmp_path, output={"save": "trajectories", "figures": True}), tmp_path / "out"
@@ -268,6 +264,7 @@ def test_background_figures_appear_after_the_command_returns(tmp_path, capsys):
     assert "wrote 4 figure files" in (out / "figures" / "figures.log").read_text()
 
 
+@pytest.mark.e2e
 def test_a_failing_background_drawing_keeps_the_exit_code_and_the_results(tmp_path, monkeypatch):
     """The child cannot import matplotlib: the command still exits 0 with its results committed; the
     failure is in the child's log and marker, and its exit code."""

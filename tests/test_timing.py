@@ -5,32 +5,27 @@ import json
 
 import pytest
 
+from conftest import tiny_config
 from mdflow._config import from_dict
 from mdflow._execution.run import execute
 from mdflow._execution.store import read_manifest
 
-CONFIG = {
-    "problem": {"n": 6, "d": 18, "k": 2},
-    "flows": {"kinds": ["gf", "ssd"]},
-    "grid": {"eps": [0.1, 1.0], "alpha": [0.1]},
-    "solve": {"solver": "tsit5", "t1": 100.0, "num_ts": 10, "stop_rel_residual": 1e-5, "max_steps": 4321},
-    "sweep": {"chunk_size": 1},
-    "output": {"figures": False},
-}
+# conftest's plumbing config (its chunk program): three calls, [gf], [ssd x2], [ssd].
+CONFIG = tiny_config(grid={"eps": [0.1, 0.3, 1.0], "alpha": [0.1]})
 
 
-def test_compile_and_solve_recorded_per_call(tmp_path):
+def test_compile_and_solve_recorded_per_call(tmp_path, fresh_programs):
     lines = []
     config = from_dict(CONFIG)
     records, _ = execute(config, tmp_path / "a", log=lines.append)
     first = read_manifest(tmp_path / "a")["chunks"]
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
-    # A max_steps no other test uses: the first call of each flow type compiles its program (gf, ssd:
-    # one program each, however chunks are grouped into calls), later calls of the same type reuse it.
-    assert all(c["compile_s"] >= 0 and c["solve_s"] > 0 for c in first)
+    # With this process's programs cleared (`fresh_programs`), the first call builds the program that
+    # GF and SSD share (`SSDFamily`); every later call reuses it and compiles nothing.
+    assert [c["compile_s"] > 0 for c in first] == [True] + [False] * (len(first) - 1), first
+    assert all(c["solve_s"] > 0 for c in first)
     assert {c["solver"] for c in first} == {"tsit5"}
-    assert 1 <= len({c["compile_s"] for c in first if c["compile_s"] > 0}) <= 2
-    assert summary["sweep"]["compile_s"] > 0
+    assert summary["sweep"]["compile_s"] == pytest.approx(first[0]["compile_s"], rel=1e-9)
     # A run's wall_s is its share of its call's solve time: they add up to the calls' solve times.
     assert sum(r["wall_s"] for r in records) == pytest.approx(summary["sweep"]["solve_s"], rel=1e-9)
     assert any("compile" in line for line in lines) and all("incl. compile" not in line for line in lines)
@@ -45,6 +40,7 @@ def test_compile_and_solve_recorded_per_call(tmp_path):
 _DUALS_ON_TWO_DEVICES = """
 import json, sys
 import mdflow
+from conftest import tiny_config
 from mdflow._config import from_dict
 from mdflow._execution import sweep
 from mdflow._execution.run import execute
@@ -55,6 +51,7 @@ print("programs", sweep.num_programs() - before)
 """
 
 
+@pytest.mark.e2e
 def test_dual_solves_one_program_per_mirror_family_and_timed(tmp_path):
     """With duals, each call's pairs are solved on the sweep engine, on two host devices here (a call's
     chunks on both): one program per mirror-map family (the hypentropy for GF, the SSD potential for
@@ -68,7 +65,7 @@ def test_dual_solves_one_program_per_mirror_family_and_timed(tmp_path):
 
     # GF and frozen SSD: one primal program (`SSDFamily`), two mirror families. Calls on 2 devices:
     # [gf], [ssd_frozen x2], [ssd_frozen] (chunks of 1).
-    raw = {**CONFIG, "flows": {"kinds": ["gf", "ssd_frozen"], "duals": True},
+    raw = {**CONFIG, "sweep": {"chunk_size": 1}, "flows": {"kinds": ["gf", "ssd_frozen"], "duals": True},
            "grid": {"eps": [0.1, 1.0, 3.0], "alpha": [0.1]}, "solve": {**CONFIG["solve"], "rtol": 1e-8, "atol": 1e-10}}
     out = tmp_path / "a"
     done = subprocess.run([sys.executable, "-c", _DUALS_ON_TWO_DEVICES, json.dumps(raw), str(out)],
