@@ -625,3 +625,32 @@ def test_tau_in_flows_table_labels_runs_and_draws_f7(tmp_path):
     assert set(adam.indexes["run"].get_level_values("tau1")) == {0.05}
     assert set(adam.indexes["run"].get_level_values("tau2")) == {2.0}
     assert np.isnan(ds.sel(flow="ssd").indexes["run"].get_level_values("tau1")).all()
+
+
+def test_a_failed_drawing_is_one_line_and_exit_4(stored, monkeypatch, capsys):
+    """`mdflow plot` reports a figure that cannot be drawn in one line, exit 4 (documented in its
+    --help), with the traceback in the marker; the next `mdflow run` on the folder reports it too."""
+    import mdflow._execution.run
+    import mdflow._plotting.plot as plot
+    from conftest import tiny_config, toml_text
+
+    def broken(*args, **kwargs):
+        raise KeyError("tau1")
+
+    monkeypatch.setattr(plot, "plot_run_figures", broken)
+    assert cli.main(["plot", str(stored)]) == cli.EXIT_FIGURES_FAILED == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "figures failed (KeyError: 'tau1')" in err[0] and "exit 4" in err[0], err
+    marker = plot.read_marker(stored / "current")
+    assert marker["status"] == "failed" and "raise KeyError" in marker["traceback"]
+    assert "4: a figure could not be drawn" in cli.parser()._subparsers._group_actions[0].choices["plot"].format_help()
+    # The next command on that folder says so before its own work (its solve is not what is tested here).
+    config = stored / "c.toml"
+    config.write_text(toml_text(tiny_config()))
+    monkeypatch.setattr(mdflow._execution.run, "execute", lambda *a, **k: ([], []))
+    assert cli.main(["run", str(config), "--out", str(stored)]) == 0
+    err = capsys.readouterr().err
+    assert f"the last drawing of the figures in {stored} failed (KeyError: 'tau1')" in err
+    assert f"`mdflow plot {stored}` redraws them" in err
+    (stored / "current" / "figures" / "figures.json").write_text(json.dumps({"status": "ok", "files": []}))
+    assert plot.failed_drawing(stored) is None  # a later drawing that succeeded: nothing to report

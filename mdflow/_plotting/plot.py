@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._execution.store import atomic_write_json, now, read_result_folder, verified_folder
+from .._execution.store import CURRENT, atomic_write_json, now, read_result_folder, verified_folder
 
 MARKER = "figures.json"  # written last by every drawing of a set's figures: what was drawn, or the error
 LOG = "figures.log"  # the background child's stdout and stderr
@@ -136,7 +136,7 @@ def plot_results(out_dir: str | Path) -> list[Path]:
 def draw_figures(folder: str | Path) -> list[Path]:
     """Every figure of the result set in `folder` (a generation folder, verified by the caller), then
     the marker `figures/figures.json`: `{"status": "ok", "files": [...]}` or, when drawing raised,
-    `{"status": "failed", "error": ...}` (and the error is raised again). An older marker is removed
+    `{"status": "failed", "error": ..., "traceback": ...}` (and the error is raised again). An older marker is removed
     first, so the marker always describes the latest drawing."""
     folder = Path(folder)
     marker = folder / "figures" / MARKER
@@ -146,7 +146,8 @@ def draw_figures(folder: str | Path) -> list[Path]:
     try:
         paths = plot_all(folder)
     except BaseException as exc:
-        entry.update(status="failed", error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start)
+        entry.update(status="failed", error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start,
+                     traceback=traceback.format_exc())
         try:
             atomic_write_json(marker, entry, create_folder=False)
         except OSError:  # the set's folder is gone: garbage-collected while its figures were drawn
@@ -174,6 +175,18 @@ def read_marker(folder: str | Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return marker if isinstance(marker, dict) else None
+
+
+def failed_drawing(out_dir: str | Path) -> str | None:
+    """One line saying that the latest drawing of the figures of `out_dir`'s current result set failed
+    (its marker says so), for the next `mdflow` command on that folder; `None` otherwise. Reads only
+    the marker: no result file is verified or loaded."""
+    out_dir = Path(out_dir)
+    marker = read_marker(out_dir / CURRENT)
+    if marker is None or marker.get("status") != "failed":
+        return None
+    return (f"note: the last drawing of the figures in {out_dir} failed ({marker.get('error')}); traceback in "
+            f"{out_dir / 'figures' / MARKER}; `mdflow plot {out_dir}` redraws them")
 
 
 def _child(folder: str) -> int:
