@@ -293,8 +293,9 @@ def test_every_panel_is_labelled(stored, monkeypatch):
     assert len(drawn) == 8  # F1–F7 and the F4 heat map (two α values: no F8)
     legends = []
     for fig in drawn:
-        texts = [t.get_text() for t in fig.texts]
-        for legend in fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]:
+        texts = [t.get_text() for part in _parts(fig) for t in part.texts]
+        for legend in ([legend for part in _parts(fig) for legend in part.legends]
+                       + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]):
             legends.append(" ".join(t.get_text() for t in legend.get_texts()))
             texts.append(legends[-1])
         for ax in fig.axes:
@@ -394,11 +395,18 @@ def delta_e(a, b) -> float:
     return float(np.linalg.norm(cielab(a) - cielab(b)))
 
 
+def _parts(fig) -> list:
+    """A figure and its subfigures, nested."""
+    return [fig] + [part for sub in fig.subfigs for part in _parts(sub)]
+
+
 def _texts(fig, renderer) -> list:
     """Every text a reader sees: titles, axis labels, drawn tick labels, legend texts, figure texts."""
-    texts = list(fig.texts)
-    for legend in fig.legends:
-        texts += [*legend.get_texts(), legend.get_title()]
+    texts = []
+    for part in _parts(fig):
+        texts += part.texts
+        for legend in part.legends:
+            texts += [*legend.get_texts(), legend.get_title()]
     for ax in fig.axes:
         if not ax.get_visible():
             continue
@@ -457,7 +465,8 @@ def reader_defects(fig) -> list[str]:
                 labelled = [t for t in axis._update_ticks() if t.label1.get_visible() and t.label1.get_text().strip()]
                 if len(labelled) > 8:
                     defects.append(f"{len(labelled)} tick labels on the {name} axis of {ax.get_title()!r}")
-    legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    legends = [legend for part in _parts(fig) for legend in part.legends]
+    legends += [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
     for legend in legends:
         handles = [h for h, t in zip(legend.legend_handles, legend.get_texts()) if t.get_text().strip()]
         if len(handles) > 12:
@@ -592,6 +601,10 @@ def test_200_run_sweep_reads_well(tmp_path, monkeypatch):
     assert "α = " in drawn["loss"]._suptitle.get_text() and "of 8 values" in drawn["loss"]._suptitle.get_text()
     assert "of 200 runs" in drawn["coordinates"]._suptitle.get_text()
     assert "of 8 values" in drawn["f7_ema"]._suptitle.get_text()
+    # Runs that stopped before the first saved time (every 17th of the synthesized sweep) are drawn: a
+    # marker at their one saved point (they were hidden).
+    assert any(len(line.get_xdata()) == 1 and line.get_marker() not in ("", "None")
+               for ax in drawn["loss"].axes for line in ax.get_lines())
     assert_reads_well(drawn)
 
 
@@ -654,3 +667,30 @@ def test_a_failed_drawing_is_one_line_and_exit_4(stored, monkeypatch, capsys):
     assert f"`mdflow plot {stored}` redraws them" in err
     (stored / "current" / "figures" / "figures.json").write_text(json.dumps({"status": "ok", "files": []}))
     assert plot.failed_drawing(stored) is None  # a later drawing that succeeded: nothing to report
+
+
+def test_geometry_and_alpha_sweep_draw_every_flow(tmp_path, monkeypatch):
+    """F4 and F8 draw every flow with an end point: GF, SSD, Adam and RMSProp (Adam's runs were once
+    not drawn); F8 appears with three α values and has one line per (flow, ε)."""
+    import mdflow._plotting.figures as figures
+    from mdflow._config import from_dict
+    from mdflow._plotting.style import FLOW_STYLES
+
+    raw = {"flows": {"kinds": ["gf", "ssd", "adam", "rmsprop"]}, "grid": {"eps": [0.01, 0.1], "alpha": [0.01, 0.1, 1.0]},
+           "analysis": {"kkt": True}, "output": {"save": "final", "figures": False}}
+    data = figures.load_folder(synthesize(tmp_path, from_dict(raw)))
+    drawn = {}
+    monkeypatch.setattr(figures, "save", lambda fig, stem: drawn.setdefault(Path(stem).name, fig) and [stem])
+    assert figures.f4_geometry(data, tmp_path / "f4") and figures.f8_alpha_sweep(data, tmp_path / "f8")
+    for name in ("f4", "f8"):  # F4: a line per (flow, α) against ε; F8: a line per (flow, ε) against α
+        fig = drawn[name]
+        legend = " ".join(t.get_text() for t in fig.legends[0].get_texts())
+        assert all(label in legend for label in ("GF", "SSD", "Adam", "RMSProp")), legend
+        ax = fig.axes[0]
+        for kind in ("ssd", "adam", "rmsprop"):
+            marker = FLOW_STYLES[kind][1]
+            assert sum(line.get_marker() == marker and len(line.get_xdata()) > 1 for line in ax.get_lines()) == (
+                3 if name == "f4" else 2), (name, kind)
+    assert_reads_well(drawn)
+    assert figures.f8_alpha_sweep({**data, "summary": {**data["summary"], "runs": [
+        r for r in data["summary"]["runs"] if r["alpha"] != 1.0]}}, tmp_path / "f8") == []  # two α: no F8

@@ -94,17 +94,20 @@ def spread(items: list, k: int) -> list:
 
 
 def _one_ema_setting(runs, formats) -> tuple[list[dict], str]:
-    """The runs of EMA flows (Adam, RMSProp) at one (τ1, τ2): the most common setting (F4, F6, F8 draw
-    one; F7 draws them all), and the note saying which when there were more."""
-    settings = sorted({(r.get("tau1"), r.get("tau2")) for r in runs if r["flow"] in ("adam", "rmsprop")},
-                      key=lambda s: tuple(-1.0 if v is None else v for v in s))
-    if len(settings) <= 1:
-        return runs, ""
-    counts = {s: sum((r.get("tau1"), r.get("tau2")) == s for r in runs) for s in settings}
-    chosen = max(settings, key=lambda s: counts[s])
-    keep = [r for r in runs if r["flow"] not in ("adam", "rmsprop") or (r.get("tau1"), r.get("tau2")) == chosen]
-    text = ", ".join(param(SYMBOLS[k], v, formats[k]) for k, v in zip(("tau1", "tau2"), chosen) if v is not None)
-    return keep, f"Adam/RMSProp at {text} (1 of {len(settings)} settings)"
+    """The runs with, for each EMA flow (Adam, RMSProp), only those at its most common (τ1, τ2) (F3, F4,
+    F6, F8 draw one setting; F7 draws them all), and the note saying which when a flow had more."""
+    keep, notes = runs, []
+    for kind in ("adam", "rmsprop"):
+        mine = [(r.get("tau1"), r.get("tau2")) for r in runs if r["flow"] == kind]
+        settings = sorted(set(mine), key=lambda s: tuple(-1.0 if v is None else v for v in s))
+        if len(settings) <= 1:
+            continue
+        middle = (len(settings) - 1) / 2  # among equally common settings, the middle one (no extreme)
+        chosen = max(settings, key=lambda s: (mine.count(s), -abs(settings.index(s) - middle)))
+        keep = [r for r in keep if r["flow"] != kind or (r.get("tau1"), r.get("tau2")) == chosen]
+        text = ", ".join(param(SYMBOLS[k], v, formats[k]) for k, v in zip(("tau1", "tau2"), chosen) if v is not None)
+        notes.append(f"{flow_name(kind)} at {text} (1 of {len(settings)} settings)")
+    return keep, "; ".join(notes)
 
 
 def _flow_handles(kinds, *, markers: bool = True, gf_black: bool = False) -> list:
@@ -328,7 +331,8 @@ def f4_geometry(data, stem) -> list[Path]:
     if "gf" in kinds:
         handles[kinds.index("gf")].set_marker("")
         handles[kinds.index("gf")].set_label("GF (no ε)")
-    legend_below(fig, handles + colors.handles(), ncol=5)
+    handles += colors.handles()
+    legend_below(fig, handles, ncol=min(len(handles), 6))
     note(fig, text)
     return save(fig, stem) + f4_heatmap(runs, Path(str(stem) + "_heatmap"), formats, text)
 
@@ -412,7 +416,8 @@ def f5_stages(data, stem) -> list[Path]:
     handles = [Line2D([], [], color="0.2", marker="o", ls="none", label="measured"),
                Line2D([], [], color="0.2", ls="-", label="predicted"),
                Line2D([], [], color="0.2", ls=":", label="refined prediction (warm-up)")]
-    legend_below(fig, handles + colors.handles(), ncol=5)
+    handles += colors.handles()
+    legend_below(fig, handles, ncol=min(len(handles), 6))
     note(fig, f"{flow_name(flow)} runs" if len({r['flow'] for r in _runs(data) if _get(r, 'stages', 'num_active')}) > 1 else "")
     return save(fig, stem)
 
@@ -480,8 +485,12 @@ def f7_ema(data, stem) -> list[Path]:
     if not rows:  # one Adam run per τ1: nothing to draw a line through
         return []
     markers = Encoding("τ₁", tau1s, fmt=formats["tau1"])
-    fig, axes = figure(4, len(rows), width=FULL_WIDTH, height=2.35 * len(rows) + 0.3)
-    for row, x in zip(axes, rows):
+    # One subfigure per row, each with its legend (and colour bar) of its own colour meaning.
+    fig, _ = figure(width=FULL_WIDTH, height=2.6 * len(rows) + 0.2)
+    fig.delaxes(fig.axes[0])
+    subfigures = np.atleast_1d(fig.subfigures(len(rows), 1))
+    for sub, x in zip(subfigures, rows):
+        row = sub.subplots(1, 4, squeeze=False)[0]
         # Against τ2: colour ε, one line per (ε, τ1). Against ε: colour τ2, one line per (τ1, τ2).
         group, symbol = ("eps", "ε") if x == "tau2" else ("tau2", "τ₂")
         colors = Encoding(symbol, [r[group] for r in adam], fmt=formats[group])
@@ -506,14 +515,13 @@ def f7_ema(data, stem) -> list[Path]:
             ax.set_xlabel(r"time constant $\tau_2$" if x == "tau2" else r"stability constant $\varepsilon$")
             limit_ticks(ax, nbins=5, xfmt=formats[x])
         row[0].set_ylabel("norm ratio / distance")
-        colors.colorbar(fig, row[-1])
+        colors.colorbar(sub, row[-1])
         handles = [Line2D([], [], color="0.2", marker=markers.marker(t), lw=0.8, label=markers.label(t)) for t in tau1s]
         handles += colors.handles(lw=0.8)
         if ssd:
             handles.append(Line2D([], [], color="k" if x == "eps" else "0.2", ls=":", lw=0.9,
                                   label="SSD (τ₁ = τ₂ = 0)" + (", colour ε" if x == "tau2" else "")))
-        row[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.04 if not colors.mapped else 1.6, 1.0),
-                       borderaxespad=0.0, frameon=False, handlelength=1.8)
+        legend_below(sub, handles, ncol=min(len(handles), 5))
     note(fig, "Adam, " + (selection("α", [alpha], alphas, formats["alpha"]) or param("α", alpha, formats["alpha"])))
     return save(fig, stem)
 

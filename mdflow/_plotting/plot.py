@@ -28,13 +28,16 @@ LOG = "figures.log"  # the background child's stdout and stderr
 
 def plot_loss(summary: dict, arrays: dict, stem: Path, *, max_panels: int = 4) -> list[Path]:
     """Loss against time, log-log: one panel per α (at most `max_panels`, spread over the sweep; the
-    figure says which), colour ε (a colour bar beyond six values), line style the flow."""
-    from .figures import _flow_handles, _kinds, _values, formats_of, shown_until, spread
+    figure says which), colour ε (a colour bar beyond six values), line style the flow; Adam and RMSProp
+    at one (τ1, τ2) each (the figure says which when there were more)."""
+    from .figures import _flow_handles, _kinds, _one_ema_setting, _values, formats_of, shown_until, spread
     from .style import (FULL_WIDTH, TIME, Encoding, figure, flow_style, legend_below, limit_ticks, note, param,
                         save, selection)
 
     runs = [r for r in summary["runs"] if r is not None]
     formats = formats_of(runs)
+    runs, ema_note = _one_ema_setting(runs, formats)
+    shown = {id(r) for r in runs}
     alphas = _values(runs, "alpha")
     chosen = spread(alphas, max_panels)
     colors = Encoding("ε", [r["eps"] for r in runs], fmt=formats["eps"])
@@ -43,7 +46,7 @@ def plot_loss(summary: dict, arrays: dict, stem: Path, *, max_panels: int = 4) -
     ts = arrays["ts"]
     for ax, alpha in zip(axes[0], chosen):
         for i, rec in enumerate(summary["runs"]):
-            if rec is None or rec["alpha"] != alpha:
+            if rec is None or rec["alpha"] != alpha or id(rec) not in shown:
                 continue
             loss = arrays["loss"][i]
             keep = shown_until(ts, rec) & np.isfinite(loss) & (loss > 0)
@@ -60,7 +63,7 @@ def plot_loss(summary: dict, arrays: dict, stem: Path, *, max_panels: int = 4) -
     colors.colorbar(fig, axes[0, -1])
     kinds = _kinds(runs)
     legend_below(fig, _flow_handles(kinds, markers=False, gf_black=True) + colors.handles(), ncol=None if wide else 3)
-    note(fig, selection("α", chosen, alphas, formats["alpha"]))
+    note(fig, "; ".join(filter(None, [selection("α", chosen, alphas, formats["alpha"]), ema_note])))
     return save(fig, stem, preview=True)
 
 

@@ -247,10 +247,11 @@ class Encoding:
 
 
 def legend_below(fig, handles: list, *, ncol: int | None = None, title: str | None = None):
-    """The figure's one legend, below its panels, outside every axes (the constrained layout makes room)."""
+    """The legend of a figure (or subfigure), below its panels, outside every axes (the constrained layout
+    makes room)."""
     if not handles:
         return None
-    width = fig.get_size_inches()[0]
+    width = fig.figure.get_size_inches()[0] * (fig.bbox.width / fig.figure.bbox.width)  # a subfigure: its share
     ncol = ncol or max(1, min(len(handles), int(width // 1.6)))
     return fig.legend(handles=handles, loc="outside lower center", ncol=ncol, frameon=False, title=title,
                       handlelength=2.2, columnspacing=1.2)
@@ -298,17 +299,16 @@ def limit_ticks(ax, *, nbins: int = 6, xfmt: Callable[[float], str] | None = Non
     a log axis shows (`number_format`), so ticks, legends and colour bars write its values alike."""
     from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-    fig_w, fig_h = ax.figure.get_size_inches()
-    box = ax.get_position()
-    for axis, scale, limits, inches in ((ax.xaxis, ax.get_xscale(), ax.get_xlim(), box.width * fig_w),
-                                        (ax.yaxis, ax.get_yscale(), ax.get_ylim(), box.height * fig_h)):
+    box, dpi = ax.get_window_extent(), ax.figure.figure.dpi  # before the layout: about the final size
+    for axis, scale, limits, inches in ((ax.xaxis, ax.get_xscale(), ax.get_xlim(), box.width / dpi),
+                                        (ax.yaxis, ax.get_yscale(), ax.get_ylim(), box.height / dpi)):
         if scale == "log":
             lo, hi = sorted(limits)
             if lo > 0 and hi < 30 * lo:  # under ~1.5 decades: 2 to 5 round values, one format
                 axis.set_major_locator(_round_log_ticks(lo, hi))
                 axis.set_major_formatter(FuncFormatter(lambda x, _: _decimal(x) if 1e-4 <= abs(x) < 1e4 else _scientific(x)))
             else:
-                spacing = 0.45 if axis is ax.xaxis else 0.3  # inches per label: y labels stack
+                spacing = 0.33 if axis is ax.xaxis else 0.3  # inches per label: y labels stack
                 axis.set_major_locator(LogLocator(numticks=int(np.clip(inches / spacing, 3, 7))))
             axis.set_minor_formatter(NullFormatter())
             fmt = xfmt if axis is ax.xaxis else yfmt
