@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .style import (FULL_WIDTH, MARKERS, PALETTE, SYMBOLS, TIME, Encoding, figure, flow_name, flow_style, legend_below,
+from .style import (FULL_WIDTH, PALETTE, SYMBOLS, TIME, Encoding, figure, flow_name, flow_style, legend_below,
                     limit_ticks, note, number_format, param, run_label, save, selection)
 
 
@@ -304,6 +304,18 @@ def _ylabel(key: str) -> str:
     return "norm ratio" if key.endswith("_ratio") else "relative distance"
 
 
+def _geometry_panel(ax, key: str, title: str, xlabel: str, fmt) -> None:
+    """A panel of a `kkt` norm ratio or distance against a parameter on a log axis (F4, F8): the ratio 1
+    (a min-norm interpolator) as a guide, title, labels, ticks in the parameter's format."""
+    if key.endswith("_ratio"):
+        ax.axhline(1.0, color="0.6", lw=0.6, ls=(0, (1, 2)))
+    ax.set_xscale("log")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(_ylabel(key))
+    limit_ticks(ax, nbins=5, xfmt=fmt)
+
+
 def f4_geometry(data, stem) -> list[Path]:
     runs = [r for r in _runs(data) if _get(r, "kkt")]
     if not any(r["eps"] is not None for r in runs):
@@ -318,13 +330,7 @@ def f4_geometry(data, stem) -> list[Path]:
             if rec["eps"] is None and np.isfinite(_value(rec, "kkt", key)):  # GF: no ε, one value per α
                 ax.axhline(_value(rec, "kkt", key), ls=flow_style("gf")["linestyle"], color=colors.color(rec["alpha"]),
                            lw=0.6, alpha=0.8)
-        if key != "dist_to_wstar":
-            ax.axhline(1.0, color="0.6", lw=0.6, ls=(0, (1, 2)))
-        ax.set_xscale("log")
-        ax.set_title(title)
-        ax.set_xlabel(r"stability constant $\varepsilon$")
-        ax.set_ylabel(_ylabel(key))
-        limit_ticks(ax, nbins=5, xfmt=formats["eps"])
+        _geometry_panel(ax, key, title, r"stability constant $\varepsilon$", formats["eps"])
     colors.colorbar(fig, axes[0, -1])
     kinds = _kinds(runs)
     handles = _flow_handles(kinds)
@@ -547,13 +553,7 @@ def f8_alpha_sweep(data, stem, *, min_alphas: int = 3) -> list[Path]:
             color = "k" if eps is None else colors.color(eps)
             ax.plot(xs[ok], ys[ok], color=color, lw=1.3 if eps is None else 0.8, ms=3, zorder=3 if eps is None else 2,
                     **flow_style(flow))
-        if key.endswith("_ratio"):
-            ax.axhline(1.0, color="0.6", lw=0.6, ls=(0, (1, 2)))
-        ax.set_xscale("log")
-        ax.set_title(title)
-        ax.set_xlabel(r"initialization scale $\alpha$")
-        ax.set_ylabel(_ylabel(key))
-        limit_ticks(ax, nbins=5, xfmt=formats["alpha"])
+        _geometry_panel(ax, key, title, r"initialization scale $\alpha$", formats["alpha"])
     colors.colorbar(fig, axes[0, -1])
     kinds = _kinds(runs)
     legend_below(fig, _flow_handles(kinds, gf_black=True) + colors.handles(), ncol=4)

@@ -316,7 +316,3 @@ def limit_ticks(ax, *, nbins: int = 6, xfmt: Callable[[float], str] | None = Non
                 axis.set_major_formatter(FuncFormatter(lambda x, _, fmt=fmt: fmt(x)))
         elif scale == "linear":
             axis.set_major_locator(MaxNLocator(nbins))
-
-
-def alpha_label(alpha: float, prefix: str = "") -> str:
-    return prefix + param("α", alpha)
