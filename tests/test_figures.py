@@ -600,6 +600,7 @@ def test_200_run_sweep_reads_well(tmp_path, monkeypatch):
     assert set(drawn) >= {*EXPECTED, "f8_alpha_sweep"}
     assert "α = " in drawn["loss"]._suptitle.get_text() and "of 8 values" in drawn["loss"]._suptitle.get_text()
     assert "of 200 runs" in drawn["coordinates"]._suptitle.get_text()
+    assert drawn["f1_trajectories"]._suptitle.get_text().startswith("3 of ")
     assert "of 8 values" in drawn["f7_ema"]._suptitle.get_text()
     # Runs that stopped before the first saved time (every 17th of the synthesized sweep) are drawn: a
     # marker at their one saved point (they were hidden).
@@ -614,8 +615,13 @@ def test_each_config_reads_well(config, tmp_path, monkeypatch):
     """Every figure of a folder of each shipped config's shape (runs, analyses, duals; synthesized)."""
     from mdflow._config import load
 
-    synthesize(tmp_path, load(config))
-    assert_reads_well(draw_all(tmp_path, monkeypatch))
+    cfg = load(config)
+    synthesize(tmp_path, cfg)
+    drawn = draw_all(tmp_path, monkeypatch)
+    if "f1_trajectories" in drawn:  # the legend names a dual only where duals were computed
+        legend = " ".join(t.get_text() for t in drawn["f1_trajectories"].legends[0].get_texts())
+        assert ("dual" in legend) == bool(cfg["flows"]["duals"]), legend
+    assert_reads_well(drawn)
 
 
 def test_tau_in_flows_table_labels_runs_and_draws_f7(tmp_path):

@@ -464,6 +464,13 @@ def f6_discrete(data, stem) -> list[Path]:
     ax.set_xlabel(r"step size $\eta$")
     ax.set_ylabel(r"$\max_k \|w_k-w(k\eta)\| \,/\, \max_t \|w(t)\|$")
     limit_ticks(ax)
+    etas = sorted(set(all_etas.tolist()))
+    if len(etas) <= 6:  # few step sizes: label each, one format
+        from matplotlib.ticker import NullLocator
+
+        fmt = number_format(etas)
+        ax.set_xticks(etas, [fmt(e) for e in etas])
+        ax.xaxis.set_minor_locator(NullLocator())
     colors.colorbar(fig, ax)
     legend_below(fig, handles, ncol=2 if colors.mapped else 3)
     note(fig, text)
