@@ -700,3 +700,22 @@ def test_geometry_and_alpha_sweep_draw_every_flow(tmp_path, monkeypatch):
     assert_reads_well(drawn)
     assert figures.f8_alpha_sweep({**data, "summary": {**data["summary"], "runs": [
         r for r in data["summary"]["runs"] if r["alpha"] != 1.0]}}, tmp_path / "f8") == []  # two α: no F8
+
+
+@pytest.mark.slow
+def test_adam_with_tau_in_flows_and_kkt_draws_every_figure(tmp_path):
+    """The reported bug end to end: Adam runs with `analysis.kkt` and τ set in `[flows]`; the drawing
+    (here inline) succeeds, F7 included, and `mdflow.load` labels the runs by τ."""
+    import mdflow
+    from conftest import tiny_config, toml_text
+    from mdflow._plotting.plot import read_marker
+
+    raw = tiny_config(flows={"kinds": ["ssd", "adam"], "tau1": 0.05, "tau2": 2.0}, analysis={"kkt": True},
+                      output={"figures": "inline"})
+    config = tmp_path / "c.toml"
+    config.write_text(toml_text(raw))
+    assert cli.main(["run", str(config), "--out", str(tmp_path / "out")]) == 0
+    marker = read_marker(tmp_path / "out" / "current")
+    assert marker["status"] == "ok" and "f7_ema.png" in marker["files"], marker
+    ds = mdflow.load(tmp_path / "out", arrays=False)
+    assert set(ds.sel(flow="adam").indexes["run"].get_level_values("tau2")) == {2.0}
