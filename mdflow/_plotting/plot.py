@@ -86,8 +86,10 @@ def plot_coordinates(summary: dict, arrays: dict, stem: Path, *, num_coords: int
         rec = summary["runs"][i]
         ax = axes[k // ncols, k % ncols]
         top = np.argsort(-np.abs(arrays["w_final"][i]))[:num_coords]
-        # Show the run up to a little past its end (a stopped run is flat afterwards).
-        keep = (ts > 0) & (ts <= max(3 * rec["t_end"], ts[ts > 0][min(1, (ts > 0).sum() - 1)]))
+        # Show the run up to a little past its end (a stopped run is flat afterwards), and at least its
+        # first two saved times (a run that stopped before them is a short flat line, not nothing).
+        positive = ts[ts > 0]
+        keep = (ts > 0) & (ts <= max(3 * rec["t_end"], positive[min(1, len(positive) - 1)]))
         for c, coord in enumerate(top):
             ax.semilogx(ts[keep], arrays["w"][i][keep, coord], color=PALETTE[c % len(PALETTE)], label=subscript("w", coord))
         limit_ticks(ax)
