@@ -2,9 +2,11 @@
 
     .venv/bin/python benchmarks/bench_figures.py RESULTS_DIR [--repeat 3]
     .venv/bin/python benchmarks/bench_figures.py      # runs the built-in quickstart into a temp folder first
+    .venv/bin/python benchmarks/bench_figures.py --synthetic   # the 200-run sweep of tests/test_figures.py
 
-For F3–F7, pass a folder that has their analyses, e.g. `mdflow run configs/f7_ema.toml` then its
-`output.dir`. Per figure it prints the fastest of `--repeat` drawings in one process (matplotlib
+For F3–F8, pass a folder that has their analyses, e.g. `mdflow run configs/f7_ema.toml` then its
+`output.dir`, or `--synthetic`: a 200-run sweep (GF/SSD/Adam × 12 ε × 8 α, every analysis, duals)
+synthesized without solving by `tests/test_figures.py` and written by the store's own writer. Per figure it prints the fastest of `--repeat` drawings in one process (matplotlib
 imported and its fonts loaded: what each further figure costs), then the wall of a new
 `mdflow plot RESULTS_DIR` process (imports, reading the result set, every figure, PDFs and PNGs) and
 the share of that wall which is the drawing itself. Whole-process times depend on the machine's
@@ -50,8 +52,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="?", help="a results folder (default: a fresh quickstart run)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--synthetic", action="store_true", help="draw the synthesized 200-run sweep of the tests")
     args = parser.parse_args()
-    if args.results is None:
+    if args.synthetic:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from test_figures import SWEEP_200, synthesize
+
+        from mdflow._config import from_dict
+
+        folder = Path(args.results or tempfile.mkdtemp(prefix="mdflow-bench-figures-")) / "sweep200"
+        synthesize(folder, from_dict(SWEEP_200))
+    elif args.results is None:
         folder = Path(tempfile.mkdtemp(prefix="mdflow-bench-figures-")) / "quickstart"
         subprocess.run([sys.executable, "-m", "mdflow.cli", "run", "--out", str(folder)], check=True,
                        stdout=subprocess.DEVNULL)

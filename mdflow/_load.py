@@ -1,7 +1,8 @@
 """`mdflow.load`: a results folder as a labelled `xarray.Dataset`, read from the stored files only.
 
-Every run is one entry of the `run` dimension, indexed by a `pandas.MultiIndex` over its swept axes
-(`flow, seed, eps, alpha`, plus `a` when `grid.a` was swept), so `ds.sel(flow="ssd", eps=1e-2)` picks
+Every run is one entry of the `run` dimension, indexed by a `pandas.MultiIndex` over its run parameters
+(`flow, seed, eps, alpha`, plus `a` when `grid.a` was swept, `tau1`, `tau2` for Adam, also when set in
+`[flows]`), so `ds.sel(flow="ssd", eps=1e-2)` picks
 runs by label instead of by row number. Scalar record fields become variables on `run` (nested
 analysis fields with dotted names, e.g. `kkt.hypentropy.stationarity`); stored arrays keep their
 names and get named dimensions (`t`, `coordinate`, ...). Nothing is solved.
@@ -102,6 +103,23 @@ def _read_result_set(out_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarra
     return summary, arrays
 
 
+def run_records(summary: dict[str, Any]) -> list[dict[str, Any] | None]:
+    """The run records of a result set, each with every run parameter of its flow: a parameter that was
+    not a grid axis (Adam's `tau1`, `tau2` set in `[flows]`) is not stored in the record; the run used
+    `flows.<name>` of the stored config, which is filled in. Figures and `load` label runs by these."""
+    from ._flows import PRIMAL_FLOWS
+
+    table = (summary.get("config") or {}).get("flows") or {}
+    records = []
+    for rec in summary["runs"]:
+        cls = PRIMAL_FLOWS.get(rec.get("flow")) if isinstance(rec, dict) else None
+        fill = {} if cls is None else {
+            name: float(table[name]) for name in cls.axes
+            if rec.get(name) is None and isinstance(table.get(name), (int, float)) and not isinstance(table[name], bool)}
+        records.append({**rec, **fill} if fill else rec)
+    return records
+
+
 def flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested dicts as one level with dotted keys: `{"kkt": {"E_norm": 1}}` → `{"kkt.E_norm": 1}`."""
     flat: dict[str, Any] = {}
@@ -180,7 +198,8 @@ def load(results_dir: str | Path, *, arrays: bool = True):
     `xarray.Dataset`, without solving anything.
 
     - Dimension `run`, indexed by a MultiIndex over `flow, seed, eps, alpha` (and `a` when `grid.a` was
-      swept); GF has no ε, its `eps` label is NaN. Select with `ds.sel(flow="ssd", eps=1e-2)`.
+      swept, `tau1`, `tau2` with Adam runs, from `[flows]` when not swept: `run_records`); a flow without
+      a parameter has the label NaN (GF's `eps`). Select with `ds.sel(flow="ssd", eps=1e-2)`.
     - A variable on `run` for every scalar record field, nested analysis fields flattened with dotted
       names (`kkt.hypentropy.stationarity`, `stages.t_warm_measured`, ...); missing values are NaN
       (numbers) or "" (strings). The record's final `rel_residual` is `final_rel_residual` (the name
@@ -199,7 +218,7 @@ def load(results_dir: str | Path, *, arrays: bool = True):
 
     out_dir = Path(results_dir)
     summary, stored = _read_result_set(out_dir)
-    runs = summary["runs"]
+    runs = run_records(summary)
     # Sets written before `run_axes` was recorded had at most frozen SSD's `a` beyond the four.
     axes = summary.get("run_axes", [*RUN_AXES, "a"])
     index = _run_index(runs, axes, out_dir / "summary.json")

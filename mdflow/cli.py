@@ -15,6 +15,7 @@ from pathlib import Path
 EXIT_BAD_INPUT = 2
 EXIT_NOT_EQUIVALENT = 1
 EXIT_NOTHING_VERIFIED = 3  # `check`: no pair verified, a pair not solved, or an exact pair inconclusive
+EXIT_FIGURES_FAILED = 4  # `plot`: a figure could not be drawn (one line; the traceback is in figures/figures.json)
 VERIFIED = ("equivalent", "not_equivalent")
 
 
@@ -67,6 +68,15 @@ def _out_dir(config, out: str | None) -> Path:
     return Path(out)
 
 
+def _report_failed_figures(out: Path) -> None:
+    """One line when the last (background) drawing of `out`'s figures failed: nothing else reports it."""
+    from ._plotting.plot import failed_drawing
+
+    line = failed_drawing(out)
+    if line:
+        _log(line)
+
+
 def _writes() -> bool:
     """Whether this process writes the results (process 0 of a distributed job, or the only one)."""
     import jax
@@ -79,6 +89,7 @@ def cmd_run(args) -> int:
 
     config = _load_config(args.config)
     out = _out_dir(config, args.out)
+    _report_failed_figures(out)
     records, pairs = execute(config, out, log=_log, force=args.force)
     failed = [r for r in records if r["status"] != "ok"]
     if _writes():
@@ -104,6 +115,7 @@ def cmd_check(args) -> int:
     if config["output"]["save"] != "trajectories":
         raise InputError(f"output.save={config['output']['save']!r}: `mdflow check` compares primal and dual "
                          "trajectories; set output.save = \"trajectories\"")
+    _report_failed_figures(out)
     _, pairs = execute(config, out, log=_log, duals=True, force=args.force)
     print(format_table(pairs))
     exact = [p for p in pairs if p["exact"]]
@@ -128,10 +140,20 @@ def cmd_check(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from ._plotting.plot import plot_results
+    """Exit 0: every figure drawn; 4: a figure could not be drawn (one line; the traceback is in the
+    marker `figures/figures.json`); 2: no readable committed result set."""
+    from ._errors import InputError
+    from ._plotting.plot import MARKER, plot_results
 
     out = Path(args.results)
-    paths = plot_results(out)
+    try:
+        paths = plot_results(out)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a figure bug: one line, the traceback is in the marker
+        _log(f"mdflow plot: figures failed ({type(exc).__name__}: {exc}); traceback in "
+             f"{out / 'figures' / MARKER}; exit {EXIT_FIGURES_FAILED}")
+        return EXIT_FIGURES_FAILED
     _log(f"wrote {len(paths)} figure files under {out / 'figures'}")
     return 0
 
@@ -171,7 +193,8 @@ def parser() -> argparse.ArgumentParser:
                "results/<config file stem>. Rerunning a config resumes from its stored chunks.\n"
                "Exit codes: 0 success; 1 `check` found an exact pair not equivalent, or `run --strict` had a\n"
                "failed run; 2 bad input (one line naming the key or file and the value); 3 `check` verified\n"
-               "nothing, or a pair was not solved, or an exact pair was inconclusive.\n"
+               "nothing, or a pair was not solved, or an exact pair was inconclusive; 4 `plot` could not draw\n"
+               "a figure.\n"
                "Results in Python: mdflow.load(RESULTS_DIR). Tutorial: docs/tutorial.md.",
     )
     sub = p.add_subparsers(dest="command", required=True)
@@ -201,8 +224,11 @@ def parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check)
     plot = sub.add_parser(
         "plot", help="regenerate every figure of a results folder (never solves)",
-        description="Redraw the run figures and whichever of F1–F6 the folder supports into "
-                    "RESULTS_DIR/figures/ (PDF + PNG), from the stored files alone (docs/figures.md).")
+        description="Redraw the run figures and whichever of F1–F8 the folder supports into "
+                    "RESULTS_DIR/figures/ (PDF + PNG), from the stored files alone (docs/figures.md). "
+                    f"Exit 0: drawn; {EXIT_FIGURES_FAILED}: a figure could not be drawn (one line on stderr; the "
+                    "traceback is in RESULTS_DIR/figures/figures.json); 2: no readable result set there. "
+                    "A failed background drawing is reported by the next `mdflow run` or `check` on the folder.")
     plot.add_argument("results", metavar="RESULTS_DIR", help="a results folder written by `mdflow run` or `mdflow check`")
     plot.set_defaults(func=cmd_plot)
     info = sub.add_parser("info", help="print versions, devices and whether float64 is on",

@@ -428,6 +428,5 @@ def plot_pair(record: dict, arrays: dict, stem: str | Path, *, num_coords: int =
     ax.legend(frameon=False, loc="lower right")
     eps = record.get("eps")
     fig.suptitle(f"{record['flow']}  ε={_fmt(eps)}  α={_fmt(record.get('alpha'))}: {record['verdict']}", fontsize=8)
-    fig.tight_layout()
     return save(fig, stem)
 
