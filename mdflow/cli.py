@@ -7,6 +7,7 @@ code 2 — never a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import warnings
@@ -16,6 +17,10 @@ EXIT_BAD_INPUT = 2
 EXIT_NOT_EQUIVALENT = 1
 EXIT_NOTHING_VERIFIED = 3  # `check`: no pair verified, a pair not solved, or an exact pair inconclusive
 VERIFIED = ("equivalent", "not_equivalent")
+
+
+# OSErrors of the environment, not of mdflow: no space, over quota, read-only, not permitted.
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _log(msg: str) -> None:
@@ -170,8 +175,9 @@ def parser() -> argparse.ArgumentParser:
         epilog="A CONFIG is a TOML file (every key: docs/config.md); results go to output.dir, by default\n"
                "results/<config file stem>. Rerunning a config resumes from its stored chunks.\n"
                "Exit codes: 0 success; 1 `check` found an exact pair not equivalent, or `run --strict` had a\n"
-               "failed run; 2 bad input (one line naming the key or file and the value); 3 `check` verified\n"
-               "nothing, or a pair was not solved, or an exact pair was inconclusive.\n"
+               "failed run; 2 bad input (one line naming the key or file and the value), or a folder that\n"
+               "cannot be written; 3 `check` verified nothing, or a pair was not solved, or an exact pair was\n"
+               "inconclusive.\n"
                "Results in Python: mdflow.load(RESULTS_DIR). Tutorial: docs/tutorial.md.",
     )
     sub = p.add_subparsers(dest="command", required=True)
@@ -227,6 +233,15 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except InputError as exc:
         _log(f"mdflow {args.command}: error: {exc}")
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        # A full disk, a read-only or forbidden folder met while writing (the guards passed): results
+        # are written atomically, so what was stored before is intact and a rerun resumes.
+        where = f" {exc.filename!r}" if exc.filename else ""
+        _log(f"mdflow {args.command}: error: cannot write{where} ({exc.strerror}); what was stored is intact: "
+             "free space or choose another --out, then rerun to resume")
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         _log("interrupted")
