@@ -16,6 +16,7 @@ from pathlib import Path
 EXIT_BAD_INPUT = 2
 EXIT_NOT_EQUIVALENT = 1
 EXIT_NOTHING_VERIFIED = 3  # `check`: no pair verified, a pair not solved, or an exact pair inconclusive
+EXIT_NO_COORDINATOR = 4  # a distributed job did not form within --init-timeout
 VERIFIED = ("equivalent", "not_equivalent")
 
 
@@ -177,7 +178,8 @@ def parser() -> argparse.ArgumentParser:
                "Exit codes: 0 success; 1 `check` found an exact pair not equivalent, or `run --strict` had a\n"
                "failed run; 2 bad input (one line naming the key or file and the value), or a folder that\n"
                "cannot be written; 3 `check` verified nothing, or a pair was not solved, or an exact pair was\n"
-               "inconclusive.\n"
+               "inconclusive; 4 a distributed job did not form within --init-timeout (coordinator not reached,\n"
+               "or a process missing).\n"
                "Results in Python: mdflow.load(RESULTS_DIR). Tutorial: docs/tutorial.md.",
     )
     sub = p.add_subparsers(dest="command", required=True)
@@ -220,13 +222,17 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from ._errors import InputError
+    from ._execution.distributed import CoordinatorError
 
     try:
         job = _distributed_job(args)
+        _setup_jax(job)
     except InputError as exc:
         _log(f"mdflow {args.command}: error: {exc}")
         return EXIT_BAD_INPUT
-    _setup_jax(job)
+    except CoordinatorError as exc:
+        _log(f"mdflow {args.command}: error: {exc}")
+        return EXIT_NO_COORDINATOR
 
     warnings.showwarning = lambda message, category, *rest, **kw: _log(f"warning: {message}")
     try:
