@@ -51,11 +51,17 @@ def _setup_jax(job=None) -> None:
             os.environ.pop("XLA_FLAGS", None)
         else:
             os.environ["XLA_FLAGS"] = flags
+    from ._execution.programs import cache_problem, replace_damaged_compilation_entries
+
     cache = os.environ.get("MDFLOW_CACHE_DIR", str(Path.home() / ".cache" / "mdflow" / "jax"))
-    if cache:
+    why = cache_problem(cache) if cache else None
+    if why:  # the caches are optional: a bad one never stops a run
+        _log(f"warning: MDFLOW_CACHE_DIR={cache!r}: {why}; running uncached")
+    elif cache:
         jax.config.update("jax_compilation_cache_dir", cache)
         if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # else JAX reads it
             jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        replace_damaged_compilation_entries()
 
 
 def _load_config(path: str | None):
