@@ -87,10 +87,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "duals": Key((bool,), False, doc="also solve the paired dual flows and check equivalence"),
         "dual_form": Key((str,), "rho", _one_of("rho", "theta")),
         "a": Key((str, int, float, list), "grad0", doc="frozen magnitudes: 'grad0' (|g(0)|), a number or a list"),
-        "tau1": Key(_NUM, 0.01, _range("flows.tau1"), doc="Adam's first-moment time constant τ1 = η/(1 − β1) when grid.tau1 is "
-                                             "unset (0.01: β1 = 0.9 at η = 1e-3; 0: no momentum)"),
-        "tau2": Key(_NUM, 1.0, _range("flows.tau2"), doc="Adam's and RMSProp's second-moment time constant τ2 = η/(1 − β2) "
-                                            "when grid.tau2 is unset (1: β2 = 0.999 at η = 1e-3)"),
+        "tau1": Key(_NUM, 0.01, _range("flows.tau1"),
+                    doc="Adam's first-moment time constant τ1 = η/(1 − β1) when grid.tau1 is "
+                        "unset (0.01: β1 = 0.9 at η = 1e-3; 0: no momentum)"),
+        "tau2": Key(_NUM, 1.0, _range("flows.tau2"),
+                    doc="Adam's and RMSProp's second-moment time constant τ2 = η/(1 − β2) "
+                        "when grid.tau2 is unset (1: β2 = 0.999 at η = 1e-3)"),
         "bias_correction": Key((bool,), True, doc="Adam/RMSProp: divide the moments by 1 − e^{−t/τ} (as optax)"),
     },
     "grid": {
@@ -127,7 +129,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "stages": Key((bool,), False),
         "discrete": Key((bool,), False),
         "discrete_etas": Key((list,), [0.1, 0.05, 0.025, 0.0125]),
-        "discrete_t1": Key(_NUM, 2.0, _range("analysis.discrete_t1"), doc="horizon of the Adam-vs-flow comparison (§7)"),
+        "discrete_t1": Key(_NUM, 2.0, _range("analysis.discrete_t1"),
+                           doc="horizon of the Adam-vs-flow comparison (§7)"),
     },
     "check": {
         "tolerance": Key(_NUM, 1e-6, _range("check.tolerance")),
@@ -505,33 +508,41 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
 MAX_DISCRETE_STEPS = 10_000_000
 
 
+def check_discrete(etas, t1, taus: dict[str, float], *, names: dict[str, str] | None = None) -> None:
+    """What the discrete comparison (`analysis.discrete`, `discrete_record`) cannot do, refused before
+    any work: more than `MAX_DISCRETE_STEPS` optimizer steps on the horizon (Σ t1/η), or an η above a
+    time constant τ > 0 of the flow (`taus`: e.g. `{"tau1": 0.01}`; the discrete decay β = 1 − η/τ
+    would be negative). `names` maps "etas", "t1" and the τ names to what the message calls them."""
+    names = {"etas": "etas", "t1": "t1", **(names or {})}
+    etas = [float(e) for e in etas]
+    steps = sum(t1 / eta for eta in etas)
+    if steps > MAX_DISCRETE_STEPS:
+        raise InputError(f"{names['etas']}={etas!r} with {names['t1']}={t1!r}: {steps:.3g} optimizer steps per run "
+                         f"(Σ t1/η), at most {MAX_DISCRETE_STEPS:.0e}: raise the smallest η or shorten the horizon")
+    for name, tau in taus.items():
+        if 0 < tau < max(etas):
+            key = names.get(name, name)
+            raise InputError(f"{names['etas']}={etas!r}: every η must be <= {key}={tau!r} (the discrete decay "
+                             f"β = 1 − η/τ would be negative); lower the etas or raise {key}")
+
+
 def _check_discrete(config: Config) -> None:
-    """What `analysis.discrete` would refuse after the solves, refused before them: its work (optimizer
-    steps on the horizon, `MAX_DISCRETE_STEPS`) and an η larger than an EMA flow's time constant τ
-    (the discrete decay β = 1 − η/τ would be negative)."""
+    """`check_discrete` for every flow of the config that has a discrete counterpart, every τ it runs."""
     from ._flows import PRIMAL_FLOWS
 
     an = config["analysis"]
-    etas = [float(e) for e in an["discrete_etas"]]
-    steps = sum(an["discrete_t1"] / eta for eta in etas)
-    if steps > MAX_DISCRETE_STEPS:
-        raise InputError(f"analysis.discrete_etas={an['discrete_etas']!r} with analysis.discrete_t1={an['discrete_t1']!r}: "
-                         f"{steps:.3g} optimizer steps per run (Σ discrete_t1/η), at most {MAX_DISCRETE_STEPS:.0e}: "
-                         "raise the smallest η or shorten analysis.discrete_t1")
+    names = {"etas": "analysis.discrete_etas", "t1": "analysis.discrete_t1"}
+    check_discrete(an["discrete_etas"], an["discrete_t1"], {}, names=names)
     for kind in config["flows"]["kinds"]:
         cls = PRIMAL_FLOWS[kind]
         if not cls.has_discrete:
             continue
         for name in ("tau1", "tau2"):
-            if name not in cls.axes:
-                continue
-            swept = config.raw["grid"][name] is not None
-            for tau in config.axis_values(name) if swept else [config["flows"][name]]:
-                if 0 < tau < max(etas):
-                    key = f"grid.{name}" if swept else f"flows.{name}"
-                    raise InputError(f"analysis.discrete_etas={an['discrete_etas']!r}: every η must be <= {key}="
-                                     f"{tau!r} for flow {kind!r} (its discrete decay β = 1 − η/τ would be negative); "
-                                     f"lower the etas, raise {key} or set analysis.discrete = false")
+            if name in cls.axes:
+                swept = config.raw["grid"][name] is not None
+                key = f"grid.{name}" if swept else f"flows.{name}"
+                for tau in config.axis_values(name) if swept else [config["flows"][name]]:
+                    check_discrete(an["discrete_etas"], an["discrete_t1"], {name: tau}, names={**names, name: key})
 
 
 def load(path: str | Path) -> Config:

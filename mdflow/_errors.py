@@ -11,6 +11,8 @@ returns NaNs instead of raising), unless the environment already sets it or equi
 (then solves still work, but are not persistently cached).
 """
 
+import dataclasses
+
 import numpy as np
 
 
@@ -30,6 +32,7 @@ def check_time_grid(ts) -> None:
         raise InputError(f"ts=[{ts[0]!r}, ..., {ts[-1]!r}]: save times must increase")
 
 
+@dataclasses.dataclass(frozen=True)
 class Range:
     """The values a numeric input may take: `[lo, hi]`, with `lo_open`/`hi_open` for `(lo, …` / `…, hi)`,
     integers only with `integer`. The one check behind a config key and the API argument it sets (the
@@ -37,8 +40,13 @@ class Range:
     so the CLI and the API refuse the same values with the same message (docs/config.md lists them).
     `why` says what the bounds protect; the message shows it."""
 
-    def __init__(self, lo=-np.inf, hi=np.inf, *, lo_open=False, hi_open=False, integer=False, why=""):
-        self.lo, self.hi, self.lo_open, self.hi_open, self.integer, self.why = lo, hi, lo_open, hi_open, integer, why
+    lo: float = -np.inf
+    hi: float = np.inf
+    _: dataclasses.KW_ONLY
+    lo_open: bool = False
+    hi_open: bool = False
+    integer: bool = False
+    why: str = ""
 
     def __repr__(self) -> str:
         lo = "-inf" if self.lo == -np.inf else f"{self.lo:g}"

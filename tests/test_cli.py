@@ -367,6 +367,8 @@ DEEP = "[solve]\nx = " + "[" * 50_000 + "]" * 50_000 + "\n"
         ("[problem]\nkind = 'file'\npath = 'data.npz'\n[grid]\nseed = [0, 1]\n", "grid.seed=[0, 1]: does not apply"),
         ("[problem]\nkind = 'file'\npath = ''\n", "problem.path='': needs a file name"),
         ("[problem]\nkind = 'file'\npath = 'folder'\n", "is a folder"),
+        ("[problem]\nkind = 'file'\npath = 'data.npz'\n[flows]\nkinds = ['ssd_frozen']\na = [1.0, 2.0]\n",
+         "flows.a: 2 values, but the data have d=5"),  # from the file's header, before loading it
     ],
 )
 def test_inputs_judged_before_any_work(tmp_path, capsys, text, needle):

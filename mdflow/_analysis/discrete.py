@@ -121,14 +121,10 @@ def discrete_record(
     `first_overshoot`, `slope`, `t1`, `end_tol`, `end_errors`, `end_steps`, `end_slope`) and arrays
     (`discrete_etas`, `discrete_errors`, `discrete_end_errors`). `end_state`: the flow's own end
     state, stopped at `end_tol` (a run's `y_final`), to compare with instead of solving it again."""
-    from .._errors import InputError
+    from .._config import check_discrete
     from .._solver.solve import SolvePolicy, solve
 
-    for name in ("tau1", "tau2"):
-        tau = float(getattr(flow, name, 0.0))
-        if 0 < tau < max(float(e) for e in etas):
-            raise InputError(f"discrete etas={list(etas)!r}: every η must be <= {name}={tau!r} "
-                             "(the discrete decay β = 1 − η/τ would be negative)")
+    check_discrete(etas, t1, {name: float(getattr(flow, name)) for name in ("tau1", "tau2") if hasattr(flow, name)})
     # At least one step per comparison interval for the largest η, so every η is used as given
     # (up to rounding T/(Mη) to an integer).
     num_saves = max(1, min(num_saves, int(round(t1 / max(float(e) for e in etas)))))

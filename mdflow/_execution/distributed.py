@@ -144,8 +144,9 @@ def _rendezvous(job: DistributedJob) -> None:
                 return
         except OSError as exc:
             if time.monotonic() >= deadline:
-                raise CoordinatorError(f"--coordinator={job.coordinator!r}: not reached within --init-timeout="
-                                       f"{job.init_timeout_s} s ({exc.strerror or exc}); is process 0 running?") from None
+                raise CoordinatorError(
+                    f"--coordinator={job.coordinator!r}: not reached within --init-timeout={job.init_timeout_s} s "
+                    f"({exc.strerror or exc}); is process 0 running?") from None
             time.sleep(0.1)
 
 

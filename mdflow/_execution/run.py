@@ -77,6 +77,9 @@ def _sweep_size(config: Config, policy: SolvePolicy, duals: bool, chunk_size: in
     data's (n, d), each flow kind's state rows (`init` traced on an abstract problem), the arrays of
     the duals and analyses."""
     n, d = config.data_shape()
+    a = config["flows"]["a"]
+    if isinstance(a, list) and len(a) != d:
+        raise InputError(f"flows.a: {len(a)} values, but the data have d={d} (one magnitude per coordinate)")
     track = duals or config["analysis"]["kkt"]
     # State rows do not depend on n, nor on d unless `flows.a` is a list (one value per coordinate).
     d_abstract = d if isinstance(config["flows"]["a"], list) else 1
@@ -161,10 +164,6 @@ def _plan(config: Config, policy: SolvePolicy, duals: bool, chunk_size: int, vma
     for i, spec in enumerate(specs):
         if spec.seed not in problems:
             problems[spec.seed] = config.problem(spec.seed)
-            a = config["flows"]["a"]
-            if isinstance(a, list) and len(a) != problems[spec.seed].d:
-                raise InputError(f"flows.a: {len(a)} values, but the data have d={problems[spec.seed].d} "
-                                 "(one magnitude per coordinate)")
         # E3 states ride along when the dual check or the KKT error E needs them (no second solve).
         flow = build_flow(spec, problems[spec.seed], config, track_identity=duals or config["analysis"]["kkt"])
         flows.append(flow)
