@@ -84,6 +84,9 @@ class AbstractFlow(eqx.Module):
     def params(self) -> dict[str, Any]:
         """Scalar parameters for run records (None where a parameter is per coordinate)."""
 
+    def check_problem(self, problem: Problem) -> None:
+        """`InputError` unless the flow's arrays fit `problem` (its d); `solve` asks before tracing."""
+
     def controlled(self, y: State) -> State:
         """The part of a state (or of an error estimate) the step-size controller's norm sees: all of
         it, except auxiliary states that only record integrals along the run (see `AbstractPrimalFlow`)."""

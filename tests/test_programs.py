@@ -160,3 +160,14 @@ def test_a_damaged_compilation_cache_entry_is_replaced():
         assert compile_once() == []  # and read back without a warning
     finally:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", min_time)
+
+
+def test_cache_problem_says_why_a_cache_directory_is_unusable(tmp_path, monkeypatch):
+    """What the CLI warns about before running uncached (issue 25, item 9): `MDFLOW_CACHE_DIR` naming
+    a file, or under one, or not writable (a read-only file system: `access` says EROFS even to root)."""
+    (tmp_path / "file").write_text("x")
+    assert programs.cache_problem(tmp_path / "file") == "not a folder"
+    assert programs.cache_problem(tmp_path / "file" / "jax").startswith("cannot create it")
+    assert programs.cache_problem(tmp_path / "ok") is None and (tmp_path / "ok").is_dir()
+    monkeypatch.setattr(programs.os, "access", lambda path, mode: False)
+    assert programs.cache_problem(tmp_path / "ok") == "not writable"

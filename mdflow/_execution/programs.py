@@ -52,12 +52,12 @@ def cache_problem(path: str | Path) -> str | None:
     """Why a cache directory cannot be used (None when it can): it cannot be created, is not a
     folder, or is not writable (a read-only file system included)."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        return "not a folder"
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         return f"cannot create it ({exc.strerror or exc})"
-    if not path.is_dir():
-        return "not a folder"
     if not os.access(path, os.W_OK | os.X_OK):
         return "not writable"
     return None

@@ -307,9 +307,8 @@ def _check_arguments(flow, problem, policy, *, batched: bool) -> None:
         raise InputError(f"problem: expected a Problem, got {type(problem).__name__}")
     if not isinstance(policy, SolvePolicy):
         raise InputError(f"policy: expected a SolvePolicy (e.g. SolvePolicy(t1=5.0)), got {type(policy).__name__}")
-    check = getattr(flow, "check_problem", None)
-    if check is not None and not batched:
-        check(problem)
+    if not batched:  # a batched flow's leading axis is its members
+        flow.check_problem(problem)
 
 
 def solve(flow: AbstractFlow, problem: Problem, policy: SolvePolicy, ts=None) -> Solution:
