@@ -12,14 +12,13 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import math
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._errors import InputError
+from ._errors import RANGES, InputError, short_repr
 
 _REQUIRED = object()
 
@@ -38,20 +37,13 @@ class Key:
     doc: str = ""
 
 
-def _positive(v):
-    return None if v > 0 and math.isfinite(v) else "must be finite and > 0"
-
-
-def _at_least(lo):
-    return lambda v: None if v >= lo else f"must be >= {lo}"
+def _range(name):
+    """The config check of a numeric key: its range in `RANGES` (shared with the API argument it sets)."""
+    return RANGES[name].problem
 
 
 def _one_of(*choices):
     return lambda v: None if v in choices else f"expected one of {list(choices)}"
-
-
-def _nonneg(v):
-    return None if v >= 0 and math.isfinite(v) else "must be finite and >= 0"
 
 
 _NUM = (int, float)
@@ -74,19 +66,19 @@ def _stop_value(v):
     if v is False:
         return None
     if v is True:
-        return "expected a number > 0 or false"
-    return _positive(v)
+        return f"expected a number in {RANGES['solve.stop_rel_residual']!r} or false"
+    return RANGES["solve.stop_rel_residual"].problem(v)
 
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "problem": {
         "kind": Key((str,), "sparse_gaussian", _one_of("sparse_gaussian", "file")),
-        "n": Key((int,), 40, _at_least(1)),
-        "d": Key((int,), 200, _at_least(1)),
-        "k": Key((int,), 5, _at_least(1)),
-        "noise": Key(_NUM, 0.0, _nonneg),
+        "n": Key((int,), 40, _range("problem.n")),
+        "d": Key((int,), 200, _range("problem.d")),
+        "k": Key((int,), 5, _range("problem.k")),
+        "noise": Key(_NUM, 0.0, _range("problem.noise")),
         "signs": Key((bool,), False, doc="random signs on the planted nonzeros"),
-        "seed": Key((int,), 0, _at_least(0)),
+        "seed": Key((int,), 0, _range("problem.seed")),
         "path": Key((str,), None, doc="the .npz file (kind = 'file')"),
         "normalization": Key((str,), "mean", _one_of("mean", "sum")),
     },
@@ -95,10 +87,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "duals": Key((bool,), False, doc="also solve the paired dual flows and check equivalence"),
         "dual_form": Key((str,), "rho", _one_of("rho", "theta")),
         "a": Key((str, int, float, list), "grad0", doc="frozen magnitudes: 'grad0' (|g(0)|), a number or a list"),
-        "tau1": Key(_NUM, 0.01, _nonneg, doc="Adam's first-moment time constant τ1 = η/(1 − β1) when grid.tau1 is "
-                                             "unset (0.01: β1 = 0.9 at η = 1e-3; 0: no momentum)"),
-        "tau2": Key(_NUM, 1.0, _nonneg, doc="Adam's and RMSProp's second-moment time constant τ2 = η/(1 − β2) "
-                                            "when grid.tau2 is unset (1: β2 = 0.999 at η = 1e-3)"),
+        "tau1": Key(_NUM, 0.01, _range("flows.tau1"),
+                    doc="Adam's first-moment time constant τ1 = η/(1 − β1) when grid.tau1 is "
+                        "unset (0.01: β1 = 0.9 at η = 1e-3; 0: no momentum)"),
+        "tau2": Key(_NUM, 1.0, _range("flows.tau2"),
+                    doc="Adam's and RMSProp's second-moment time constant τ2 = η/(1 − β2) "
+                        "when grid.tau2 is unset (1: β2 = 0.999 at η = 1e-3)"),
         "bias_correction": Key((bool,), True, doc="Adam/RMSProp: divide the moments by 1 − e^{−t/τ} (as optax)"),
     },
     "grid": {
@@ -111,23 +105,23 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "solve": {
         "solver": Key((str,), "auto"),
-        "rtol": Key(_NUM, None, _positive),
-        "atol": Key(_NUM, None, _positive),
-        "t1": Key(_NUM, 100.0, _positive),
-        "num_ts": Key((int,), 200, _at_least(2)),
-        "t_min": Key(_NUM, None, _positive),
-        "max_steps": Key((int,), 500_000, _at_least(1)),
+        "rtol": Key(_NUM, None, _range("solve.rtol")),
+        "atol": Key(_NUM, None, _range("solve.atol")),
+        "t1": Key(_NUM, 100.0, _range("solve.t1")),
+        "num_ts": Key((int,), 200, _range("solve.num_ts")),
+        "t_min": Key(_NUM, None, _range("solve.t_min")),
+        "max_steps": Key((int,), 500_000, _range("solve.max_steps")),
         "stop_rel_residual": Key(
             (bool, int, float), None, _stop_value,
             doc="stop at ||Xw − y||/||y|| ≤ this; false: never; unset: on (1e-8) where only end points "
                 "matter (analysis.kkt or output.save = 'final', without duals), off otherwise",
         ),
-        "pcoeff": Key(_NUM, 0.4, _nonneg),
-        "icoeff": Key(_NUM, 0.3, _positive),
+        "pcoeff": Key(_NUM, 0.4, _range("solve.pcoeff")),
+        "icoeff": Key(_NUM, 0.3, _range("solve.icoeff")),
     },
     "sweep": {
-        "chunk_size": Key((int,), 16, _at_least(1)),
-        "vmap_width": Key((int,), None, _at_least(1),
+        "chunk_size": Key((int,), 16, _range("sweep.chunk_size")),
+        "vmap_width": Key((int,), None, _range("sweep.vmap_width"),
                           doc="members vmapped together on a device; default chunk_size on accelerators, 1 on CPU"),
     },
     "analysis": {
@@ -135,11 +129,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "stages": Key((bool,), False),
         "discrete": Key((bool,), False),
         "discrete_etas": Key((list,), [0.1, 0.05, 0.025, 0.0125]),
-        "discrete_t1": Key(_NUM, 2.0, _positive, doc="horizon of the Adam-vs-flow comparison (§7)"),
+        "discrete_t1": Key(_NUM, 2.0, _range("analysis.discrete_t1"),
+                           doc="horizon of the Adam-vs-flow comparison (§7)"),
     },
     "check": {
-        "tolerance": Key(_NUM, 1e-6, _positive),
-        "floor": Key(_NUM, 1e-12, _positive),
+        "tolerance": Key(_NUM, 1e-6, _range("check.tolerance")),
+        "floor": Key(_NUM, 1e-12, _range("check.floor")),
     },
     "output": {
         "dir": Key((str,), "results/quickstart", doc="default for a config file: results/<file stem>"),
@@ -163,12 +158,13 @@ def _check_value(table: str, key: str, value: Any, spec: Key) -> Any:
     if spec.check is not None and not isinstance(value, (list, dict)):
         msg = spec.check(value)
         if msg:
-            raise InputError(f"{name}={value!r}: {msg}")
+            raise InputError(f"{name}={short_repr(value)}: {msg}")
     return float(value) if spec.types == _NUM else value
 
 
-def expand_axis(name: str, value: Any, *, positive: bool = True) -> list[float]:
-    """A grid axis: a number, a list of numbers, or `{start, stop, num, spacing = "log" | "linear"}`."""
+def expand_axis(name: str, value: Any) -> list[float]:
+    """A grid axis: a number, a list of numbers, or `{start, stop, num, spacing = "log" | "linear"}`;
+    every value in the axis's range (`RANGES[name]`)."""
     if isinstance(value, dict):
         allowed = {"start", "stop", "num", "spacing"}
         unknown = set(value) - allowed
@@ -186,6 +182,7 @@ def expand_axis(name: str, value: Any, *, positive: bool = True) -> list[float]:
         for key, v in (("start", start), ("stop", stop)):
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise InputError(f"{name}.{key}={v!r}: expected a number")
+            RANGES[name].check(f"{name}.{key}", v)
         if spacing == "log":
             if not (start > 0 and stop > 0):
                 raise InputError(f"{name}: log spacing needs start > 0 and stop > 0 (got {start}, {stop})")
@@ -202,15 +199,15 @@ def expand_axis(name: str, value: Any, *, positive: bool = True) -> list[float]:
         for i, v in enumerate(value):
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise InputError(f"{name}[{i}]={v!r}: expected a number")
+            RANGES[name].check(name, v)
             values.append(float(v))
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        RANGES[name].check(name, value)
         values = [float(value)]
     else:
         raise InputError(f"{name}={value!r}: expected a number, a list or a range table")
-    if positive:
-        for v in values:
-            if not (v > 0 and math.isfinite(v)):
-                raise InputError(f"{name}={v!r}: must be finite and > 0")
+    for v in values:
+        RANGES[name].check(name, v)
     if len(values) > MAX_AXIS_VALUES:
         raise InputError(f"{name}: {len(values)} values, at most {MAX_AXIS_VALUES} per grid axis")
     _no_duplicates(name, values)
@@ -283,15 +280,11 @@ class Config:
         return self._nonnegative_axis("a")
 
     def _nonnegative_axis(self, name: str) -> list[float] | None:
-        """`grid.<name>` expanded (values >= 0), or None when it is not swept."""
+        """`grid.<name>` expanded (values in `RANGES`), or None when it is not swept."""
         value = self.raw["grid"][name]
         if value is None:
             return None
-        values = expand_axis(f"grid.{name}", value, positive=False)
-        for v in values:
-            if not (v >= 0 and math.isfinite(v)):
-                raise InputError(f"grid.{name}={v!r}: must be finite and >= 0")
-        return values
+        return expand_axis(f"grid.{name}", value)
 
     def axis_values(self, name: str) -> list[float | None]:
         """The values a run parameter takes: `grid.<name>` when swept, else `[None]` (the flow's
@@ -328,13 +321,39 @@ class Config:
         )
 
     def data_path(self) -> Path:
-        """`problem.path`, relative to the config file's folder."""
-        if self.raw["problem"]["path"] is None:
+        """`problem.path`, relative to the config file's folder: an existing file, else `InputError`."""
+        given = self.raw["problem"]["path"]
+        if given is None:
             raise InputError("problem.path: required when problem.kind = 'file'")
-        path = Path(self.raw["problem"]["path"])
+        if not given.strip():
+            raise InputError(f"problem.path={given!r}: needs a file name (an .npz archive of X and y)")
+        path = Path(given)
         if not path.is_absolute() and not self.source.startswith("<"):
             path = Path(self.source).parent / path
+        if path.is_dir():
+            raise InputError(f"problem.path={str(path)!r}: is a folder, not an .npz file")
+        if not path.is_file():
+            raise InputError(f"problem.path={str(path)!r}: no such file")
         return path
+
+    def data_shape(self) -> tuple[int, int]:
+        """The data's (n, d), without generating or loading them (a data file's from its header)."""
+        p = self.raw["problem"]
+        if p["kind"] == "file":
+            from ._problem import npz_shape
+
+            return npz_shape(self.data_path())
+        return p["n"], p["d"]
+
+    def check_duals(self) -> None:
+        """Every flow of `flows.kinds` has a dual to be checked against (`mdflow check`, `flows.duals`)."""
+        from ._flows import PRIMAL_FLOWS
+
+        without = [kind for kind in self.raw["flows"]["kinds"] if not PRIMAL_FLOWS[kind].has_dual()]
+        if without:
+            with_dual = sorted(k for k, cls in PRIMAL_FLOWS.items() if cls.has_dual())
+            raise InputError(f"flows.kinds={self.raw['flows']['kinds']!r}: flow {without[0]!r} has no dual flow to "
+                             f"check against (flows with one: {with_dual})")
 
     def solve_policy(self, *, duals: bool | None = None, **overrides):
         """The `SolvePolicy` in force; `duals` (default `flows.duals`) says whether runs are checked
@@ -415,15 +434,13 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
     if isinstance(a, str) and a != "grad0":
         raise InputError(f"flows.a={a!r}: expected 'grad0', a number or a list of numbers")
     if isinstance(a, (int, float)) and not isinstance(a, bool):
-        if not (a >= 0 and math.isfinite(a)):
-            raise InputError(f"flows.a={a!r}: must be finite and >= 0")
+        RANGES["flows.a"].check("flows.a", a)
         raw["flows"]["a"] = float(a)
     if isinstance(a, list):
         if not a:
             raise InputError("flows.a=[]: needs one magnitude per coordinate (d values), or a number")
         for i, v in enumerate(a):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0 and math.isfinite(v)):
-                raise InputError(f"flows.a[{i}]={v!r}: expected a finite number >= 0")
+            RANGES["flows.a"].check(f"flows.a[{i}]", v)
         d = raw["problem"]["d"] if raw["problem"]["kind"] == "sparse_gaussian" else None
         if d is not None and len(a) != d:
             raise InputError(f"flows.a: {len(a)} values, but problem.d={d} (one magnitude per coordinate)")
@@ -449,22 +466,21 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
         if seeds == []:
             raise InputError("grid.seed=[]: needs at least one seed")
         for i, s in enumerate([seeds] if isinstance(seeds, int) else seeds):
-            if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-                raise InputError(f"grid.seed[{i}]={s!r}: expected an integer >= 0")
+            RANGES["problem.seed"].check(f"grid.seed[{i}]", s)
         _no_duplicates("grid.seed", [seeds] if isinstance(seeds, int) else seeds)
+        if raw["problem"]["kind"] == "file":
+            raise InputError(f"grid.seed={seeds!r}: does not apply to problem.kind = 'file' (file data have no "
+                             "seed: every seed would compute the same runs); remove it")
     etas = raw["analysis"]["discrete_etas"]
     for i, eta in enumerate(etas):
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not (eta > 0 and math.isfinite(eta)):
-            raise InputError(f"analysis.discrete_etas[{i}]={eta!r}: expected a finite number > 0")
+        RANGES["analysis.discrete_etas"].check(f"analysis.discrete_etas[{i}]", eta)
     if raw["analysis"]["discrete"] and not etas:
         raise InputError("analysis.discrete_etas=[]: analysis.discrete = true needs at least one step size")
     config = Config(raw, source)
     if raw["problem"]["kind"] == "sparse_gaussian" and raw["problem"]["k"] > raw["problem"]["d"]:
         raise InputError(f"problem.k={raw['problem']['k']}: must be <= problem.d={raw['problem']['d']}")
     if raw["problem"]["kind"] == "file":
-        path = config.data_path()
-        if not path.is_file():
-            raise InputError(f"problem.path={str(path)!r}: no such file")
+        config.data_path()  # a file that exists, or an `InputError` naming problem.path
     # Expand the axes now so that grid errors surface before any work.
     config.eps_values, config.alpha_values  # noqa: B018
     num_runs = len(config.run_specs())
@@ -480,12 +496,60 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
         if not any(name in PRIMAL_FLOWS[k].axes for k in kinds):
             users = sorted(k for k, cls in PRIMAL_FLOWS.items() if name in cls.axes)
             raise InputError(f"grid.{name}: no flow in flows.kinds={kinds!r} takes {name} (flows that do: {users})")
+    if raw["flows"]["duals"]:
+        config.check_duals()
+    if raw["analysis"]["discrete"]:
+        _check_discrete(config)
     return config
+
+
+# The most optimizer steps `analysis.discrete` may take per run on its horizon: Σ_η discrete_t1/η.
+# The default (t1 = 2, η down to 0.0125) takes 300; a typo such as η = 1e-9 would plan 2e9.
+MAX_DISCRETE_STEPS = 10_000_000
+
+
+def check_discrete(etas, t1, taus: dict[str, float], *, names: dict[str, str] | None = None) -> None:
+    """What the discrete comparison (`analysis.discrete`, `discrete_record`) cannot do, refused before
+    any work: more than `MAX_DISCRETE_STEPS` optimizer steps on the horizon (Σ t1/η), or an η above a
+    time constant τ > 0 of the flow (`taus`: e.g. `{"tau1": 0.01}`; the discrete decay β = 1 − η/τ
+    would be negative). `names` maps "etas", "t1" and the τ names to what the message calls them."""
+    names = {"etas": "etas", "t1": "t1", **(names or {})}
+    etas = [float(e) for e in etas]
+    steps = sum(t1 / eta for eta in etas)
+    if steps > MAX_DISCRETE_STEPS:
+        raise InputError(f"{names['etas']}={etas!r} with {names['t1']}={t1!r}: {steps:.3g} optimizer steps per run "
+                         f"(Σ t1/η), at most {MAX_DISCRETE_STEPS:.0e}: raise the smallest η or shorten the horizon")
+    for name, tau in taus.items():
+        if 0 < tau < max(etas):
+            key = names.get(name, name)
+            raise InputError(f"{names['etas']}={etas!r}: every η must be <= {key}={tau!r} (the discrete decay "
+                             f"β = 1 − η/τ would be negative); lower the etas or raise {key}")
+
+
+def _check_discrete(config: Config) -> None:
+    """`check_discrete` for every flow of the config that has a discrete counterpart, every τ it runs."""
+    from ._flows import PRIMAL_FLOWS
+
+    an = config["analysis"]
+    names = {"etas": "analysis.discrete_etas", "t1": "analysis.discrete_t1"}
+    check_discrete(an["discrete_etas"], an["discrete_t1"], {}, names=names)
+    for kind in config["flows"]["kinds"]:
+        cls = PRIMAL_FLOWS[kind]
+        if not cls.has_discrete:
+            continue
+        for name in ("tau1", "tau2"):
+            if name in cls.axes:
+                swept = config.raw["grid"][name] is not None
+                key = f"grid.{name}" if swept else f"flows.{name}"
+                for tau in config.axis_values(name) if swept else [config["flows"][name]]:
+                    check_discrete(an["discrete_etas"], an["discrete_t1"], {name: tau}, names={**names, name: key})
 
 
 def load(path: str | Path) -> Config:
     """Read and validate a TOML config file."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"config {str(path)!r}: is a folder, not a TOML file")
     if not path.is_file():
         raise InputError(f"config {str(path)!r}: no such file")
     try:
@@ -494,6 +558,13 @@ def load(path: str | Path) -> Config:
         raise InputError(f"config {str(path)!r}: not valid TOML ({exc})") from None
     except UnicodeDecodeError:
         raise InputError(f"config {str(path)!r}: not a text file") from None
+    except OSError as exc:
+        raise InputError(f"config {str(path)!r}: cannot read ({exc.strerror or exc})") from None
+    except RecursionError:
+        raise InputError(f"config {str(path)!r}: nested too deeply to read (arrays or tables inside each "
+                         "other thousands of levels deep)") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts (sys.int_info)
+        raise InputError(f"config {str(path)!r}: not valid TOML ({exc})") from None
     output = data.get("output")
     if output is None or (isinstance(output, dict) and "dir" not in output):
         # Each config file gets its own folder by default (results/<file stem>), so two configs never

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 
-from ._config import END_POINT_STOP, SCHEMA
+from ._config import END_POINT_STOP, MAX_DISCRETE_STEPS, SCHEMA
+from ._errors import RANGES
 
 TABLES = {
     "problem": "The regression data ([math.md](math.md) §1).",
@@ -56,7 +57,9 @@ DESCRIPTIONS = {
                     "min-ℓ1/ℓ3/2/ℓ2 interpolators and to w*",
     "analysis.stages": "measured stage boundaries of SSD runs against the §6 predictions",
     "analysis.discrete": "optax Adam(b1 = b2 = 0) against the SSD flow (§7)",
-    "analysis.discrete_etas": "step sizes η of the Adam-vs-flow comparison",
+    "analysis.discrete_etas": "step sizes η of the Adam-vs-flow comparison; at most "
+                              f"{MAX_DISCRETE_STEPS:.0e} optimizer steps per run on its horizon (Σ discrete_t1/η), "
+                              "and for Adam/RMSProp every η ≤ τ1, τ2",
     "check.tolerance": "verdict threshold on the maximal relative w-gap of the exact pairs (E1, E2)",
     "check.floor": "denominators of relative gaps are max(‖·‖, floor) (w(0) = 0)",
     "output.save": "`\"trajectories\"` (w on the whole time grid) or `\"final\"` (end points only)",
@@ -99,17 +102,21 @@ def config_reference() -> str:
         "",
         "A config is a TOML file with the tables below. Every key is optional; unknown tables and keys",
         "are errors, and a bad value stops `mdflow` before any work with one line naming the key and the",
-        "value (exit code 2). Without a config, `mdflow run` uses the built-in quickstart",
-        "(`mdflow._config.QUICKSTART`). A config file's results go to `results/<file stem>` unless",
-        "`output.dir` says otherwise.",
+        "value (exit code 2). Every number has a range (`[lo, hi]`; `(`, `)` for open ends), the same for",
+        "the Python API argument it sets (`SolvePolicy`, `make_flow`, `sparse_gaussian`). Without a",
+        "config, `mdflow run` uses the built-in quickstart (`mdflow._config.QUICKSTART`). A config file's",
+        "results go to `results/<file stem>` unless `output.dir` says otherwise.",
         "",
     ]
     for table, keys in SCHEMA.items():
-        lines += [f"## [{table}]", "", TABLES[table], "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        lines += [f"## [{table}]", "", TABLES[table], "", "| key | type | default | range | meaning |",
+                  "|---|---|---|---|---|"]
         for key, spec in keys.items():
             types = _types(spec.types)
             meaning = describe(table, key).replace("|", "\\|")
-            lines.append(f"| `{table}.{key}` | {types} | {_default(table, key)} | {meaning} |")
+            limits = RANGES.get(f"{table}.{key}")
+            limits = "" if limits is None else f"`{limits!r}`"
+            lines.append(f"| `{table}.{key}` | {types} | {_default(table, key)} | {limits} | {meaning} |")
         lines.append("")
     return "\n".join(lines)
 

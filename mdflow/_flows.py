@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._errors import InputError
+from ._errors import RANGES, InputError
 from ._problem import Problem
 
 Scalar = Float[Array, ""]
@@ -44,20 +44,17 @@ def _concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def check_parameter(name: str, value, *, minimum: float = 0.0, strict: bool = True) -> None:
-    """Raise `InputError` naming `name` unless every entry of `value` is finite and `> minimum`
-    (`>= minimum` with `strict=False`). Tracers pass unchecked."""
+def check_parameter(name: str, value, *, per_coordinate: bool = False) -> None:
+    """Raise `InputError` naming `name` unless `value` is a scalar (or, `per_coordinate`, a vector of
+    one value per coordinate) whose every entry lies in the range of its grid axis (`RANGES`, shared
+    with the config). Tracers pass unchecked (flows are rebuilt under `jit`/`vmap`)."""
     if value is None or not _concrete(value):
         return
-    arr = np.asarray(value, dtype=np.float64)
-    ok = np.isfinite(arr) & ((arr > minimum) if strict else (arr >= minimum))
-    if not np.all(ok):
-        rel = ">" if strict else ">="
-        if arr.ndim == 0:
-            raise InputError(f"{name}={float(arr)!r}: must be finite and {rel} {minimum:g}")
-        i = int(np.flatnonzero(~ok.ravel())[0])
-        raise InputError(f"{name}={float(arr.ravel()[i])!r} (entry {i} of shape {arr.shape}): must be finite "
-                         f"and {rel} {minimum:g}")
+    shape = np.shape(value)
+    if len(shape) > (1 if per_coordinate else 0):
+        want = "a scalar or a vector (d,)" if per_coordinate else "a scalar"
+        raise InputError(f"{name}: expected {want}, got shape {shape}")
+    RANGES[f"grid.{name}"].check_array(name, value)
 
 
 def scalar_or_none(x) -> float | None:
@@ -86,6 +83,9 @@ class AbstractFlow(eqx.Module):
     @abc.abstractmethod
     def params(self) -> dict[str, Any]:
         """Scalar parameters for run records (None where a parameter is per coordinate)."""
+
+    def check_problem(self, problem: Problem) -> None:
+        """`InputError` unless the flow's arrays fit `problem` (its d); `solve` asks before tracing."""
 
     def controlled(self, y: State) -> State:
         """The part of a state (or of an error estimate) the step-size controller's norm sees: all of
@@ -127,7 +127,21 @@ class AbstractPrimalFlow(AbstractFlow):
     has_discrete: ClassVar[bool] = False
 
     def __check_init__(self):
-        check_parameter("alpha", self.alpha)
+        check_parameter("alpha", self.alpha, per_coordinate=True)
+
+    @classmethod
+    def has_dual(cls) -> bool:
+        """Whether the flow has a paired dual (`mirror`), so `mdflow check` / `flows.duals` apply."""
+        return cls.mirror is not AbstractPrimalFlow.mirror
+
+    def check_problem(self, problem: Problem) -> None:
+        """`InputError` unless every per-coordinate parameter has one value per coordinate of
+        `problem` (a flow built for another d)."""
+        for name in self.axes:
+            value = getattr(self, name, None)
+            if value is not None and _concrete(value) and np.ndim(value) == 1 and np.shape(value)[0] != problem.d:
+                raise InputError(f"{name}: shape {np.shape(value)}, but the problem has d={problem.d} (X shape "
+                                 f"{tuple(problem.X.shape)}): one value per coordinate, or a scalar")
 
     @classmethod
     def build(cls, problem: Problem, *, track_identity: bool = False, options: dict | None = None,
@@ -143,8 +157,18 @@ class AbstractPrimalFlow(AbstractFlow):
         if missing:
             raise InputError(f"{missing[0]}=None: flow {cls.kind!r} needs {missing[0]}")
         dtype = problem.X.dtype
-        values = {k: jnp.asarray(v, dtype) for k, v in params.items() if v is not None and k in cls.axes}
-        return cls._from_values(problem, values, track_identity=track_identity, options=options)
+        values = {}
+        for k, v in params.items():
+            if v is None or k not in cls.axes:
+                continue
+            if _concrete(v):
+                arr = np.asarray(v)
+                if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+                    raise InputError(f"{k}={v!r}: expected real numbers, got dtype {arr.dtype}")
+            values[k] = jnp.asarray(v, dtype)
+        flow = cls._from_values(problem, values, track_identity=track_identity, options=options)
+        flow.check_problem(problem)
+        return flow
 
     @classmethod
     def _from_values(cls, problem: Problem, values: dict[str, Array], *, track_identity: bool, options: dict):
@@ -332,15 +356,18 @@ class FrozenSSD(AbstractPrimalFlow):
 
     def __check_init__(self):
         check_parameter("eps", self.eps)
-        check_parameter("a", self.a, strict=False)
+        check_parameter("a", self.a, per_coordinate=True)
 
     optional_axes: ClassVar[tuple[str, ...]] = ("a",)
 
     @classmethod
     def _from_values(cls, problem, values, *, track_identity, options):
         a = values.get("a")
-        a = cls.default_a(problem) if a is None else jnp.broadcast_to(a, (problem.d,))
-        return cls(values["alpha"], values["eps"], a)
+        if a is None:
+            a = cls.default_a(problem)
+        elif np.ndim(a) == 0:
+            a = jnp.broadcast_to(a, (problem.d,))
+        return cls(values["alpha"], values["eps"], a)  # another shape: `__check_init__`, `check_problem`
 
     @staticmethod
     def default_a(problem: Problem) -> Float[Array, " d"]:
@@ -459,8 +486,8 @@ class AbstractEMAFlow(AbstractPrimalFlow):
 
     def __check_init__(self):
         check_parameter("eps", self.eps)
-        check_parameter("tau1", self.tau1, strict=False)
-        check_parameter("tau2", self.tau2, strict=False)
+        check_parameter("tau1", self.tau1)
+        check_parameter("tau2", self.tau2)
 
     @property
     def num_components(self) -> int:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._errors import InputError
+from ._errors import RANGES, InputError
 
 NORMALIZATIONS = ("mean", "sum")
 
@@ -30,6 +30,15 @@ class Problem(eqx.Module):
     def __check_init__(self):
         if self.normalization not in NORMALIZATIONS:
             raise InputError(f"normalization={self.normalization!r}: expected one of {NORMALIZATIONS}")
+        # Shapes (tracers have them too): a mismatch would surface as an error deep inside a solve.
+        X, y = np.shape(self.X), np.shape(self.y)
+        if len(X) != 2:
+            raise InputError(f"X: must be 2-D (n, d), got shape {X} (y shape {y})")
+        if len(y) != 1 or y[0] != X[0]:
+            raise InputError(f"y: must have shape ({X[0]},) to match X of shape {X}, got shape {y}")
+        if self.w_star is not None and np.shape(self.w_star) != (X[1],):
+            raise InputError(f"w_star: must have shape ({X[1]},) to match X of shape {X}, got shape "
+                             f"{np.shape(self.w_star)}")
 
     @property
     def n(self) -> int:
@@ -61,6 +70,18 @@ class Problem(eqx.Module):
         return jnp.linalg.norm(self.residual(w)) / jnp.linalg.norm(self.y)
 
 
+def _check_values(source: str, name: str, arr: np.ndarray) -> None:
+    """A data array holds finite real numbers of at least single precision (float16 keeps 3 digits,
+    too few for float64 flows, and numpy's linear algebra refuses it)."""
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise InputError(f"{source}: {name} must be real numbers, got dtype {arr.dtype}")
+    if arr.dtype == np.float16:
+        raise InputError(f"{source}: {name} has dtype float16 (3 significant digits); save it as float32 or float64")
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.sum(~np.isfinite(arr)))
+        raise InputError(f"{source}: {name} has {bad} non-finite value(s)")
+
+
 def validate_data(X, y, *, source: str = "data") -> tuple[np.ndarray, np.ndarray]:
     """Check shapes and values of user data; raise `InputError` naming the problem."""
     X = np.asarray(X)
@@ -74,11 +95,7 @@ def validate_data(X, y, *, source: str = "data") -> tuple[np.ndarray, np.ndarray
     if X.shape[0] != y.shape[0]:
         raise InputError(f"{source}: X has {X.shape[0]} rows but y has {y.shape[0]} entries")
     for name, arr in (("X", X), ("y", y)):
-        if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-            raise InputError(f"{source}: {name} must be real numbers, got dtype {arr.dtype}")
-        if not np.all(np.isfinite(arr)):
-            bad = int(np.sum(~np.isfinite(arr)))
-            raise InputError(f"{source}: {name} has {bad} non-finite value(s)")
+        _check_values(source, name, arr)
     if not np.any(y):
         raise InputError(f"{source}: y is all zeros (w = 0 already interpolates; nothing to study)")
     n, d = X.shape
@@ -94,13 +111,10 @@ def sparse_gaussian(
     n: int, d: int, k: int, *, noise: float = 0.0, seed: int = 0, signs: bool = False, normalization: str = "mean"
 ) -> Problem:
     """Woodworth et al. (2020) data: `X_ij ~ N(0, 1)`, `w*` k-sparse with entries `±1/√k`, `y = Xw* + noise`."""
-    for key, value, lo in (("n", n, 1), ("d", d, 1), ("k", k, 1)):
-        if not isinstance(value, (int, np.integer)) or value < lo:
-            raise InputError(f"{key}={value!r}: expected an integer >= {lo}")
+    for key, value in (("n", n), ("d", d), ("k", k), ("noise", noise), ("seed", seed)):
+        RANGES[f"problem.{key}"].check(key, value)  # the config's ranges
     if k > d:
         raise InputError(f"k={k}: must be <= d={d}")
-    if not noise >= 0:
-        raise InputError(f"noise={noise!r}: must be >= 0")
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, d))
     w_star = np.zeros(d)
@@ -109,7 +123,10 @@ def sparse_gaussian(
     if signs:
         values *= rng.choice([-1.0, 1.0], size=k)
     w_star[support] = values
-    y = X @ w_star + noise * rng.standard_normal(n)
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = X @ w_star + noise * rng.standard_normal(n)
+    if not np.all(np.isfinite(y)):
+        raise InputError(f"noise={noise!r}: y = Xw* + noise·z has {int(np.sum(~np.isfinite(y)))} non-finite value(s)")
     with warnings.catch_warnings():
         if n < d:
             warnings.simplefilter("ignore")
@@ -143,11 +160,30 @@ def load_npz(path: str | Path, *, normalization: str = "mean") -> Problem:
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error
         why = "holds object arrays (pickled Python objects), not numbers" if "pickle" in str(exc) else str(exc)
         raise InputError(f"{name}: cannot read as .npz ({why})") from None
-    X, y = validate_data(arrays["X"], arrays["y"], source=str(path))
+    X, y = validate_data(arrays["X"], arrays["y"], source=name)
     w_star = None
     if "w_star" in arrays:
-        w_star = np.asarray(arrays["w_star"], dtype=np.float64)
+        w_star = np.asarray(arrays["w_star"])
         if w_star.shape != (X.shape[1],):
-            raise InputError(f"{path}: w_star has shape {w_star.shape}, expected ({X.shape[1]},)")
-        w_star = jnp.asarray(w_star)
+            raise InputError(f"{name}: w_star has shape {w_star.shape}, expected ({X.shape[1]},) (X shape {X.shape})")
+        _check_values(name, "w_star", w_star)
+        w_star = jnp.asarray(w_star.astype(np.float64))
     return Problem(jnp.asarray(X), jnp.asarray(y), normalization, w_star)
+
+
+def npz_shape(path: str | Path) -> tuple[int, int]:
+    """The (n, d) of an `.npz` data file's `X`, read from its header alone; a file whose header cannot
+    be read is loaded (`load_npz`), which names what is wrong with it."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("X.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            shape = read[version](f)[0]
+        if len(shape) == 2:
+            return int(shape[0]), int(shape[1])
+    except Exception:  # noqa: BLE001 - anything unusual: the full reader says what
+        pass
+    problem = load_npz(path)
+    return problem.n, problem.d

@@ -7,6 +7,7 @@ code 2 — never a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import warnings
@@ -16,7 +17,12 @@ EXIT_BAD_INPUT = 2
 EXIT_NOT_EQUIVALENT = 1
 EXIT_NOTHING_VERIFIED = 3  # `check`: no pair verified, a pair not solved, or an exact pair inconclusive
 EXIT_FIGURES_FAILED = 4  # `plot`: a figure could not be drawn (one line; the traceback is in figures/figures.json)
+EXIT_NO_COORDINATOR = 5  # a distributed job did not form within --init-timeout
 VERIFIED = ("equivalent", "not_equivalent")
+
+
+# OSErrors of the environment, not of mdflow: no space, over quota, read-only, not permitted.
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _log(msg: str) -> None:
@@ -46,11 +52,17 @@ def _setup_jax(job=None) -> None:
             os.environ.pop("XLA_FLAGS", None)
         else:
             os.environ["XLA_FLAGS"] = flags
+    from ._execution.programs import cache_problem, replace_damaged_compilation_entries
+
     cache = os.environ.get("MDFLOW_CACHE_DIR", str(Path.home() / ".cache" / "mdflow" / "jax"))
-    if cache:
+    why = cache_problem(cache) if cache else None
+    if why:  # the caches are optional: a bad one never stops a run
+        _log(f"warning: MDFLOW_CACHE_DIR={cache!r}: {why}; running uncached")
+    elif cache:
         jax.config.update("jax_compilation_cache_dir", cache)
         if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # else JAX reads it
             jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        replace_damaged_compilation_entries()
 
 
 def _load_config(path: str | None):
@@ -192,9 +204,10 @@ def parser() -> argparse.ArgumentParser:
         epilog="A CONFIG is a TOML file (every key: docs/config.md); results go to output.dir, by default\n"
                "results/<config file stem>. Rerunning a config resumes from its stored chunks.\n"
                "Exit codes: 0 success; 1 `check` found an exact pair not equivalent, or `run --strict` had a\n"
-               "failed run; 2 bad input (one line naming the key or file and the value); 3 `check` verified\n"
-               "nothing, or a pair was not solved, or an exact pair was inconclusive; 4 `plot` could not draw\n"
-               "a figure.\n"
+               "failed run; 2 bad input (one line naming the key or file and the value), or a folder that\n"
+               "cannot be written; 3 `check` verified nothing, or a pair was not solved, or an exact pair was\n"
+               "inconclusive; 4 `plot` could not draw a figure; 5 a distributed job did not form within\n"
+               "--init-timeout (coordinator not reached, or a process missing).\n"
                "Results in Python: mdflow.load(RESULTS_DIR). Tutorial: docs/tutorial.md.",
     )
     sub = p.add_subparsers(dest="command", required=True)
@@ -240,19 +253,32 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from ._errors import InputError
+    from ._execution.distributed import CoordinatorError
 
     try:
         job = _distributed_job(args)
+        _setup_jax(job)
     except InputError as exc:
         _log(f"mdflow {args.command}: error: {exc}")
         return EXIT_BAD_INPUT
-    _setup_jax(job)
+    except CoordinatorError as exc:
+        _log(f"mdflow {args.command}: error: {exc}")
+        return EXIT_NO_COORDINATOR
 
     warnings.showwarning = lambda message, category, *rest, **kw: _log(f"warning: {message}")
     try:
         return args.func(args)
     except InputError as exc:
         _log(f"mdflow {args.command}: error: {exc}")
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        # A full disk, a read-only or forbidden folder met while writing (the guards passed): results
+        # are written atomically, so what was stored before is intact and a rerun resumes.
+        where = f" {exc.filename!r}" if exc.filename else ""
+        _log(f"mdflow {args.command}: error: cannot write{where} ({exc.strerror}); what was stored is intact: "
+             "free space or choose another --out, then rerun to resume")
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         _log("interrupted")

@@ -113,3 +113,26 @@ def test_second_process_loads_the_solve_from_the_cache(tmp_path):
         assert sorted(a.files) == sorted(b.files)
         for key in a.files:
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("where", ["cache_is_file", "programs_is_file"])
+def test_a_bad_cache_warns_once_and_the_run_goes_on(tmp_path, where):
+    """Issue 25, item 9: the caches are optional. `MDFLOW_CACHE_DIR` naming a file, or its
+    `mdflow-programs` being a file, used to end the run with a traceback; now one warning line and
+    the results."""
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY)
+    cache = tmp_path / "cache"
+    if where == "cache_is_file":
+        cache.write_text("x")
+    else:
+        cache.mkdir()
+        (cache / "mdflow-programs").write_text("x")
+    env = dict(os.environ, MDFLOW_CACHE_DIR=str(cache))
+    res = subprocess.run([sys.executable, "-m", "mdflow.cli", "run", str(cfg), "--out", str(tmp_path / "o")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    warnings = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and ("MDFLOW_CACHE_DIR" in warnings[0] or "program cache" in warnings[0]), warnings
+    assert "Traceback" not in res.stderr and (tmp_path / "o" / "summary.json").is_file()

@@ -308,3 +308,128 @@ def test_a_config_round_trips_through_its_json(problem, tmp_path, monkeypatch):
     np.savez("data.npz", X=np.eye(3, 5), y=np.ones(3))
     config = from_dict({"problem": problem})
     assert from_dict(config.to_json()).to_json() == config.to_json()
+
+
+DEEP = "[solve]\nx = " + "[" * 50_000 + "]" * 50_000 + "\n"
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        # Every numeric key has a range (mdflow._errors.RANGES), the same for the config and the API.
+        ("[solve]\nrtol = 1.0\n", "solve.rtol=1.0: must be in [1e-14, 0.1]"),
+        ("[solve]\nrtol = 1e300\n", "solve.rtol=1e+300"),
+        ("[solve]\natol = 0.5\n", "solve.atol=0.5"),
+        ("[solve]\npcoeff = 2.0\n", "solve.pcoeff=2.0"),
+        ("[solve]\nicoeff = 5.0\n", "solve.icoeff=5.0"),
+        ("[solve]\nstop_rel_residual = 1.0\n", "solve.stop_rel_residual=1.0"),
+        ("[solve]\nt1 = 1e300\n", "solve.t1=1e+300"),
+        ("[solve]\nmax_steps = 10000000000\n", "solve.max_steps=10000000000"),
+        ("[check]\ntolerance = 2.0\n", "check.tolerance=2.0"),
+        ("[check]\nfloor = 1.0\n", "check.floor=1.0"),
+        ("[grid]\neps = [1e-300]\n", "grid.eps=1e-300"),
+        ("[grid]\nalpha = { start = 1e-3, stop = 1e200, num = 3 }\n", "grid.alpha.stop=1e+200"),
+        ("[flows]\nkinds = ['adam']\n[grid]\ntau1 = [1e200]\n", "grid.tau1=1e+200"),
+        ("[analysis]\ndiscrete_etas = [2.0]\n", "analysis.discrete_etas[0]=2.0"),
+        ("[problem]\nnoise = 1e308\n", "problem.noise=1e+308"),  # item 12: named, before y is made
+        # Decidable contradictions, refused before the first solve (they used to end the run after it).
+        ("[flows]\nkinds = ['ssd', 'adam']\n[analysis]\ndiscrete = true\n", "every η must be <= flows.tau1=0.01"),
+        ("[flows]\nkinds = ['adam']\nduals = true\n", "flow 'adam' has no dual flow"),
+        ("[analysis]\ndiscrete = true\ndiscrete_etas = [1e-9]\n", "2e+09 optimizer steps per run"),
+        ("[analysis]\ndiscrete = true\ndiscrete_t1 = 1e5\n", "at most 1e+07"),
+        ("[analysis]\ndiscrete = true\ndiscrete_t1 = 1e300\n", "analysis.discrete_t1=1e+300"),
+        ("[flows]\nduals = true\n[solve]\nrtol = 0.01\n", "100x looser"),
+        # The memory guard runs first, from shapes alone (no data generated).
+        ("[problem]\nn = 100000\nd = 100000\n", "for the data (X, y)"),
+        ("[problem]\nn = 9223372036854775807\n", "lower problem.n or problem.d"),
+        ("[solve]\nnum_ts = 10000000000\n", "GB of memory"),
+        # The config reader: numbers too large, nesting too deep.
+        ("[solve]\nt1 = 1" + "0" * 400 + "\n", "solve.t1=100000000000...(401 digits)"),
+        ("[solve]\nt1 = " + "1" * 5000 + "\n", "cfg.toml'"),
+        (DEEP, "nested too deeply"),
+        # File data have no seed; an empty data path names no file.
+        ("[problem]\nkind = 'file'\npath = 'data.npz'\n[grid]\nseed = [0, 1]\n", "grid.seed=[0, 1]: does not apply"),
+        ("[problem]\nkind = 'file'\npath = ''\n", "problem.path='': needs a file name"),
+        ("[problem]\nkind = 'file'\npath = 'folder'\n", "is a folder"),
+        ("[problem]\nkind = 'file'\npath = 'data.npz'\n[flows]\nkinds = ['ssd_frozen']\na = [1.0, 2.0]\n",
+         "flows.a: 2 values, but the data have d=5"),  # from the file's header, before loading it
+    ],
+)
+def test_inputs_judged_before_any_work(tmp_path, capsys, text, needle):
+    """Issue 25, items 2, 4, 5, 6, 8, 11, 12: one line naming the key, exit 2, no output folder."""
+    np.savez(tmp_path / "data.npz", X=np.eye(3, 5), y=np.ones(3))
+    (tmp_path / "folder").mkdir()
+    assert run_cli(tmp_path, text) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0] and "Traceback" not in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "arrays, needle",
+    [
+        ({"X": np.ones((3, 5), np.float16)}, "X has dtype float16"),
+        ({"w_star": np.array(["a"] * 5)}, "w_star must be real numbers"),
+        ({"w_star": np.full(5, np.nan)}, "w_star has 5 non-finite"),
+        ({"w_star": np.ones(5, complex)}, "w_star must be real numbers"),
+    ],
+)
+def test_bad_data_arrays_exit_2_naming_the_array(tmp_path, capsys, arrays, needle):
+    """Issue 25, item 7: float16 X (a TypeError in matrix_rank), a string, NaN or complex w_star."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", **{"X": rng.standard_normal((3, 5)), "y": np.ones(3), **arrays})
+    assert run_cli(tmp_path, "[problem]\nkind = 'file'\npath = 'data.npz'\n") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "problem.path=" in err[0] and needle in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_check_of_a_flow_without_dual_exits_2_before_solving(tmp_path, capsys):
+    """Issue 25, item 4: `mdflow check` with kinds = ["adam"] used to solve, then refuse."""
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(TINY.replace('kinds = ["gf", "ssd"]', 'kinds = ["adam"]'))
+    assert main(["check", str(cfg), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "flow 'adam' has no dual flow" in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where", ["config_is_folder", "proc", "read_only", "disk_full"])
+def test_unwritable_places_exit_2_in_one_line(tmp_path, capsys, monkeypatch, where):
+    """Issue 25, item 8: a config path that is a folder, `--out /proc/x`, a read-only file system
+    (errno 30), a full disk after the guard passed (errno 28): one line naming it, exit 2."""
+    import errno
+    import pathlib
+
+    from mdflow._execution import store
+
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(TINY)
+    out = tmp_path / "out"
+    if where == "config_is_folder":
+        cfg, needle = tmp_path, "is a folder, not a TOML file"
+    elif where == "proc":
+        out, needle = pathlib.Path("/proc/mdflow-x"), "without storage"
+    elif where == "read_only":
+        mkdir = pathlib.Path.mkdir
+
+        def read_only(self, *args, **kwargs):
+            if self == out:
+                raise OSError(errno.EROFS, "Read-only file system", str(self))
+            return mkdir(self, *args, **kwargs)
+
+        monkeypatch.setattr(pathlib.Path, "mkdir", read_only)
+        needle = "Read-only file system"
+    else:
+        def full(path, *args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+        monkeypatch.setattr(store, "atomic_write_json", full)
+        needle = "No space left on device"
+    code = main(["run", str(cfg), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    if where == "disk_full":  # after the start line: the manifest is the first file written
+        err = [line for line in err if not line.startswith("mdflow: ")]
+    else:
+        assert not out.exists()
+    assert code == 2 and len(err) == 1 and needle in err[0] and "Traceback" not in err[0], err

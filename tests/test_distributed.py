@@ -265,3 +265,21 @@ def test_cli_bad_distributed_flags_exit_2_before_work(tmp_path):
     assert res.stderr.strip().splitlines() == ["mdflow run: error: --process-id: needed with --coordinator, "
                                                "--num-processes (a distributed job needs all three)"]
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("process_id, needle", [(1, "not reached within --init-timeout=3 s"),
+                                                (0, "0 of the 1 other process(es) joined within --init-timeout=3 s")])
+def test_a_job_that_does_not_form_exits_4_in_one_line(tmp_path, process_id, needle):
+    """Issue 25, item 10: no coordinator (process 1 alone) or no peer (process 0 alone) used to end
+    in SIGABRT (exit 134) with a C++ stack dump after the timeout."""
+    from mdflow.cli import EXIT_NO_COORDINATOR
+
+    flags = ("--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "2", "--process-id", str(process_id),
+             "--init-timeout", "3")
+    res = subprocess.run([sys.executable, "-m", "mdflow.cli", "run", "--out", str(tmp_path / "o"), *flags],
+                         text=True, capture_output=True, timeout=120, env=env(1, tmp_path / "c"))
+    assert res.returncode == EXIT_NO_COORDINATOR == 5, res.stderr[-2000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mdflow run: error: --coordinator=") and needle in lines[0], lines
+    assert not (tmp_path / "o").exists()

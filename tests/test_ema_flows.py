@@ -200,7 +200,7 @@ def test_tau_sweep_compiles_once(small_problem):
 ])
 def test_invalid_parameters_are_rejected(cls, kwargs, name, value):
     base = dict(alpha=0.1, eps=0.1, tau1=0.01, tau2=1.0) if cls is Adam else dict(alpha=0.1, eps=0.1, tau2=1.0)
-    with pytest.raises(mdflow.InputError, match=rf"{name}=.*{value}.* must be finite and"):
+    with pytest.raises(mdflow.InputError, match=rf"{name}=.*{value}.*: must be (finite, )?in "):
         cls(**{**base, **kwargs})
     cls(**base)  # the valid values are accepted
 

@@ -100,3 +100,75 @@ def test_without_a_cache_or_export_it_traces(monkeypatch, tmp_path):
     assert program.source.startswith("traced, not stored")
     np.testing.assert_array_equal(np.asarray(program((x,))["y"]), [1.0, 2.0, 3.0])
     assert not list(tmp_path.glob("*.jaxexport"))
+
+
+@pytest.mark.parametrize("where", ["folder_is_file", "program_is_folder"])
+def test_an_unusable_program_cache_warns_once_and_traces(tmp_path, monkeypatch, where):
+    """Issue 25, item 9: `mdflow-programs` being a file, or a program's path a folder, used to raise
+    (FileExistsError, IsADirectoryError); the cache is optional, so the program is traced, not
+    stored, with one warning per folder."""
+    path = tmp_path / "programs"
+    monkeypatch.setattr(programs, "cache_folder", lambda: path)
+    monkeypatch.setattr(programs, "_WARNED", set())
+    if where == "folder_is_file":
+        path.write_text("x")
+    else:
+        monkeypatch.setattr(programs, "signature", lambda *args: "fixed")
+        (path / "fixed.jaxexport").mkdir(parents=True)
+    x = jnp.arange(3.0)
+    with pytest.warns(UserWarning, match="program cache: cannot write") as caught:
+        first = programs.build_program("test.unusable", lambda x: x * 2.0, (x,), {})
+        second = programs.build_program("test.unusable", lambda x: x * 3.0, (x,), {})
+    assert len([w for w in caught if "program cache" in str(w.message)]) == 1
+    assert first.source.startswith("traced, not stored: cannot write") and second.source == first.source
+    np.testing.assert_array_equal(np.asarray(second((x,))), [0.0, 3.0, 6.0])
+
+
+def test_a_damaged_compilation_cache_entry_is_replaced():
+    """Issue 25, item 9: JAX warns about an entry it cannot read, compiles, and keeps the damaged
+    file (it never overwrites an entry), so every later process warned again. Now the entry is
+    deleted when its read fails, and this compile stores a good one: the next compile is a hit."""
+    import warnings
+    from pathlib import Path
+
+    folder = Path(jax.config.jax_compilation_cache_dir)
+    programs.replace_damaged_compilation_entries()
+    min_time = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    try:
+        salt = float(np.random.default_rng().integers(1 << 30))  # a program no earlier run stored
+
+        def damaged_probe(x):
+            return jnp.sin(x) * salt + 1.0
+
+        x = jnp.ones(5)
+
+        def compile_once():
+            jax.clear_caches()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                jax.jit(damaged_probe)(x).block_until_ready()
+            return [str(w.message) for w in caught if "persistent compilation cache" in str(w.message)]
+
+        before = set(folder.glob("jit_damaged_probe-*-cache"))
+        assert compile_once() == []
+        entries = set(folder.glob("jit_damaged_probe-*-cache")) - before
+        assert len(entries) == 1, entries
+        entry = entries.pop()
+        entry.write_bytes(b"damaged")
+        assert len(compile_once()) == 1  # JAX's warning, once
+        assert entry.read_bytes() != b"damaged"  # replaced by this compile
+        assert compile_once() == []  # and read back without a warning
+    finally:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", min_time)
+
+
+def test_cache_problem_says_why_a_cache_directory_is_unusable(tmp_path, monkeypatch):
+    """What the CLI warns about before running uncached (issue 25, item 9): `MDFLOW_CACHE_DIR` naming
+    a file, or under one, or not writable (a read-only file system: `access` says EROFS even to root)."""
+    (tmp_path / "file").write_text("x")
+    assert programs.cache_problem(tmp_path / "file") == "not a folder"
+    assert programs.cache_problem(tmp_path / "file" / "jax").startswith("cannot create it")
+    assert programs.cache_problem(tmp_path / "ok") is None and (tmp_path / "ok").is_dir()
+    monkeypatch.setattr(programs.os, "access", lambda path, mode: False)
+    assert programs.cache_problem(tmp_path / "ok") == "not writable"

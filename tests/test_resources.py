@@ -7,7 +7,9 @@ import warnings
 import pytest
 
 from mdflow import InputError
-from mdflow._execution.resources import BYTES, SweepSize, check_sweep_fits, sweep_size
+from mdflow._execution.resources import (
+    BYTES, JSON_BYTES_FIXED, JSON_BYTES_PER_RUN, SweepSize, check_sweep_fits, sweep_size,
+)
 
 
 def test_estimate_counts_the_saved_trajectories():
@@ -17,7 +19,8 @@ def test_estimate_counts_the_saved_trajectories():
     full = sweep_size(trajectories=True, **common)
     assert full.output >= 64 * 2000 * 50_000 * BYTES and full.peak_memory >= full.output
     final = sweep_size(trajectories=False, **common)
-    assert final.output == BYTES * 64 * (50_000 + 2 * 2_000)
+    # Every file counts: the arrays and the JSON files (records twice, the manifest and headers).
+    assert final.output == BYTES * 64 * (50_000 + 2 * 2_000) + 64 * JSON_BYTES_PER_RUN + JSON_BYTES_FIXED
     assert final.peak_memory < full.peak_memory / 20  # then the solver stages dominate
 
 
@@ -25,7 +28,7 @@ def test_refused_and_warned_with_numbers_and_keys(tmp_path):
     size = SweepSize(peak_memory=int(30e9), output=int(20e9))
     with pytest.raises(InputError, match=r"30 GB of memory, 24 GB available.*chunk_size.*output.save"):
         check_sweep_fits(size, tmp_path, trajectories=True, memory=int(24e9), disk=int(1e12))
-    with pytest.raises(InputError, match=r"40 GB \(chunks \+ trajectories.npz\), 10 GB free"):
+    with pytest.raises(InputError, match=r"40 GB \(chunks \+ result files\), 10 GB free"):
         check_sweep_fits(size, tmp_path, trajectories=True, memory=int(1e12), disk=int(10e9))
     with pytest.warns(UserWarning, match="more than 50%"):
         check_sweep_fits(size, tmp_path, trajectories=True, memory=int(50e9), disk=int(1e12))
@@ -106,3 +109,23 @@ def test_assembly_streams_under_a_memory_cap(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "streamed under the cap; the in-memory assembly did not fit" in res.stdout, res.stdout
+
+
+def test_disk_estimate_counts_every_file_a_sweep_writes(tmp_path):
+    """Issue 25, item 8: the disk guard's figure (chunk files and result files side by side: twice
+    `output`) covers every byte a sweep writes, its JSON files included (they were left out, so a
+    nearly full disk failed after the guard had passed)."""
+    import jax
+
+    from conftest import TINY, tiny_config
+    from mdflow._config import from_dict
+    from mdflow._execution.run import execute
+
+    config = from_dict(tiny_config())
+    out = tmp_path / "out"
+    execute(config, out, log=lambda msg: None)
+    written = sum(p.stat().st_size for p in out.rglob("*") if p.is_file() and not p.is_symlink())  # links: once
+    size = sweep_size(num_runs=3, d=TINY["problem"]["d"], n=TINY["problem"]["n"], state_rows=2,
+                      num_ts=TINY["solve"]["num_ts"], trajectories=True, chunk_size=TINY["sweep"]["chunk_size"],
+                      devices=len(jax.devices()))
+    assert written <= 2 * size.output, (written, size)

@@ -127,14 +127,10 @@ def discrete_record(
     (`discrete_etas`, `discrete_errors`, `discrete_end_errors`). `end_state`: the flow's own end
     state, stopped at `end_tol` (a run's `y_final`), to compare with instead of solving it again.
     `optimizer(η)`: the optax optimizer to compare (default `flow.discrete_optimizer`)."""
-    from .._errors import InputError
+    from .._config import check_discrete
     from .._solver.solve import SolvePolicy, solve
 
-    for name in ("tau1", "tau2"):
-        tau = float(getattr(flow, name, 0.0))
-        if 0 < tau < max(float(e) for e in etas):
-            raise InputError(f"discrete etas={list(etas)!r}: every η must be <= {name}={tau!r} "
-                             "(the discrete decay β = 1 − η/τ would be negative)")
+    check_discrete(etas, t1, {name: float(getattr(flow, name)) for name in ("tau1", "tau2") if hasattr(flow, name)})
     if policy is None:
         policy = SolvePolicy(rtol=1e-10, atol=1e-12)
     size = policy.num_ts - 1  # the padded number of save intervals: one program whatever t1 and η are

@@ -23,7 +23,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from .._dual import DualFlow, dual_flow
-from .._errors import InputError
+from .._errors import RANGES, InputError
 from .._execution.sweep import (
     CallTiming, chunk_solver, index, make_mesh, plan_chunks, solve_chunks_timed, solve_plan_calls,
 )
@@ -39,6 +39,18 @@ def paired_dual(flow: AbstractPrimalFlow, problem: Problem, *, form: str = "rho"
     if mirror is None:
         raise InputError(f"flows.kinds: flow {flow.kind!r} has no dual flow to compare with")
     return dual_flow(mirror, problem, form=form)
+
+
+def coarse(policy: SolvePolicy, ratio: float | None = None) -> SolvePolicy:
+    """The check's second policy: tolerances `ratio` (default `TOLERANCE_RATIO`) times looser, which
+    must still be in range (a checked run asks this before its first solve)."""
+    ratio = TOLERANCE_RATIO if ratio is None else ratio
+    for key in ("rtol", "atol"):
+        value, limit = getattr(policy, key), RANGES[f"solve.{key}"]
+        if limit.problem(value * ratio):
+            raise InputError(f"solve.{key}={value!r}: the primal–dual check also solves at {ratio:g}x looser "
+                             f"tolerances, so it must be <= {limit.hi / ratio:g}")
+    return dataclasses.replace(policy, rtol=policy.rtol * ratio, atol=policy.atol * ratio)
 
 
 def _rel(diff, ref, floor):
@@ -298,7 +310,7 @@ def solve_pairs(
     duals = [paired_dual(f, problem, form=dual_form) for flows, _ in chunks for f in flows]
     size = dual_chunk_size(chunk_size, mesh)
     dual_solver = chunk_solver(policy, duals[0], vmap_width, size, mesh)
-    coarse_policy = dataclasses.replace(policy, rtol=policy.rtol * ratio, atol=policy.atol * ratio)
+    coarse_policy = coarse(policy, ratio)
     fine, fine_timing, walls = _solve_spread(duals, problem, policy, dual_solver, size, mesh, vmap_width, ts)
     coarse_dual, dual_timing, _ = _solve_spread(duals, problem, coarse_policy, dual_solver, size, mesh, vmap_width, ts)
     coarse_primal, primal_timing = solve_chunks_timed([list(flows) for flows, _ in chunks], problem, coarse_policy,

@@ -96,15 +96,71 @@ def local_device_count(job: DistributedJob | None, cores: int | None = None) -> 
     return max(1, cores // job.num_processes)
 
 
+class CoordinatorError(Exception):
+    """The job could not be joined within `--init-timeout`: the coordinator was not reached, or not
+    every process joined it. The CLI exits with `EXIT_NO_COORDINATOR` (5) and one line."""
+
+
+def _rendezvous(job: DistributedJob) -> None:
+    """Check, before `jax.distributed.initialize`, that the job can form within its timeout: process 0
+    listens on the coordinator's port until every other process has connected once; every other
+    process connects to it (retrying until the timeout). Why: when the coordinator or a peer never
+    comes, `initialize` ends the process with SIGABRT and a C++ stack dump, after the timeout; this
+    says so in one line instead (`CoordinatorError`). Process 0 then closes the port for JAX's own
+    coordination service, which the others reach with their usual retries."""
+    import socket
+    import time
+
+    host, port = job.host, int(job.coordinator.rsplit(":", 1)[1])
+    deadline = time.monotonic() + job.init_timeout_s
+    if job.process_id == 0:
+        bind = host if job.on_loopback else ""
+        try:
+            server = socket.create_server((bind, port), reuse_port=False)
+        except OSError as exc:
+            raise InputError(f"--coordinator={job.coordinator!r}: process 0 cannot listen on port {port} "
+                             f"({exc.strerror or exc})") from None
+        joined = 0
+        with server:
+            while joined < job.num_processes - 1:
+                server.settimeout(max(0.01, deadline - time.monotonic()))
+                try:
+                    peer, _ = server.accept()
+                except (TimeoutError, socket.timeout):
+                    raise CoordinatorError(
+                        f"--coordinator={job.coordinator!r}: {joined} of the {job.num_processes - 1} other "
+                        f"process(es) joined within --init-timeout={job.init_timeout_s} s") from None
+                with peer:
+                    peer.settimeout(1.0)
+                    try:
+                        peer.recv(1)  # until the peer closes: the TIME_WAIT stays on its side
+                    except OSError:
+                        pass
+                joined += 1
+        return
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=max(0.01, min(1.0, deadline - time.monotonic()))):
+                return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise CoordinatorError(
+                    f"--coordinator={job.coordinator!r}: not reached within --init-timeout={job.init_timeout_s} s "
+                    f"({exc.strerror or exc}); is process 0 running?") from None
+            time.sleep(0.1)
+
+
 def initialize(job: DistributedJob) -> None:
-    """`jax.distributed.initialize` for `job` (before any array exists). A loopback coordinator binds
-    loopback only (JAX's default binds every interface)."""
+    """`jax.distributed.initialize` for `job` (before any array exists), after `_rendezvous` when the
+    flags name the job. A loopback coordinator binds loopback only (JAX's default binds every
+    interface)."""
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
     if job.coordinator is None:  # scheduler environment: let JAX detect everything
         jax.distributed.initialize(initialization_timeout=job.init_timeout_s)
         return
+    _rendezvous(job)
     kwargs = {"coordinator_bind_address": job.coordinator} if job.on_loopback else {}
     jax.distributed.initialize(coordinator_address=job.coordinator, num_processes=job.num_processes,
                                process_id=job.process_id, initialization_timeout=job.init_timeout_s, **kwargs)

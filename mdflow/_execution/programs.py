@@ -30,6 +30,7 @@ import hashlib
 import importlib.util
 import os
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,54 @@ FOLDER = "mdflow-programs"
 # Packages whose source determines a trace besides mdflow's own (mdflow's is hashed by content).
 TRACED_PACKAGES = ("jax", "diffrax", "equinox", "lineax", "optimistix", "jaxtyping")
 _UNSTABLE_REPR = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def cache_problem(path: str | Path) -> str | None:
+    """Why a cache directory cannot be used (None when it can): it cannot be created, is not a
+    folder, or is not writable (a read-only file system included)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        return "not a folder"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create it ({exc.strerror or exc})"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return "not writable"
+    return None
+
+
+def replace_damaged_compilation_entries() -> None:
+    """Make JAX's persistent compilation cache replace an entry it cannot read. JAX warns, compiles
+    and then keeps the damaged file (it never overwrites an entry), so every later process would warn
+    and compile again; deleting the entry when its read fails lets this compile store a good one.
+    Hooks JAX's reader (`jax._src.compilation_cache.get_executable_and_time`); where that is
+    missing (another JAX version), nothing changes."""
+    try:
+        from jax._src import compilation_cache, lru_cache
+    except ImportError:
+        return
+    read = getattr(compilation_cache, "get_executable_and_time", None)
+    if read is None or getattr(read, "replaces_damaged", False):
+        return
+    suffixes = (getattr(lru_cache, "_CACHE_SUFFIX", "-cache"), getattr(lru_cache, "_ATIME_SUFFIX", "-atime"))
+
+    @functools.wraps(read)
+    def get_executable_and_time(cache_key, *args, **kwargs):
+        try:
+            return read(cache_key, *args, **kwargs)
+        except Exception:
+            folder = jax.config.jax_compilation_cache_dir
+            if folder and cache_key:
+                for suffix in suffixes:
+                    try:
+                        (Path(folder) / f"{cache_key}{suffix}").unlink(missing_ok=True)
+                    except OSError:
+                        pass
+            raise
+
+    get_executable_and_time.replaces_damaged = True
+    compilation_cache.get_executable_and_time = get_executable_and_time
 
 
 def cache_folder() -> Path | None:
@@ -130,6 +179,7 @@ def build_program(name: str, fn: Callable[..., Any], args: tuple, static: dict[s
 
     flat.__name__ = flat.__qualname__ = name.rsplit(".", 1)[-1]  # names the program (`jit_<name>`)
 
+    replace_damaged_compilation_entries()
     path, why = _program_path(name, leaves, treedef, rest, static)
     exported, source = None, "traced" if path is not None else f"traced, not stored: {why}"
     if path is not None and path.is_file():
@@ -144,14 +194,30 @@ def build_program(name: str, fn: Callable[..., Any], args: tuple, static: dict[s
         except NotImplementedError as error:  # e.g. host callbacks: not serializable
             return Program(jax.jit(flat).lower(*leaves).compile(), f"traced, not stored: {error}")
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(path, exported.serialize(), create_folder=False)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(path, exported.serialize(), create_folder=False)
+            except OSError as error:  # the cache is optional: a bad one never stops a run
+                source = f"traced, not stored: {_unusable(path, error)}"
 
     def call(*leaves):
         return exported.call(*leaves)
 
     call.__name__ = call.__qualname__ = flat.__name__  # the compilation cache names its entry after it
     return Program(jax.jit(call).lower(*leaves).compile(), source)
+
+
+_WARNED: set[str] = set()
+
+
+def _unusable(path: Path, error: OSError) -> str:
+    """Why `path` could not be stored, warned once per folder per process (later programs are traced
+    and not stored the same way, without another warning)."""
+    why = f"cannot write {str(path)!r} ({type(error).__name__}: {error.strerror or error})"
+    if str(path.parent) not in _WARNED:
+        _WARNED.add(str(path.parent))
+        warnings.warn(f"program cache: {why}; running without storing programs", stacklevel=3)
+    return why
 
 
 def _program_path(name: str, leaves: list, treedef, rest, static: dict[str, Any]) -> tuple[Path | None, str]:

@@ -72,6 +72,35 @@ def store_identity(config: Config, problems: dict[int, Problem], policy: SolvePo
     }
 
 
+def _sweep_size(config: Config, policy: SolvePolicy, duals: bool, chunk_size: int, devices: int):
+    """`sweep_size` of a config from its shapes alone (no data generated or loaded, no flow solved): the
+    data's (n, d), each flow kind's state rows (`init` traced on an abstract problem), the arrays of
+    the duals and analyses."""
+    n, d = config.data_shape()
+    a = config["flows"]["a"]
+    if isinstance(a, list) and len(a) != d:
+        raise InputError(f"flows.a: {len(a)} values, but the data have d={d} (one magnitude per coordinate)")
+    track = duals or config["analysis"]["kkt"]
+    # State rows do not depend on n, nor on d unless `flows.a` is a list (one value per coordinate).
+    d_abstract = d if isinstance(config["flows"]["a"], list) else 1
+
+    def rows(spec):
+        def init(X, y):
+            problem = Problem(X, y)
+            return build_flow(spec, problem, config, track_identity=track).init(problem)
+
+        return jax.eval_shape(init, jax.ShapeDtypeStruct((1, d_abstract), np.float64),
+                              jax.ShapeDtypeStruct((1,), np.float64)).shape[0]
+
+    specs = config.run_specs()
+    first = {spec.flow: spec for spec in reversed(specs)}  # one flow per kind suffices
+    num_ts = policy.num_ts
+    extra = (num_ts * d + num_ts if duals else 0) + (8 * d if config["analysis"]["kkt"] else 0)
+    return sweep_size(num_runs=len(specs), d=d, n=n, num_ts=num_ts, state_rows=max(rows(s) for s in first.values()),
+                      trajectories=policy.save == "trajectory", chunk_size=chunk_size, devices=devices,
+                      num_problems=len(config.seeds), extra_per_run=extra)
+
+
 def build_flow(spec: RunSpec, problem: Problem, config: Config, *, track_identity: bool = False):
     """The flow object of one run: the spec's parameters, unset ones from the `[flows]` table
     (`flows.a` for frozen SSD: "grad0" means the flow's own default `|g(0)|`)."""
@@ -135,10 +164,6 @@ def _plan(config: Config, policy: SolvePolicy, duals: bool, chunk_size: int, vma
     for i, spec in enumerate(specs):
         if spec.seed not in problems:
             problems[spec.seed] = config.problem(spec.seed)
-            a = config["flows"]["a"]
-            if isinstance(a, list) and len(a) != problems[spec.seed].d:
-                raise InputError(f"flows.a: {len(a)} values, but the data have d={problems[spec.seed].d} "
-                                 "(one magnitude per coordinate)")
         # E3 states ride along when the dual check or the KKT error E needs them (no second solve).
         flow = build_flow(spec, problems[spec.seed], config, track_identity=duals or config["analysis"]["kkt"])
         flows.append(flow)
@@ -256,8 +281,16 @@ def execute(
 
         analyses = config_analyses(config)
     policy = config.solve_policy(duals=duals)
+    if duals:  # what the check would refuse after the primal solves, refused now
+        from .._analysis.equivalence import coarse
+
+        config.check_duals()
+        coarse(policy)
     chunk_size, vmap_width = config["sweep"]["chunk_size"], config["sweep"]["vmap_width"]
     mesh = make_mesh()
+    # The guards first, from shapes alone: before any data are generated or loaded.
+    check_sweep_fits(_sweep_size(config, policy, duals, chunk_size, mesh.devices.size), out_dir,
+                     trajectories=policy.save == "trajectory")
     specs, problems, flows, plan = _plan(config, policy, duals, chunk_size, vmap_width, mesh)
     ts = policy.time_grid()
     d = next(iter(problems.values())).d
@@ -272,12 +305,6 @@ def execute(
                              for s in sorted({c.solver for c in plan})},
               "num_runs": len(specs), "duals": duals}
     total_start = time.perf_counter()
-    problem0 = next(iter(problems.values()))
-    size = sweep_size(num_runs=len(specs), d=problem0.d, n=problem0.n, num_ts=len(ts),
-                      state_rows=max(jax.eval_shape(f.init, problems[seed]).shape[0]  # one flow per kind suffices
-                                     for f, seed in {type(f): (f, s.seed) for f, s in zip(flows, specs)}.values()),
-                      trajectories=policy.save == "trajectory", chunk_size=chunk_size, devices=mesh.devices.size)
-    check_sweep_fits(size, out_dir, trajectories=policy.save == "trajectory")
     identity = store_identity(config, problems, policy)
     store = Store.open(out_dir, identity, header, [c.to_json() for c in plan], force=force, writer=primary)
     try:

@@ -499,8 +499,8 @@ def _make_folder(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise InputError(f"--out: cannot create folder {str(folder)!r} (a file is in the way)") from None
-    except PermissionError:
-        raise InputError(f"--out: cannot create folder {str(folder)!r} (permission denied)") from None
+    except OSError as exc:  # permission denied, a read-only file system, ...
+        raise InputError(f"--out: cannot create folder {str(folder)!r} ({exc.strerror or exc})") from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise InputError(f"--out: folder {str(folder)!r} is not writable")
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from .._errors import InputError, check_time_grid
+from .._errors import RANGES, InputError, check_time_grid
 from .._flows import AbstractFlow
 from .._problem import Problem
 
@@ -67,22 +67,15 @@ class SolvePolicy:
     save: str = "trajectory"
 
     def __post_init__(self):
-        checks = {
-            "rtol": self.rtol > 0,
-            "atol": self.atol > 0,
-            "t1": self.t1 > 0 and np.isfinite(self.t1),
-            "num_ts": isinstance(self.num_ts, int) and self.num_ts >= 2,
-            "max_steps": isinstance(self.max_steps, int) and self.max_steps >= 1,
-            "pcoeff": self.pcoeff >= 0,
-            "icoeff": self.icoeff > 0,
-        }
-        for key, ok in checks.items():
-            if not ok:
-                raise InputError(f"solve.{key}={getattr(self, key)!r}: invalid value")
-        if self.t_min is not None and not (0 < self.t_min < self.t1):
-            raise InputError(f"solve.t_min={self.t_min!r}: must satisfy 0 < t_min < t1={self.t1}")
-        if self.stop_rel_residual is not None and not self.stop_rel_residual > 0:
-            raise InputError(f"solve.stop_rel_residual={self.stop_rel_residual!r}: must be > 0")
+        # The config's ranges (`RANGES`), so `SolvePolicy(...)` and a config refuse the same values.
+        for key in ("rtol", "atol", "t1", "num_ts", "max_steps", "pcoeff", "icoeff"):
+            RANGES[f"solve.{key}"].check(f"solve.{key}", getattr(self, key))
+        if self.t_min is not None:
+            RANGES["solve.t_min"].check("solve.t_min", self.t_min)
+            if not self.t_min < self.t1:
+                raise InputError(f"solve.t_min={self.t_min!r}: must be < solve.t1={self.t1!r}")
+        if self.stop_rel_residual is not None:
+            RANGES["solve.stop_rel_residual"].check("solve.stop_rel_residual", self.stop_rel_residual)
         if self.save not in ("trajectory", "final"):
             raise InputError(f"output.save={self.save!r}: expected 'trajectory' or 'final'")
         if self.solver not in SOLVERS and self.solver != "auto":
@@ -305,8 +298,22 @@ def _solve(flow, problem, controls: SolveControls, *, solver_name, max_steps, ke
     )
 
 
+def _check_arguments(flow, problem, policy, *, batched: bool) -> None:
+    """The arguments of `solve` / `solve_batch`, by type and shape, before any tracing."""
+    what = "a batched flow (`stack_flows`)" if batched else "a flow (`make_flow`)"
+    if not isinstance(flow, AbstractFlow):
+        raise InputError(f"flow{'s' if batched else ''}: expected {what}, got {type(flow).__name__}")
+    if not isinstance(problem, Problem):
+        raise InputError(f"problem: expected a Problem, got {type(problem).__name__}")
+    if not isinstance(policy, SolvePolicy):
+        raise InputError(f"policy: expected a SolvePolicy (e.g. SolvePolicy(t1=5.0)), got {type(policy).__name__}")
+    if not batched:  # a batched flow's leading axis is its members
+        flow.check_problem(problem)
+
+
 def solve(flow: AbstractFlow, problem: Problem, policy: SolvePolicy, ts=None) -> Solution:
     """Integrate one flow on one problem under `policy` (optionally on an explicit time grid `ts`)."""
+    _check_arguments(flow, problem, policy, batched=False)
     controls, stop = SolveControls.of(policy, problem, ts)
     return _solve(
         flow.integrand(problem), problem, controls,
@@ -319,6 +326,8 @@ def solve(flow: AbstractFlow, problem: Problem, policy: SolvePolicy, ts=None) ->
 
 def stack_flows(flows: list[AbstractFlow]) -> AbstractFlow:
     """Stack same-type flows into one batched flow (leading axis on every array leaf)."""
+    if not flows:
+        raise InputError("flows=[]: stack_flows needs at least one flow")
     kinds = {type(f) for f in flows}
     if len(kinds) != 1:
         raise ValueError(f"stack_flows needs flows of one type, got {kinds}")
@@ -332,6 +341,7 @@ def _solve_batch(flows, problem, controls: SolveControls, **static):
 
 def solve_batch(flows: AbstractFlow, problem: Problem, policy: SolvePolicy, ts=None) -> Solution:
     """`vmap` of `solve` over a batched flow (see `stack_flows`); every member shares the problem."""
+    _check_arguments(flows, problem, policy, batched=True)
     controls, stop = SolveControls.of(policy, problem, ts)
     return _solve_batch(
         eqx.filter_vmap(lambda f: f.integrand(problem))(flows), problem, controls,
