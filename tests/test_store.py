@@ -26,7 +26,7 @@ TINY = {
     "problem": {"n": 10, "d": 24, "k": 3, "seed": 1},
     "flows": {"kinds": ["ssd"]},
     "grid": {"eps": [0.03, 0.3, 3.0], "alpha": [0.01, 0.1]},
-    "solve": {"t1": 1e3, "num_ts": 12, "stop_rel_residual": 1e-7},
+    "solve": {"t1": 1e5, "num_ts": 12, "stop_rel_residual": 1e-7},  # every run interpolates before t1
     "sweep": {"chunk_size": 2},
     "output": {"save": "trajectories", "figures": False},
 }

@@ -35,7 +35,7 @@ def flows_for(problem, eps=EPS, alpha=ALPHA):
 
 
 def policy(**kw):
-    base = dict(t1=1e3, num_ts=12, stop_rel_residual=1e-7, save="trajectory")
+    base = dict(t1=1e4, num_ts=12, stop_rel_residual=1e-7, save="trajectory")  # every run interpolates
     base.update(kw)
     return md.SolvePolicy(**base)
 
@@ -220,7 +220,7 @@ import mdflow as md
 from mdflow._execution import sweep as _sweep
 assert len(jax.devices()) == int(sys.argv[2]), jax.devices()
 p = md.sparse_gaussian(10, 24, 3, seed=2)
-pol = md.SolvePolicy(t1=1e3, num_ts=12, stop_rel_residual=1e-7, save="trajectory")
+pol = md.SolvePolicy(t1=1e4, num_ts=12, stop_rel_residual=1e-7, save="trajectory")  # as `policy()`
 flows = [md.make_flow("ssd", p, eps=e, alpha=a) for e in (0.03, 0.3, 3.0) for a in (0.01, 0.1)]
 out = {}
 for width, solver in ((1, "auto"), (2, "tsit5")):

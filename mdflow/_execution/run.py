@@ -140,6 +140,10 @@ def _plan(config: Config, policy: SolvePolicy, duals: bool, chunk_size: int, vma
     for i, spec in enumerate(specs):
         if spec.seed not in problems:
             problems[spec.seed] = config.problem(spec.seed)
+            if config["analysis"]["kkt"]:
+                from .._analysis.kkt import require_interpolators
+
+                require_interpolators(problems[spec.seed])
             a = config["flows"]["a"]
             if isinstance(a, list) and len(a) != problems[spec.seed].d:
                 raise InputError(f"flows.a: {len(a)} values, but the data have d={problems[spec.seed].d} "
