@@ -26,7 +26,8 @@ def test_e3_identity_on_grid(small_problem):
     # stop at interpolation: afterwards true SSD at small ε and large α is stiff (GF sped up by 1/ε)
     policy = SolvePolicy(solver="tsit5", t1=20.0, num_ts=30, rtol=1e-12, atol=1e-14, stop_rel_residual=1e-8)
     sol = solve_batch(batch, small_problem, policy)
-    assert np.all(np.asarray(sol.status) == 0)
+    # every run ended normally: stopped at interpolation, or reached t1 first (the identity holds either way)
+    assert {mdflow.status_name(s) for s in sol.status} <= {"ok", "not_interpolated"}
     p, q, gamma, j_u, j_v = (np.asarray(sol.ys[:, :, k]) for k in range(5))
     eps = np.asarray(batch.eps)[:, None, None]
     log_alpha = np.log(np.asarray(batch.alpha))[:, None, None]
