@@ -4,8 +4,6 @@ KKT analysis is refused before work where there are no interpolators (n ≥ d)."
 
 from __future__ import annotations
 
-import time
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -55,12 +53,10 @@ def _tiny_chunk(**flow_params):
 
 def test_a_state_that_is_not_finite_at_t0_ends_at_once_as_nonfinite():
     """α = 1e308 (weights α² overflow): was 500 000 NaN steps to `max_steps` at t_end = 0; now no step."""
-    start = time.perf_counter()
     sol = _tiny_chunk(gf={"alpha": 1e308}, ssd={"eps": 0.1, "alpha": 1e308})
     assert [md.status_name(s) for s in sol.status] == ["nonfinite", "nonfinite"]
     assert list(sol.num_steps) == [0, 0] and list(sol.t_end) == [0.0, 0.0]
     assert np.isnan(sol.loss[:, 1:]).all()  # nothing held after a failure
-    assert time.perf_counter() - start < 30  # compile included; the solve itself takes no steps
 
 
 def test_a_run_that_never_reaches_its_stop_is_not_ok(tmp_path):
