@@ -206,9 +206,11 @@ def load(results_dir: str | Path, *, arrays: bool = True):
       `rel_residual` is the stored trajectory). The discrete comparison's lists (`discrete.errors`, ...)
       have dimension `eta`. With duals, the pair records of `equivalence.json` appear as `check.*`.
     - With `arrays=True` (default), every stored array with named dimensions: `w (run, t, coordinate)`,
-      `w_final (run, coordinate)`, `loss`, `rel_residual`, `gap_w (run, t)`, `w_dual`, and the
-      `analysis.*` arrays; `t` is a coordinate (the saved times). `arrays=False` keeps only the run
-      table, so `mdflow.load(dir, arrays=False).to_dataframe()` is the tidy one-row-per-run table.
+      `w_final (run, coordinate)`, `loss`, `rel_residual`, `gap_w (run, t)`, `w_dual`, the
+      `analysis.*` arrays and the per-η lists above; `t` is a coordinate (the saved times).
+      `arrays=False` keeps only the run table, every variable on `run` alone (not the per-η lists:
+      `to_dataframe` would repeat each run once per η), so `mdflow.load(dir, arrays=False).to_dataframe()`
+      is the tidy one-row-per-run table.
     - `attrs`: `config` (every table, defaults filled in), `versions`, `stop_rel_residual` (in force),
       `source` (the folder).
 
@@ -239,7 +241,7 @@ def load(results_dir: str | Path, *, arrays: bool = True):
             variables[name] = ("run", column)
             continue
         series = _list_column(values)
-        if series is not None:
+        if series is not None and arrays:  # an array per run: in the run table it would multiply its rows
             variables[name] = (("run", LIST_DIMS.get(key.split(".")[0], f"{name}_index")), series)
     coords: dict[str, Any] = {}
     if arrays:

@@ -118,7 +118,7 @@ def cmd_check(args) -> int:
     """Exit 0: every exact pair equivalent (true-SSD pairs may be `not_equivalent`: their dual is
     approximate); 1: some exact pair (GF, frozen SSD) not equivalent; 3: nothing verified (no pair
     `equivalent` or `not_equivalent`), a pair not solved, or an exact pair `inconclusive`."""
-    from ._analysis.equivalence import format_table
+    from ._analysis.equivalence import SOLVED, format_table
     from ._errors import InputError
     from ._execution.run import execute
 
@@ -134,7 +134,7 @@ def cmd_check(args) -> int:
     failed = [p for p in exact if p["verdict"] == "not_equivalent"]
     undecided = [p for p in exact if p["verdict"] == "inconclusive"]
     verified = [p for p in pairs if p["verdict"] in VERIFIED]
-    unsolved = [p for p in pairs if {p["primal_status"], p["dual_status"], p["coarse_status"]} != {"ok"}]
+    unsolved = [p for p in pairs if not {p["primal_status"], p["dual_status"], p["coarse_status"]} <= set(SOLVED)]
     _log((f"wrote {out / 'equivalence.json'}; " if _writes() else "")
          + f"{len(verified)} of {len(pairs)} pair(s) verified, {len(failed)} exact pair(s) not equivalent"
          + (f", {len(unsolved)} not solved" if unsolved else ""))

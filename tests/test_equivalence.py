@@ -26,7 +26,8 @@ def test_e3_identity_on_grid(small_problem):
     batch = stack_flows(flows)
     # stop at interpolation: afterwards true SSD at small ε and large α is stiff (GF sped up by 1/ε)
     sol = solve_batch(batch, small_problem, policy(stop=1e-8, t1=20.0, rtol=1e-12, atol=1e-14))
-    assert np.all(np.asarray(sol.status) == 0)
+    # every run ended normally: stopped at interpolation, or reached t1 first (the identity holds either way)
+    assert {mdflow.status_name(s) for s in sol.status} <= {"ok", "not_interpolated"}
     p, q, gamma, j_u, j_v = (np.asarray(sol.ys[:, :, k]) for k in range(5))
     eps = np.asarray(batch.eps)[:, None, None]
     log_alpha = np.log(np.asarray(batch.alpha))[:, None, None]

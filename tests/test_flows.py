@@ -61,7 +61,8 @@ def test_ssd_exact_facts(small_problem, ssd_runs):
     """u, v > 0; |u̇|, |v̇| < 1; L(w(t)) non-increasing (§2, exact)."""
     p = small_problem
     grid, flows, sol = ssd_runs
-    assert np.all(np.asarray(sol.status) == 0)
+    # every run ended normally: stopped at interpolation, or reached t1 first (the facts hold either way)
+    assert {mdflow.status_name(s) for s in sol.status} <= {"ok", "not_interpolated"}
     for i, (eps, alpha) in enumerate(grid):
         flow = jax.tree.map(lambda x: x[i], flows)
         ys = sol.ys[i]

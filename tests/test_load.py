@@ -142,3 +142,19 @@ def test_swept_magnitudes_and_pairs_are_labelled(tmp_path):
     assert one["check.max_rel_gap_w"].item() == 3e-9 and one["check.verdict"].item() == "equivalent"
     np.testing.assert_array_equal(one["w_final"].values, [3.0, 4.0, 5.0])
     assert np.isnan(ds.sel(a=0.0)["check.max_rel_gap_w"].values).all()
+
+
+def test_tidy_table_has_one_row_per_run_with_discrete_etas(tmp_path):
+    """Per-η lists of `analysis.discrete` (dimension `eta`) must not multiply the rows of the run table:
+    4 runs, 2 η's gave 8 rows."""
+    runs = [{"flow": "ssd", "eps": eps, "alpha": alpha, "seed": 0, "status": "ok", "t_end": 1.0 + i,
+             "discrete": {"etas": [0.01, 0.02], "errors": [1e-3 * (i + 1), 2e-3 * (i + 1)], "slope": 1.0}}
+            for i, (eps, alpha) in enumerate([(0.1, 0.1), (0.1, 0.2), (1.0, 0.1), (1.0, 0.2)])]
+    arrays = {"ts": np.linspace(0, 1, 3), "w_final": np.zeros((4, 3)), "loss": np.ones((4, 3))}
+    _commit(tmp_path, {"config": {}, "versions": {}, "runs": runs}, arrays)
+    table = mdflow.load(tmp_path, arrays=False).to_dataframe()
+    assert len(table) == len(runs) == 4
+    assert list(table["t_end"]) == [1.0, 2.0, 3.0, 4.0] and list(table["discrete.slope"]) == [1.0] * 4
+    ds = mdflow.load(tmp_path)  # the per-η lists are there with the arrays
+    assert ds["discrete.errors"].dims == ("run", "eta")
+    np.testing.assert_array_equal(ds["discrete.errors"].values[3], [4e-3, 8e-3])

@@ -84,11 +84,75 @@ def test_identity_names_versions_and_policy(tmp_path, monkeypatch):
     out = tmp_path / "out"
     execute(config, out, log=lambda m: None)
     identity = read_manifest(out)["identity"]
-    assert set(identity) == {"config", "data", "versions", "policy"}
+    assert set(identity) == {"config", "data", "code", "versions", "policy"}
     assert identity["policy"]["stop_rel_residual"] == 1e-7 and identity["versions"]["mdflow"] == mdflow.__version__
     monkeypatch.setattr(mdflow, "__version__", "99.0")
     with pytest.raises(InputError, match=r"versions\[mdflow\] '.*' -> '99.0'"):
         execute(config, out, log=lambda m: None)
+
+
+def test_a_code_change_is_refused_force_recomputes_and_old_results_stay_readable(tmp_path, monkeypatch):
+    """The code is part of the identity (a content hash of mdflow's source, not `__version__`): a
+    folder made by other code is refused naming both hashes, also from its chunk files alone;
+    `--force` recomputes every chunk; reading a committed folder never needs the same code."""
+    import mdflow
+    import mdflow._execution.run as run
+    from conftest import tiny_config
+
+    config = from_dict(tiny_config(), source="tiny")
+    out = tmp_path / "out"
+    execute(config, out, log=lambda m: None)
+    made_by = read_manifest(out)["identity"]["code"]
+    assert made_by == run.source_hash()[:16] and read_results(out).summary["versions"]["code"] == made_by
+    chunk = json.loads((out / "chunks" / "chunk-0000.json").read_text())
+    assert chunk["identity"]["code"] == made_by  # each chunk names the code that made it
+    before = mdflow.load(out, arrays=False)
+
+    monkeypatch.setattr(run, "source_hash", lambda: "c0de" * 16)  # another mdflow
+    changed = rf"code '{made_by}' -> 'c0dec0dec0dec0de'.*--force"
+    with pytest.raises(InputError, match=changed):
+        execute(config, out, log=lambda m: None)
+    again = mdflow.load(out, arrays=False)  # results of other code stay readable, unchanged
+    assert again.attrs["versions"]["code"] == made_by
+    np.testing.assert_array_equal(again["t_end"].values, before["t_end"].values)
+    (out / "manifest.json").unlink()  # the chunk files alone still say which code made them
+    with pytest.raises(InputError, match=changed):
+        execute(config, out, log=lambda m: None)
+    execute(config, out, log=lambda m: None, force=True)
+    manifest = read_manifest(out)
+    assert manifest["identity"]["code"] == "c0dec0dec0dec0de"
+    assert sorted(manifest["sessions"][-1]["computed"]) == [c["index"] for c in manifest["chunks"]]
+    assert read_results(out).summary["versions"]["code"] == "c0dec0dec0dec0de"
+
+
+@pytest.mark.e2e
+def test_a_changed_copy_of_the_package_is_refused_on_the_same_out(tmp_path):
+    """As a user would change the code: a copy of the package with another factor in SSD's field, first
+    on PYTHONPATH, run on the folder the original code filled: exit 2 naming the code, nothing loaded."""
+    import shutil
+    import subprocess
+    import sys
+
+    import mdflow
+    from conftest import tiny_config, toml_text
+
+    (tmp_path / "c.toml").write_text(toml_text(tiny_config()))
+    out = tmp_path / "out"
+    assert main(["run", str(tmp_path / "c.toml"), "--out", str(out)]) == 0
+    copy = tmp_path / "pkg" / "mdflow"
+    shutil.copytree(Path(mdflow.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    flows = copy / "_flows.py"
+    line = "dp = -2 * g / (2 * u * magnitude + eps)"
+    assert line in flows.read_text()
+    flows.write_text(flows.read_text().replace(line, line.replace("-2 *", "-2.5 *")))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "pkg"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "mdflow.cli", "run", str(tmp_path / "c.toml"), "--out", str(out)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "code '" in err[0] and "mdflow's source" in err[0] and "--force" in err[0], err[0]
+    assert read_manifest(out)["identity"]["code"] in err[0]
 
 
 def test_a_failed_commit_leaves_the_previous_set(tmp_path, monkeypatch):

@@ -53,15 +53,16 @@ def analyze_run(problem: Problem, flow, solution, config, *, policy=None) -> tup
     """The `[analysis]` sub-records of one run and its arrays (module docstring).
 
     - `kkt` (`analysis.kkt`): `kkt_record` — for a run that did not reach its stop tolerance the KKT
-      errors are still reported (a non-interpolating end point has feasibility > 0).
+      errors are still reported (a non-interpolating end point has feasibility > 0). Needs n < d
+      (`require_interpolators`: an `InputError` otherwise).
     - `stages` (`analysis.stages`): SSD and frozen SSD runs with a saved trajectory.
     - `discrete` (`analysis.discrete`): flows with a discrete counterpart (`has_discrete`: SSD, Adam,
       RMSProp), the optimizer at `analysis.discrete_etas` on `[0, analysis.discrete_t1]` and at the end
-      point.
+      point (skipped, saying why, for n ≥ d: no interpolation to run to).
     `solution` is one run's `Solution` (no batch axis); `policy` defaults to `config.solve_policy()`.
     """
     from .discrete import discrete_record
-    from .kkt import kkt_record
+    from .kkt import kkt_record, require_interpolators
     from .stages import stages_record
 
     an = config["analysis"]
@@ -69,6 +70,7 @@ def analyze_run(problem: Problem, flow, solution, config, *, policy=None) -> tup
     record: dict[str, Any] = {}
     arrays: dict[str, np.ndarray] = {}
     if an["kkt"]:
+        require_interpolators(problem)  # `mdflow run` refuses this before any work (`_plan`)
         refs = references_for(problem)
         identity = _identity_state(problem, flow, solution, policy)
         record["kkt"], kkt_arrays = kkt_record(problem, flow, jnp.asarray(solution.y_final),

@@ -175,6 +175,11 @@ def _end_point_errors(problem, flow, etas, policy, end_tol, max_steps, record, e
 
     if end_tol is None:
         end_tol = policy.stop_rel_residual if policy.stop_rel_residual is not None else 1e-6
+    if problem.n >= problem.d:  # in general no interpolator: neither would get there (max_steps of nothing)
+        none = [None] * len(etas)
+        record.update(end_tol=end_tol, end_errors=none, end_steps=none, end_slope=None, flow_t_end=None,
+                      end_skipped=f"n={problem.n} >= d={problem.d}: no interpolation to run to")
+        return none
     flow_t_end = None
     if end_state is None:
         # The flow's limit: the same policy, stopped at `end_tol` (a long horizon: the stop ends it).

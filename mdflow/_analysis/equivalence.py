@@ -181,8 +181,8 @@ def pair_record(
     identity over the run. `assumption_residual` is `max_t max_i |δ^{u,v}_i(t)|` with
     `δ^u = a(u − α) − J^u` (θ units); `assumption_residual_rel` divides it by `max_t ‖Γ(t)‖_∞`.
     `verdict` is one of `VERDICTS` (see `judge`) for every flow, `reason` says why in one line;
-    a pair whose solves did not all finish ok is `inconclusive`. `coarse_status` is the worse of the
-    coarse primal and dual statuses. `dual_wall_s` is the finer dual solve's time (its share of its
+    a pair whose solves did not all end `SOLVED` (ok, or `not_interpolated`: ran to t1) is
+    `inconclusive`. `coarse_status` is the worse of the coarse primal and dual statuses. `dual_wall_s` is the finer dual solve's time (its share of its
     engine call's solve time, `solve_pairs`; compilation excluded). `arrays` (numpy): `ts, w_primal
     (T,d), w_dual (T,d), gap_w (T,), gap_dual (T,)`, and for tracked SSD `identity (T,)`, `delta (T,)`;
     all of the finer solves.
@@ -201,6 +201,16 @@ def pair_record(
                             dual_form=dual_form, ratio=ratio)
 
 
+# The statuses of a solve whose trajectory a pair can compare: it stopped at interpolation or ran to t1
+# (`not_interpolated`: a stop was asked for and not reached; the two sides still cover the horizon).
+SOLVED = ("ok", "not_interpolated")
+
+
+def _badness(status: str) -> tuple[bool, int]:
+    """Sort key of the worse of two statuses: a failure over a solved one, then the status code."""
+    return status not in SOLVED, STATUSES.index(status)
+
+
 def pair_record_from(
     solved: SolvedPair, problem: Problem, flow: AbstractPrimalFlow, primal: Solution, policy: SolvePolicy, *,
     tolerance: float = 1e-6, floor: float = 1e-12, dual_form: str = "rho", ratio: float = TOLERANCE_RATIO,
@@ -209,9 +219,9 @@ def pair_record_from(
     arrays = _pair_arrays(flow, solved.dual, problem, primal, solved.fine, floor)
     gap_coarse = _max_gap(_pair_arrays(flow, solved.dual, problem, *solved.coarse, floor)["gap_w"])
     statuses = {"primal_status": status_name(primal.status), "dual_status": status_name(solved.fine.status),
-                "coarse_status": max((status_name(c.status) for c in solved.coarse), key=STATUSES.index)}
+                "coarse_status": max((status_name(c.status) for c in solved.coarse), key=_badness)}
     max_gap = _max_gap(arrays["gap_w"])
-    if set(statuses.values()) != {"ok"} or max_gap is None or gap_coarse is None:
+    if not set(statuses.values()) <= set(SOLVED) or max_gap is None or gap_coarse is None:
         verdict, reason = "inconclusive", ("not solved: primal {primal_status}, dual {dual_status}, "
                                            "coarse {coarse_status}").format(**statuses)
     else:

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
+from .._errors import InputError
 from .._mirror import AbstractMirrorMap
 from .._problem import Problem
 
@@ -128,6 +129,15 @@ def _start(mirror, X, w0, w_guess):
     return theta0, lam0
 
 
+def require_interpolators(problem: Problem, what: str = "analysis.kkt") -> None:
+    """`InputError` naming `what`, n and d unless `n < d`: the KKT analysis selects among the
+    interpolators `{Xw = y}`, a set only an over-parameterized problem has in general (n ≥ d: at most
+    one point, none at all with noise, and the n-dimensional dual is degenerate)."""
+    if problem.n >= problem.d:
+        raise InputError(f"{what}: the data have n={problem.n} >= d={problem.d}, so there is no set of "
+                         "interpolators to select from (needs n < d); turn it off for this problem")
+
+
 def bregman_projection(
     mirror: AbstractMirrorMap,
     problem: Problem,
@@ -147,6 +157,7 @@ def bregman_projection(
       squares fit of `Xᵀλ ≈ ∇Φ(w_guess) − ∇Φ(w0)`. Default λ0 = 0.
     - `tol`: stop at relative feasibility `||Xw − y|| / ||y|| ≤ tol`.
     """
+    require_interpolators(problem, "bregman_projection")
     X, y = problem.X, problem.y
     w0 = jnp.zeros(problem.d, X.dtype) if w0 is None else jnp.asarray(w0, X.dtype)
     guess = None if w_guess is None else jnp.asarray(w_guess, X.dtype)

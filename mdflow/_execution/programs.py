@@ -106,13 +106,22 @@ def cache_folder() -> Path | None:
 
 
 @functools.cache
-def code_fingerprint() -> str:
-    """sha256 over mdflow's source (content) and the traced packages' versions and source file stats."""
+def source_hash() -> str:
+    """sha256 over the content (and relative path) of every source file of this mdflow: the code that
+    computes results. It keys the program cache (`code_fingerprint`) and is part of a results
+    store's identity (`_execution/run.py`, `store_identity`)."""
     digest = hashlib.sha256()
     package = Path(__file__).resolve().parents[1]
     for path in sorted(package.rglob("*.py")):
         digest.update(str(path.relative_to(package)).encode())
         digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """sha256 over mdflow's source (`source_hash`) and the traced packages' versions and source file stats."""
+    digest = hashlib.sha256(source_hash().encode())
     from importlib.metadata import PackageNotFoundError, version
 
     for name in TRACED_PACKAGES:

@@ -19,6 +19,7 @@ from .._errors import InputError
 from .._flows import make_flow
 from .._problem import Problem
 from .._solver.solve import STATUSES, Solution, SolvePolicy, status_name
+from .programs import source_hash
 from .resources import check_sweep_fits, sweep_size
 from .store import Store, atomic_write_json, stream_npz
 from .sweep import (
@@ -28,7 +29,8 @@ from .sweep import (
 
 
 def versions() -> dict[str, str]:
-    """Versions of everything that determines results."""
+    """Versions of everything that determines results; `code`: the first 16 hex digits of
+    `source_hash`, the content of mdflow's source (`__version__` alone does not change with it)."""
     from importlib.metadata import version
 
     import equinox
@@ -37,6 +39,7 @@ def versions() -> dict[str, str]:
 
     return {
         "mdflow": __version__,
+        "code": source_hash()[:16],
         "python": platform.python_version(),
         "jax": jax.__version__,
         "diffrax": version("diffrax"),  # without importing it (a loaded program does not need it)
@@ -61,11 +64,13 @@ def data_digest(problem: Problem) -> str:
 
 
 def store_identity(config: Config, problems: dict[int, Problem], policy: SolvePolicy) -> dict[str, Any]:
-    """What determines a sweep's results: the config, the data's content (per seed), the versions of
-    the numerical stack and the solve policy in force (defaults included)."""
+    """What determines a sweep's results: the config, the data's content (per seed), the code (content
+    hash of mdflow's source), the versions of the numerical stack and the solve policy in force
+    (defaults included)."""
     stack = versions()
     return {
         "config": config.hash(),
+        "code": stack["code"],
         "data": {str(seed): data_digest(p) for seed, p in sorted(problems.items())},
         "versions": {k: stack[k] for k in ("mdflow", "jax", "diffrax", "equinox", "optax", "x64")},
         "policy": {k: v for k, v in dataclasses.asdict(policy).items()},
@@ -164,6 +169,10 @@ def _plan(config: Config, policy: SolvePolicy, duals: bool, chunk_size: int, vma
     for i, spec in enumerate(specs):
         if spec.seed not in problems:
             problems[spec.seed] = config.problem(spec.seed)
+            if config["analysis"]["kkt"]:
+                from .._analysis.kkt import require_interpolators
+
+                require_interpolators(problems[spec.seed])
         # E3 states ride along when the dual check or the KKT error E needs them (no second solve).
         flow = build_flow(spec, problems[spec.seed], config, track_identity=duals or config["analysis"]["kkt"])
         flows.append(flow)

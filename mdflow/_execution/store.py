@@ -5,7 +5,8 @@ Layout of an output folder:
 
 ```
 out/
-  manifest.json            identity (config hash, data hash, versions, solve policy), header, chunk list
+  manifest.json            identity (config hash, data hash, code hash, versions, solve policy), header,
+                           chunk list
   chunks/chunk-0003.npz    arrays of the chunk's runs (w_final, loss, rel_residual[, w])
   chunks/chunk-0003.json   records (+ dual pair records) of the chunk, its identity and the npz's sha256
   generations/g-.../       one assembled result set: summary.json, trajectories.npz[, equivalence.json],
@@ -128,7 +129,8 @@ def identity_hash(identity: dict[str, Any]) -> str:
 
 
 _IDENTITY_PARTS = {"config": "config hash", "data": "hash of X, y, w_star per seed",
-                   "versions": "versions", "policy": "solve policy in force"}
+                   "code": "content hash of mdflow's source", "versions": "versions",
+                   "policy": "solve policy in force"}
 
 
 def identity_changes(stored: dict[str, Any], identity: dict[str, Any]) -> str:
@@ -161,8 +163,10 @@ class Store:
     **Arguments of `Store.open`:**
 
     - `out_dir`: the output folder (created if needed).
-    - `identity`: what determines the results (JSON-able dict: `config` hash, `data` hashes, `versions`,
-      `policy`); a folder holding another identity is an `InputError` naming what changed.
+    - `identity`: what determines the results (JSON-able dict: `config` hash, `data` hashes, `code`
+      hash, `versions`, `policy`); a folder holding another identity is an `InputError` naming what
+      changed. Chunk files name the identity they were computed under, so a chunk of other code or
+      data is never loaded.
     - `manifest`: the JSON-able header (config, versions, devices, ...) written into `manifest.json`.
     - `chunks`: one dict per planned chunk (`index`, `runs`, ...): the manifest's chunk list.
     - `force`: discard whatever the folder holds and start over.
@@ -265,7 +269,9 @@ class Store:
         if not isinstance(meta, dict):
             return broken("unreadable json")
         if meta.get("identity_hash") != self.identity_hash:
-            return broken("other inputs (config, data or versions)")
+            stored = meta.get("identity")
+            return broken("other inputs: " + identity_changes(stored if isinstance(stored, dict) else {},
+                                                              self.identity))
         if meta.get("runs") != list(runs):
             return broken("other run list")
         for key, value in expect.items():

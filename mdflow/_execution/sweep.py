@@ -379,12 +379,23 @@ class Progress:
     """Progress lines through `log`: one per chunk (runs done/total, elapsed, ETA), and `note` lines
     for work between chunks (analyses, dual checks, assembling).
 
-    The ETA is the measured time per unit of predicted cost times the cost left: with `total_cost`
-    (and a `cost` per chunk, e.g. the sum of its runs' `difficulty`) this accounts for the
-    easiest-first order; without, every run costs 1. A chunk's `wall` is its solve time (compilation is
-    timed apart, see `CallTiming`) plus its analyses, so the first computed chunk already gives a real
-    rate. Before any chunk is timed (only loaded ones) it says "estimating".
+    The ETA brackets the time left between two rates measured on the computed chunks (a chunk's
+    `wall` is its solve time plus its analyses; compilation is timed apart, see `CallTiming`):
+
+    - time per run × runs left: a floor, since chunks run easiest first;
+    - time per unit of predicted cost (e.g. the sum of `difficulty` over a chunk's runs) × cost left:
+      a ceiling. `difficulty` orders runs well but overstates how much harder the hard ones are (it
+      counts the steps to the stop tolerance of an explicit solver; the stiff switch, `t1` and
+      `max_steps` cut them short), so this alone predicted many times the real time.
+
+    When the ceiling is within 4× of the floor the line shows their geometric mean, within 2× of
+    anything between them ("ETA 12.3 s"); otherwise the floor only ("ETA > 2.4 s"), never a number the
+    measurements do not support. Without `total_cost` every run costs 1 (floor = ceiling). Before any
+    chunk is timed (only loaded ones) it says "estimating".
     """
+
+    # The widest bracket (ceiling / floor) that still gives a number within 2× of both ends.
+    SPREAD = 4.0
 
     def __init__(self, total_runs: int, total_chunks: int, log: Callable[[str], None] | None, *,
                  total_cost: float | None = None):
@@ -392,6 +403,7 @@ class Progress:
         self.done_runs = 0
         self.done_cost = 0.0
         self.timed_wall = self.timed_cost = 0.0
+        self.timed_runs = 0
         self.start = time.perf_counter()
 
     def note(self, what: str) -> None:
@@ -409,20 +421,33 @@ class Progress:
         if wall is not None:
             self.timed_wall += wall
             self.timed_cost += cost
+            self.timed_runs += runs
         if self.log is None:
             return
         self.log(f"[chunk {chunk + 1}/{self.total_chunks}] {self.done_runs}/{self.total_runs} runs, "
                  f"elapsed {time.perf_counter() - self.start:.1f} s, ETA {self.eta()}: {what}")
 
+    def bounds(self) -> tuple[float, float] | None:
+        """`(floor, ceiling)` of the seconds left (class docstring), or None before a chunk is timed."""
+        if self.timed_runs == 0 or self.timed_cost <= 0:
+            return None
+        floor = self.timed_wall / self.timed_runs * max(self.total_runs - self.done_runs, 0)
+        if self.total_cost is None:
+            return floor, floor
+        ceiling = self.timed_wall / self.timed_cost * max(self.total_cost - self.done_cost, 0.0)
+        return floor, max(ceiling, floor)
+
     def eta(self) -> str:
         """The ETA text of the next line (class docstring)."""
         if self.done_runs >= self.total_runs:
             return "0 s"
-        total = self.total_cost if self.total_cost is not None else float(self.total_runs)
-        left = max(total - self.done_cost, 0.0)
-        if self.timed_cost > 0:
-            return f"{self.timed_wall / self.timed_cost * left:.1f} s"
-        return "estimating"
+        bounds = self.bounds()
+        if bounds is None:
+            return "estimating"
+        floor, ceiling = bounds
+        if ceiling <= self.SPREAD * floor:
+            return f"{(floor * ceiling) ** 0.5:.1f} s"
+        return f"> {floor:.1f} s"
 
 
 def timing_text(timing: CallTiming, solve_share: float) -> str:

@@ -30,12 +30,14 @@ if TYPE_CHECKING:
     import diffrax
 
 class RunStatus(enum.IntEnum):
-    """A run's outcome, stored as its integer code (`Solution.status`) and recorded by name."""
+    """A run's outcome, stored as its integer code (`Solution.status`) and recorded by name
+    (`end_status` decides it)."""
 
-    ok = 0  # reached t1, or stopped at interpolation
+    ok = 0  # stopped at interpolation (end residual below the stop tolerance), or reached t1 with no stop asked
     max_steps = 1  # ran out of `max_steps`
-    nonfinite = 2  # the end state is not finite
-    failed = 3  # any other solver failure (e.g. the step size underflowed)
+    nonfinite = 2  # the state, loss or residual became NaN/inf (the solve stops there, at once)
+    failed = 3  # any other solver failure (e.g. the step size underflowed), or an end contradicting itself
+    not_interpolated = 4  # asked to stop at interpolation, reached t1 first (horizon too short, or none exists)
 
 
 # Run status names, in the order of their integer codes.
@@ -182,7 +184,8 @@ class FlowArgs(eqx.Module):
 
 class SolveControls(eqx.Module):
     """The traced controls of a solve: changing any of them never recompiles. Built from a policy by
-    `SolveControls.of`; `stop` (whether the interpolation event exists at all) is static beside them."""
+    `SolveControls.of`; `stop` (whether a stop at interpolation was asked for: it decides the status of
+    a run that reaches t1, `end_status`) is static beside them."""
 
     ts: Float[Array, " T"]
     rtol: Float[Array, ""]
@@ -209,8 +212,39 @@ def _field(t, y, args: FlowArgs):
     return args.flow.vector_field(t, y, args.problem)
 
 
-def _interpolated(t, y, args: FlowArgs, **kwargs):
-    return args.problem.rel_residual(args.flow.weights(y, args.problem)) < args.stop_tol
+def _end_event(t, y, args: FlowArgs, **kwargs):
+    """Stop at interpolation (`||Xw − y|| / ||y|| < stop_tol`; never when no stop is asked: `stop_tol`
+    is 0 then), or at once when the residual is not finite: steps from a state whose field is NaN are
+    all rejected, so without this a solve would spend `max_steps` standing still (e.g. α = 1e308,
+    whose weights α² overflow at t0: diffrax checks a boolean event at the initial state too)."""
+    rel = args.problem.rel_residual(args.flow.weights(y, args.problem))
+    return (rel < args.stop_tol) | ~jnp.isfinite(rel)
+
+
+# Relative slack of the check that a stopped run's end residual is below its stop tolerance: the event
+# and the end point evaluate the same residual in different compiled code (last-bit differences).
+_STOP_SLACK = 1e-9
+
+
+def end_status(result, y_final, final_loss, final_rel, stop_tol, *, stop: bool):
+    """A run's `RunStatus` code and whether it stopped at interpolation, from diffrax's `result` and
+    its end point (JAX arrays; traced inside the solve). Never `ok` with a non-finite end (state, loss
+    or residual: `nonfinite`), with an end that contradicts how it ended (the stop event fired but the
+    end residual is not below the stop tolerance: `failed`), or, when a stop was asked for, with an end
+    that never reached it (`not_interpolated`)."""
+    import diffrax
+
+    finite = jnp.all(jnp.isfinite(y_final)) & jnp.isfinite(final_loss) & jnp.isfinite(final_rel)
+    event = result == diffrax.RESULTS.event_occurred
+    reached_t1 = result == diffrax.RESULTS.successful
+    interpolated = (event | reached_t1) & finite & (final_rel <= stop_tol * (1 + _STOP_SLACK)) if stop else False
+    status = jnp.select(
+        [~finite, jnp.asarray(interpolated), event, reached_t1, result == diffrax.RESULTS.max_steps_reached],
+        [RunStatus.nonfinite, RunStatus.ok, RunStatus.failed,
+         RunStatus.not_interpolated if stop else RunStatus.ok, RunStatus.max_steps],
+        RunStatus.failed,
+    )
+    return status, event & (status == RunStatus.ok)
 
 
 @eqx.filter_jit
@@ -252,19 +286,14 @@ def _solve(flow, problem, controls: SolveControls, *, solver_name, max_steps, ke
         stepsize_controller=controller,
         max_steps=max_steps,
         throw=False,
-        event=diffrax.Event(_interpolated) if stop else None,
+        event=diffrax.Event(_end_event),
     )
     grid, final = sol.ys
     y_final = final[0]
     t_end = sol.ts[1][0]
-    finite = jnp.all(jnp.isfinite(y_final))
-    stopped = sol.result == diffrax.RESULTS.event_occurred
-    success = (sol.result == diffrax.RESULTS.successful) | stopped
-    status = jnp.select(
-        [~finite, success, sol.result == diffrax.RESULTS.max_steps_reached],
-        [RunStatus.nonfinite, RunStatus.ok, RunStatus.max_steps],
-        RunStatus.failed,
-    )
+    w_final = flow.weights(y_final, problem)
+    final_loss, final_rel = problem.loss(w_final), problem.rel_residual(w_final)
+    status, stopped = end_status(sol.result, y_final, final_loss, final_rel, controls.stop_tol, stop=stop)
     ok = status == RunStatus.ok
     after = ts > t_end
 
@@ -274,8 +303,6 @@ def _solve(flow, problem, controls: SolveControls, *, solver_name, max_steps, ke
         fill = jnp.where(ok, final_value, jnp.nan)
         return jnp.where(mask, fill, saved)
 
-    w_final = flow.weights(y_final, problem)
-    final_loss, final_rel = problem.loss(w_final), problem.rel_residual(w_final)
     loss = hold(grid["loss"], final_loss)
     rel = hold(grid["rel_residual"], final_rel)
     ys = hold(grid["y"], y_final) if keep_states else None
