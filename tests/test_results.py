@@ -17,6 +17,7 @@ from mdflow._config import from_dict
 from mdflow._execution.run import execute
 from mdflow._execution.store import read_manifest, read_results
 from mdflow.cli import main
+from conftest import TINY, tiny_config
 
 # conftest's plumbing config (its chunk program) on a data file of its shape: two GF runs, one chunk.
 GF = {**tiny_config(flows={"kinds": ["gf"]}, grid={"alpha": [0.1, 0.3]}, solve={"stop_rel_residual": 1e-7}),

@@ -51,9 +51,20 @@ def _tiny_chunk(**flow_params):
     return solve_chunk(flows, problem, policy, chunk_size=config["sweep"]["chunk_size"])
 
 
+
+
+
 def test_a_state_that_is_not_finite_at_t0_ends_at_once_as_nonfinite():
-    """α = 1e308 (weights α² overflow): was 500 000 NaN steps to `max_steps` at t_end = 0; now no step."""
-    sol = _tiny_chunk(gf={"alpha": 1e308}, ssd={"eps": 0.1, "alpha": 1e308})
+    """A residual that is not finite at t = 0 (here data of scale 1e200, whose squared loss overflows;
+    α = 1e308 did the same before α got its range: 500 000 NaN steps to `max_steps` at t_end = 0): the
+    solve ends at once, with no step, as `nonfinite`."""
+    from mdflow._execution.sweep import solve_chunk
+
+    config = from_dict(tiny_config(), source="tiny")
+    tame, policy = config.problem(0), config.solve_policy()
+    problem = md.Problem(tame.X * 1e200, tame.y * 1e200)
+    flows = [md.make_flow("gf", problem, alpha=0.1), md.make_flow("ssd", problem, eps=0.1, alpha=0.1)]
+    sol = solve_chunk(flows, problem, policy, chunk_size=config["sweep"]["chunk_size"])
     assert [md.status_name(s) for s in sol.status] == ["nonfinite", "nonfinite"]
     assert list(sol.num_steps) == [0, 0] and list(sol.t_end) == [0.0, 0.0]
     assert np.isnan(sol.loss[:, 1:]).all()  # nothing held after a failure
@@ -98,7 +109,7 @@ def test_no_interpolators_skip_the_discrete_end_points_saying_why(monkeypatch):
     flow = md.make_flow("ssd", problem, eps=0.1, alpha=0.1)
     record = {}
     errors = discrete._end_point_errors(problem, flow, [0.01, 0.02], md.SolvePolicy(stop_rel_residual=1e-6), None,
-                                        2_000_000, record, None)
+                                        2_000_000, record, None, None)
     assert errors == [None, None] and record["end_errors"] == [None, None]
     assert "n=30 >= d=24" in record["end_skipped"]
 
