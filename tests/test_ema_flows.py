@@ -31,9 +31,11 @@ def ssd_path(small_problem):
     return w, np.max(np.linalg.norm(w, axis=1))
 
 
-@pytest.mark.parametrize("solver", ["tsit5", "rodas4"])
-@pytest.mark.parametrize("make", [lambda: Adam(ALPHA, EPS, 0.0, 0.0), lambda: RMSProp(ALPHA, EPS, 0.0)],
-                         ids=["adam", "rmsprop"])
+@pytest.mark.parametrize("solver, make", [
+    ("tsit5", lambda: Adam(ALPHA, EPS, 0.0, 0.0)), ("rodas4", lambda: Adam(ALPHA, EPS, 0.0, 0.0)),
+    ("tsit5", lambda: RMSProp(ALPHA, EPS, 0.0)),
+    pytest.param("rodas4", lambda: RMSProp(ALPHA, EPS, 0.0), marks=pytest.mark.slow),
+], ids=["adam-tsit5", "adam-rodas4", "rmsprop-tsit5", "rmsprop-rodas4"])
 def test_zero_time_constants_are_ssd(small_problem, ssd_path, solver, make):
     """τ1 = τ2 = 0 is SSD exactly: the trajectories agree to solver tolerance (Adam in linear
     coordinates, RMSProp in log coordinates, SSD in log coordinates), with bias correction (a field that
@@ -59,7 +61,8 @@ def test_zero_time_constants_are_ssd_rodas4_autonomous(small_problem, ssd_path, 
     assert np.max(np.linalg.norm(_weights(flow, sol) - w_ssd, axis=1)) <= 1e-7 * scale
 
 
-@pytest.mark.parametrize("make", [lambda: Adam(ALPHA, EPS, 0.05, 0.5), lambda: RMSProp(ALPHA, EPS, 0.5)],
+@pytest.mark.parametrize("make", [lambda: Adam(ALPHA, EPS, 0.05, 0.5),
+                                  pytest.param(lambda: RMSProp(ALPHA, EPS, 0.5), marks=pytest.mark.slow)],
                          ids=["adam", "rmsprop"])
 def test_rodas4_follows_the_time_dependent_field(small_problem, make):
     """At τ > 0 the bias correction makes the field depend on t (the τ = 0 test above cannot see

@@ -8,11 +8,19 @@ import numpy as np
 import pytest
 
 import mdflow
-from conftest import policy, save_times
+from conftest import policy
 from mdflow import FrozenSSD, format_table, pair_record, plot_pair, solve, solve_batch, stack_flows
 
 EPS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 ALPHAS = (0.01, 0.1, 1.0)
+
+
+def _primal(flow, problem, policy):
+    """A primal run solved as `pair_record` solves its coarse primal (a chunk of 2 on the sweep engine,
+    members in sequence: bit for bit a single solve), so both share one program."""
+    from mdflow._execution.sweep import index, solve_chunk
+
+    return index(solve_chunk([flow], problem, policy, chunk_size=2), 0)
 
 
 def _policy(t1, **kwargs):
@@ -46,7 +54,7 @@ def ssd_pairs(small_problem):
     out = {}
     for t1 in (20.0, 0.1, 0.01):
         policy = _policy(t1)
-        primal = solve(flow, small_problem, policy)
+        primal = _primal(flow, small_problem, policy)
         out[t1] = pair_record(small_problem, flow, primal, policy)
     return out
 
@@ -77,7 +85,7 @@ def test_gap_shrinks_on_early_window_where_g_is_a(ssd_pairs):
 def test_verdicts_exact_pair_and_mismatch(small_problem):
     flow = mdflow.make_flow("ssd_frozen", small_problem, eps=0.1, alpha=0.1)
     policy = _policy(20.0)
-    primal = solve(flow, small_problem, policy)
+    primal = _primal(flow, small_problem, policy)
     record, arrays = pair_record(small_problem, flow, primal, policy, tolerance=1e-6)
     assert record["verdict"] == "equivalent", record
     assert record["max_rel_gap_w"] <= 1e-6 and record["max_rel_gap_dual"] <= 1e-6
@@ -126,11 +134,10 @@ def test_early_stop_is_compared_on_the_common_window(small_problem):
     """A primal that stops early (residual 1e-3) against a dual that runs on: the gap counts only up to
     the earlier stop (a held state is never compared with a moving one), both stop times recorded."""
     flow = mdflow.make_flow("gf", small_problem, alpha=0.1)
-    ts = jnp.asarray(save_times(100.0, 1e-3))
-    stopping = policy(stop=1e-3, rtol=1e-11, atol=1e-13, t1=100.0)
-    primal = solve(flow, small_problem, stopping, ts=ts)
+    stopping = policy(stop=1e-3, rtol=1e-11, atol=1e-13, t1=100.0, t_min=1e-3)
+    primal = _primal(flow, small_problem, stopping)
     assert bool(primal.stopped) and float(primal.t_end) < 100.0
-    running = policy(rtol=1e-11, atol=1e-13, t1=100.0)
+    running = policy(rtol=1e-11, atol=1e-13, t1=100.0, t_min=1e-3)
     record, arrays = pair_record(small_problem, flow, primal, running, tolerance=1e-6)
     assert record["dual_t_end"] == 100.0 and record["primal_t_end"] == float(primal.t_end)
     assert record["t_common"] == record["primal_t_end"]

@@ -177,6 +177,7 @@ def test_switch_detects_stiffness(lam, h, stiff):
     assert bool(run(y0)[0]) == stiff
 
 
+@pytest.mark.slow
 def test_vmap_matches_loop(small_problem):
     """A batched solve of the auto path equals the per-run loop to the solver tolerance (batched
     round-off can move a step, diffrax #692; each member keeps its own explicit/implicit mode), and every
