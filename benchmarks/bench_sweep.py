@@ -129,9 +129,9 @@ def lax_map_sweep(flows, problem, policy, chunk_size):
     """All runs in one compiled call: `lax.map` over the sorted runs, `chunk_size` at a time."""
     order = sorted(range(len(flows)), key=lambda i: _sweep.flow_difficulty(flows[i]))
     batched = md.stack_flows([flows[i] for i in order])
-    controls, stop = _controls.of(policy, problem)
+    controls = _controls.of(policy, problem)
     static = dict(solver_name=md.select_solver(policy, flows[0]), max_steps=policy.max_steps,
-                  keep_states=policy.save == "trajectory", stop=stop, batched=True)  # lax.map with batch_size vmaps
+                  keep_states=policy.save == "trajectory", batched=True)  # lax.map with batch_size vmaps
 
     @jax.jit
     def run(batched, problem, controls):

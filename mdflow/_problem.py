@@ -40,6 +40,11 @@ class Problem(eqx.Module):
             raise InputError(f"w_star: must have shape ({X[1]},) to match X of shape {X}, got shape "
                              f"{np.shape(self.w_star)}")
 
+    def as_data(self) -> Problem:
+        """The data alone (`w_star` dropped): what a solve receives, so that generated and loaded data of
+        one shape share one compiled program."""
+        return self if self.w_star is None else Problem(self.X, self.y, self.normalization)
+
     @property
     def n(self) -> int:
         return self.X.shape[0]

@@ -53,12 +53,12 @@ def test_chunk_solve_has_no_host_callbacks(small_problem, solver):
     Under equinox's default `EQX_ON_ERROR=raise`, diffrax's save-time checks would put one in."""
     policy = mdflow.SolvePolicy(solver=solver, t1=100.0, num_ts=10, stop_rel_residual=1e-6)
     flows = mdflow.stack_flows([mdflow.make_flow("ssd", small_problem, eps=e, alpha=0.1) for e in (0.1, 1.0)])
-    controls, stop = _solve.SolveControls.of(policy, small_problem)
+    controls = _solve.SolveControls.of(policy, small_problem)
     mesh = _sweep.make_mesh(jax.devices()[:1])
     real = np.ones(2, dtype=bool)
     jaxpr = jax.make_jaxpr(
         lambda *a: _sweep._body(*a, mesh=mesh, vmap_width=1, solver_name=solver, max_steps=1000,
-                                keep_states=True, stop=stop)
+                                keep_states=True)
     )(flows, real, small_problem, controls)
     names = _primitives(jaxpr.jaxpr)
     assert "while" in names  # the walk reaches inside the solve's loop

@@ -270,7 +270,7 @@ def test_cli_bad_distributed_flags_exit_2_before_work(tmp_path):
 @pytest.mark.e2e
 @pytest.mark.parametrize("process_id, needle", [(1, "not reached within --init-timeout=3 s"),
                                                 (0, "0 of the 1 other process(es) joined within --init-timeout=3 s")])
-def test_a_job_that_does_not_form_exits_4_in_one_line(tmp_path, process_id, needle):
+def test_a_job_that_does_not_form_exits_5_in_one_line(tmp_path, process_id, needle):
     """Issue 25, item 10: no coordinator (process 1 alone) or no peer (process 0 alone) used to end
     in SIGABRT (exit 134) with a C++ stack dump after the timeout."""
     from mdflow.cli import EXIT_NO_COORDINATOR

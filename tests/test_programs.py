@@ -27,9 +27,9 @@ def _chunk_args(problem, solver):
     policy = canonical_policy(solver, stop=1e-6, t1=100.0)
     flows = mdflow.stack_flows([mdflow.make_flow("ssd", problem, eps=e, alpha=0.1).integrand(problem)
                                 for e in (0.03, 1.0)])
-    controls, stop = SolveControls.of(policy, problem)
+    controls = SolveControls.of(policy, problem)
     mesh = _sweep.make_mesh(jax.devices()[:1])
-    static = dict(mesh=mesh, vmap_width=1, solver_name=solver, max_steps=policy.max_steps, keep_states=True, stop=stop)
+    static = dict(mesh=mesh, vmap_width=1, solver_name=solver, max_steps=policy.max_steps, keep_states=True)
     return (flows, np.ones(2, dtype=bool), problem, controls), static
 
 

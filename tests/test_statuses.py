@@ -20,7 +20,7 @@ def _status(result, *, y=(0.0, 1.0), loss=1e-3, rel=1e-7, tol=1e-6, stop=True):
     import diffrax
 
     code, stopped = end_status(getattr(diffrax.RESULTS, result), jnp.asarray(y), jnp.asarray(loss), jnp.asarray(rel),
-                               jnp.asarray(tol if stop else 0.0), stop=stop)
+                               jnp.asarray(tol if stop else 0.0))
     return RunStatus(int(code)).name, bool(stopped)
 
 
@@ -62,7 +62,7 @@ def test_a_state_that_is_not_finite_at_t0_ends_at_once_as_nonfinite():
 
     config = from_dict(tiny_config(), source="tiny")
     tame, policy = config.problem(0), config.solve_policy()
-    problem = md.Problem(tame.X * 1e200, tame.y * 1e200)
+    problem = md.Problem(tame.X * 1e200, tame.y * 1e200, w_star=tame.w_star)
     flows = [md.make_flow("gf", problem, alpha=0.1), md.make_flow("ssd", problem, eps=0.1, alpha=0.1)]
     sol = solve_chunk(flows, problem, policy, chunk_size=config["sweep"]["chunk_size"])
     assert [md.status_name(s) for s in sol.status] == ["nonfinite", "nonfinite"]

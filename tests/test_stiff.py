@@ -200,8 +200,8 @@ def _switch_static(problem, batched):
     from mdflow._solver.solve import SolveControls
 
     pol = policy("auto", **AUTO)
-    controls, stop = SolveControls.of(pol, problem)
-    static = dict(solver_name="tsit5_rodas4", max_steps=pol.max_steps, keep_states=True, stop=stop, batched=batched)
+    controls = SolveControls.of(pol, problem)
+    static = dict(solver_name="tsit5_rodas4", max_steps=pol.max_steps, keep_states=True, batched=batched)
     return mdflow.make_flow("ssd", problem, eps=1e-5, alpha=0.1).integrand(problem), controls, static
 
 

@@ -352,8 +352,8 @@ def test_family_members_solve_as_their_own_flows(problem):
     pol, p = policy(), problem
     for kind, eps in FAMILY:
         flow = md.make_flow(kind, p, eps=eps, alpha=0.05)
-        ref = _solve_one(flow, p, md.SolveControls.of(pol, p)[0], solver_name=md.select_solver(pol, flow),
-                         max_steps=pol.max_steps, keep_states=True, stop=True)
+        ref = _solve_one(flow, p, md.SolveControls.of(pol, p), solver_name=md.select_solver(pol, flow),
+                         max_steps=pol.max_steps, keep_states=True)
         one = md.solve(flow, p, pol)
         for key in ("y_final", "ys", "num_steps"):
             np.testing.assert_array_equal(np.asarray(getattr(one, key)), np.asarray(getattr(ref, key)), err_msg=key)

@@ -331,12 +331,13 @@ def solve_chunks_timed(
     # share one compiled program.
     members = [jax.tree.map(np.asarray, f.integrand(problem)) for c in padded for f in c]
     batched = jax.tree.map(lambda *xs: np.stack(xs), *members)  # on the host: no eager device ops
-    controls, stop = SolveControls.of(policy, problem, ts)
+    controls = SolveControls.of(policy, problem, ts)
+    problem = problem.as_data()  # generated and loaded data of one shape: one program
     batched, real = jax.device_put((batched, real), NamedSharding(mesh, P(AXIS)))
     problem, controls = jax.device_put((problem, controls), NamedSharding(mesh, P()))
     args = (batched, real, problem, controls)
     static = dict(mesh=mesh, vmap_width=vmap_width, solver_name=solver, max_steps=policy.max_steps,
-                  keep_states=policy.save == "trajectory", stop=stop)
+                  keep_states=policy.save == "trajectory")
     program, compile_s = _compiled_solver(args, static)
     start = time.perf_counter()
     fields = jax.tree.map(_to_host, program(args))
@@ -389,7 +390,7 @@ class Progress:
       `max_steps` cut them short), so this alone predicted many times the real time.
 
     When the ceiling is within 4× of the floor the line shows their geometric mean, within 2× of
-    anything between them ("ETA 12.3 s"); otherwise the floor only ("ETA > 2.4 s"), never a number the
+    anything between them (`ETA <t> s`); otherwise the floor only (`ETA > <t> s`), never a number the
     measurements do not support. Without `total_cost` every run costs 1 (floor = ceiling). Before any
     chunk is timed (only loaded ones) it says "estimating".
     """

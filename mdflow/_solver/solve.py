@@ -184,8 +184,8 @@ class FlowArgs(eqx.Module):
 
 class SolveControls(eqx.Module):
     """The traced controls of a solve: changing any of them never recompiles. Built from a policy by
-    `SolveControls.of`; `stop` (whether a stop at interpolation was asked for: it decides the status of
-    a run that reaches t1, `end_status`) is static beside them."""
+    `SolveControls.of`. `stop_tol` is the stop tolerance, 0 where no stop at interpolation was asked for
+    (a policy's tolerance is > 0): with a stop or without, a solve is one program."""
 
     ts: Float[Array, " T"]
     rtol: Float[Array, ""]
@@ -195,9 +195,8 @@ class SolveControls(eqx.Module):
     stop_tol: Float[Array, ""]
 
     @classmethod
-    def of(cls, policy: SolvePolicy, problem: Problem, ts=None) -> tuple[SolveControls, bool]:
-        """The controls for `policy` on `problem` (save grid `ts`, default `policy.time_grid()`), and
-        whether the run stops at interpolation."""
+    def of(cls, policy: SolvePolicy, problem: Problem, ts=None) -> SolveControls:
+        """The controls for `policy` on `problem` (save grid `ts`, default `policy.time_grid()`)."""
         dtype = problem.X.dtype
         if ts is not None and not isinstance(ts, jax.core.Tracer):
             check_time_grid(ts)  # diffrax's own check is compiled out (`_errors.py`)
@@ -205,7 +204,7 @@ class SolveControls(eqx.Module):
         stop = policy.stop_rel_residual is not None
         scalars = [jnp.asarray(v, dtype) for v in (policy.rtol, policy.atol, policy.pcoeff, policy.icoeff)]
         stop_tol = jnp.asarray(policy.stop_rel_residual if stop else 0.0, dtype)
-        return cls(ts, *scalars, stop_tol), stop
+        return cls(ts, *scalars, stop_tol)
 
 
 def _field(t, y, args: FlowArgs):
@@ -226,29 +225,30 @@ def _end_event(t, y, args: FlowArgs, **kwargs):
 _STOP_SLACK = 1e-9
 
 
-def end_status(result, y_final, final_loss, final_rel, stop_tol, *, stop: bool):
+def end_status(result, y_final, final_loss, final_rel, stop_tol):
     """A run's `RunStatus` code and whether it stopped at interpolation, from diffrax's `result` and
     its end point (JAX arrays; traced inside the solve). Never `ok` with a non-finite end (state, loss
     or residual: `nonfinite`), with an end that contradicts how it ended (the stop event fired but the
     end residual is not below the stop tolerance: `failed`), or, when a stop was asked for, with an end
-    that never reached it (`not_interpolated`)."""
+    that never reached it (`not_interpolated`). A stop was asked for where `stop_tol > 0`."""
     import diffrax
 
     finite = jnp.all(jnp.isfinite(y_final)) & jnp.isfinite(final_loss) & jnp.isfinite(final_rel)
     event = result == diffrax.RESULTS.event_occurred
     reached_t1 = result == diffrax.RESULTS.successful
-    interpolated = (event | reached_t1) & finite & (final_rel <= stop_tol * (1 + _STOP_SLACK)) if stop else False
+    stop = stop_tol > 0
+    interpolated = stop & (event | reached_t1) & finite & (final_rel <= stop_tol * (1 + _STOP_SLACK))
     status = jnp.select(
-        [~finite, jnp.asarray(interpolated), event, reached_t1, result == diffrax.RESULTS.max_steps_reached],
+        [~finite, interpolated, event, reached_t1, result == diffrax.RESULTS.max_steps_reached],
         [RunStatus.nonfinite, RunStatus.ok, RunStatus.failed,
-         RunStatus.not_interpolated if stop else RunStatus.ok, RunStatus.max_steps],
+         jnp.where(stop, RunStatus.not_interpolated, RunStatus.ok), RunStatus.max_steps],
         RunStatus.failed,
     )
     return status, event & (status == RunStatus.ok)
 
 
 @eqx.filter_jit
-def _solve(flow, problem, controls: SolveControls, *, solver_name, max_steps, keep_states, stop, batched=False):
+def _solve(flow, problem, controls: SolveControls, *, solver_name, max_steps, keep_states, batched=False):
     """The compiled solve of one run. `batched`: whether it runs vmapped (a `StiffSwitch` then keeps the
     branch for a batch whose members disagree on the mode; see `StiffSwitch.batched`)."""
     import diffrax
@@ -293,7 +293,7 @@ def _solve(flow, problem, controls: SolveControls, *, solver_name, max_steps, ke
     t_end = sol.ts[1][0]
     w_final = flow.weights(y_final, problem)
     final_loss, final_rel = problem.loss(w_final), problem.rel_residual(w_final)
-    status, stopped = end_status(sol.result, y_final, final_loss, final_rel, controls.stop_tol, stop=stop)
+    status, stopped = end_status(sol.result, y_final, final_loss, final_rel, controls.stop_tol)
     ok = status == RunStatus.ok
     after = ts > t_end
 
@@ -341,13 +341,11 @@ def _check_arguments(flow, problem, policy, *, batched: bool) -> None:
 def solve(flow: AbstractFlow, problem: Problem, policy: SolvePolicy, ts=None) -> Solution:
     """Integrate one flow on one problem under `policy` (optionally on an explicit time grid `ts`)."""
     _check_arguments(flow, problem, policy, batched=False)
-    controls, stop = SolveControls.of(policy, problem, ts)
     return _solve(
-        flow.integrand(problem), problem, controls,
+        flow.integrand(problem), problem.as_data(), SolveControls.of(policy, problem, ts),
         solver_name=select_solver(policy, flow),
         max_steps=policy.max_steps,
         keep_states=policy.save == "trajectory",
-        stop=stop,
     )
 
 
@@ -369,13 +367,11 @@ def _solve_batch(flows, problem, controls: SolveControls, **static):
 def solve_batch(flows: AbstractFlow, problem: Problem, policy: SolvePolicy, ts=None) -> Solution:
     """`vmap` of `solve` over a batched flow (see `stack_flows`); every member shares the problem."""
     _check_arguments(flows, problem, policy, batched=True)
-    controls, stop = SolveControls.of(policy, problem, ts)
     return _solve_batch(
-        eqx.filter_vmap(lambda f: f.integrand(problem))(flows), problem, controls,
+        eqx.filter_vmap(lambda f: f.integrand(problem))(flows), problem.as_data(), SolveControls.of(policy, problem, ts),
         solver_name=select_solver(policy, flows),
         max_steps=policy.max_steps,
         keep_states=policy.save == "trajectory",
-        stop=stop,
     )
 
 
