@@ -42,7 +42,8 @@ def primal_runs(small_problem):
     return runs
 
 
-@pytest.mark.parametrize("form", ["rho", pytest.param("theta", marks=pytest.mark.slow)])
+@pytest.mark.slow  # the exact pairs in the default tier: test_equivalence.py (GF and frozen SSD, several α)
+@pytest.mark.parametrize("form", ["rho", "theta"])
 @pytest.mark.parametrize("kind", ["gf", "ssd_frozen"])
 def test_exact_equivalence_e1_e2(small_problem, primal_runs, kind, form):
     flows, primal, w_p = primal_runs[kind]

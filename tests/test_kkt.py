@@ -86,7 +86,8 @@ def test_frozen_ssd_is_a_kkt_point_of_its_potential(problem, refs):
 
 def test_true_ssd_kkt_error_is_reported_and_positive(problem, refs):
     flow = mdflow.make_flow("ssd", problem, eps=0.1, alpha=0.1, track_identity=True)
-    sol = mdflow.solve(flow, problem, TIGHT)
+    # Tsit5 (its program with the E3 states is test_accuracy.py's): ε = 0.1 is not stiff at the end.
+    sol = mdflow.solve(flow, problem, policy(stop=1e-11, t1=1e4, rtol=1e-12, atol=1e-14))
     assert mdflow.status_name(sol.status) == "ok"
     y = np.asarray(sol.y_final)
     record, arrays = kkt_record(problem, flow, sol.y_final, references=refs, identity=y)

@@ -182,9 +182,10 @@ def _end_point_errors(problem, flow, etas, policy, end_tol, max_steps, record, e
         return none
     flow_t_end = None
     if end_state is None:
-        # The flow's limit: the same policy, stopped at `end_tol` (a long horizon: the stop ends it).
+        # The flow's limit: the same policy, stopped at `end_tol` (a long horizon: the stop ends it); saved
+        # as the comparison's own solve (one run's trajectory is small), so both are one program.
         flow_end = solve(flow, problem, dataclasses.replace(policy, t1=max(policy.t1, 1e5), stop_rel_residual=end_tol,
-                                                            save="final"))
+                                                            save="trajectory"))
         end_state = flow_end.y_final if bool(flow_end.stopped) else None
         flow_t_end = float(flow_end.t_end)
     w_inf = None if end_state is None else np.asarray(flow.weights(jnp.asarray(end_state), problem))
