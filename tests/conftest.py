@@ -123,14 +123,15 @@ def fresh_programs(monkeypatch):
 
 
 # The canonical plumbing config: what a test of the store, the CLI, loading, timing or the caches runs
-# unless it is *about* a shape, a solver or a save grid. Every test that runs it shares its one
-# compiled chunk program (Tsit5; `save = "final"` adds one more). `tiny_config(**tables)` merges
-# overrides table by table.
+# unless it is *about* a shape, a solver or a save grid: the numerics' shape (`small_problem`), save grid
+# and step budget, in chunks of 2, so that its chunk program is also the one `pair_record` and the sweep
+# tests use. `tiny_config(**tables)` merges overrides table by table.
 TINY = {
-    "problem": {"n": 8, "d": 24, "k": 2},
+    "problem": {"n": 10, "d": 30, "k": 3},
     "flows": {"kinds": ["gf", "ssd"]},
     "grid": {"eps": [0.1, 1.0], "alpha": [0.1]},
-    "solve": {"solver": "tsit5", "t1": 1e5, "num_ts": 12, "stop_rel_residual": 1e-6},  # every run interpolates
+    "solve": {"solver": "tsit5", "t1": 1e5, "num_ts": 30, "max_steps": 100_000,  # NUM_TS, MAX_STEPS below
+              "stop_rel_residual": 1e-6},  # every run interpolates before t1
     "sweep": {"chunk_size": 2},
     "output": {"save": "trajectories", "figures": False},
 }

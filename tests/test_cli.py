@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import tiny_config, toml_text
+from conftest import TINY as TINY_RAW, tiny_config, toml_text
 from mdflow._config import from_dict
 from mdflow.cli import main
 
@@ -95,8 +95,8 @@ def test_bad_data_file_exits_2(tmp_path, capsys, arrays, needle):
 
 def test_run_on_user_data_writes_outputs(tmp_path):
     rng = np.random.default_rng(0)
-    X = rng.standard_normal((8, 24))
-    w = np.zeros(24)
+    X = rng.standard_normal((TINY_RAW["problem"]["n"], TINY_RAW["problem"]["d"]))
+    w = np.zeros(X.shape[1])
     w[:2] = 1.0
     np.savez(tmp_path / "data.npz", X=X, y=X @ w)
     raw = tiny_config()
@@ -112,7 +112,8 @@ def test_run_on_user_data_writes_outputs(tmp_path):
         for key in ("alpha", "seed", "num_steps", "final_loss", "w_l1", "w_l2", "t_end", "wall_s", "solver"):
             assert key in r
     data = np.load(tmp_path / "out" / "trajectories.npz")
-    assert data["w"].shape == (3, 12, 24) and data["w_final"].shape == (3, 24) and data["ts"][0] == 0.0
+    T, d = TINY_RAW["solve"]["num_ts"], TINY_RAW["problem"]["d"]
+    assert data["w"].shape == (3, T, d) and data["w_final"].shape == (3, d) and data["ts"][0] == 0.0
     np.testing.assert_allclose(data["w"][:, -1], data["w_final"])
     assert summary["versions"]["x64"] is True
 

@@ -76,8 +76,9 @@ def test_layout_and_manifest(reference):
     assert not list(out.rglob("*.tmp"))
     summary, arrays = load(out)
     assert [(r["eps"], r["alpha"]) for r in summary["runs"]] == [(s.eps, s.alpha) for s in config.run_specs()]
-    assert arrays["w"].shape == (6, 12, 24) and arrays["w_final"].shape == (6, 24)
-    assert arrays["loss"].shape == arrays["rel_residual"].shape == (6, 12)
+    T, d = TINY["solve"]["num_ts"], TINY["problem"]["d"]
+    assert arrays["w"].shape == (6, T, d) and arrays["w_final"].shape == (6, d)
+    assert arrays["loss"].shape == arrays["rel_residual"].shape == (6, T)
     assert summary["failures"] == {} and summary["num_ok"] == 6
     # The summary rows are in config order, and their arrays belong to them.
     np.testing.assert_allclose(arrays["w"][:, -1], arrays["w_final"], rtol=1e-10, atol=1e-14)
@@ -285,7 +286,7 @@ def test_dual_pairs_are_stored_per_chunk_and_resumed(tmp_path):
     lines = []
     identity = read_manifest(out)["identity"]
     with Store.open(out, identity, {}, [{"index": 0, "runs": stored[0]["runs"]}]) as store:
-        shapes = {"w_final": (24,)}
+        shapes = {"w_final": (TINY["problem"]["d"],)}
         assert store.load_chunk(0, stored[0]["runs"], expect={"duals": False}, shapes=shapes, log=lines.append) is None
         assert store.load_chunk(0, stored[0]["runs"], expect={"duals": True}, shapes=shapes) is not None
     assert "duals=True, need False" in lines[0]
