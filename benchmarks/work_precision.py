@@ -7,12 +7,12 @@ docs/math.md §8). Every run stops at interpolation (relative residual `--stop`)
 LSODA, Radau and BDF on a NumPy field with the exact Jacobian (NumPy for GF/SSD; for Adam a jitted
 `CoordinatewiseJacobian`), each at rtol `--rtols` with atol = rtol/100.
 
-Errors, against a reference (mdflow Rodas4 at `--ref-rtol`, confirmed by scipy Radau at the same
-tolerance, or LSODA where Radau passes `--ref-cap`; for Adam DOP853, then LSODA; their gap is printed per panel), relative to
-`‖w_end,ref‖`:
+Errors, against a reference (mdflow Rodas4 at `--ref-rtol`), confirmed by a second method at the same
+tolerance (the first of `--ref-methods` to finish within `--ref-cap`; for Adam scipy's DOP853, then
+LSODA), their gap printed per panel; relative to `‖w_end,ref‖`:
 - *end point*: `‖w_end − w_ref(t_end)‖`, the reference at the run's own stop time `t_end` (mdflow stops
-  at the end of the step that crosses the stop, scipy at the root: comparing both stops would measure
-  where each puts it, ~1e-7 here, not the integration);
+  at the end of the step that crosses the stop, scipy at the root: comparing the two stopped states
+  measures where each puts the stop, 1e-7 in the smoke run, not the integration);
 - *trajectory*: `max_t ‖w(t) − w_ref(t)‖` over the saved grid (`--num-ts` log-spaced
   points on [1e-4, t1], each method's own dense output) up to the earlier of the two stops.
 Time: mdflow's solve wall time with compilation excluded (each program is compiled once by a solve
@@ -20,11 +20,13 @@ on a tiny horizon, reported as `compile s`); scipy's wall time. A cell over `--c
 interrupted; mdflow: its step cap, `--max-steps` or `--kvaerno-max-steps`) is reported as `> cap`, and
 the same method's tighter tolerances on that panel are not run (they cost more).
 
-    .venv/bin/python benchmarks/work_precision.py --out /tmp/wp             # full run (~40 min)
-    .venv/bin/python benchmarks/work_precision.py --smoke --out /tmp/wp     # tiny sizes, seconds
+    .venv/bin/python benchmarks/work_precision.py --out /tmp/wp             # every panel, method, rtol
+    .venv/bin/python benchmarks/work_precision.py --smoke --out /tmp/wp     # tiny sizes, about a minute
+    .venv/bin/python benchmarks/work_precision.py --from-json A/work_precision.json B/work_precision.json --out /tmp/wp
 
 Writes `work_precision.md` (the table and the ratios), `work_precision.json` and
-`work_precision.png` (error against solve time, log–log, one panel per flow) to `--out`.
+`work_precision.png` (solve time against error, log–log, one column per flow, end-point error above,
+trajectory error below) to `--out`; `--from-json` merges panels run in separate processes.
 """
 
 from __future__ import annotations
@@ -210,8 +212,8 @@ def reference(flow, problem, ts, args, numpy_fns):
     if ref is None or ref["status"] != "ok":
         raise RuntimeError(f"reference failed: {ref and ref['status']}")
     # Radau factors a dense complex matrix of the state's size per step; for Adam's 6d states an explicit
-    # 8th-order method (the flow is not stiff at its τ1) and LSODA.
-    for method in ("Radau", "LSODA") if flow.kind != "adam" else ("DOP853", "LSODA"):
+    # 8th-order method and LSODA.
+    for method in args.ref_methods if flow.kind != "adam" else ("DOP853", "LSODA"):
         other = run_scipy(method, flow, problem, ts, args.ref_rtol, args.stop, args.ref_cap, numpy_fns)
         if other["status"] == "ok":
             return ref, method, other
@@ -244,31 +246,23 @@ def end_point_errors(rows, results, flow, problem, args, scale):
         row["err_end"] = float(np.linalg.norm(r["w_end"] - at[r["t_end"]]) / scale)
 
 
-def matched_ratios(rows, panel):
-    """At each of auto's end-point errors: the time of the fastest scipy method (and of Tsit5, Rodas4
-    alone) there, interpolated on the log–log curves, over auto's time. Outside a curve's range: none."""
-    def curve(method):
-        pts = sorted((r["err_end"], r["wall"]) for r in rows if r["panel"] == panel and r["method"] == method and "err_end" in r)
-        return np.log10([p[0] for p in pts]), np.log10([p[1] for p in pts])
-
+def matched_ratios(rows, panel, key):
+    """At each of auto's errors (`key`: "err_end" or "err_traj"): the time of the fastest scipy method, of
+    Tsit5 and of Rodas4 alone there, over auto's time, interpolated on the log–log curves of time against
+    that error (None outside a curve's range)."""
     def time_at(method, err):
-        e, w = curve(method)
-        # time falls with error; the curve is read as time against error, monotone where it is a curve
-        order = np.argsort(e)
-        e, w = e[order], w[order]
-        if len(e) == 0 or not (e[0] <= np.log10(err) <= e[-1]):
+        pts = sorted((np.log10(r[key]), np.log10(r["wall"])) for r in rows
+                     if r["panel"] == panel and r["method"] == method and key in r)
+        if not pts or not (pts[0][0] <= np.log10(err) <= pts[-1][0]):
             return None
-        return 10 ** np.interp(np.log10(err), e, w)
+        return 10 ** np.interp(np.log10(err), [p[0] for p in pts], [p[1] for p in pts])
 
     out = []
-    for r in sorted((r for r in rows if r["panel"] == panel and r["method"] == "auto" and "err_end" in r), key=lambda r: -r["rtol"]):
-        scipy_times = {m: time_at(m, r["err_end"]) for m in SCIPY_METHODS}
-        known = {m: v for m, v in scipy_times.items() if v is not None}
+    for r in sorted((r for r in rows if r["panel"] == panel and r["method"] == "auto" and key in r), key=lambda r: -r["rtol"]):
+        known = {m: t for m in SCIPY_METHODS if (t := time_at(m, r[key])) is not None}
         best = min(known.items(), key=lambda kv: kv[1]) if known else None
-        alone = {m: time_at(m, r["err_end"]) for m in ("tsit5", "rodas4")}
-        out.append({"rtol": r["rtol"], "err": r["err_end"], "auto_s": r["wall"],
-                    "scipy": None if best is None else (best[0], best[1] / r["wall"]),
-                    **{m: (None if v is None else v / r["wall"]) for m, v in alone.items()}})
+        out.append({"rtol": r["rtol"], "scipy": None if best is None else (best[0], best[1] / r["wall"]),
+                    **{m: (None if (t := time_at(m, r[key])) is None else t / r["wall"]) for m in ("tsit5", "rodas4")}})
     return out
 
 
@@ -283,61 +277,71 @@ def write_table(rows, panels, refs, args, out):
     lines += [f"- {p}: {refs[p]}" for p in panels] + [""]
     lines += ["| flow | method | rtol | error end point | error trajectory | solve s | compile s | steps |",
               "|---|---|---|---:|---:|---:|---:|---:|"]
+    table = []  # [panel, method, first rtol, last rtol, cells]: cells without a number merge over rtols
     for r in rows:
         if "err_end" in r:
             comp = "" if r["compile"] is None else f"{r['compile']:.1f}"
             steps = f"{r['steps']}" if r["nfev"] is None else f"{r['steps']} ({r['nfev']} nfev)"
             cells = f"{r['err_end']:.1e} | {r['err_traj']:.1e} | {r['wall']:.3g} | {comp} | {steps}"
         else:
-            cells = f"{r['status']} | | | | |"
-        lines.append(f"| {r['panel']} | {r['method']} | {r['rtol']:g} | {cells}")
-    lines += ["", "Ratios at auto's end-point errors (interpolated on the log–log curves; — outside a curve's range): "
-              "time of the fastest scipy method / auto, and of Tsit5 and Rodas4 alone / auto.", "",
-              "| flow | rtol | auto error | auto s | fastest scipy / auto | tsit5 / auto | rodas4 / auto |",
-              "|---|---|---:|---:|---|---:|---:|"]
+            cells = r["status"].replace("> cap (looser rtol was)", "> cap (a looser rtol was)") + " | | | |"
+        last = table[-1] if table else None
+        if "err_end" not in r and last and last[:2] == [r["panel"], r["method"]] and last[4] == cells:
+            last[3] = r["rtol"]
+        else:
+            table.append([r["panel"], r["method"], r["rtol"], r["rtol"], cells])
+    for panel, method, first, last, cells in table:
+        rtols = f"{first:g}" if first == last else f"{first:g} … {last:g}"
+        lines.append(f"| {panel} | {method} | {rtols} | {cells} |")
+    lines += ["", "Time at auto's accuracy over auto's time, at its end-point error (end) and at its trajectory error "
+              "(traj), interpolated on each method's log–log curve of time against that error (— where auto's error "
+              "is outside the curve's range): the fastest scipy method, Tsit5 alone, Rodas4 alone.", "",
+              "| flow | rtol | auto s | scipy / auto, end | scipy / auto, traj | tsit5 / auto, end | tsit5 / auto, traj "
+              "| rodas4 / auto, end | rodas4 / auto, traj |", "|---|---|---:|---|---|---:|---:|---:|---:|"]
     for p in panels:
-        for m in matched_ratios(rows, p):
-            sc = "—" if m["scipy"] is None else f"{m['scipy'][1]:.2g}× ({m['scipy'][0]})"
-            lines.append(f"| {p} | {m['rtol']:g} | {m['err']:.1e} | {m['auto_s']:.3g} | {sc} | {fmt_ratio(m['tsit5'])} "
-                         f"| {fmt_ratio(m['rodas4'])} |")
+        autos = {r["rtol"]: r for r in rows if r["panel"] == p and r["method"] == "auto" and "err_end" in r}
+        end, traj = matched_ratios(rows, p, "err_end"), matched_ratios(rows, p, "err_traj")
+        for e, t in zip(end, traj):
+            sc = ["—" if m["scipy"] is None else f"{m['scipy'][1]:.2g}× ({m['scipy'][0]})" for m in (e, t)]
+            lines.append(f"| {p} | {e['rtol']:g} | {autos[e['rtol']]['wall']:.3g} | {sc[0]} | {sc[1]} | "
+                         + " | ".join(fmt_ratio(m[k]) for k in ("tsit5", "rodas4") for m in (e, t)) + " |")
     text = "\n".join(lines) + "\n"
     (out / "work_precision.md").write_text(text)
     return text
 
 
 def plot(rows, panels, methods, out):
+    """Solve time against error, log–log: one column per flow, the end-point error above, the trajectory's below."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = min(3, len(panels))
-    nrows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.5 * nrows), squeeze=False)
+    fig, axes = plt.subplots(2, len(panels), figsize=(3.3 * len(panels), 6.2), squeeze=False)
     styles = {"auto": ("k", "o", "-"), "tsit5": ("C0", "s", "-"), "rodas4": ("C1", "D", "-"),
               "kvaerno5": ("C2", "^", "-"), "LSODA": ("C3", "v", "--"), "Radau": ("C4", "<", "--"),
               "BDF": ("C5", ">", "--")}
-    for ax, panel in zip(axes.flat, panels):
-        for m in methods:
-            pts = sorted((r["rtol"], r["err_end"], r["wall"]) for r in rows
-                         if r["panel"] == panel and r["method"] == m and "err_end" in r)
-            if pts:
-                color, marker, ls = styles[m]
-                ax.loglog([p[1] for p in pts], [p[2] for p in pts], color=color, marker=marker, ls=ls, label=m, ms=4)
-        ax.set_title(panel)
-        ax.set_xlabel("end-point error")
-        ax.set_ylabel("solve time (s)")
-        ax.grid(True, which="major", alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    handles, labels = {}, {}
+    for j, panel in enumerate(panels):
+        for i, (key, what) in enumerate((("err_end", "end-point error"), ("err_traj", "trajectory error"))):
+            ax = axes[i, j]
+            for m in methods:
+                pts = sorted((r["rtol"], r[key], r["wall"]) for r in rows if r["panel"] == panel and r["method"] == m and key in r)
+                if pts:
+                    color, marker, ls = styles[m]
+                    ax.loglog([p[1] for p in pts], [p[2] for p in pts], color=color, marker=marker, ls=ls, label=m, ms=4)
+            ax.set_title(panel if i == 0 else "", fontsize=10)
+            ax.set_xlabel(what, fontsize=9)
+            if j == 0:
+                ax.set_ylabel("solve time (s)", fontsize=9)
+            ax.grid(True, which="major", alpha=0.3)
+            ax.tick_params(labelsize=8)
+    handles = {}
     for ax in axes.flat:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
-    fig.legend(list(handles.values()), list(handles.keys()), loc="lower right" if len(panels) % cols else "upper center",
-               ncol=1 if len(panels) % cols else len(handles), frameon=False)
-    fig.tight_layout()
-    fig.savefig(out / "work_precision.png", dpi=110)
+    fig.legend(list(handles.values()), list(handles.keys()), loc="upper center", ncol=len(handles), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.savefig(out / "work_precision.png", dpi=100)
 
 
 def parse():
@@ -347,6 +351,8 @@ def parse():
     p.add_argument("--methods", nargs="+", choices=list(METHODS), help="default: all (--smoke: auto rodas4 LSODA Radau)")
     p.add_argument("--rtols", type=float, nargs="+", default=[1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9, 1e-10])
     p.add_argument("--ref-rtol", type=float, default=1e-12)
+    p.add_argument("--ref-methods", nargs="+", default=["Radau", "LSODA"], choices=SCIPY_METHODS,
+                   help="the second reference method: the first of these to finish within --ref-cap")
     p.add_argument("--ref-cap", type=float, default=300.0, help="seconds for the second reference method")
     p.add_argument("--cap", type=float, default=60.0, help="seconds per scipy cell")
     p.add_argument("--max-steps", type=int, default=200_000, help="mdflow's step cap (one compiled program)")
