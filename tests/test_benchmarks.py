@@ -70,5 +70,6 @@ def test_work_precision_smoke(tmp_path):
         if rtol == 1e-6:  # a tighter tolerance buys a smaller global error along the trajectory
             assert r["err_traj"] < cells[(panel, method, 1e-4)]["err_traj"], (r, cells[(panel, method, 1e-4)])
     table = (tmp_path / "work_precision.md").read_text()
-    assert table.count("| GF | auto |") == 2 and "fastest scipy / auto" in table
+    assert table.count("| GF | auto |") == 2 and "| scipy / auto, end | scipy / auto, traj |" in table
+    assert re.search(r"^\| SSD ε=1e-2 \| 1e-06 \| [0-9.e-]+ \| [0-9.e+]+× \((LSODA|Radau)\) \|", table, re.M)  # a ratio row
     assert (tmp_path / "work_precision.png").stat().st_size > 10_000
