@@ -1,5 +1,7 @@
-"""The accelerator benchmark runs (`--smoke`, tiny sizes on CPU) so it never rots."""
+"""The benchmarks run (`--smoke`, tiny sizes on CPU) so they never rot: the accelerator benchmark and
+the work–precision benchmark."""
 
+import json
 import os
 import re
 import subprocess
@@ -43,3 +45,33 @@ def test_accelerator_benchmark_smoke_all_solvers():
     assert [r.split("|")[1].strip() for r in rows] == ["auto", "rodas4", "tsit5"]
     cells = [check_row(r) for r in rows]
     assert re.fullmatch(r"\d+ %", cells[0][5])  # the switching solver's mixed-step fraction
+
+
+WORK_PRECISION = Path(__file__).parent.parent / "benchmarks" / "work_precision.py"
+
+
+@pytest.mark.e2e
+def test_work_precision_smoke(tmp_path):
+    """The work–precision benchmark at tiny sizes: every cell solved, errors shrinking with the tolerance
+    and well above the reference's gap to its second method, the table, ratios and plot written."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    res = subprocess.run([sys.executable, str(WORK_PRECISION), "--smoke", "--out", str(tmp_path)], env=env, text=True,
+                         capture_output=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    data = json.loads((tmp_path / "work_precision.json").read_text())
+    panels = {"GF", "SSD ε=1e-2"}
+    assert set(data["refs"]) == panels
+    gaps = {p: [float(x) for x in re.findall(r"(?:end point|trajectory) ([0-9.e+-]+)", ref)] for p, ref in data["refs"].items()}
+    assert all(len(g) == 2 and max(g) < 1e-8 for g in gaps.values()), data["refs"]
+    cells = {(r["panel"], r["method"], r["rtol"]): r for r in data["rows"]}
+    assert {(p, m) for p, m, _ in cells} == {(p, m) for p in panels for m in ("auto", "rodas4", "LSODA", "Radau")}
+    for (panel, method, rtol), r in cells.items():
+        assert r["status"] == "ok", r
+        assert r["wall"] > 0 and r["steps"] >= 10
+        assert r["err_end"] > 10 * max(gaps[panel]) and r["err_traj"] > 10 * max(gaps[panel]), r
+        if rtol == 1e-6:  # a tighter tolerance buys a smaller global error along the trajectory
+            assert r["err_traj"] < cells[(panel, method, 1e-4)]["err_traj"], (r, cells[(panel, method, 1e-4)])
+    table = (tmp_path / "work_precision.md").read_text()
+    assert table.count("| GF | auto |") == 2 and "| scipy / auto, end | scipy / auto, traj |" in table
+    assert re.search(r"^\| SSD ε=1e-2 \| 1e-06 \| [0-9.e-]+ \| [0-9.e+]+× \((LSODA|Radau)\) \|", table, re.M)  # a ratio row
+    assert (tmp_path / "work_precision.png").stat().st_size > 10_000
