@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 
 import mdflow as md  # noqa: E402
 from mdflow._solver.rosenbrock import Rodas4, StiffSwitch, jacobian_for, share_mode  # noqa: E402
-from mdflow._solver.solve import SOLVERS, _end_event, _field, stack_flows  # noqa: E402
+from mdflow._solver.solve import SOLVERS, FlowArgs, _end_event, _field, stack_flows  # noqa: E402
 from mdflow._execution.sweep import difficulty  # noqa: E402
 
 # `split` policies: chunks whose members all have a `difficulty` below this are predicted to stay
@@ -80,7 +80,7 @@ def _diffeqsolve(flow, solver, problem, rtol, atol, t1, stop_tol, max_steps, sol
     """One run with the controller and stop of `mdflow.solve`."""
     return diffrax.diffeqsolve(
         diffrax.ODETerm(_field), solver, t0=0.0, t1=t1, dt0=None, y0=flow.init(problem),
-        args=(flow, problem, stop_tol), saveat=diffrax.SaveAt(t1=True, solver_state=solver_state),
+        args=FlowArgs(flow, problem, stop_tol), saveat=diffrax.SaveAt(t1=True, solver_state=solver_state),
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=0.4, icoeff=0.3),
         max_steps=max_steps, throw=False, event=diffrax.Event(_end_event),
     )

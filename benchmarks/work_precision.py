@@ -222,7 +222,7 @@ def reference(flow, problem, ts, args, numpy_fns):
 
 def reference_at(flow, problem, times, args):
     """The reference's weights at `times` (the runs' stop times): Rodas4 at `--ref-rtol` without a stop
-    (a stop tolerance no run reaches: the same compiled program), saved there, `--num-ts − 1` at a time."""
+    (no stop: with a stop or without, a solve is one compiled program), saved there, `--num-ts − 1` at a time."""
     times = np.unique(times)
     out = {}
     for i in range(0, len(times), args.num_ts - 1):
@@ -230,7 +230,7 @@ def reference_at(flow, problem, times, args):
         fill = np.geomspace(args.t_min, chunk[0], args.num_ts - len(chunk) + 1)[:-1]  # the grid keeps its length
         grid = np.concatenate([[0.0], fill[: args.num_ts - 1 - len(chunk)], chunk])
         policy = dataclasses.replace(mdflow_policy("rodas4", args.ref_rtol, args, args.t1, args.max_steps),
-                                     stop_rel_residual=1e-300)
+                                     stop_rel_residual=None)
         sol = mdflow.solve(flow, problem, policy, ts=jnp.asarray(grid))
         if mdflow.status_name(sol.status) != "ok":
             raise RuntimeError(f"reference at the stop times: {mdflow.status_name(sol.status)}")

@@ -40,7 +40,6 @@ def test_compile_and_solve_recorded_per_call(tmp_path, fresh_programs):
 _DUALS_ON_TWO_DEVICES = """
 import json, sys
 import mdflow
-from conftest import tiny_config
 from mdflow._config import from_dict
 from mdflow._execution import sweep
 from mdflow._execution.run import execute
