@@ -65,7 +65,7 @@ def test_dual_solves_one_program_per_mirror_family_and_timed(tmp_path):
     # GF and frozen SSD: one primal program (`SSDFamily`), two mirror families. Calls on 2 devices:
     # [gf], [ssd_frozen x2], [ssd_frozen] (chunks of 1).
     raw = {**CONFIG, "sweep": {"chunk_size": 1}, "flows": {"kinds": ["gf", "ssd_frozen"], "duals": True},
-           "grid": {"eps": [0.1, 1.0, 3.0], "alpha": [0.1]}, "solve": {**CONFIG["solve"], "rtol": 1e-8, "atol": 1e-10}}
+           "grid": {"eps": [0.1, 1.0, 3.0], "alpha": [0.1]}, "solve": {**CONFIG["solve"], "t1": 100.0, "stop_rel_residual": 1e-5, "rtol": 1e-8, "atol": 1e-10}}
     out = tmp_path / "a"
     done = subprocess.run([sys.executable, "-c", _DUALS_ON_TWO_DEVICES, json.dumps(raw), str(out)],
                           env=host_devices_env(2), capture_output=True, text=True, timeout=600)
