@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/bench_figures.py --synthetic   # the 200-run sweep of tests/test_figures.py
 
 For F3–F8, pass a folder that has their analyses, e.g. `mdflow run configs/f7_ema.toml` then its
-`output.dir`, or `--synthetic`: a 200-run sweep (GF/SSD/Adam × 12 ε × 8 α, every analysis, duals)
+`output.dir`, or `--synthetic`: a 200-run sweep (GF/SSD/frozen SSD × 12 ε × 8 α, every analysis, duals)
 synthesized without solving by `tests/test_figures.py` and written by the store's own writer. Per figure it prints the fastest of `--repeat` drawings in one process (matplotlib
 imported and its fonts loaded: what each further figure costs), then the wall of a new
 `mdflow plot RESULTS_DIR` process (imports, reading the result set, every figure, PDFs and PNGs) and

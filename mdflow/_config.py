@@ -113,8 +113,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_steps": Key((int,), 500_000, _range("solve.max_steps")),
         "stop_rel_residual": Key(
             (bool, int, float), None, _stop_value,
-            doc="stop at ||Xw − y||/||y|| ≤ this; false: never; unset: on (1e-8) where only end points "
-                "matter (analysis.kkt or output.save = 'final', without duals), off otherwise",
+            doc="stop at ||Xw − y||/||y|| ≤ this (a run that reaches t1 first is `not_interpolated`); false: "
+                "never; unset: on (1e-8) where only end points matter (analysis.kkt or output.save = 'final', "
+                "without duals), off otherwise",
         ),
         "pcoeff": Key(_NUM, 0.4, _range("solve.pcoeff")),
         "icoeff": Key(_NUM, 0.3, _range("solve.icoeff")),
