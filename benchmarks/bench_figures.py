@@ -6,8 +6,9 @@
 
 For F3–F8, pass a folder that has their analyses, e.g. `mdflow run configs/f7_ema.toml` then its
 `output.dir`, or `--synthetic`: a 200-run sweep (GF/SSD/frozen SSD × 12 ε × 8 α, every analysis, duals)
-synthesized without solving by `tests/test_figures.py` and written by the store's own writer. Per figure it prints the fastest of `--repeat` drawings in one process (matplotlib
-imported and its fonts loaded: what each further figure costs), then the wall of a new
+synthesized without solving by `tests/test_figures.py` and written by the store's own writer. Per
+figure it prints the fastest of `--repeat` drawings in one process (matplotlib imported and its fonts
+loaded: what each further figure costs), then the wall of a new
 `mdflow plot RESULTS_DIR` process (imports, reading the result set, every figure, PDFs and PNGs) and
 the share of that wall which is the drawing itself. Whole-process times depend on the machine's
 load: run it on an otherwise idle machine.

@@ -147,6 +147,20 @@ def tiny_config(**tables) -> dict:
     return raw
 
 
+def write_tiny_data(folder, seed: int = 0):
+    """A `.npz` data file of `TINY`'s shape (`folder/data.npz`, `X` Gaussian, `y = Xw` for a 2-sparse `w`,
+    no `w_star`): what `problem.kind = "file"` tests load. Returns its path."""
+    from pathlib import Path
+
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((TINY["problem"]["n"], TINY["problem"]["d"]))
+    w = np.zeros(X.shape[1])
+    w[:2] = 1.0
+    path = Path(folder) / "data.npz"
+    np.savez(path, X=X, y=X @ w)
+    return path
+
+
 def toml_text(raw: dict) -> str:
     """A config dict as TOML text (flat tables of numbers, strings, booleans and lists)."""
     import json

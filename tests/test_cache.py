@@ -11,27 +11,11 @@ import numpy as np
 import pytest
 
 import mdflow
+from conftest import tiny_config, toml_text
 from mdflow._solver import solve as _solve
 from mdflow._execution import sweep as _sweep
 
-TINY = """
-[problem]
-n = 6
-d = 18
-k = 2
-[flows]
-kinds = ["ssd"]
-[grid]
-eps = [0.1, 1.0]
-alpha = [0.1]
-[solve]
-solver = "tsit5"
-t1 = 100.0
-num_ts = 10
-stop_rel_residual = 1e-5
-[output]
-figures = false
-"""
+TINY = toml_text(tiny_config(flows={"kinds": ["ssd"]}))  # conftest's plumbing config
 
 
 def _primitives(jaxpr) -> set[str]:

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import TINY as TINY_RAW, tiny_config, toml_text
+from conftest import TINY as TINY_RAW, tiny_config, toml_text, write_tiny_data
 from mdflow._config import from_dict
 from mdflow.cli import main
 
@@ -94,11 +94,7 @@ def test_bad_data_file_exits_2(tmp_path, capsys, arrays, needle):
 
 
 def test_run_on_user_data_writes_outputs(tmp_path):
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((TINY_RAW["problem"]["n"], TINY_RAW["problem"]["d"]))
-    w = np.zeros(X.shape[1])
-    w[:2] = 1.0
-    np.savez(tmp_path / "data.npz", X=X, y=X @ w)
+    write_tiny_data(tmp_path)
     raw = tiny_config()
     raw["problem"] = {"kind": "file", "path": "data.npz"}
     text = toml_text(raw)

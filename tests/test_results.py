@@ -17,7 +17,7 @@ from mdflow._config import from_dict
 from mdflow._execution.run import execute
 from mdflow._execution.store import read_manifest, read_results
 from mdflow.cli import main
-from conftest import TINY, tiny_config
+from conftest import TINY, tiny_config, write_tiny_data
 
 # conftest's plumbing config (its chunk program) on a data file of its shape: two GF runs, one chunk.
 GF = {**tiny_config(flows={"kinds": ["gf"]}, grid={"alpha": [0.1, 0.3]}, solve={"stop_rel_residual": 1e-7}),
@@ -25,12 +25,7 @@ GF = {**tiny_config(flows={"kinds": ["gf"]}, grid={"alpha": [0.1, 0.3]}, solve={
 
 
 def write_data(folder: Path, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((TINY["problem"]["n"], TINY["problem"]["d"]))
-    w = np.zeros(X.shape[1])
-    w[:2] = 1.0
-    np.savez(folder / "data.npz", X=X, y=X @ w)
-    return folder / "data.npz"
+    return write_tiny_data(folder, seed)
 
 
 def config_file(folder: Path, **tables) -> Path:

@@ -11,9 +11,10 @@ root, as in the flow's `√ŝ + ε`). Iterate k sits at time `t = kη`.
 `num_saves` and the policy's `num_ts − 1`). For each η the step count per comparison interval is
 `s = round(T/(Mη))` and the step actually used is `η' = T/(Ms)` (reported), so every `t_j` is an iterate.
 The grids are padded to the policy's `num_ts` save times (the last one repeated, no steps in between), so
-the flow solve and the optimizer runs are one program each whatever T and the η's are. The flow is solved once on the same grid (the solve layer,
-no interpolation stop). Error: `max_j ||w_{k_j} − w(t_j)|| / max_j ||w(t_j)||`. The slope is the
-least-squares fit of `log error` against `log η'` over the usable step sizes.
+the flow solve and the optimizer runs are one program each whatever T and the η's are. The flow is
+solved once on the same grid (the solve layer, no interpolation stop). Error:
+`max_j ||w_{k_j} − w(t_j)|| / max_j ||w(t_j)||`. The slope is the least-squares fit of `log error` against
+`log η'` over the usable step sizes.
 **Overshoot:** a step after which some coordinate of `u` or `v` is `≤ 0`. Flows in log coordinates
 keep u, v > 0, so there an overshoot is a discretization artifact and that η is left out of the fit;
 the Adam flow itself crosses zero (momentum), so its overshoots are only counted.
