@@ -44,7 +44,7 @@ jax.devices()
 # ---------------------------------------------------------------------------------------------------
 # The budget of compiled solve programs. A solve program (`_solve`, `_solve_batch`, a sweep chunk's
 # `_body`) costs seconds of XLA compilation here, and every distinct (flow type, shape, solver, save grid
-# length, max_steps, save mode, stop, chunk layout) is another program: the default tier's time is
+# length, max_steps, save mode, chunk layout) is another program: the default tier's time is
 # mostly their count. Each is stored once in this run's compilation cache (named after its function), so
 # the cache, shared by the workers and every subprocess, counts the distinct programs of the run. A
 # default-tier run that compiles more than `SOLVE_PROGRAM_BUDGET` fails and lists the tests that added
@@ -122,6 +122,10 @@ def fresh_programs(monkeypatch):
     monkeypatch.setattr(sweep, "_compiled", {})
 
 
+# The save-grid length and step budget of every canonical program (policies and plumbing config below).
+NUM_TS = 30
+MAX_STEPS = 100_000
+
 # The canonical plumbing config: what a test of the store, the CLI, loading, timing or the caches runs
 # unless it is *about* a shape, a solver or a save grid: the numerics' shape (`small_problem`), save grid
 # and step budget, in chunks of 2, so that its chunk program is also the one `pair_record` and the sweep
@@ -130,7 +134,7 @@ TINY = {
     "problem": {"n": 10, "d": 30, "k": 3},
     "flows": {"kinds": ["gf", "ssd"]},
     "grid": {"eps": [0.1, 1.0], "alpha": [0.1]},
-    "solve": {"solver": "tsit5", "t1": 1e5, "num_ts": 30, "max_steps": 100_000,  # NUM_TS, MAX_STEPS below
+    "solve": {"solver": "tsit5", "t1": 1e5, "num_ts": NUM_TS, "max_steps": MAX_STEPS,
               "stop_rel_residual": 1e-6},  # every run interpolates before t1
     "sweep": {"chunk_size": 2},
     "output": {"save": "trajectories", "figures": False},
@@ -174,14 +178,10 @@ def toml_text(raw: dict) -> str:
 
 # ---------------------------------------------------------------------------------------------------
 # Canonical numerics policies. What a policy makes static (solver, the number of save times, max_steps,
-# whether a stop exists, the save mode) selects a compiled program; what it traces (t1, t_min, rtol,
-# atol, the stop tolerance, the controller coefficients, the save times' values) never recompiles. So a
+# the save mode) selects a compiled program; what it traces (t1, t_min, rtol, atol, the stop tolerance
+# or its absence, the controller coefficients, the save times' values) never recompiles. So a
 # numerics test takes `policy(...)` and sets its traced controls freely; a test that changes the static
 # part is about that part.
-NUM_TS = 30
-MAX_STEPS = 100_000
-
-
 def policy(solver: str = "tsit5", *, stop: float | None = None, save: str = "trajectory", **controls):
     """A canonical `SolvePolicy`: `NUM_TS` save times, `MAX_STEPS`, the given solver, stop tolerance
     (None: no stop) and save mode; `controls` are the traced ones (t1, t_min, rtol, atol, ...)."""

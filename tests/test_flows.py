@@ -7,7 +7,7 @@ import pytest
 import scipy.integrate
 
 import mdflow
-from conftest import policy, save_times
+from conftest import MAX_STEPS, policy, save_times
 
 
 def woodworth_minimizer(X, y, alpha):
@@ -172,9 +172,5 @@ def test_max_steps_is_a_status_not_an_exception(small_problem):
     out of its step budget and says so in its status, with the state it reached."""
     p = small_problem
     sol = mdflow.solve(mdflow.make_flow("ssd", p, eps=1e-8, alpha=0.1), p, policy(stop=1e-8, t1=1e3))
-    assert mdflow.status_name(sol.status) == "max_steps" and int(sol.num_steps) == sol_max_steps()
+    assert mdflow.status_name(sol.status) == "max_steps" and int(sol.num_steps) == MAX_STEPS
     assert not bool(sol.stopped) and float(sol.t_end) < 1e3
-
-
-def sol_max_steps():
-    return policy().max_steps
