@@ -1,8 +1,9 @@
 """Dual (mirror-descent) flows for any mirror map (docs/math.md §3), in the solve layer's flow interface.
 
 The mirror flow `d/dt ∇Φ(w) = −g(w)` in its dual variable `θ = ∇Φ(w)` reads `θ̇ = −g(∇Φ*(θ))`. Since
-`g = scale · Xᵀ r`, `θ(t) = θ0 − Xᵀρ(t)` with `ρ̇ = scale · (X ∇Φ*(θ0 − Xᵀρ) − y)`, `ρ(0) = 0`: an
-n-dimensional ODE (the "ρ-form", default) instead of the d-dimensional "θ-form" (kept for testing).
+`g = scale · Xᵀ ℓ'(Xw, y)` for every loss of a problem, `θ(t) = θ0 − Xᵀρ(t)` with
+`ρ̇ = scale · ℓ'(X ∇Φ*(θ0 − Xᵀρ), y)` (for squared loss the residual), `ρ(0) = 0`: an n-dimensional ODE
+(the "ρ-form", default) instead of the d-dimensional "θ-form" (kept for testing).
 `scale` is `problem.scale` (1/n for "mean", 1 for "sum").
 """
 
@@ -56,7 +57,7 @@ class DualFlow(AbstractFlow):
     def vector_field(self, t, y, problem: Problem):
         w = self.weights(y, problem)
         if self.form == "rho":
-            return problem.scale * problem.residual(w)
+            return problem.scale * problem.loss_derivative(w)
         return -problem.grad(w)
 
     def params(self):
@@ -64,7 +65,8 @@ class DualFlow(AbstractFlow):
 
 
 def dual_flow(mirror: AbstractMirrorMap, problem: Problem, *, form: str = "rho", w0=None) -> DualFlow:
-    """The dual flow of `mirror` on `problem` started at `w0` (default `0`, the diagonal-network start)."""
+    """The dual flow of `mirror` on `problem` started at `w0` (default `0`, the diagonal network's start;
+    a primal flow's own is `flow.initial_weights(problem)`)."""
     if form not in DUAL_FORMS:
         raise InputError(f"flows.dual_form={form!r}: expected one of {DUAL_FORMS}")
     w0 = jnp.zeros(problem.d, problem.X.dtype) if w0 is None else jnp.asarray(w0, problem.X.dtype)

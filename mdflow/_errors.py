@@ -123,7 +123,9 @@ RANGES: dict[str, Range] = {
     "flows.tau2": Range(0, _SCALE, why=_SCALE_WHY),
     "grid.eps": Range(1 / _SCALE, _SCALE, why=_SCALE_WHY),
     "grid.alpha": Range(1 / _SCALE, _SCALE, why=_SCALE_WHY),
+    "grid.alpha_linear": Range(0, _SCALE, why=f"{_SCALE_WHY}; the linear model may start at θ(0) = 0"),
     "grid.a": Range(0, _SCALE, why=_SCALE_WHY),
+    "grid.weight_decay": Range(0, _SCALE, why=_SCALE_WHY),
     "grid.tau1": Range(0, _SCALE, why=_SCALE_WHY),
     "grid.tau2": Range(0, _SCALE, why=_SCALE_WHY),
     "solve.rtol": Range(1e-14, 0.1, why="above 0.1 a step may be wrong by its own size; below 1e-14 is "
@@ -135,6 +137,8 @@ RANGES: dict[str, Range] = {
     "solve.max_steps": Range(1, 10**9, integer=True, why="a billion steps is days of solving"),
     "solve.stop_rel_residual": Range(1e-15, 1, hi_open=True,
                                      why="w(0) = 0 has residual 1; below 1e-15 is float64 round-off"),
+    "solve.stop_loss": Range(1e-300, _SCALE, lo_open=True,
+                             why="a loss target of a classification run; below 1e-300 float64 underflows"),
     "solve.pcoeff": Range(0, 1, why="diffrax's PID coefficients lie in [0, 1]"),
     "solve.icoeff": Range(0, 1, lo_open=True, why="diffrax's PID coefficients lie in (0, 1]"),
     "sweep.chunk_size": Range(1, 100_000, integer=True, why="at most the runs of one config"),

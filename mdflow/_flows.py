@@ -1,27 +1,28 @@
-"""Primal flows on the diagonal network `w = u⊙u − v⊙v` (docs/math.md §2, §8): GF, SSD, frozen SSD
-and RMSProp in log coordinates, Adam (whose u, v can cross zero) in linear ones.
+"""Primal flows (docs/math.md §2, §8, §9): GF, SSD, frozen SSD, Adam and RMSProp on the parameters θ of
+a model (`_model.py`: the diagonal network `w = u^D − v^D` of depth D, the linear model `w = θ`), under
+any loss of the problem, with decoupled weight decay.
 
-A flow is a small `eqx.Module` whose numeric parameters (ε, α, a, τ1, τ2) are array fields, so they are traced
-under `jit`/`vmap` and changing them never recompiles. A flow declares everything the rest of mdflow
-asks of it, so nothing else dispatches on its type:
+A flow is a small `eqx.Module` whose numeric parameters (ε, α, a, τ1, τ2, λ) are array fields, so they
+are traced under `jit`/`vmap` and changing them never recompiles; its model (and the model's depth) is
+static. A flow declares everything the rest of mdflow asks of it, so nothing else dispatches on its type:
 
 - the numerics: `init(problem)` (state of shape `(K, d)`), `weights(y, problem)`, `vector_field`,
   the coordinatewise `local_field(t, y, g)` that the structured stiff solver linearizes, and
   `controlled(y)`, the rows the step-size controller sees;
-- its run parameters: `axes` (the config grid axes it takes, in record order), `options` (static
-  switches read from the `[flows]` table), `build` (validated construction) and `params()` (records);
-- its dual: `mirror(problem)` (the mirror map of the dual it is compared with, or None) and
-  `exact_dual` (whether that pair is exact, so `not_equivalent` there is a defect);
-- its analyses: `potentials(problem)` (mirror maps whose KKT errors are reported), `with_identity()`
-  and `final_identity_error` (the E3 states, SSD only), `has_stages`, `has_discrete` with
-  `discrete_optimizer(η)` (the optax optimizer whose iterates follow the flow).
+- its run parameters: `axes` (the config grid axes it takes besides `weight_decay`, in record order),
+  `options` (static switches read from the `[flows]` table), `build` (validated construction) and
+  `params()` (records);
+- its dual: `mirror(problem)` (the mirror map of the dual it is compared with, or None; `why_no_dual`)
+  and `exact_dual` (whether that pair is exact, so `not_equivalent` there is a defect);
+- its analyses: `potentials(problem)` (mirror maps whose KKT errors are reported; `why_no_kkt`),
+  `with_identity()` and `final_identity_error` (the E3 states, SSD at depth 2 only), sign-descent-like
+  flows (`AbstractSignDescent`: the stage analysis), `has_discrete` with `discrete_optimizer(η)` (the
+  optax optimizer whose iterates follow the flow).
 
 Primal flows are *coordinatewise*: `ẏ[:, i]` depends on `y[:, i]`, `t` and the gradient `g_i` only;
-the Jacobian of the full field is block-diagonal plus rank n through `XᵀX`. Adding a flow touches this
-module (and its tests) only.
+the Jacobian of the full field is block-diagonal plus rank n through `Xᵀ diag(h) X` (h the loss
+curvature). A new flow touches this module (or a user's own module: docs/api.md) only.
 """
-
-from __future__ import annotations
 
 import abc
 from typing import Any, ClassVar
@@ -33,6 +34,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ._errors import RANGES, InputError
+from ._model import AbstractModel, Diagonal
 from ._problem import Problem
 
 Scalar = Float[Array, ""]
@@ -44,7 +46,7 @@ def _concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def check_parameter(name: str, value, *, per_coordinate: bool = False) -> None:
+def check_parameter(name: str, value, *, per_coordinate: bool = False, key: str | None = None) -> None:
     """Raise `InputError` naming `name` unless `value` is a scalar (or, `per_coordinate`, a vector of
     one value per coordinate) whose every entry lies in the range of its grid axis (`RANGES`, shared
     with the config). Tracers pass unchecked (flows are rebuilt under `jit`/`vmap`)."""
@@ -54,13 +56,26 @@ def check_parameter(name: str, value, *, per_coordinate: bool = False) -> None:
     if len(shape) > (1 if per_coordinate else 0):
         want = "a scalar or a vector (d,)" if per_coordinate else "a scalar"
         raise InputError(f"{name}: expected {want}, got shape {shape}")
-    RANGES[f"grid.{name}"].check_array(name, value)
+    RANGES[key or f"grid.{name}"].check_array(name, value)
 
 
 def scalar_or_none(x) -> float | None:
     """A record value: the float of a scalar parameter, None for a per-coordinate one."""
     x = np.asarray(x)
     return float(x) if x.ndim == 0 else None
+
+
+def _as_float(x) -> Array:
+    """A parameter as a float array (float64 under mdflow); tracers pass through (flows rebuilt under jit)."""
+    return x if isinstance(x, jax.core.Tracer) else jnp.asarray(x, dtype=float)
+
+
+def _as_decay(x) -> Array:
+    """The weight decay as a float array, keeping the dtype of a float array (a family member's is the
+    problem's) and host arrays on the host; tracers pass through."""
+    if isinstance(x, (np.ndarray, jax.Array)) and jnp.issubdtype(x.dtype, jnp.floating):
+        return x
+    return _as_float(x)
 
 
 class AbstractFlow(eqx.Module):
@@ -92,7 +107,7 @@ class AbstractFlow(eqx.Module):
         it, except auxiliary states that only record integrals along the run (see `AbstractPrimalFlow`)."""
         return y
 
-    def integrand(self, problem: Problem) -> AbstractFlow:
+    def integrand(self, problem: Problem) -> "AbstractFlow":
         """The flow object the compiled solve integrates: the flow itself, or the member of a family
         it is a special case of, so that a family's flows share one compiled program (`SSDFamily`).
         Same state, same field, bit for bit."""
@@ -100,39 +115,58 @@ class AbstractFlow(eqx.Module):
 
 
 class AbstractPrimalFlow(AbstractFlow):
-    """A coordinatewise flow on `θ = (u, v)`, in log coordinates `(p, q) = (log u, log v)` unless
-    `log_coordinates` is False, plus optional coordinatewise extra states (rows after the first two).
+    """A coordinatewise flow on the parameters θ of a model (`_model.py`; default the depth-2 diagonal
+    network `θ = (u, v)`), in log coordinates `log θ` where both the model and the flow keep θ's sign
+    (`log_coordinates`), plus optional coordinatewise extra states (rows after θ's).
 
-    `alpha` is the initialization scale `u(0) = v(0) = α` (a scalar, or a `(d,)` vector for a
-    per-coordinate initialization).
+    `alpha` is the initialization scale (`u(0) = v(0) = α`, or `θ(0) = α` on the linear model; a scalar,
+    or a `(d,)` vector for a per-coordinate initialization). `weight_decay` λ ≥ 0 is decoupled, as in
+    AdamW: `θ̇ = −update − λθ` (for gradient flow the same as an L2 penalty `λ/2 ‖θ‖²`).
     """
 
     alpha: Float[Array, "..."]
+    model: AbstractModel = eqx.field(default=Diagonal(), kw_only=True)
+    weight_decay: Float[Array, ""] = eqx.field(default=0.0, converter=_as_decay, kw_only=True)
 
-    # The config grid axes this flow takes (beyond the seed), in record order; `build` takes them.
+    # The config grid axes this flow takes (beyond the seed and `weight_decay`, which every flow takes),
+    # in record order; `build` takes them.
     axes: ClassVar[tuple[str, ...]]
     # Axes with a default when left unset (frozen SSD's `a`: `|g(0)|`).
     optional_axes: ClassVar[tuple[str, ...]] = ()
     # Static switches of the flow, read from the `[flows]` table (e.g. `bias_correction`).
     options: ClassVar[tuple[str, ...]] = ()
-    # Whether the θ rows are `(log u, log v)` (valid while u, v keep their sign) or `(u, v)`.
-    log_coordinates: ClassVar[bool] = True
+    # Whether the update is proportional to `∂w/∂θ` coordinatewise, so θ keeps its sign on a model that
+    # allows it and log coordinates are valid (Adam's momentum lags the gradient: θ can cross zero).
+    keeps_sign: ClassVar[bool] = True
     # Human-readable name for tables and figure legends.
     label: ClassVar[str]
     # Whether the paired dual reproduces the flow exactly (E1, E2): `not_equivalent` is then a defect.
     exact_dual: ClassVar[bool] = False
-    # Whether the sign-descent stage analysis (§6) applies (such a flow has `eps` and `magnitude(g)`).
-    has_stages: ClassVar[bool] = False
     # Whether the flow has a discrete optimizer counterpart (§7) for `analysis.discrete`.
     has_discrete: ClassVar[bool] = False
 
     def __check_init__(self):
-        check_parameter("alpha", self.alpha, per_coordinate=True)
+        if not isinstance(self.model, AbstractModel):
+            raise InputError(f"model: expected a model (mdflow.Diagonal(depth) or mdflow.Linear()), got "
+                             f"{type(self.model).__name__}")
+        check_parameter("alpha", self.alpha, per_coordinate=True, key=self.model.alpha_range)
+        check_parameter("weight_decay", self.weight_decay)
 
     @classmethod
     def has_dual(cls) -> bool:
-        """Whether the flow has a paired dual (`mirror`), so `mdflow check` / `flows.duals` apply."""
+        """Whether the flow has a paired dual on some model (`mirror`), so `mdflow check` / `flows.duals`
+        apply."""
         return cls.mirror is not AbstractPrimalFlow.mirror
+
+    @property
+    def num_rows(self) -> int:
+        """Rows of θ in the state (the model's)."""
+        return self.model.num_rows
+
+    @property
+    def log_coordinates(self) -> bool:
+        """Whether θ's rows are `log θ` (valid while θ keeps its sign) or θ itself."""
+        return self.keeps_sign and self.model.keeps_sign
 
     def check_problem(self, problem: Problem) -> None:
         """`InputError` unless every per-coordinate parameter has one value per coordinate of
@@ -145,64 +179,77 @@ class AbstractPrimalFlow(AbstractFlow):
 
     @classmethod
     def build(cls, problem: Problem, *, track_identity: bool = False, options: dict | None = None,
-              **params) -> AbstractPrimalFlow:
-        """The flow from its run parameters (`axes`) as float arrays of the problem's dtype and its
-        `options`; each value is validated by `__check_init__`. Unknown or missing parameters raise
-        `InputError`."""
+              model: AbstractModel | None = None, **params) -> "AbstractPrimalFlow":
+        """The flow from its run parameters (`axes`, and `weight_decay`) as float arrays of the problem's
+        dtype, its `options` and its `model` (default the depth-2 diagonal network); each value is
+        validated by `__check_init__`. Unknown or missing parameters raise `InputError`."""
         options = {} if options is None else {k: v for k, v in options.items() if k in cls.options}
-        unknown = sorted(k for k, v in params.items() if k not in cls.axes and v is not None)  # None: unset
+        takes = (*cls.axes, "weight_decay")
+        unknown = sorted(k for k, v in params.items() if k not in takes and v is not None)  # None: unset
         if unknown:
-            raise InputError(f"flow {cls.kind!r}: unknown parameter {unknown[0]!r} (takes {list(cls.axes)})")
+            raise InputError(f"flow {cls.kind!r}: unknown parameter {unknown[0]!r} (takes {list(takes)})")
         missing = [name for name in cls.axes if params.get(name) is None and name not in cls.optional_axes]
         if missing:
             raise InputError(f"{missing[0]}=None: flow {cls.kind!r} needs {missing[0]}")
         dtype = problem.X.dtype
         values = {}
         for k, v in params.items():
-            if v is None or k not in cls.axes:
+            if v is None or k not in takes:
                 continue
             if _concrete(v):
                 arr = np.asarray(v)
                 if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
                     raise InputError(f"{k}={v!r}: expected real numbers, got dtype {arr.dtype}")
             values[k] = jnp.asarray(v, dtype)
-        flow = cls._from_values(problem, values, track_identity=track_identity, options=options)
+        common = {"model": Diagonal() if model is None else model,
+                  "weight_decay": values.pop("weight_decay", jnp.zeros((), dtype))}
+        flow = cls._from_values(problem, values, track_identity=track_identity, options=options, common=common)
         flow.check_problem(problem)
         return flow
 
     @classmethod
-    def _from_values(cls, problem: Problem, values: dict[str, Array], *, track_identity: bool, options: dict):
+    def _from_values(cls, problem: Problem, values: dict[str, Array], *, track_identity: bool, options: dict,
+                     common: dict):
         del problem, track_identity
-        return cls(**values, **options)
+        return cls(**values, **options, **common)
 
     def init(self, problem: Problem) -> State:
         alpha = jnp.broadcast_to(jnp.asarray(self.alpha, dtype=problem.X.dtype), (problem.d,))
-        theta = jnp.log(alpha) if self.log_coordinates else alpha
-        y0 = jnp.stack([theta, theta])
-        extra = self.num_components - 2
+        theta = self.model.init(alpha)
+        y0 = jnp.log(theta) if self.log_coordinates else theta
+        extra = self.num_components - self.num_rows
         if extra:
             y0 = jnp.concatenate([y0, jnp.zeros((extra, problem.d), y0.dtype)])
         return y0
 
     @property
     def num_components(self) -> int:
-        return 2
+        return self.num_rows
+
+    def initial_weights(self, problem: Problem) -> Float[Array, " d"]:
+        """`w(0)` (0 on the diagonal network; `α` on the linear model)."""
+        return self.weights(self.init(problem), problem)
 
     def log_uv(self, y: State) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
-        """`(log |u|, log |v|)` of a state (the analyses' coordinates; `w` depends on `u², v²` only)."""
+        """`(log |u|, log |v|)` of a state on the diagonal network (the analyses' coordinates; at depth 2
+        `w` depends on `u², v²` only)."""
         if self.log_coordinates:
             return y[0], y[1]
         return jnp.log(jnp.abs(y[0])), jnp.log(jnp.abs(y[1]))
 
     def weights(self, y: State, problem: Problem | None = None) -> Float[Array, " d"]:
-        if self.log_coordinates:
-            return jnp.exp(2 * y[0]) - jnp.exp(2 * y[1])
-        return y[0] * y[0] - y[1] * y[1]
+        return self.model.weights(y[: self.num_rows], self.log_coordinates)
 
     def controlled(self, y: State) -> State:
-        # Only (p, q) drive the flow; extra rows (SSD's E3 integrals) are read off, never fed back, so
+        # Only θ's rows drive the flow; extra rows (SSD's E3 integrals) are read off, never fed back, so
         # leaving them out of the error norm keeps the run the same with and without them.
-        return y[:2]
+        return y[: self.num_rows]
+
+    def decayed(self, speed: State, y: State) -> State:
+        """θ's rows of the field with the decoupled weight decay: `θ̇ − λθ`, i.e. `(log θ)˙ − λ`."""
+        if self.log_coordinates:
+            return speed - self.weight_decay
+        return speed - self.weight_decay * y[: self.num_rows]
 
     @abc.abstractmethod
     def local_field(self, t, y: State, g: Float[Array, " d"]) -> State:
@@ -217,36 +264,80 @@ class AbstractPrimalFlow(AbstractFlow):
         return self.local_field(t, y, problem.grad(self.weights(y)))
 
     def discrete_optimizer(self, eta):
-        """The optax optimizer on `θ = (u, v)` whose iterates (step η, at `t = kη`) follow this flow as
-        η → 0 (docs/math.md §7, §8; `_analysis/discrete.py`); only where `has_discrete`."""
+        """The optax optimizer on θ whose iterates (step η, at `t = kη`) follow this flow as η → 0
+        (docs/math.md §7, §8; `_analysis/discrete.py`); only where `has_discrete`. Weight decay is
+        AdamW's: `θ ← θ − η(update + λθ)`."""
         raise NotImplementedError(f"{type(self).__name__} has no discrete (optax) counterpart")
 
     def params(self) -> dict[str, Any]:
-        return {name: scalar_or_none(getattr(self, name)) for name in self.axes}
+        return {**{name: scalar_or_none(getattr(self, name)) for name in self.axes},
+                "weight_decay": scalar_or_none(self.weight_decay)}
+
+    def decays(self) -> bool:
+        """Whether the weight decay is on (a concrete λ with a nonzero entry)."""
+        return _concrete(self.weight_decay) and bool(np.any(np.asarray(self.weight_decay) != 0))
 
     def mirror(self, problem: Problem):
-        """The mirror map of the dual flow this flow is compared with (docs/math.md §4), or None."""
+        """The mirror map of the dual flow this flow is compared with (docs/math.md §4), or None where
+        there is none on this model (`why_no_dual` says why)."""
+        return None
+
+    def why_no_dual(self, problem: Problem) -> str | None:
+        """Why this flow, on its model and loss, has no paired dual (None where it has one)."""
+        if self.decays():
+            return f"{self.label} with weight decay is not a mirror flow of a fixed potential"
+        if self.mirror(problem) is None:
+            return f"{self.label} on the {_model_name(self.model)} has no mirror map in mdflow"
         return None
 
     def potentials(self, problem: Problem) -> dict:
-        """The mirror maps whose KKT errors at the end point are reported (§5): the hypentropy `Q_α`
-        for every flow, and the flow's own SSD potential where it has an ε."""
-        from ._mirror import Hypentropy
+        """The mirror maps whose KKT errors at the end point are reported (§5): the gradient-flow
+        potential of the model (the hypentropy `Q_α` at depth 2, Woodworth's depth-D potential, the
+        Euclidean map on the linear model), and the flow's own SSD potential where it has an ε at depth 2.
+        Empty where the analysis does not apply (`why_no_kkt`)."""
+        if self.why_no_kkt(problem) is not None:
+            return {}
+        return {"hypentropy" if self.model.depth == 2 else "gf_potential": gradient_flow_potential(self)}
 
-        return {"hypentropy": Hypentropy(self.alpha)}
+    def why_no_kkt(self, problem: Problem) -> str | None:
+        """Why the interpolation KKT analysis does not apply to this run (None where it does)."""
+        if problem.stop_rule != "interpolation":
+            return f"the {problem.loss_function.name} loss has no interpolating minimizer (see margins)"
+        if self.decays():
+            return "weight decay moves the end point off the interpolating set"
+        if gradient_flow_potential(self) is None:
+            return f"no potential is known on the {_model_name(self.model)}"
+        return None
 
     @property
     def tracks_identity(self) -> bool:
         """Whether the state carries the E3 integrals (`with_identity`)."""
         return False
 
-    def with_identity(self) -> AbstractPrimalFlow | None:
+    def with_identity(self) -> "AbstractPrimalFlow | None":
         """The same flow with the E3 integrals as extra states, or None where it has no E3 identity."""
         return None
 
 
+def _model_name(model: AbstractModel) -> str:
+    return f"depth-{model.depth} diagonal network" if model.kind == "diagonal" else f"{model.kind} model"
+
+
+def gradient_flow_potential(flow: AbstractPrimalFlow):
+    """The mirror map of gradient flow on the flow's model from the flow's α (None where mdflow has
+    none): the hypentropy at depth 2, Woodworth's depth-D potential, the Euclidean map (linear)."""
+    from . import _mirror
+
+    model = flow.model
+    if model.kind == "linear":
+        return _mirror.Euclidean()
+    if model.kind == "diagonal":
+        return _mirror.Hypentropy(flow.alpha) if model.depth == 2 else _mirror.DepthPotential(flow.alpha, model.depth)
+    return None
+
+
 class GF(AbstractPrimalFlow):
-    """Gradient flow: `ṗ = −2g`, `q̇ = +2g`."""
+    """Gradient flow: `θ̇ = −∂L/∂θ = −(∂w/∂θ)·g` (on the depth-2 network `ṗ = −2g`, `q̇ = +2g`)."""
 
     kind: ClassVar[str] = "gf"
     label: ClassVar[str] = "GF"
@@ -254,24 +345,41 @@ class GF(AbstractPrimalFlow):
     exact_dual: ClassVar[bool] = True
 
     def local_field(self, t, y, g):
-        return jnp.stack([-2 * g, 2 * g])
+        rows = y[: self.num_rows]
+        return self.decayed(-(self.model.jacobian(rows, self.log_coordinates) * g), y)
 
     def integrand(self, problem):
-        # `2u·0 + 1 = 1` and `x / 1 = x` exactly: the family's field is GF's, bit for bit.
-        return SSDFamily.member(problem, self.alpha, 1.0, 0.0, frozen=True)
+        # `|∂w/∂θ|·0 + 1 = 1` and `x / 1 = x` exactly: the family's field is GF's, bit for bit.
+        return SSDFamily.member(problem, self.alpha, 1.0, 0.0, frozen=True, model=self.model,
+                                weight_decay=self.weight_decay)
 
     def mirror(self, problem):
-        from ._mirror import Hypentropy
-
-        return Hypentropy(self.alpha)
+        return None if self.decays() else gradient_flow_potential(self)
 
 
-class SSD(AbstractPrimalFlow):
-    """Smoothed sign descent flow (Adam with β1 = β2 = 0):
+class AbstractSignDescent(AbstractPrimalFlow):
+    """Sign-descent-like flows (docs/math.md §2, §6): `θ̇ = −G / (|∂w/∂θ|·m + ε)` with `G = (∂w/∂θ)·g`
+    and a gradient magnitude `m` (`magnitude`), the flows the sign-descent stage analysis reads."""
+
+    eps: eqx.AbstractVar[Float[Array, ""]]
+
+    @abc.abstractmethod
+    def magnitude(self, g: Float[Array, " d"]) -> Float[Array, " d"]:
+        """The gradient magnitude `m` in the denominators (`|g|`, or frozen at `a`)."""
+
+    def potentials(self, problem):
+        maps = super().potentials(problem)
+        own = self.mirror(problem) if self.model.depth == 2 and self.model.kind == "diagonal" else None
+        return {**maps, "ssd_potential": own} if maps and own is not None else maps
+
+
+class SSD(AbstractSignDescent):
+    """Smoothed sign descent flow (Adam with β1 = β2 = 0): `θ̇ = −G/(|G| + ε)`; on the depth-2 network
     `ṗ = −2g / (2u|g| + ε)`, `q̇ = +2g / (2v|g| + ε)`.
 
-    With `track_identity=True` the state also carries `Γ = ∫g`, `J^u = ∫|g| du`, `J^v = ∫|g| dv`
-    (docs/math.md §4, E3), so the exact identity `(ε/2) log(u/α) + J^u = −Γ` can be checked.
+    With `track_identity=True` (depth-2 diagonal network only) the state also carries `Γ = ∫g`,
+    `J^u = ∫|g| du`, `J^v = ∫|g| dv` (docs/math.md §4, E3), so the exact identity
+    `(ε/2) log(u/α) + J^u = −Γ` can be checked.
     """
 
     eps: Float[Array, ""]
@@ -280,51 +388,55 @@ class SSD(AbstractPrimalFlow):
     kind: ClassVar[str] = "ssd"
     label: ClassVar[str] = "SSD"
     axes: ClassVar[tuple[str, ...]] = ("eps", "alpha")
-    has_stages: ClassVar[bool] = True
     has_discrete: ClassVar[bool] = True
 
     def __check_init__(self):
         check_parameter("eps", self.eps)
+        if self.track_identity and not _depth_two(self.model):
+            raise InputError("track_identity: the E3 identity holds on the depth-2 diagonal network only")
 
     @classmethod
-    def _from_values(cls, problem, values, *, track_identity, options):
-        return cls(values["alpha"], values["eps"], track_identity)
+    def _from_values(cls, problem, values, *, track_identity, options, common):
+        return cls(values["alpha"], values["eps"], track_identity and _depth_two(common["model"]), **common)
 
     def discrete_optimizer(self, eta):
         import optax
 
-        return optax.adam(learning_rate=eta, b1=0.0, b2=0.0, eps=self.eps, eps_root=0.0)
+        return _decoupled(optax.adam(learning_rate=eta, b1=0.0, b2=0.0, eps=self.eps, eps_root=0.0), eta,
+                          self.weight_decay)
 
     @property
     def num_components(self) -> int:
-        return 5 if self.track_identity else 2
+        return self.num_rows + 3 if self.track_identity else self.num_rows
 
     @property
     def tracks_identity(self) -> bool:
         return self.track_identity
 
-    def with_identity(self) -> SSD:
-        return SSD(self.alpha, self.eps, track_identity=True)
+    def with_identity(self) -> "SSD | None":
+        if not _depth_two(self.model):
+            return None
+        return SSD(self.alpha, self.eps, track_identity=True, model=self.model, weight_decay=self.weight_decay)
 
     def integrand(self, problem):
         # `a` is unused: the magnitude is |g|.
-        return SSDFamily.member(problem, self.alpha, self.eps, 0.0, frozen=False, track_identity=self.track_identity)
+        return SSDFamily.member(problem, self.alpha, self.eps, 0.0, frozen=False, track_identity=self.track_identity,
+                                model=self.model, weight_decay=self.weight_decay)
 
     def local_field(self, t, y, g):
-        return sign_descent_field(y, g, self.magnitude(g), self.eps, self.track_identity)
+        return sign_descent_field(self, y, g, self.magnitude(g), self.eps, self.track_identity)
 
     def magnitude(self, g: Float[Array, " d"]) -> Float[Array, " d"]:
         """The gradient magnitude in the denominators `2u·m + ε`: `|g|` (the stage analysis reads it)."""
         return jnp.abs(g)
 
     def mirror(self, problem):
-        """`Φ_{|g(w(0))|,ε,α}`: exact only while `|g| = |g(0)|` (approximate pair)."""
+        """`Φ_{|g(w(0))|,ε,α}` on the depth-2 network: exact only while `|g| = |g(0)|` (approximate pair)."""
         from ._mirror import SSDPotential
 
+        if self.decays() or not _depth_two(self.model):
+            return None
         return SSDPotential(FrozenSSD.default_a(problem), self.eps, self.alpha)
-
-    def potentials(self, problem):
-        return {**super().potentials(problem), "ssd_potential": self.mirror(problem)}
 
     def identity_terms(self, ys: Float[Array, "T 5 d"]) -> dict[str, Array]:
         """The E3 terms along a tracked trajectory: `(ε/2) log(u/α)`, `(ε/2) log(v/α)`, `Γ`, `J^u`,
@@ -341,9 +453,10 @@ class SSD(AbstractPrimalFlow):
         return 0.5 * float(self.eps) * (p - q) + 2 * gamma
 
 
-class FrozenSSD(AbstractPrimalFlow):
+class FrozenSSD(AbstractSignDescent):
     """SSD with the gradient magnitude in both denominators frozen at `a ≥ 0` (docs/math.md §2):
-    `ṗ = −2g / (2ua + ε)`, `q̇ = +2g / (2va + ε)`. An exact mirror flow (E2)."""
+    `θ̇ = −G/(|∂w/∂θ|·a + ε)`; on the depth-2 network `ṗ = −2g / (2ua + ε)`, `q̇ = +2g / (2va + ε)`, an
+    exact mirror flow (E2)."""
 
     eps: Float[Array, ""]
     a: Float[Array, " d"]
@@ -352,7 +465,6 @@ class FrozenSSD(AbstractPrimalFlow):
     label: ClassVar[str] = "frozen SSD"
     axes: ClassVar[tuple[str, ...]] = ("eps", "alpha", "a")
     exact_dual: ClassVar[bool] = True
-    has_stages: ClassVar[bool] = True
 
     def __check_init__(self):
         check_parameter("eps", self.eps)
@@ -361,58 +473,71 @@ class FrozenSSD(AbstractPrimalFlow):
     optional_axes: ClassVar[tuple[str, ...]] = ("a",)
 
     @classmethod
-    def _from_values(cls, problem, values, *, track_identity, options):
+    def _from_values(cls, problem, values, *, track_identity, options, common):
         a = values.get("a")
         if a is None:
-            a = cls.default_a(problem)
+            a = cls.default_a(problem, _initial_weights(problem, common["model"], values["alpha"]))
         elif np.ndim(a) == 0:
             a = jnp.broadcast_to(a, (problem.d,))
-        return cls(values["alpha"], values["eps"], a)  # another shape: `__check_init__`, `check_problem`
+        return cls(values["alpha"], values["eps"], a, **common)  # another shape: `__check_init__`, `check_problem`
 
     @staticmethod
-    def default_a(problem: Problem) -> Float[Array, " d"]:
-        """`a = |g(w(0))| = |g(0)|`, the gradient magnitudes at initialization."""
-        return jnp.abs(problem.grad(jnp.zeros(problem.d, problem.X.dtype)))
+    def default_a(problem: Problem, w0=None) -> Float[Array, " d"]:
+        """`a = |g(w(0))|`, the gradient magnitudes at initialization (`w(0) = 0` unless given)."""
+        w0 = jnp.zeros(problem.d, problem.X.dtype) if w0 is None else w0
+        return jnp.abs(problem.grad(w0))
 
     def magnitude(self, g: Float[Array, " d"]) -> Float[Array, " d"]:
         """The magnitude in the denominators: the frozen `a`, whatever `g` is."""
         return jnp.broadcast_to(self.a, g.shape)
 
     def integrand(self, problem):
-        return SSDFamily.member(problem, self.alpha, self.eps, self.a, frozen=True)
+        return SSDFamily.member(problem, self.alpha, self.eps, self.a, frozen=True, model=self.model,
+                                weight_decay=self.weight_decay)
 
     def local_field(self, t, y, g):
-        return sign_descent_field(y, g, self.magnitude(g), self.eps, False)
+        return sign_descent_field(self, y, g, self.magnitude(g), self.eps, False)
 
     def params(self):
-        return {"eps": float(self.eps), "alpha": scalar_or_none(self.alpha)}
+        return {"eps": float(self.eps), "alpha": scalar_or_none(self.alpha),
+                "weight_decay": scalar_or_none(self.weight_decay)}
 
     def mirror(self, problem):
         from ._mirror import SSDPotential
 
+        if self.decays() or not _depth_two(self.model):
+            return None
         return SSDPotential(self.a, self.eps, self.alpha)
 
-    def potentials(self, problem):
-        return {**super().potentials(problem), "ssd_potential": self.mirror(problem)}
+
+def _depth_two(model: AbstractModel) -> bool:
+    return model.kind == "diagonal" and model.depth == 2
 
 
-def sign_descent_field(y: State, g, magnitude, eps, track_identity: bool) -> State:
-    """`ṗ = −2g / (2u·m + ε)`, `q̇ = +2g / (2v·m + ε)` with the magnitude `m` (SSD: `|g|`, frozen SSD:
-    `a`), plus with `track_identity` the E3 rows `ġ`-integrals `(g, m·u·ṗ, m·v·q̇)`."""
-    u, v = jnp.exp(y[0]), jnp.exp(y[1])
-    dp = -2 * g / (2 * u * magnitude + eps)
-    dq = 2 * g / (2 * v * magnitude + eps)
+def _initial_weights(problem: Problem, model: AbstractModel, alpha) -> Float[Array, " d"]:
+    alpha = jnp.broadcast_to(jnp.asarray(alpha, problem.X.dtype), (problem.d,))
+    return model.weights(model.init(alpha), False)
+
+
+def sign_descent_field(flow: AbstractPrimalFlow, y: State, g, magnitude, eps, track_identity: bool) -> State:
+    """`θ̇ = −(∂w/∂θ)·g / (|∂w/∂θ|·m + ε)` with the magnitude `m` (SSD: `|g|`, frozen SSD: `a`), in the
+    flow's coordinates and with its weight decay; on the depth-2 network `ṗ = −2g / (2u·m + ε)`,
+    `q̇ = +2g / (2v·m + ε)`, plus with `track_identity` the E3 rows, integrands `(g, m·u·ṗ, m·v·q̇)`."""
+    rows, log = y[: flow.num_rows], flow.log_coordinates
+    speed = -(flow.model.jacobian(rows, log) * g) / (flow.model.jacobian_size(rows, log) * magnitude + eps)
+    speed = flow.decayed(speed, y)
     if not track_identity:
-        return jnp.stack([dp, dq])
-    return jnp.stack([dp, dq, g, magnitude * u * dp, magnitude * v * dq])
+        return speed
+    u, v = jnp.exp(y[0]), jnp.exp(y[1])
+    return jnp.concatenate([speed, jnp.stack([g, magnitude * u * speed[0], magnitude * v * speed[1]])])
 
 
 class SSDFamily(AbstractPrimalFlow):
     """What GF, frozen SSD and SSD are integrated as, so that one compiled program solves all three
     (`integrand`): `sign_descent_field` with the magnitude `m = a` where `frozen`, else `m = |g|`,
-    chosen by a traced value. GF is `frozen`, `a = 0`, `ε = 1` (`2u·0 + 1 = 1` exactly); frozen SSD is
-    `frozen` with its `a`; SSD is not `frozen`. Not a flow to sweep: records and analyses use the
-    original flow."""
+    chosen by a traced value. GF is `frozen`, `a = 0`, `ε = 1` (`|∂w/∂θ|·0 + 1 = 1` exactly); frozen
+    SSD is `frozen` with its `a`; SSD is not `frozen`. Not a flow to sweep: records and analyses use
+    the original flow."""
 
     eps: Float[Array, ""]
     a: Float[Array, " d"]
@@ -424,20 +549,22 @@ class SSDFamily(AbstractPrimalFlow):
     axes: ClassVar[tuple[str, ...]] = ("eps", "alpha", "a")
 
     @classmethod
-    def member(cls, problem: Problem, alpha, eps, a, *, frozen: bool, track_identity: bool = False) -> SSDFamily:
+    def member(cls, problem: Problem, alpha, eps, a, *, frozen: bool, track_identity: bool = False,
+               model: AbstractModel | None = None, weight_decay=0.0) -> "SSDFamily":
         """The family member with these parameters: α and `a` per coordinate and every leaf of the
         problem's dtype (never weakly typed), so that one program serves every member however its flow
         was built; the values, hence the results, are those of the flow."""
         return cls(_per_coordinate(alpha, problem), _of_dtype(eps, problem), _per_coordinate(a, problem),
-                   np.asarray(frozen), track_identity)
+                   np.asarray(frozen), track_identity, model=Diagonal() if model is None else model,
+                   weight_decay=_of_dtype(weight_decay, problem))
 
     @property
     def num_components(self) -> int:
-        return 5 if self.track_identity else 2
+        return self.num_rows + 3 if self.track_identity else self.num_rows
 
     def local_field(self, t, y, g):
         magnitude = jnp.where(self.frozen, self.a, jnp.abs(g))
-        return sign_descent_field(y, g, magnitude, self.eps, self.track_identity)
+        return sign_descent_field(self, y, g, magnitude, self.eps, self.track_identity)
 
 
 def _of_dtype(x, problem: Problem) -> Array:
@@ -452,11 +579,6 @@ def _per_coordinate(x, problem: Problem) -> Array:
     """A scalar or `(d,)` parameter as a `(d,)` array (`_of_dtype`)."""
     x = _of_dtype(x, problem)
     return (np.broadcast_to if isinstance(x, np.ndarray) else jnp.broadcast_to)(x, (problem.d,))
-
-
-def _as_float(x) -> Array:
-    """A parameter as a float array (float64 under mdflow); tracers pass through (flows rebuilt under jit)."""
-    return x if isinstance(x, jax.core.Tracer) else jnp.asarray(x, dtype=float)
 
 
 class AbstractEMAFlow(AbstractPrimalFlow):
@@ -474,12 +596,12 @@ class AbstractEMAFlow(AbstractPrimalFlow):
     `G/θ = (2g, −2g)` and `√ŝ = θ√σ̂`. They are valid only while θ keeps its sign (see `Adam`).
     """
 
-    # Subclasses provide `eps`, `tau1` (0 without momentum), `tau2` (traced arrays) and the static
-    # `bias_correction` (default True, as optax's Adam). (Not declared as `AbstractVar`s here: this
-    # module's postponed annotations would make them strings, which equinox does not accept.)
+    eps: eqx.AbstractVar[Float[Array, ""]]
+    tau2: eqx.AbstractVar[Float[Array, ""]]
+    bias_correction: eqx.AbstractVar[bool]  # static; True as optax's Adam
+    # Subclasses also provide `tau1` (0 without momentum).
 
     momentum: ClassVar[bool]
-    log_coordinates: ClassVar[bool]
 
     options: ClassVar[tuple[str, ...]] = ("bias_correction",)
     has_discrete: ClassVar[bool] = True
@@ -491,7 +613,7 @@ class AbstractEMAFlow(AbstractPrimalFlow):
 
     @property
     def num_components(self) -> int:
-        return 6 if self.momentum else 4
+        return (3 if self.momentum else 2) * self.num_rows
 
     @property
     def autonomous(self) -> bool:
@@ -501,33 +623,46 @@ class AbstractEMAFlow(AbstractPrimalFlow):
         return y  # every row drives the flow
 
     def local_field(self, t, y, g):
-        sign = jnp.asarray([1.0, -1.0], y.dtype)[:, None]
-        if self.log_coordinates:
-            theta = jnp.exp(y[:2])
-            grad = 2 * sign * g  # G/θ: the moments are stored relative to θ
-        else:
-            grad = 2 * sign * g * y[:2]  # G
-        s = y[-2:]
+        R, log = self.num_rows, self.log_coordinates
+        grad = self.model.jacobian(y[:R], log) * g  # G, or G/θ in log coordinates (moments relative to θ)
+        s = y[-R:]
         s_hat = _corrected(t, self.tau2, s, grad * grad, self.bias_correction)
-        root = theta * _sqrt(s_hat) if self.log_coordinates else _sqrt(s_hat)  # √ŝ
-        m = y[2:4] if self.momentum else None
+        root = jnp.exp(y[:R]) * _sqrt(s_hat) if log else _sqrt(s_hat)  # √ŝ
+        m = y[R : 2 * R] if self.momentum else None
         m_hat = _corrected(t, self.tau1, m, grad, self.bias_correction) if self.momentum else grad
-        speed = -m_hat / (root + self.eps)  # θ̇, or (log θ)˙ in log coordinates
+        speed = self.decayed(-m_hat / (root + self.eps), y)  # θ̇, or (log θ)˙ in log coordinates
         ds = (grad * grad - s) * _rate(self.tau2)
         rows = [speed]
         if self.momentum:
             dm = (grad - m) * _rate(self.tau1)
-            rows.append(dm - m * speed if self.log_coordinates else dm)
-        rows.append(ds - 2 * s * speed if self.log_coordinates else ds)
+            rows.append(dm - m * speed if log else dm)
+        rows.append(ds - 2 * s * speed if log else ds)
         return jnp.concatenate(rows)
 
     def potentials(self, problem):
-        """`Q_α` and, for reference, SSD's potential `Φ_{|g(0)|,ε,α}` at the same ε, α (the τ = 0 flow's
-        dual map): how far the EMAs move the limit from SSD's geometry."""
+        """The model's gradient-flow potential and, for reference at depth 2, SSD's potential
+        `Φ_{|g(0)|,ε,α}` at the same ε, α (the τ = 0 flow's dual map): how far the EMAs move the limit
+        from SSD's geometry."""
         from ._mirror import SSDPotential
 
-        return {**super().potentials(problem),
-                "ssd_potential": SSDPotential(FrozenSSD.default_a(problem), self.eps, self.alpha)}
+        maps = super().potentials(problem)
+        if not maps or not _depth_two(self.model):
+            return maps
+        return {**maps, "ssd_potential": SSDPotential(FrozenSSD.default_a(problem), self.eps, self.alpha)}
+
+    def discrete_optimizer(self, eta):
+        return _decoupled(self.scale_by(eta), eta, self.weight_decay)
+
+    @abc.abstractmethod
+    def scale_by(self, eta):
+        """The optax optimizer without weight decay (`discrete_optimizer` adds AdamW's)."""
+
+
+def _decoupled(optimizer, eta, weight_decay):
+    """`optimizer` (its updates already scaled by −η) with AdamW's decoupled weight decay `−ηλθ`."""
+    import optax
+
+    return optax.chain(optimizer, optax.add_decayed_weights(-eta * weight_decay))
 
 
 class Adam(AbstractEMAFlow):
@@ -550,9 +685,9 @@ class Adam(AbstractEMAFlow):
     label: ClassVar[str] = "Adam"
     axes: ClassVar[tuple[str, ...]] = ("eps", "alpha", "tau1", "tau2")
     momentum: ClassVar[bool] = True
-    log_coordinates: ClassVar[bool] = False
+    keeps_sign: ClassVar[bool] = False
 
-    def discrete_optimizer(self, eta):
+    def scale_by(self, eta):
         import optax
 
         if not self.bias_correction:
@@ -581,13 +716,12 @@ class RMSProp(AbstractEMAFlow):
     label: ClassVar[str] = "RMSProp"
     axes: ClassVar[tuple[str, ...]] = ("eps", "alpha", "tau2")
     momentum: ClassVar[bool] = False
-    log_coordinates: ClassVar[bool] = True
 
     @property
     def tau1(self) -> Float[Array, ""]:
         return jnp.zeros_like(self.tau2)
 
-    def discrete_optimizer(self, eta):
+    def scale_by(self, eta):
         import optax
 
         # ε outside the square root, as in the flow (optax's default `eps_in_sqrt=True` is √(ŝ + ε)).
@@ -629,10 +763,11 @@ PRIMAL_FLOWS: dict[str, type[AbstractPrimalFlow]] = {cls.kind: cls for cls in (G
 
 
 def make_flow(kind: str, problem: Problem, *, track_identity: bool = False, options: dict | None = None,
-              **params) -> AbstractPrimalFlow:
-    """Build a primal flow by name from its run parameters (`PRIMAL_FLOWS[kind].axes`), validated;
-    values become arrays of the problem's dtype. `options` sets the flow's static switches (those of
-    its `options`; others are ignored), `track_identity` adds the E3 states where the flow has them."""
+              model: AbstractModel | None = None, **params) -> AbstractPrimalFlow:
+    """Build a primal flow by name from its run parameters (`PRIMAL_FLOWS[kind].axes`, and
+    `weight_decay`), validated, on `model` (default the depth-2 diagonal network); values become arrays of
+    the problem's dtype. `options` sets the flow's static switches (those of its `options`; others are
+    ignored), `track_identity` adds the E3 states where the flow has them."""
     if kind not in PRIMAL_FLOWS:
         raise InputError(f"flows.kinds: unknown flow {kind!r} (known: {sorted(PRIMAL_FLOWS)})")
-    return PRIMAL_FLOWS[kind].build(problem, track_identity=track_identity, options=options, **params)
+    return PRIMAL_FLOWS[kind].build(problem, track_identity=track_identity, options=options, model=model, **params)

@@ -1,11 +1,15 @@
-"""Regression problems (docs/math.md §1): data `X, y`, the loss and its gradient."""
+"""Problems (docs/math.md §1, §9): data `X, y` and a loss `L(w) = scale · Σ_i ℓ(⟨x_i, w⟩, y_i)`, its
+gradient and the curvature the structured stiff solver needs; the built-in data generators."""
 
 from __future__ import annotations
 
+import abc
 import warnings
 from pathlib import Path
+from typing import ClassVar
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
@@ -14,11 +18,116 @@ from ._errors import RANGES, InputError
 
 NORMALIZATIONS = ("mean", "sum")
 
+Margins = Float[Array, " n"]
+
+
+class AbstractLoss(eqx.Module):
+    """A loss of the form `Σ_i ℓ(m_i, y_i)` of the margins `m = Xw`: what the flows (its derivative),
+    the structured stiff solver (its curvature, the `h` of `Xᵀ diag(h) X`), the duals (its derivative)
+    and the stop rule ask of it. A loss has no array fields: it is part of a compiled program."""
+
+    name: ClassVar[str]
+    # What ends a run: `"interpolation"` (the relative residual `‖Xw − y‖/‖y‖` falls below
+    # `solve.stop_rel_residual`) or `"loss"` (the loss falls below `solve.stop_loss`; a classification
+    # loss never reaches 0).
+    stop_rule: ClassVar[str]
+
+    @abc.abstractmethod
+    def total(self, m: Margins, y: Margins) -> Float[Array, ""]:
+        """`Σ_i ℓ(m_i, y_i)`."""
+
+    @abc.abstractmethod
+    def derivative(self, m: Margins, y: Margins) -> Margins:
+        """`∂ℓ/∂m` at each sample."""
+
+    @abc.abstractmethod
+    def curvature(self, m: Margins, y: Margins) -> Margins | None:
+        """`∂²ℓ/∂m²` at each sample, or None where it is 1 everywhere (squared loss: the Jacobian's `XᵀX`
+        needs no weights, and its programs stay those of the least-squares solver)."""
+
+    @abc.abstractmethod
+    def check_labels(self, y: np.ndarray, source: str) -> None:
+        """`InputError` naming `source` unless the labels suit this loss."""
+
+
+class SquaredLoss(AbstractLoss):
+    """`ℓ(m, y) = ½ (m − y)²`: regression, stopped at interpolation."""
+
+    name: ClassVar[str] = "squared"
+    stop_rule: ClassVar[str] = "interpolation"
+
+    def total(self, m, y):
+        r = m - y
+        return 0.5 * jnp.sum(r * r)
+
+    def derivative(self, m, y):
+        return m - y
+
+    def curvature(self, m, y):
+        return None
+
+    def check_labels(self, y, source):
+        pass
+
+
+class _MarginLoss(AbstractLoss):
+    """Classification losses of the margin `y·m` (labels ±1), stopped at a loss target."""
+
+    stop_rule: ClassVar[str] = "loss"
+
+    def check_labels(self, y, source):
+        y = np.asarray(y)
+        bad = ~np.isin(y, (-1.0, 1.0))
+        if np.any(bad):
+            i = int(np.argmax(bad))
+            raise InputError(f"{source}: the {self.name} loss needs labels y in {{-1, +1}}; y[{i}] = {y[i]!r}")
+
+
+class LogisticLoss(_MarginLoss):
+    """`ℓ(m, y) = log(1 + e^{−ym})`."""
+
+    name: ClassVar[str] = "logistic"
+
+    def total(self, m, y):
+        return jnp.sum(jax.nn.softplus(-y * m))
+
+    def derivative(self, m, y):
+        return -y * jax.nn.sigmoid(-y * m)
+
+    def curvature(self, m, y):
+        return jax.nn.sigmoid(y * m) * jax.nn.sigmoid(-y * m)
+
+
+class ExponentialLoss(_MarginLoss):
+    """`ℓ(m, y) = e^{−ym}`."""
+
+    name: ClassVar[str] = "exponential"
+
+    def total(self, m, y):
+        return jnp.sum(jnp.exp(-y * m))
+
+    def derivative(self, m, y):
+        return -y * jnp.exp(-y * m)
+
+    def curvature(self, m, y):
+        return jnp.exp(-y * m)
+
+
+LOSSES: dict[str, type[AbstractLoss]] = {cls.name: cls for cls in (SquaredLoss, LogisticLoss, ExponentialLoss)}
+
+
+def make_loss(name: str) -> AbstractLoss:
+    """A loss by its config name (`[problem] loss`)."""
+    if name not in LOSSES:
+        raise InputError(f"problem.loss={name!r}: expected one of {list(LOSSES)}")
+    return LOSSES[name]()
+
 
 class Problem(eqx.Module):
-    """Least squares `L(w) = scale/2 ||Xw - y||²` with `scale = 1/n` ("mean") or 1 ("sum").
+    """Data and a loss: `L(w) = scale · Σ_i ℓ(⟨x_i, w⟩, y_i)` with `scale = 1/n` ("mean") or 1 ("sum"),
+    least squares by default.
 
-    `X` and `y` are arrays (so one compiled solver serves every problem of the same shape);
+    `X` and `y` are arrays (so one compiled solver serves every problem of the same shape and loss);
     `w_star` is the planted solution when the data were generated, else `None`.
     """
 
@@ -26,10 +135,14 @@ class Problem(eqx.Module):
     y: Float[Array, " n"]
     normalization: str = eqx.field(static=True, default="mean")
     w_star: Float[Array, " d"] | None = None
+    loss_function: AbstractLoss = eqx.field(default=SquaredLoss(), kw_only=True)
 
     def __check_init__(self):
         if self.normalization not in NORMALIZATIONS:
             raise InputError(f"normalization={self.normalization!r}: expected one of {NORMALIZATIONS}")
+        if not isinstance(self.loss_function, AbstractLoss):
+            raise InputError(f"loss_function: expected a loss (e.g. mdflow.LogisticLoss()), got "
+                             f"{type(self.loss_function).__name__}")
         # Shapes (tracers have them too): a mismatch would surface as an error deep inside a solve.
         X, y = np.shape(self.X), np.shape(self.y)
         if len(X) != 2:
@@ -39,11 +152,15 @@ class Problem(eqx.Module):
         if self.w_star is not None and np.shape(self.w_star) != (X[1],):
             raise InputError(f"w_star: must have shape ({X[1]},) to match X of shape {X}, got shape "
                              f"{np.shape(self.w_star)}")
+        if not isinstance(self.y, jax.core.Tracer):
+            self.loss_function.check_labels(self.y, "y")
 
     def as_data(self) -> Problem:
         """The data alone (`w_star` dropped): what a solve receives, so that generated and loaded data of
         one shape share one compiled program."""
-        return self if self.w_star is None else Problem(self.X, self.y, self.normalization)
+        if self.w_star is None:
+            return self
+        return Problem(self.X, self.y, self.normalization, loss_function=self.loss_function)
 
     @property
     def n(self) -> int:
@@ -57,22 +174,42 @@ class Problem(eqx.Module):
     def scale(self) -> float:
         return 1.0 / self.n if self.normalization == "mean" else 1.0
 
-    def residual(self, w: Float[Array, " d"]) -> Float[Array, " n"]:
+    @property
+    def stop_rule(self) -> str:
+        """What ends a run of this problem (`AbstractLoss.stop_rule`)."""
+        return self.loss_function.stop_rule
+
+    def margins(self, w: Float[Array, " d"]) -> Margins:
         # Row-vector form (`w Xᵀ`, `r X`): under `vmap` these become plain GEMMs on the stacked
         # members; `X @ w` under vmap lowers to a transposing batched dot, 2.4× slower at B = 4.
-        return w @ self.X.T - self.y
+        return w @ self.X.T
+
+    def residual(self, w: Float[Array, " d"]) -> Margins:
+        return self.margins(w) - self.y
 
     def loss(self, w: Float[Array, " d"]) -> Float[Array, ""]:
-        r = self.residual(w)
-        return 0.5 * self.scale * jnp.sum(r * r)
+        return self.scale * self.loss_function.total(self.margins(w), self.y)
+
+    def loss_derivative(self, w: Float[Array, " d"]) -> Margins:
+        """`∂ℓ/∂m` at the margins of `w` (the squared loss's residual)."""
+        return self.loss_function.derivative(self.margins(w), self.y)
 
     def grad(self, w: Float[Array, " d"]) -> Float[Array, " d"]:
-        """`g(w) = scale · Xᵀ(Xw − y)`."""
-        return self.scale * (self.residual(w) @ self.X)
+        """`g(w) = scale · Xᵀ ℓ'(Xw, y)` (`scale · Xᵀ(Xw − y)` for squared loss)."""
+        return self.scale * (self.loss_derivative(w) @ self.X)
+
+    def curvature(self, w: Float[Array, " d"]) -> Margins | None:
+        """`ℓ''(Xw, y)`, the `h` of the Hessian `scale · Xᵀ diag(h) X` (None: 1 everywhere)."""
+        return self.loss_function.curvature(self.margins(w), self.y)
 
     def rel_residual(self, w: Float[Array, " d"]) -> Float[Array, ""]:
         """`||Xw − y|| / ||y||`: the interpolation error, scale-free."""
         return jnp.linalg.norm(self.residual(w)) / jnp.linalg.norm(self.y)
+
+    def stop_value(self, w: Float[Array, " d"]) -> Float[Array, ""]:
+        """What the stop tolerance is compared with: the relative residual (stop at interpolation) or
+        the loss (stop at a loss target)."""
+        return self.rel_residual(w) if self.stop_rule == "interpolation" else self.loss(w)
 
 
 def _check_values(source: str, name: str, arr: np.ndarray) -> None:

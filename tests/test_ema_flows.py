@@ -210,8 +210,8 @@ def test_invalid_parameters_are_rejected(cls, kwargs, name, value):
 
 def test_params_and_layout(small_problem):
     adam, rms = Adam(ALPHA, EPS, 0.01, 1.0), RMSProp(ALPHA, EPS, 1.0)
-    assert adam.params() == {"eps": EPS, "alpha": ALPHA, "tau1": 0.01, "tau2": 1.0}
-    assert rms.params() == {"eps": EPS, "alpha": ALPHA, "tau2": 1.0}
+    assert adam.params() == {"eps": EPS, "alpha": ALPHA, "tau1": 0.01, "tau2": 1.0, "weight_decay": 0.0}
+    assert rms.params() == {"eps": EPS, "alpha": ALPHA, "tau2": 1.0, "weight_decay": 0.0}
     y = adam.init(small_problem)
     assert y.shape == (6, small_problem.d) and np.all(np.asarray(y[:2]) == ALPHA) and np.all(np.asarray(y[2:]) == 0)
     y = rms.init(small_problem)

@@ -62,14 +62,20 @@ def analyze_run(problem: Problem, flow, solution, config, *, policy=None) -> tup
     `solution` is one run's `Solution` (no batch axis); `policy` defaults to `config.solve_policy()`.
     """
     from .discrete import discrete_record
-    from .kkt import kkt_record, require_interpolators
-    from .stages import stages_record
+    from .interpolators import REFERENCE_NAMES
+    from .kkt import kkt_record, kkt_skipped, require_interpolators
+    from .stages import stages_record, stages_skipped
 
     an = config["analysis"]
     policy = config.solve_policy() if policy is None else policy
     record: dict[str, Any] = {}
     arrays: dict[str, np.ndarray] = {}
-    if an["kkt"]:
+    why = flow.why_no_kkt(problem) if an["kkt"] else None
+    if why is not None:
+        record["kkt"], kkt_arrays = kkt_skipped(problem, why)
+        arrays.update(kkt_arrays)
+        arrays.update({f"w_{k}": np.full(problem.d, np.nan) for k in REFERENCE_NAMES})
+    elif an["kkt"]:
         require_interpolators(problem)  # `mdflow run` refuses this before any work (`_plan`)
         refs = references_for(problem)
         identity = _identity_state(problem, flow, solution, policy)
@@ -81,8 +87,9 @@ def analyze_run(problem: Problem, flow, solution, config, *, policy=None) -> tup
         nan = np.full(NUM_STAGE_COORDS, np.nan)
         stage_arrays = {"stage_coords": np.full(NUM_STAGE_COORDS, -1), "t_warm_measured": nan,
                         "t_warm_predicted": nan, "t_sign_measured": nan, "sign_duration_predicted": nan}
-        if not flow.has_stages:
-            record["stages"] = {"skipped": f"{flow.label} has no sign-descent stages"}
+        why = stages_skipped(problem, flow)
+        if why is not None:
+            record["stages"] = {"skipped": why}
         elif solution.ys is None:
             record["stages"] = {"skipped": "no trajectory saved (output.save = 'final')"}
         else:

@@ -49,20 +49,21 @@ def optimizer_path(problem: Problem, flow, eta, steps_per_save, num_saves: int, 
         return _optimizer_path(problem, flow, eta, steps_per_save, num_saves, optimizer)
 
 
-def _weights(params):
-    u, v = params
-    return u * u - v * v
+def _weights(flow, params):
+    """`w` of the optimizer's parameters (a tuple of θ's rows, linear coordinates)."""
+    return flow.model.weights(jnp.stack(params), False)
 
 
 def _optimizer(problem, flow, eta, optimizer=None):
-    """The optimizer's start `(u, v) = (α, α)`, its `opt` (`optimizer(η)`, default
-    `flow.discrete_optimizer(η)`), the loss gradient in `(u, v)` and `optax.apply_updates`."""
+    """The optimizer's start (θ's rows at `θ(0)`, e.g. `(u, v) = (α, α)`), its `opt` (`optimizer(η)`,
+    default `flow.discrete_optimizer(η)`), the loss gradient in θ and `optax.apply_updates`."""
     import optax  # only here: `import mdflow` does not pay for optax
 
-    u0 = jnp.broadcast_to(jnp.asarray(flow.alpha, problem.X.dtype), (problem.d,))
-    grad = jax.grad(lambda params: problem.loss(_weights(params)))
+    alpha = jnp.broadcast_to(jnp.asarray(flow.alpha, problem.X.dtype), (problem.d,))
+    theta0 = tuple(flow.model.init(alpha))
+    grad = jax.grad(lambda params: problem.loss(_weights(flow, params)))
     opt = (flow.discrete_optimizer if optimizer is None else optimizer)(eta)
-    return (u0, u0), opt, grad, optax.apply_updates
+    return theta0, opt, grad, optax.apply_updates
 
 
 def _optimizer_path(problem, flow, eta, steps_per_save, num_saves, optimizer):
@@ -72,18 +73,18 @@ def _optimizer_path(problem, flow, eta, steps_per_save, num_saves, optimizer):
         params, state, count, first, index = carry
         updates, state = opt.update(grad(params), state, params)
         params = apply_updates(params, updates)
-        bad = (jnp.min(params[0]) <= 0) | (jnp.min(params[1]) <= 0)
+        bad = jnp.any(jnp.stack([jnp.min(p) <= 0 for p in params]))
         first = jnp.where(bad & (first < 0), index, first)
         return params, state, count + bad.astype(count.dtype), first, index + 1
 
     def save(carry, steps):
         carry = jax.lax.fori_loop(0, steps, step, carry)
-        return carry, _weights(carry[0])
+        return carry, _weights(flow, carry[0])
 
     steps = jnp.broadcast_to(steps_per_save, (num_saves,))
     carry = (params, opt.init(params), jnp.zeros((), jnp.int32), -jnp.ones((), jnp.int32), jnp.ones((), jnp.int32))
     carry, ws = jax.lax.scan(save, carry, steps)
-    ws = jnp.concatenate([_weights(params)[None], ws])
+    ws = jnp.concatenate([_weights(flow, params)[None], ws])
     return ws, carry[2], carry[3]
 
 
@@ -96,7 +97,7 @@ def optimizer_endpoint(problem: Problem, flow, eta, tol, max_steps, optimizer=No
 
         def going(carry):
             params, _, k = carry
-            return (problem.rel_residual(_weights(params)) > tol) & (k < max_steps)
+            return (problem.rel_residual(_weights(flow, params)) > tol) & (k < max_steps)
 
         def step(carry):
             params, state, k = carry
@@ -104,7 +105,7 @@ def optimizer_endpoint(problem: Problem, flow, eta, tol, max_steps, optimizer=No
             return apply_updates(params, updates), state, k + 1
 
         params, _, k = jax.lax.while_loop(going, step, (params, opt.init(params), jnp.zeros((), jnp.int32)))
-        w = _weights(params)
+        w = _weights(flow, params)
         return w, k, problem.rel_residual(w) <= tol
 
 
@@ -140,7 +141,8 @@ def discrete_record(
     num_saves = max(1, min(num_saves, size, int(round(t1 / max(float(e) for e in etas)))))
     ts = np.concatenate([np.linspace(0.0, t1, num_saves + 1), np.full(size - num_saves, t1)])
     end_policy = policy  # the caller's, with its stop tolerance (the end-point comparison's default)
-    policy = SolvePolicy(**{**policy.__dict__, "t1": t1, "stop_rel_residual": None, "save": "trajectory"})
+    policy = SolvePolicy(**{**policy.__dict__, "t1": t1, "stop_rel_residual": None, "stop_loss": None,
+                            "save": "trajectory"})
     sol = solve(flow, problem, policy, ts=ts)
     w_flow = np.asarray(jax.vmap(lambda y: flow.weights(y, problem))(sol.ys))[:num_saves + 1]
     scale = np.max(np.linalg.norm(w_flow, axis=1))
@@ -157,7 +159,7 @@ def discrete_record(
         counts.append(int(count))
         firsts.append(int(first))
     # An overshoot disqualifies η only where the flow itself keeps u, v > 0 (log coordinates).
-    keeps_sign = getattr(flow, "log_coordinates", True)
+    keeps_sign = flow.log_coordinates
     clean = [(c == 0 or not keeps_sign) and e is not None for c, e in zip(counts, errors)]
     slope = fit_slope([e for e, ok in zip(used, clean) if ok], [x for x, ok in zip(errors, clean) if ok])
     record = {"etas": used, "errors": errors, "overshoot_steps": counts, "first_overshoot": firsts,
@@ -176,10 +178,13 @@ def _end_point_errors(problem, flow, etas, policy, end_tol, max_steps, record, e
 
     if end_tol is None:
         end_tol = policy.stop_rel_residual if policy.stop_rel_residual is not None else 1e-6
-    if problem.n >= problem.d:  # in general no interpolator: neither would get there (max_steps of nothing)
+    why = (f"the {problem.loss_function.name} loss has no interpolating end point"
+           if problem.stop_rule != "interpolation" else
+           f"n={problem.n} >= d={problem.d}: no interpolation to run to" if problem.n >= problem.d else None)
+    if why is not None:  # in general no interpolator: neither would get there (max_steps of nothing)
         none = [None] * len(etas)
         record.update(end_tol=end_tol, end_errors=none, end_steps=none, end_slope=None, flow_t_end=None,
-                      end_skipped=f"n={problem.n} >= d={problem.d}: no interpolation to run to")
+                      end_skipped=why)
         return none
     flow_t_end = None
     if end_state is None:

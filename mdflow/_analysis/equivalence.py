@@ -33,12 +33,13 @@ from .._solver.solve import STATUSES, Solution, SolvePolicy, select_solver, stat
 
 def paired_dual(flow: AbstractPrimalFlow, problem: Problem, *, form: str = "rho") -> DualFlow:
     """The dual flow paired with a primal flow, on the flow's own mirror map (`flow.mirror`): GF ↔
-    Hypentropy(α) (E1), FrozenSSD(ε, a) ↔ Φ_{a,ε,α} (E2), SSD(ε) ↔ Φ_{|g(w(0))|,ε,α} (approximate).
-    Starts at `w(0) = 0`, the primal start."""
-    mirror = flow.mirror(problem)
-    if mirror is None:
-        raise InputError(f"flows.kinds: flow {flow.kind!r} has no dual flow to compare with")
-    return dual_flow(mirror, problem, form=form)
+    Hypentropy(α) (E1) at depth 2, Woodworth's depth-D potential at depth D, the Euclidean map on the
+    linear model; FrozenSSD(ε, a) ↔ Φ_{a,ε,α} (E2), SSD(ε) ↔ Φ_{|g(w(0))|,ε,α} (approximate) at depth 2.
+    Starts at the primal start `w(0)` (0 on the diagonal network)."""
+    why = flow.why_no_dual(problem)
+    if why is not None:
+        raise InputError(f"flows.duals: {why} (flow {flow.kind!r})")
+    return dual_flow(flow.mirror(problem), problem, form=form, w0=flow.initial_weights(problem))
 
 
 def coarse(policy: SolvePolicy, ratio: float | None = None) -> SolvePolicy:

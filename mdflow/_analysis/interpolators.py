@@ -107,6 +107,9 @@ def min_l32(problem: Problem) -> np.ndarray:
     return min_lp(problem, 1.5)
 
 
+REFERENCE_NAMES = ("l1", "l32", "l2", "linf")
+
+
 def reference_interpolators(problem: Problem) -> dict[str, np.ndarray]:
-    """`{"l1", "l32", "l2", "linf"}` → the reference interpolators of one problem."""
+    """`REFERENCE_NAMES` → the reference interpolators of one problem."""
     return {"l1": min_l1(problem), "l32": min_l32(problem), "l2": min_l2(problem), "linf": min_linf(problem)}

@@ -249,8 +249,16 @@ def potential_entry(
     return entry, w_min
 
 
-# The named potentials of a `kkt` record, in order; a flow's `potentials` supplies those that apply.
-POTENTIAL_ENTRIES = ("hypentropy", "ssd_potential")
+# The named potentials of a `kkt` record, in order; a flow's `potentials` supplies those that apply
+# (`gf_potential`: gradient flow's potential on a model other than the depth-2 network).
+POTENTIAL_ENTRIES = ("hypentropy", "ssd_potential", "gf_potential")
+ARRAY_ENTRIES = (*(f"kkt_w_{name}" for name in POTENTIAL_ENTRIES), "kkt_w_effective_hypentropy", "E")
+
+
+def kkt_skipped(problem: Problem, why: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """The `kkt` record of a run the analysis does not apply to (`flow.why_no_kkt`), with the arrays of
+    `kkt_record` all NaN, so runs of one sweep stack."""
+    return {"skipped": why}, {key: np.full(problem.d, np.nan) for key in ARRAY_ENTRIES}
 
 
 def kkt_record(
@@ -272,6 +280,9 @@ def kkt_record(
     """
     from .._mirror import Hypentropy
 
+    why = flow.why_no_kkt(problem)
+    if why is not None:
+        return kkt_skipped(problem, why)
     y_final = jnp.asarray(y_final)
     w = np.asarray(flow.weights(y_final, problem))
     basis = row_space_projector(problem.X)
@@ -283,10 +294,13 @@ def kkt_record(
             record[name], arrays[f"kkt_w_{name}"] = None, np.full(problem.d, np.nan)
         else:
             record[name], arrays[f"kkt_w_{name}"] = potential_entry(potentials[name], problem, w, basis=basis)
-    p, q = (np.asarray(row) for row in flow.log_uv(y_final))
+    depth_two = flow.model.kind == "diagonal" and flow.model.depth == 2
+    p, q = (np.asarray(row) for row in flow.log_uv(y_final)) if depth_two else (np.zeros(problem.d),) * 2
     log_alpha_eff = 0.5 * (p + q)
     grad_eff = 0.5 * (p - q)  # ¼ arcsinh(w / (2uv)) = ¼ log(u/v) exactly
-    if np.min(log_alpha_eff) > -300:  # α_eff² representable: solve the effective problem too
+    if not depth_two:  # the effective hypentropy is the depth-2 network's
+        entry, w_eff = None, np.full(problem.d, np.nan)
+    elif np.min(log_alpha_eff) > -300:  # α_eff² representable: solve the effective problem too
         entry, w_eff = potential_entry(Hypentropy(jnp.asarray(np.exp(log_alpha_eff))), problem, w,
                                        grad_w=grad_eff, basis=basis)
     else:
@@ -296,7 +310,7 @@ def kkt_record(
                  "newton_iterations": 0, "note": "alpha_eff underflows: minimizer not solved"}
         w_eff = np.full(problem.d, np.nan)
     record["effective_hypentropy"], arrays["kkt_w_effective_hypentropy"] = entry, w_eff
-    record["min_log_alpha_eff"] = float(np.min(log_alpha_eff))
+    record["min_log_alpha_eff"] = float(np.min(log_alpha_eff)) if depth_two else None
     if identity is not None:
         E = flow.final_identity_error(identity)
         pi, qi = np.asarray(identity)[0], np.asarray(identity)[1]

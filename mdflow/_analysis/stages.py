@@ -29,6 +29,23 @@ import numpy as np
 from .._problem import Problem
 
 
+def stages_skipped(problem: Problem, flow) -> str | None:
+    """Why the stage analysis does not apply to a run (None where it does): it reads SSD-type flows
+    (`AbstractSignDescent`) on the depth-2 diagonal network under squared loss without weight decay, the
+    setting its predictions are derived in."""
+    from .._flows import AbstractSignDescent
+
+    if not isinstance(flow, AbstractSignDescent):
+        return f"{flow.label} has no sign-descent stages"
+    if not (flow.model.kind == "diagonal" and flow.model.depth == 2):
+        return "the stage predictions hold on the depth-2 diagonal network only"
+    if problem.stop_rule != "interpolation":
+        return f"the stage predictions assume squared loss, not {problem.loss_function.name}"
+    if flow.decays():
+        return "the stage predictions assume no weight decay"
+    return None
+
+
 def regime_indicator(flow, ys, problem: Problem) -> tuple[np.ndarray, np.ndarray]:
     """`κ^u = 2u|g|/ε` and `κ^v = 2v|g|/ε` on a saved trajectory `ys` (T, K, d) of an SSD-type flow
     (`|g|` replaced by the frozen magnitudes `a` for frozen SSD)."""

@@ -1,17 +1,19 @@
 """Linear solves `(I − γh·J) x = b` for the Rosenbrock solver: structured (Woodbury) and dense.
 
-A coordinatewise primal flow (`ẏ[:, i] = h(t, y[:, i], g_i)` with `g = scale·Xᵀ(Xw − y)` and `w_i`
+A coordinatewise primal flow (`ẏ[:, i] = h(t, y[:, i], g_i)` with `g = scale·Xᵀ ℓ'(Xw, y)` and `w_i`
 depending on `y[:, i]` only, see `_flows.py`) has the Jacobian
 
-`J = B + U · scale·XᵀX · V`,
+`J = B + U · scale·Xᵀ diag(κ) X · V`,
 
-with `B` block diagonal (one `K×K` block per coordinate, `B_i = ∂h/∂y`), `U` the per-coordinate
+with `κ = ℓ''(Xw, y)` the loss curvature (1 for squared loss, whose Jacobian leaves it out),
+
+`B` block diagonal (one `K×K` block per coordinate, `B_i = ∂h/∂y`), `U` the per-coordinate
 column `c_i = ∂h/∂g_i ∈ R^K` and `V` the per-coordinate row `v_i = ∂w_i/∂y[:, i] ∈ R^K`. All three are
 read off the flow interface with `K + 1` Jacobian-vector products (plus `K` for the weights), so any
 coordinatewise flow works without hand-written derivatives.
 
 With `A = I − γh·B` (block diagonal) the Woodbury identity reduces the `Kd × Kd` system to one `n × n`
-system `S = I − γh·scale·X diag(m) Xᵀ`, `m_i = v_iᵀ A_i⁻¹ c_i`: factorization `O(d n² + n³)`, each solve
+system `S = I − γh·scale·diag(κ) X diag(m) Xᵀ`, `m_i = v_iᵀ A_i⁻¹ c_i`: factorization `O(d n² + n³)`, each solve
 `O(K² d + n d + n²)` — the cost of one vector-field evaluation.
 
 Flows that are not coordinatewise (the n-dimensional dual) use `DenseJacobian`: `jax.jacfwd` and an
@@ -33,7 +35,8 @@ State = Float[Array, "K d"]
 
 
 class CoordinatewiseJacobian(eqx.Module):
-    """`J = B + diag(c) · scale·XᵀX · diag(v)` (see the module docstring) at one state."""
+    """`J = B + diag(c) · scale·Xᵀ diag(κ) X · diag(v)` (see the module docstring) at one state; `κ` is
+    None for squared loss (1 everywhere)."""
 
     B: Float[Array, "K K d"]
     c: Float[Array, "K d"]
@@ -41,6 +44,7 @@ class CoordinatewiseJacobian(eqx.Module):
     X: Float[Array, "n d"]
     scale: Float[Array, ""]
     lead: int | None = eqx.field(static=True, default=None)  # rows that drive the flow (see `factor`)
+    curvature: Float[Array, " n"] | None = None
 
     @classmethod
     def from_flow(cls, flow, problem, y: State, *, t) -> CoordinatewiseJacobian:
@@ -57,13 +61,13 @@ class CoordinatewiseJacobian(eqx.Module):
         c = h_lin(jnp.zeros_like(y), jnp.ones_like(g))
         v = jax.vmap(w_lin)(basis)  # (K, d): ∂w_i/∂y_{l,i}
         lead = flow.controlled(y).shape[0]
-        return cls(B, c, v, problem.X, jnp.asarray(problem.scale, y.dtype), lead)
+        return cls(B, c, v, problem.X, jnp.asarray(problem.scale, y.dtype), lead, problem.curvature(w))
 
     def mv(self, x: State) -> State:
         """`J x` without forming `J`."""
         local = _block_apply(self.B, x)
-        t = jnp.sum(self.v * x, axis=0)
-        return local + self.c * (self.scale * ((t @ self.X.T) @ self.X))  # row form: see Problem.residual
+        t = _weighted(self.curvature, jnp.sum(self.v * x, axis=0) @ self.X.T)
+        return local + self.c * (self.scale * (t @ self.X))  # row form: see Problem.margins
 
     def as_matrix(self) -> Float[Array, "Kd Kd"]:
         """The dense `Kd × Kd` Jacobian in the row-major flattening of `(K, d)` (for tests)."""
@@ -93,8 +97,8 @@ class CoordinatewiseJacobian(eqx.Module):
             a = jnp.concatenate([a, a_aux])
         coef = gamma_h * self.scale
         n = self.X.shape[0]
-        S = jnp.eye(n, dtype=self.X.dtype) - coef * ((self.X * m) @ self.X.T)
-        return WoodburyFactor(A_inv, a, self.v, self.X, coef, jsl.lu_factor(S), lead)
+        S = jnp.eye(n, dtype=self.X.dtype) - coef * _weighted(self.curvature, (self.X * m) @ self.X.T, rows=True)
+        return WoodburyFactor(A_inv, a, self.v, self.X, coef, jsl.lu_factor(S), lead, self.curvature)
 
 
 class WoodburyFactor(eqx.Module):
@@ -110,6 +114,7 @@ class WoodburyFactor(eqx.Module):
     coef: Float[Array, ""]
     lu: tuple[Array, Array]
     lead: int = eqx.field(static=True)
+    curvature: Float[Array, " n"] | None = None
 
     def solve(self, b: State) -> State:
         lead, K = self.lead, b.shape[0]
@@ -119,7 +124,7 @@ class WoodburyFactor(eqx.Module):
             z_aux = _block_apply(self.A_inv[lead:], b)
             t = t + jnp.sum(self.v[lead:] * z_aux, axis=0)
             z = jnp.concatenate([z, z_aux])
-        r = jsl.lu_solve(self.lu, t @ self.X.T)
+        r = jsl.lu_solve(self.lu, _weighted(self.curvature, t @ self.X.T))
         return z + self.a * (self.coef * (r @ self.X))
 
 
@@ -154,6 +159,13 @@ class DenseFactor(eqx.Module):
 
     def solve(self, b: PyTree) -> PyTree:
         return self.unravel(jsl.lu_solve(self.lu, jax.flatten_util.ravel_pytree(b)[0]))
+
+
+def _weighted(curvature, x, *, rows: bool = False):
+    """`diag(κ) x` (`x` an n-vector, or with `rows` an `n × n` matrix); `x` itself where κ is None."""
+    if curvature is None:
+        return x
+    return curvature[:, None] * x if rows else curvature * x
 
 
 def _block_apply(M: Float[Array, "K K d"], x: Float[Array, "K d"]) -> Float[Array, "K d"]:

@@ -33,11 +33,11 @@ class RunStatus(enum.IntEnum):
     """A run's outcome, stored as its integer code (`Solution.status`) and recorded by name
     (`end_status` decides it)."""
 
-    ok = 0  # stopped at interpolation (end residual below the stop tolerance), or reached t1 with no stop asked
+    ok = 0  # stopped at interpolation or at the loss target (end value below the stop tolerance), or reached t1 with no stop asked
     max_steps = 1  # ran out of `max_steps`
     nonfinite = 2  # the state, loss or residual became NaN/inf (the solve stops there, at once)
     failed = 3  # any other solver failure (e.g. the step size underflowed), or an end contradicting itself
-    not_interpolated = 4  # asked to stop at interpolation, reached t1 first (horizon too short, or none exists)
+    not_interpolated = 4  # asked to stop (interpolation, loss target), reached t1 first (horizon too short, or none exists)
 
 
 # Run status names, in the order of their integer codes.
@@ -52,7 +52,10 @@ class SolvePolicy:
     - `rtol`, `atol`, `pcoeff`, `icoeff`: the PID step-size controller.
     - `t1`: horizon; `num_ts` saved times, log-spaced on `[t_min, t1]` plus `t = 0`
       (`t_min` defaults to `t1 · 1e-7`: the stages of small-ε runs are early and short).
-    - `stop_rel_residual`: stop a run when `||Xw − y|| / ||y||` falls below it (`None`: never).
+    - `stop_rel_residual`: stop a run of a squared-loss problem when `||Xw − y|| / ||y||` falls below
+      it (`None`: never); `stop_loss`: stop a run of a classification problem when its loss falls below
+      it (`None`: never). Each applies to the problems whose loss has that stop rule
+      (`AbstractLoss.stop_rule`); setting the other one is an error when the solve starts.
     - `save`: `"trajectory"` keeps the state on the grid, `"final"` only summaries and the end state.
     """
 
@@ -64,6 +67,7 @@ class SolvePolicy:
     t_min: float | None = None
     max_steps: int = 500_000
     stop_rel_residual: float | None = None
+    stop_loss: float | None = None
     pcoeff: float = 0.4
     icoeff: float = 0.3
     save: str = "trajectory"
@@ -76,12 +80,26 @@ class SolvePolicy:
             RANGES["solve.t_min"].check("solve.t_min", self.t_min)
             if not self.t_min < self.t1:
                 raise InputError(f"solve.t_min={self.t_min!r}: must be < solve.t1={self.t1!r}")
-        if self.stop_rel_residual is not None:
-            RANGES["solve.stop_rel_residual"].check("solve.stop_rel_residual", self.stop_rel_residual)
+        for key in ("stop_rel_residual", "stop_loss"):
+            if getattr(self, key) is not None:
+                RANGES[f"solve.{key}"].check(f"solve.{key}", getattr(self, key))
         if self.save not in ("trajectory", "final"):
             raise InputError(f"output.save={self.save!r}: expected 'trajectory' or 'final'")
         if self.solver not in SOLVERS and self.solver != "auto":
             raise InputError(f"solve.solver={self.solver!r}: expected 'auto' or one of {sorted(SOLVERS)}")
+
+    def stop_tolerance(self, problem: Problem) -> float:
+        """The stop tolerance of a run of `problem` (0: no stop): `stop_rel_residual` for a loss stopped
+        at interpolation, `stop_loss` for one stopped at a loss target. `InputError` if the policy sets
+        the other one (a logistic run never interpolates; a loss target is not a residual)."""
+        own, other = (("stop_rel_residual", "stop_loss") if problem.stop_rule == "interpolation"
+                      else ("stop_loss", "stop_rel_residual"))
+        if getattr(self, other) is not None:
+            raise InputError(f"solve.{other}={getattr(self, other)!r}: the {problem.loss_function.name} loss "
+                             f"stops at {'interpolation' if other == 'stop_loss' else 'a loss target'}; set "
+                             f"solve.{own} instead")
+        value = getattr(self, own)
+        return 0.0 if value is None else value
 
     def time_grid(self) -> np.ndarray:
         """`t = 0` followed by `num_ts − 1` log-spaced times on `[t_min, t1]`."""
@@ -201,9 +219,8 @@ class SolveControls(eqx.Module):
         if ts is not None and not isinstance(ts, jax.core.Tracer):
             check_time_grid(ts)  # diffrax's own check is compiled out (`_errors.py`)
         ts = jnp.asarray(policy.time_grid() if ts is None else ts, dtype)
-        stop = policy.stop_rel_residual is not None
         scalars = [jnp.asarray(v, dtype) for v in (policy.rtol, policy.atol, policy.pcoeff, policy.icoeff)]
-        stop_tol = jnp.asarray(policy.stop_rel_residual if stop else 0.0, dtype)
+        stop_tol = jnp.asarray(policy.stop_tolerance(problem), dtype)
         return cls(ts, *scalars, stop_tol)
 
 
@@ -212,12 +229,12 @@ def _field(t, y, args: FlowArgs):
 
 
 def _end_event(t, y, args: FlowArgs, **kwargs):
-    """Stop at interpolation (`||Xw − y|| / ||y|| < stop_tol`; never when no stop is asked: `stop_tol`
-    is 0 then), or at once when the residual is not finite: steps from a state whose field is NaN are
-    all rejected, so without this a solve would spend `max_steps` standing still (e.g. α = 1e308,
-    whose weights α² overflow at t0: diffrax checks a boolean event at the initial state too)."""
-    rel = args.problem.rel_residual(args.flow.weights(y, args.problem))
-    return (rel < args.stop_tol) | ~jnp.isfinite(rel)
+    """Stop at interpolation or at a loss target (`problem.stop_value(w) < stop_tol`; never when no stop
+    is asked: `stop_tol` is 0 then), or at once when that value is not finite: steps from a state whose
+    field is NaN are all rejected, so without this a solve would spend `max_steps` standing still (e.g.
+    α = 1e308, whose weights α² overflow at t0: diffrax checks a boolean event at the initial state too)."""
+    value = args.problem.stop_value(args.flow.weights(y, args.problem))
+    return (value < args.stop_tol) | ~jnp.isfinite(value)
 
 
 # Relative slack of the check that a stopped run's end residual is below its stop tolerance: the event
@@ -225,19 +242,21 @@ def _end_event(t, y, args: FlowArgs, **kwargs):
 _STOP_SLACK = 1e-9
 
 
-def end_status(result, y_final, final_loss, final_rel, stop_tol):
-    """A run's `RunStatus` code and whether it stopped at interpolation, from diffrax's `result` and
-    its end point (JAX arrays; traced inside the solve). Never `ok` with a non-finite end (state, loss
-    or residual: `nonfinite`), with an end that contradicts how it ended (the stop event fired but the
-    end residual is not below the stop tolerance: `failed`), or, when a stop was asked for, with an end
-    that never reached it (`not_interpolated`). A stop was asked for where `stop_tol > 0`."""
+def end_status(result, y_final, final_loss, final_rel, stop_tol, final_stop=None):
+    """A run's `RunStatus` code and whether it stopped (at interpolation or at its loss target), from
+    diffrax's `result` and its end point (JAX arrays; traced inside the solve). Never `ok` with a
+    non-finite end (state, loss or residual: `nonfinite`), with an end that contradicts how it ended (the
+    stop event fired but the end's stop value, `final_stop`, default the residual, is not below the stop
+    tolerance: `failed`), or, when a stop was asked for, with an end that never reached it
+    (`not_interpolated`). A stop was asked for where `stop_tol > 0`."""
     import diffrax
 
     finite = jnp.all(jnp.isfinite(y_final)) & jnp.isfinite(final_loss) & jnp.isfinite(final_rel)
     event = result == diffrax.RESULTS.event_occurred
     reached_t1 = result == diffrax.RESULTS.successful
     stop = stop_tol > 0
-    interpolated = stop & (event | reached_t1) & finite & (final_rel <= stop_tol * (1 + _STOP_SLACK))
+    final_stop = final_rel if final_stop is None else final_stop
+    interpolated = stop & (event | reached_t1) & finite & (final_stop <= stop_tol * (1 + _STOP_SLACK))
     status = jnp.select(
         [~finite, interpolated, event, reached_t1, result == diffrax.RESULTS.max_steps_reached],
         [RunStatus.nonfinite, RunStatus.ok, RunStatus.failed,
@@ -293,7 +312,8 @@ def _solve(flow, problem, controls: SolveControls, *, solver_name, max_steps, ke
     t_end = sol.ts[1][0]
     w_final = flow.weights(y_final, problem)
     final_loss, final_rel = problem.loss(w_final), problem.rel_residual(w_final)
-    status, stopped = end_status(sol.result, y_final, final_loss, final_rel, controls.stop_tol)
+    final_stop = final_rel if problem.stop_rule == "interpolation" else final_loss
+    status, stopped = end_status(sol.result, y_final, final_loss, final_rel, controls.stop_tol, final_stop)
     ok = status == RunStatus.ok
     after = ts > t_end
 
