@@ -26,10 +26,14 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "make_mirror",
     ),
     "_flows": (
-        "GF", "SSD", "Adam", "RMSProp", "AbstractFlow", "AbstractPrimalFlow", "AbstractEMAFlow", "FrozenSSD",
-        "PRIMAL_FLOWS", "make_flow",
+        "GF", "SSD", "Adam", "RMSProp", "AbstractFlow", "AbstractPrimalFlow", "AbstractEMAFlow",
+        "AbstractSignDescent", "FrozenSSD", "PRIMAL_FLOWS", "make_flow",
     ),
-    "_problem": ("Problem", "load_npz", "sparse_gaussian", "validate_data"),
+    "_model": ("AbstractModel", "Diagonal", "Linear", "MODELS", "make_model"),
+    "_problem": (
+        "Problem", "AbstractLoss", "SquaredLoss", "LogisticLoss", "ExponentialLoss", "LOSSES", "make_loss",
+        "load_npz", "sparse_gaussian", "validate_data",
+    ),
     "_solver.solve": (
         "SOLVERS", "STATUSES", "RunStatus", "Solution", "SolveControls", "SolvePolicy", "select_solver", "solve", "solve_batch",
         "stack_flows", "status_name",

@@ -80,7 +80,7 @@ class _MarginLoss(AbstractLoss):
         bad = ~np.isin(y, (-1.0, 1.0))
         if np.any(bad):
             i = int(np.argmax(bad))
-            raise InputError(f"{source}: the {self.name} loss needs labels y in {{-1, +1}}; y[{i}] = {y[i]!r}")
+            raise InputError(f"{source}: the {self.name} loss needs labels y in {{-1, +1}}; y[{i}] = {float(y[i])!r}")
 
 
 class LogisticLoss(_MarginLoss):
