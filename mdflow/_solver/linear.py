@@ -22,6 +22,7 @@ LU factorization, cheap for a state of a few hundred numbers.
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import equinox as eqx
@@ -34,7 +35,33 @@ from jaxtyping import Array, Float, PyTree
 State = Float[Array, "K d"]
 
 
-class CoordinatewiseJacobian(eqx.Module):
+class AbstractFactor(eqx.Module):
+    """A factorized `I − γh·J`: what a Rosenbrock stage solves with."""
+
+    @abc.abstractmethod
+    def solve(self, b: PyTree) -> PyTree:
+        """`(I − γh·J)⁻¹ b`."""
+
+
+class AbstractJacobian(eqx.Module):
+    """The Jacobian `J` of a vector field at one state, as the Rosenbrock solver uses it: products,
+    a factorization of `I − γh·J`, and the dense matrix (for tests). (A lineax operator would give `mv`
+    and `as_matrix`, but not the Woodbury factorization that makes the structured solve cheap.)"""
+
+    @abc.abstractmethod
+    def mv(self, x: PyTree) -> PyTree:
+        """`J x` without forming `J`."""
+
+    @abc.abstractmethod
+    def as_matrix(self) -> Float[Array, "N N"]:
+        """The dense Jacobian in the row-major flattening of the state."""
+
+    @abc.abstractmethod
+    def factor(self, gamma_h: Float[Array, ""]) -> AbstractFactor:
+        """Factorize `I − γh·J`."""
+
+
+class CoordinatewiseJacobian(AbstractJacobian):
     """`J = B + diag(c) · scale·Xᵀ diag(κ) X · diag(v)` (see the module docstring) at one state; `κ` is
     None for squared loss (1 everywhere)."""
 
@@ -101,7 +128,7 @@ class CoordinatewiseJacobian(eqx.Module):
         return WoodburyFactor(A_inv, a, self.v, self.X, coef, jsl.lu_factor(S), lead, self.curvature)
 
 
-class WoodburyFactor(eqx.Module):
+class WoodburyFactor(AbstractFactor):
     """A factorized `I − γh·J` for a `CoordinatewiseJacobian`; `solve` costs `O(K² d + n d + n²)`.
 
     `A_inv` is block lower triangular with its first `lead` rows free of the others (see
@@ -128,7 +155,7 @@ class WoodburyFactor(eqx.Module):
         return z + self.a * (self.coef * (r @ self.X))
 
 
-class DenseJacobian(eqx.Module):
+class DenseJacobian(AbstractJacobian):
     """The dense Jacobian of any vector field on a pytree state (`jax.jacfwd` on the flattened state)."""
 
     J: Float[Array, "N N"]
@@ -151,7 +178,7 @@ class DenseJacobian(eqx.Module):
         return DenseFactor(jsl.lu_factor(jnp.eye(N, dtype=self.J.dtype) - gamma_h * self.J), self.unravel)
 
 
-class DenseFactor(eqx.Module):
+class DenseFactor(AbstractFactor):
     """A factorized dense `I − γh·J`."""
 
     lu: tuple[Array, Array]
