@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 from scipy.integrate import solve_ivp  # noqa: E402
 
 import mdflow  # noqa: E402
-from mdflow._solver import solve as _solve  # noqa: E402
+from mdflow._solver import policy as _policy, solve as _solve  # noqa: E402
 from mdflow._solver.rosenbrock import DENSE_OUTPUTS, Rodas4, StiffSwitch, jacobian_for  # noqa: E402
 
 
@@ -67,6 +67,7 @@ def main() -> None:
     ts = np.concatenate([[0.0], np.geomspace(t1 * 1e-6, t1, 40)])
     for name, make in SOLVERS.items():
         _solve.SOLVERS[name] = make
+        _policy.SOLVER_NAMES += (name,)
     print("| flow | rtol | solver | steps | step-end error | grid error | grid / step |\n|---|---|---|---|---|---|---|")
     for label in args.flows:
         kind, params = FLOWS[label]

@@ -16,7 +16,7 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import mdflow  # noqa: E402
-from mdflow._solver import solve as _solve  # noqa: E402
+from mdflow._solver import policy as _policy, solve as _solve  # noqa: E402
 from mdflow._solver.rosenbrock import Rodas4, StiffSwitch, jacobian_for  # noqa: E402
 
 
@@ -31,6 +31,7 @@ def main() -> None:
         name = f"tsit5_rodas4_scale{scale:g}"
         _solve.SOLVERS[name] = lambda flow, s=scale: StiffSwitch(Rodas4(jacobian=jacobian_for(flow)),
                                                                  explicit_error_scale=s)
+        _policy.SOLVER_NAMES += (name,)
         policy = mdflow.SolvePolicy(solver=name, rtol=1e-8, atol=1e-10, t1=1e3, num_ts=50,
                                     stop_rel_residual=1e-8, save="final")
         jax.block_until_ready(mdflow.solve(mdflow.make_flow("ssd", problem, eps=0.1, alpha=0.01), problem, policy))

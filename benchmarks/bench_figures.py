@@ -26,7 +26,7 @@ from pathlib import Path
 
 def drawing_times(folder: Path, repeat: int) -> dict[str, float]:
     """Seconds per figure file set (fastest of `repeat`), drawn in this process into `folder`."""
-    from mdflow._execution.store import committed_folder
+    from mdflow._io import committed_folder
     from mdflow._plotting import figures, plot
 
     folder = committed_folder(folder)
@@ -67,7 +67,7 @@ def main() -> None:
         folder = Path(tempfile.mkdtemp(prefix="mdflow-bench-figures-")) / "quickstart"
         subprocess.run([sys.executable, "-m", "mdflow.cli", "run", "--out", str(folder)], check=True,
                        stdout=subprocess.DEVNULL)
-        from mdflow._execution.store import committed_folder
+        from mdflow._io import committed_folder
         from mdflow._plotting.plot import read_marker
 
         while read_marker(committed_folder(folder)) is None:  # its background drawing: let it finish first

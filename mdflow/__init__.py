@@ -19,7 +19,8 @@ _jax.config.update("jax_enable_x64", True)
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "_dual": ("DUAL_FORMS", "DualFlow", "dual_flow"),
-    "_analysis.equivalence": ("VERDICTS", "format_table", "judge", "pair_record", "paired_dual", "plot_pair"),
+    "_analysis.equivalence": ("VERDICTS", "format_table", "judge", "pair_record", "paired_dual"),
+    "_plotting.pairs": ("plot_pair",),
     "_errors": ("InputError",),
     "_mirror": (
         "MIRROR_MAPS", "AbstractMirrorMap", "Hypentropy", "L32Limit", "SSDPotential", "lambertw_log",
@@ -34,8 +35,9 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "Problem", "AbstractLoss", "SquaredLoss", "LogisticLoss", "ExponentialLoss", "LOSSES", "make_loss",
         "load_npz", "sparse_gaussian", "validate_data",
     ),
+    "_solver.policy": ("SolvePolicy",),
     "_solver.solve": (
-        "SOLVERS", "STATUSES", "RunStatus", "Solution", "SolveControls", "SolvePolicy", "select_solver", "solve", "solve_batch",
+        "SOLVERS", "STATUSES", "RunStatus", "Solution", "SolveControls", "select_solver", "solve", "solve_batch",
         "stack_flows", "status_name",
     ),
     "_analysis.analyze": ("analyze_run",),

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import itertools
-import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from ._errors import RANGES, InputError, short_repr
+from ._io import json_hash
+from ._solver.policy import SolvePolicy, check_solver
 
 _REQUIRED = object()
 
@@ -360,8 +360,6 @@ class Config:
         """The `SolvePolicy` in force; `duals` (default `flows.duals`) says whether runs are checked
         against their duals, which sets the tolerances left unset (`CHECK_TOLERANCES`, else
         `RUN_TOLERANCES`)."""
-        from ._solver.solve import SolvePolicy
-
         s = self.raw["solve"]
         duals = self.raw["flows"]["duals"] if duals is None else duals
         kwargs = {k: s[k] for k in ("solver", "t1", "num_ts", "t_min", "max_steps", "pcoeff", "icoeff")}
@@ -393,13 +391,12 @@ class Config:
         """Hash of everything that determines results (not the output folder)."""
         content = {k: v for k, v in self.raw.items() if k != "output"}
         content["output"] = {"save": self.raw["output"]["save"]}
-        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+        return json_hash(content)
 
 
 def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
     """Validate a config dict (e.g. a parsed TOML file) and fill in defaults."""
     from ._flows import PRIMAL_FLOWS
-    from ._solver.solve import SOLVERS
 
     if not isinstance(data, dict):
         raise InputError(f"config: expected a table, got {type(data).__name__}")
@@ -456,9 +453,7 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
     elif given.get("path") is not None:
         raise InputError(f"problem.path: applies only to problem.kind = 'file' (kind is "
                          f"{raw['problem']['kind']!r}); remove it or set kind = 'file'")
-    solver = raw["solve"]["solver"]
-    if solver != "auto" and solver not in SOLVERS:
-        raise InputError(f"solve.solver={solver!r}: expected 'auto' or one of {sorted(SOLVERS)}")
+    check_solver(raw["solve"]["solver"])
     t_min = raw["solve"]["t_min"]
     if t_min is not None and not t_min < raw["solve"]["t1"]:
         raise InputError(f"solve.t_min={t_min!r}: must be < solve.t1={raw['solve']['t1']}")

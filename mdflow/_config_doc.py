@@ -11,6 +11,7 @@ import json
 
 from ._config import END_POINT_STOP, MAX_DISCRETE_STEPS, SCHEMA
 from ._errors import RANGES
+from ._solver.policy import SOLVER_NAMES
 
 TABLES = {
     "problem": "The regression data ([math.md](math.md) §1).",
@@ -72,10 +73,8 @@ DESCRIPTIONS = {
 
 def describe(table: str, key: str) -> str:
     """The one description of `table.key`: the schema's `doc`, else `DESCRIPTIONS`."""
-    from ._solver.solve import SOLVERS
-
     text = SCHEMA[table][key].doc or DESCRIPTIONS[f"{table}.{key}"]
-    return text.replace("{solvers}", ", ".join(f"`\"{name}\"`" for name in SOLVERS))
+    return text.replace("{solvers}", ", ".join(f"`\"{name}\"`" for name in SOLVER_NAMES))
 
 
 def _types(types: tuple[type, ...]) -> str:

@@ -56,7 +56,7 @@ def _read_result_set(out_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarra
 
     Raises `InputError` naming the file when one is missing or unreadable, or when the files disagree
     (array rows vs runs, time axes vs `ts`, a manifest written for another config)."""
-    from ._execution.store import committed_folder, read_result_folder
+    from ._io import committed_folder, read_result_folder
 
     if not out_dir.is_dir():
         raise InputError(f"results={str(out_dir)!r}: no such folder")

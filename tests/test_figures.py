@@ -49,7 +49,8 @@ def _kkt(flow, eps, alpha, rng):
 def synthesize(out_dir, config, *, d=40, num_ts=60, seed=0):
     """A committed result set with the runs of `config` (an `mdflow.Config`), as `mdflow run` would write it."""
     from mdflow._execution.run import run_axes
-    from mdflow._execution.store import Store, atomic_write_json, stream_npz
+    from mdflow._execution.store import Store
+    from mdflow._io import atomic_write_json, stream_npz
     from mdflow._flows import PRIMAL_FLOWS
 
     rng = np.random.default_rng(seed)
@@ -342,7 +343,8 @@ def test_figures_stay_in_their_own_set_and_a_collected_set_fails_quietly(tmp_pat
     """A drawing names its result set's folder, never `current`: drawing an older set touches no other
     set; drawing a set that was garbage-collected meanwhile fails (exit 1, logged) without bringing
     its folder back, and later commits are unaffected."""
-    from mdflow._execution.store import Store, read_results
+    from mdflow._execution.store import Store
+    from mdflow._io import read_results
     from mdflow._plotting.plot import _child, draw_figures
 
     def one_run(folder, seed):  # a set with one GF run and no trajectories: only the loss figure
@@ -511,7 +513,7 @@ def draw_all(folder, monkeypatch) -> dict:
     """Every figure of a result set, drawn but not saved: `{name: figure}`."""
     import mdflow._plotting.figures as figures
     import mdflow._plotting.style as style
-    from mdflow._execution.store import committed_folder
+    from mdflow._io import committed_folder
     from mdflow._plotting.plot import plot_all
 
     drawn = {}

@@ -85,7 +85,8 @@ def test_tidy_table(stored):
 
 def _commit(out, summary, arrays, pairs=None):
     """Commit files as one result set, as `mdflow run` does (the loader reads committed sets only)."""
-    from mdflow._execution.store import Store, atomic_write_json
+    from mdflow._execution.store import Store
+    from mdflow._io import atomic_write_json
 
     def write(folder):
         atomic_write_json(folder / "summary.json", summary)

@@ -15,7 +15,8 @@ import pytest
 from mdflow import InputError
 from mdflow._config import from_dict
 from mdflow._execution.run import execute
-from mdflow._execution.store import read_manifest, read_results
+from mdflow._execution.store import read_manifest
+from mdflow._io import read_results
 from mdflow.cli import main
 from conftest import TINY, tiny_config, write_tiny_data
 
@@ -272,7 +273,7 @@ def reap(pid: int, timeout_s: float = 60.0) -> int:
 
 
 def test_inline_figures_exist_when_execute_returns(tmp_path):
-    from mdflow._execution.store import committed_folder
+    from mdflow._io import committed_folder
     from mdflow._plotting.plot import read_marker
 
     out = tmp_path / "out"

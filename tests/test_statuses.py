@@ -77,7 +77,7 @@ def test_a_run_that_never_reaches_its_stop_is_not_ok(tmp_path):
     records, _ = execute(config, tmp_path / "out", log=lambda m: None)
     assert {r["status"] for r in records} == {"not_interpolated"}
     assert all(r["t_end"] == 0.01 and not r["stopped"] and r["rel_residual"] > 1e-6 for r in records)
-    summary = md._execution.store.read_results(tmp_path / "out").summary
+    summary = md._io.read_results(tmp_path / "out").summary
     assert summary["num_ok"] == 0 and summary["failures"] == {"not_interpolated": len(records)}
 
 
@@ -125,7 +125,7 @@ def test_no_interpolators_n_ge_d_end_not_interpolated(tmp_path, capsys):
     raw = tiny_config(problem={"n": 30, "d": 24, "noise": 0.1}, solve={"t1": 50.0})
     (tmp_path / "c.toml").write_text(toml_text(raw))
     assert main(["run", str(tmp_path / "c.toml"), "--out", str(tmp_path / "out")]) == 0
-    summary = md._execution.store.read_results(tmp_path / "out").summary
+    summary = md._io.read_results(tmp_path / "out").summary
     assert {r["status"] for r in summary["runs"]} == {"not_interpolated"}
     assert min(r["rel_residual"] for r in summary["runs"]) > 1e-3  # the least-squares floor, not 1e-6
     assert "0/3 runs ok" in capsys.readouterr().err

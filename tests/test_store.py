@@ -19,7 +19,8 @@ from conftest import host_devices_env, tiny_config, toml_text
 from mdflow import InputError
 from mdflow._config import from_dict
 from mdflow._execution.run import execute
-from mdflow._execution.store import atomic_write_json, read_manifest
+from mdflow._execution.store import read_manifest
+from mdflow._io import atomic_write_json
 
 # conftest's plumbing config (its one chunk program), six SSD runs in three chunks.
 TINY = tiny_config(problem={"k": 3, "seed": 1}, flows={"kinds": ["ssd"]},
@@ -252,7 +253,7 @@ def test_failures_are_isolated_and_strict(tmp_path):
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
-    import mdflow._execution.store as store
+    import mdflow._io as io_
 
     path = tmp_path / "x.json"
     atomic_write_json(path, {"a": 1})
@@ -260,7 +261,7 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
     def crash(fd):
         raise OSError("disk gone")
 
-    monkeypatch.setattr(store.os, "fsync", crash)  # dies after writing the temporary file, before the rename
+    monkeypatch.setattr(io_.os, "fsync", crash)  # dies after writing the temporary file, before the rename
     with pytest.raises(OSError, match="disk gone"):
         atomic_write_json(path, {"a": 2})
     monkeypatch.undo()

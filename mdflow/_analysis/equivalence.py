@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -414,42 +413,3 @@ def format_table(records: list[dict]) -> str:
             "            GF and frozen SSD are exact pairs: not_equivalent there is a defect (exit 1)",
         ]
     return "\n".join(lines)
-
-
-def plot_pair(record: dict, arrays: dict, stem: str | Path, *, num_coords: int = 4) -> list[Path]:
-    """Figure of one pair: primal (solid) vs dual (dashed) `w_i(t)` for the largest final coordinates,
-    and the relative gaps (and δ for tracked SSD) against t, log–log. Writes `stem.pdf` and `stem.png`."""
-    from .._plotting.style import FULL_WIDTH, PALETTE, figure, save, subscript
-
-    ts = np.asarray(arrays["ts"])
-    w_p, w_d = np.asarray(arrays["w_primal"]), np.asarray(arrays["w_dual"])
-    fig, axes = figure(2, 1, width=FULL_WIDTH, height=2.3)
-    ax = axes[0, 0]
-    finite_rows = np.all(np.isfinite(w_p), axis=1)
-    last = w_p[finite_rows][-1] if finite_rows.any() else np.zeros(w_p.shape[1])
-    top = np.argsort(-np.abs(last))[:num_coords]
-    pos = ts > 0
-    for k, i in enumerate(top):
-        color = PALETTE[k % len(PALETTE)]
-        ax.plot(ts[pos], w_p[pos, i], color=color, label=subscript("w", i))
-        ax.plot(ts[pos], w_d[pos, i], color=color, linestyle="--", dashes=(2, 2))
-    ax.set_xscale("log")
-    ax.set_xlabel("t")
-    ax.set_ylabel("w (primal —, dual --)")
-    ax.legend(frameon=False, loc="best")
-    ax = axes[0, 1]
-    for key, label in (("gap_w", "gap in w"), ("gap_dual", "gap in θ"), ("delta", "max |δ| (θ units)"), ("identity", "E3 residual")):
-        if key in arrays:
-            values = np.asarray(arrays[key])[pos]
-            ok = np.isfinite(values) & (values > 0)
-            if ok.any():
-                ax.plot(ts[pos][ok], values[ok], label=label)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("t")
-    ax.set_ylabel("relative gap")
-    ax.legend(frameon=False, loc="lower right")
-    eps = record.get("eps")
-    fig.suptitle(f"{record['flow']}  ε={_fmt(eps)}  α={_fmt(record.get('alpha'))}: {record['verdict']}", fontsize=8)
-    return save(fig, stem)
-

@@ -38,7 +38,7 @@ from typing import Any
 import equinox as eqx
 import jax
 
-from .store import atomic_write_bytes
+from .._io import atomic_write_bytes
 
 # Bump when the file layout or the signature's contents change.
 FORMAT = 1

@@ -17,11 +17,12 @@ import numpy as np
 from .._config import Config, RunSpec
 from .._errors import InputError
 from .._flows import make_flow
+from .._io import atomic_write_json, stream_npz
 from .._problem import Problem
 from .._solver.solve import STATUSES, Solution, SolvePolicy, status_name
 from .programs import source_hash
 from .resources import check_sweep_fits, sweep_size
-from .store import Store, atomic_write_json, stream_npz
+from .store import Store
 from .sweep import (
     Chunk, Progress, chunk_solver, difficulty, effective_vmap_width, index, make_mesh, plan_chunks, solve_plan_calls,
     timing_text,

@@ -15,11 +15,11 @@ out/
   summary.json, trajectories.npz, equivalence.json, figures -> current/...   (links, for convenience)
 ```
 
-Every file is written to a temporary file in the same folder, flushed, fsync'ed and renamed
-(`os.replace` is atomic on POSIX), so a reader sees the old file or the new one, never half of one.
+Every file is written atomically (`_io.atomic_write`: a temporary file in the same folder, fsync'ed
+and renamed), so a reader sees the old file or the new one, never half of one.
 A chunk counts as done only when its `.json` exists and validates: it is written *after* its `.npz`
 and names the npz's sha256, so a kill between the two writes leaves a chunk that is simply recomputed.
-A result set is only ever read through `read_results`, which resolves `current` once and verifies
+A result set is only ever read through `_io.read_results`, which resolves `current` once and verifies
 every file against `commit.json`: a reader gets the old complete set or the new one, never a mix.
 Stray `*.tmp` files of a killed writer are removed when the store is opened (a lock file keeps two
 live writers out of one folder). Files and folders get the modes the umask allows.
@@ -29,103 +29,28 @@ See docs/store.md for the guarantees and the tests that prove them.
 
 from __future__ import annotations
 
-import datetime
 import fcntl
 import hashlib
 import io
-import json
 import os
 import shutil
 import tempfile
-import zipfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from .._errors import InputError
+from .._io import (
+    COMMIT, CURRENT, RESULT_FILES, atomic_write_bytes, atomic_write_json, file_sha256, follow_umask, fsync_folder,
+    json_hash, make_folder, now, npz_bytes, read_json,
+)
 
 FORMAT = 2
 CHUNK_DIR = "chunks"
 GENERATIONS = "generations"
-CURRENT = "current"
-COMMIT = "commit.json"
-RESULT_FILES = ("summary.json", "trajectories.npz", "equivalence.json")
 LINKED = (*RESULT_FILES, "figures")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _follow_umask(fd: int, *, folder: bool = False) -> None:
-    """`mkstemp`/`mkdtemp` create 0600/0700 files; results get the modes `open()` would give them."""
-    os.fchmod(fd, (0o777 if folder else 0o666) & ~_umask())
-
-
-def atomic_write(path: str | Path, write: Callable[[Any], None], *, create_folder: bool = True) -> None:
-    """`write(file)` into a temporary file in the same folder, fsync, and rename: readers never see
-    half a file. `create_folder=False`: the folder must exist (a figure drawn into a result set that
-    was garbage-collected meanwhile fails instead of bringing its folder back)."""
-    path = Path(path)
-    if create_folder:
-        _make_folder(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _follow_umask(f.fileno())
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_folder(path.parent)  # make the rename itself durable
-
-
-def atomic_write_bytes(path: str | Path, data: bytes, *, create_folder: bool = True) -> None:
-    atomic_write(path, lambda f: f.write(data), create_folder=create_folder)
-
-
-def atomic_write_json(path: str | Path, obj: Any, *, create_folder: bool = True) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode(), create_folder=create_folder)
-
-
-def npz_bytes(**arrays) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
-def stream_npz(path: str | Path, members: Iterable[tuple[str, Callable[[], np.ndarray]]]) -> None:
-    """Write an `.npz` atomically, member by member (`members`: name and a function building that
-    array): only one member is in memory at a time, never the whole file's bytes."""
-
-    def write(f) -> None:
-        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            for name, build in members:
-                with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
-                    np.lib.format.write_array(member, np.asarray(build()), allow_pickle=False)
-
-    atomic_write(path, write)
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def identity_hash(identity: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 _IDENTITY_PARTS = {"config": "config hash", "data": "hash of X, y, w_star per seed",
@@ -151,10 +76,6 @@ def identity_changes(stored: dict[str, Any], identity: dict[str, Any]) -> str:
     return "; ".join(changes) or "unknown"
 
 
-def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
 class Store:
     """One sweep's output folder. Open it with `Store.open`, which checks the store's identity and takes
     the folder's lock; `load_chunk` returns a finished chunk (or `None` when missing or broken),
@@ -175,7 +96,7 @@ class Store:
     def __init__(self, out_dir: Path, identity: dict[str, Any], manifest: dict[str, Any], lock_fd: int | None):
         self.out_dir = out_dir
         self.identity = identity
-        self.identity_hash = identity_hash(identity)
+        self.identity_hash = json_hash(identity)
         self.manifest = manifest
         self._lock_fd = lock_fd
 
@@ -192,23 +113,23 @@ class Store:
         writer: bool = True,
     ) -> Store:
         out_dir = Path(out_dir)
-        _make_folder(out_dir)
+        make_folder(out_dir)
         lock_fd = _lock(out_dir) if writer else None
-        this = identity_hash(identity)
+        this = json_hash(identity)
         try:
-            old = _read_json(out_dir / "manifest.json")
+            old = read_json(out_dir / "manifest.json")
             if not force:
                 stored = old.get("identity") if isinstance(old, dict) else None
                 if not isinstance(stored, dict):  # no manifest: the chunk files still say what they hold
-                    stored = next((i for i in _chunk_identities(out_dir) if identity_hash(i) != this), None)
-                if isinstance(stored, dict) and identity_hash(stored) != this:
+                    stored = next((i for i in _chunk_identities(out_dir) if json_hash(i) != this), None)
+                if isinstance(stored, dict) and json_hash(stored) != this:
                     raise InputError(
                         f"--out {str(out_dir)!r}: holds results of other inputs (changed: "
                         f"{identity_changes(stored, identity)}); rerun with --force to overwrite them, or "
                         "choose another --out"
                     )
             if writer:
-                _make_folder(out_dir / CHUNK_DIR)  # before any work: `chunks` being a file is an input error
+                make_folder(out_dir / CHUNK_DIR)  # before any work: `chunks` being a file is an input error
                 if force:
                     _clear(out_dir)
                 _remove_tmp(out_dir)
@@ -265,7 +186,7 @@ class Store:
                 log(f"chunk {index}: stored files unusable ({why}); recomputing")
             return None
 
-        meta = _read_json(meta_path)
+        meta = read_json(meta_path)
         if not isinstance(meta, dict):
             return broken("unreadable json")
         if meta.get("identity_hash") != self.identity_hash:
@@ -327,11 +248,11 @@ class Store:
         rename switches `current` to it. A kill at any point leaves the previous set current. Returns
         the folder, whose empty `figures/` its figures are drawn into afterwards (`_plotting/plot.py`)."""
         generations = self.out_dir / GENERATIONS
-        _make_folder(generations)
+        make_folder(generations)
         folder = Path(tempfile.mkdtemp(dir=generations, prefix=f"g-{now().replace(':', '')[:17]}-"))
         fd = os.open(folder, os.O_RDONLY)
         try:
-            _follow_umask(fd, folder=True)
+            follow_umask(fd, folder=True)
         finally:
             os.close(fd)
         write(folder)
@@ -343,7 +264,7 @@ class Store:
         link.unlink(missing_ok=True)
         os.symlink(Path(GENERATIONS) / folder.name, link)
         os.replace(link, self.out_dir / CURRENT)
-        _fsync_folder(self.out_dir)
+        fsync_folder(self.out_dir)
         for name in LINKED:  # stable paths for people: out/summary.json -> current/summary.json, ...
             path = self.out_dir / name
             if name == "figures":  # `mdflow plot` may draw into a set committed without figures
@@ -371,81 +292,16 @@ class Store:
         atomic_write_json(self.out_dir / "manifest.json", self.manifest)
 
 
-class ResultSet(NamedTuple):
-    """One committed result set: `summary` (the parsed summary.json) and `arrays` (trajectories.npz)."""
-
-    summary: dict[str, Any]
-    arrays: dict[str, np.ndarray]
-
-
-def committed_folder(out_dir: str | Path) -> Path:
-    """The generation folder that `out_dir/current` names, after checking every data file it lists
-    (present, same size, same sha256) — `InputError` naming the file otherwise."""
-    out_dir = Path(out_dir)
-    name = f"results={str(out_dir)!r}"
-    if not (out_dir / CURRENT).is_symlink():
-        if (out_dir / "summary.json").is_file() and not (out_dir / "summary.json").is_symlink():
-            raise InputError(f"{name}: written by an mdflow without committed result sets; rerun `mdflow run`")
-        raise InputError(f"{name}: no committed result set there (run `mdflow run` first; an interrupted run "
-                         "commits none)")
-    # Resolved once: every file comes from one set.
-    return verified_folder(out_dir / os.readlink(out_dir / CURRENT), name=name)
-
-
-def verified_folder(folder: str | Path, *, name: str | None = None) -> Path:
-    """A generation folder after checking every data file its `commit.json` lists (see
-    `committed_folder`); `name` says whose it is in errors (default: the folder itself)."""
-    folder = Path(folder)
-    name = f"results={str(folder)!r}" if name is None else name
-    commit = _read_json(folder / COMMIT)
-    if not isinstance(commit, dict) or not isinstance(commit.get("files"), dict):
-        raise InputError(f"{name}: result set {folder.name} has no readable {COMMIT}")
-    for file, expect in commit["files"].items():
-        path = folder / file
-        if not path.is_file():
-            raise InputError(f"{name}: {file} of result set {folder.name} is missing")
-        if path.stat().st_size != expect.get("size") or file_sha256(path) != expect.get("sha256"):
-            raise InputError(f"{name}: {file} changed or truncated since it was written (checksum mismatch)")
-    for required in RESULT_FILES[:2]:
-        if required not in commit["files"]:
-            raise InputError(f"{name}: result set {folder.name} lists no {required}")
-    return folder
-
-
-def read_results(out_dir: str | Path) -> ResultSet:
-    """The committed result set of a results folder, verified (see `committed_folder`): the one
-    reader of summary.json + trajectories.npz. `InputError` on a missing or inconsistent set."""
-    return read_result_folder(committed_folder(out_dir))
-
-
-def read_result_folder(folder: Path) -> ResultSet:
-    """The result set in a generation folder that `committed_folder` has verified."""
-    try:
-        summary = json.loads((folder / "summary.json").read_text())
-        with np.load(folder / "trajectories.npz", allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise InputError(f"results={str(folder.parent.parent)!r}: unreadable result set ({exc})") from None
-    return ResultSet(summary, arrays)
-
-
 def read_manifest(out_dir: str | Path) -> dict[str, Any] | None:
     """The manifest of a results folder (`None` when there is none or it is unreadable)."""
-    m = _read_json(Path(out_dir) / "manifest.json")
+    m = read_json(Path(out_dir) / "manifest.json")
     return m if isinstance(m, dict) else None
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _chunk_identities(out_dir: Path) -> list[dict[str, Any]]:
     found = []
     for p in sorted((out_dir / CHUNK_DIR).glob("chunk-*.json")):
-        meta = _read_json(p)
+        meta = read_json(p)
         if isinstance(meta, dict) and isinstance(meta.get("identity"), dict):
             found.append(meta["identity"])
     return found
@@ -482,33 +338,6 @@ def _previous(out_dir: Path, new: Path) -> str | None:
     """Name of the generation that was current before `new` (the newest other one)."""
     others = [p for p in (out_dir / GENERATIONS).iterdir() if p.is_dir() and p != new]
     return max(others, key=lambda p: p.stat().st_mtime_ns).name if others else None
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
-def _make_folder(folder: Path) -> None:
-    """Create a folder of the store, or say in one line why it cannot be one."""
-    if folder.exists() and not folder.is_dir():
-        raise InputError(f"--out: {str(folder)!r} exists and is not a folder")
-    if folder.is_symlink() and not folder.exists():
-        raise InputError(f"--out: {str(folder)!r} is a broken link")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise InputError(f"--out: cannot create folder {str(folder)!r} (a file is in the way)") from None
-    except OSError as exc:  # permission denied, a read-only file system, ...
-        raise InputError(f"--out: cannot create folder {str(folder)!r} ({exc.strerror or exc})") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"--out: folder {str(folder)!r} is not writable")
 
 
 def _lock(out_dir: Path) -> int:

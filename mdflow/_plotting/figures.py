@@ -40,8 +40,8 @@ def load_folder(out_dir: str | Path) -> dict:
     """Everything a results folder holds that figures use: `summary` (its runs with every run parameter,
     `mdflow.load`'s `run_records`), `traj` (trajectories.npz), `analysis` (its `analysis.*` arrays,
     prefix dropped), `pairs` (equivalence.json, empty without duals), `formats` (one number format per
-    run parameter). The summary and arrays come from the store's one reader."""
-    from .._execution.store import read_result_folder
+    run parameter). The summary and arrays come from the one reader of a result set (`_io`)."""
+    from .._io import read_result_folder
     from .._load import run_records
 
     out_dir = Path(out_dir)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._execution.store import CURRENT, atomic_write_json, now, read_result_folder, verified_folder
+from .._io import CURRENT, atomic_write_json, now, read_result_folder, verified_folder
 
 MARKER = "figures.json"  # written last by every drawing of a set's figures: what was drawn, or the error
 LOG = "figures.log"  # the background child's stdout and stderr
@@ -133,7 +133,7 @@ def plot_all(folder: str | Path) -> list[Path]:
 def plot_results(out_dir: str | Path) -> list[Path]:
     """`mdflow plot`: verify the committed result set of a results folder (a missing or inconsistent
     set is an `InputError`), then draw every figure from that one set, into it (marker included)."""
-    from .._execution.store import committed_folder
+    from .._io import committed_folder
 
     return draw_figures(committed_folder(out_dir))
 

@@ -63,7 +63,7 @@ def save(fig, stem: str | Path, *, preview: bool = False) -> list[Path]:
 
     Why previews: the run figures of every `mdflow run` are looked at, not printed, and are drawn
     after every run; the paper figures F1–F7 keep their PDFs."""
-    from .._execution.store import atomic_write
+    from .._io import atomic_write
 
     stem = Path(stem)
     # One level only: a result set garbage-collected while its figures are drawn stays gone.

@@ -1,4 +1,5 @@
-"""The one place that calls diffrax: solver policy, save grid, interpolation stop, statuses, stats.
+"""The one place that calls diffrax: solver factories, save grid, interpolation stop, statuses, stats
+(the policy itself, `SolvePolicy`, is `_solver/policy.py`).
 
 diffrax (and the Rosenbrock solvers built on it) are imported when a solve is first *traced*, not
 with this module: a process that loads its programs from the program cache
@@ -19,12 +20,12 @@ from typing import TYPE_CHECKING
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from .._errors import RANGES, InputError, check_time_grid
+from .._errors import InputError, check_time_grid
 from .._flows import AbstractFlow
 from .._problem import Problem
+from .policy import SolvePolicy
 
 if TYPE_CHECKING:
     import diffrax
@@ -42,69 +43,6 @@ class RunStatus(enum.IntEnum):
 
 # Run status names, in the order of their integer codes.
 STATUSES = tuple(status.name for status in RunStatus)
-
-
-@dataclasses.dataclass(frozen=True)
-class SolvePolicy:
-    """How to integrate: solver, tolerances, horizon, save grid, early stop.
-
-    - `solver`: a name in `SOLVERS` (`"auto"` picks per flow, see `select_solver`).
-    - `rtol`, `atol`, `pcoeff`, `icoeff`: the PID step-size controller.
-    - `t1`: horizon; `num_ts` saved times, log-spaced on `[t_min, t1]` plus `t = 0`
-      (`t_min` defaults to `t1 · 1e-7`: the stages of small-ε runs are early and short).
-    - `stop_rel_residual`: stop a run of a squared-loss problem when `||Xw − y|| / ||y||` falls below
-      it (`None`: never); `stop_loss`: stop a run of a classification problem when its loss falls below
-      it (`None`: never). Each applies to the problems whose loss has that stop rule
-      (`AbstractLoss.stop_rule`); setting the other one is an error when the solve starts.
-    - `save`: `"trajectory"` keeps the state on the grid, `"final"` only summaries and the end state.
-    """
-
-    solver: str = "auto"
-    rtol: float = 1e-8
-    atol: float = 1e-10
-    t1: float = 100.0
-    num_ts: int = 200
-    t_min: float | None = None
-    max_steps: int = 500_000
-    stop_rel_residual: float | None = None
-    stop_loss: float | None = None
-    pcoeff: float = 0.4
-    icoeff: float = 0.3
-    save: str = "trajectory"
-
-    def __post_init__(self):
-        # The config's ranges (`RANGES`), so `SolvePolicy(...)` and a config refuse the same values.
-        for key in ("rtol", "atol", "t1", "num_ts", "max_steps", "pcoeff", "icoeff"):
-            RANGES[f"solve.{key}"].check(f"solve.{key}", getattr(self, key))
-        if self.t_min is not None:
-            RANGES["solve.t_min"].check("solve.t_min", self.t_min)
-            if not self.t_min < self.t1:
-                raise InputError(f"solve.t_min={self.t_min!r}: must be < solve.t1={self.t1!r}")
-        for key in ("stop_rel_residual", "stop_loss"):
-            if getattr(self, key) is not None:
-                RANGES[f"solve.{key}"].check(f"solve.{key}", getattr(self, key))
-        if self.save not in ("trajectory", "final"):
-            raise InputError(f"output.save={self.save!r}: expected 'trajectory' or 'final'")
-        if self.solver not in SOLVERS and self.solver != "auto":
-            raise InputError(f"solve.solver={self.solver!r}: expected 'auto' or one of {sorted(SOLVERS)}")
-
-    def stop_tolerance(self, problem: Problem) -> float:
-        """The stop tolerance of a run of `problem` (0: no stop): `stop_rel_residual` for a loss stopped
-        at interpolation, `stop_loss` for one stopped at a loss target. `InputError` if the policy sets
-        the other one (a logistic run never interpolates; a loss target is not a residual)."""
-        own, other = (("stop_rel_residual", "stop_loss") if problem.stop_rule == "interpolation"
-                      else ("stop_loss", "stop_rel_residual"))
-        if getattr(self, other) is not None:
-            raise InputError(f"solve.{other}={getattr(self, other)!r}: the {problem.loss_function.name} loss "
-                             f"stops at {'interpolation' if other == 'stop_loss' else 'a loss target'}; set "
-                             f"solve.{own} instead")
-        value = getattr(self, own)
-        return 0.0 if value is None else value
-
-    def time_grid(self) -> np.ndarray:
-        """`t = 0` followed by `num_ts − 1` log-spaced times on `[t_min, t1]`."""
-        t_min = self.t_min if self.t_min is not None else self.t1 * 1e-7
-        return np.concatenate([[0.0], np.geomspace(t_min, self.t1, self.num_ts - 1)])
 
 
 def _diffrax_solver(name: str) -> Callable[[AbstractFlow], diffrax.AbstractSolver]:
@@ -126,7 +64,8 @@ def _rosenbrock_solver(method: str, *, switch: bool = False, shared_mode: bool =
     return make
 
 
-# name -> factory(flow) returning a diffrax solver (imported when called). Benchmarks register variants.
+# name (`SOLVER_NAMES`, in order) -> factory(flow) returning a diffrax solver (imported when called).
+# Benchmarks register variants (and add their names to `policy.SOLVER_NAMES`).
 SOLVERS: dict[str, Callable[[AbstractFlow], diffrax.AbstractSolver]] = {
     "tsit5": _diffrax_solver("Tsit5"),
     "dopri5": _diffrax_solver("Dopri5"),
