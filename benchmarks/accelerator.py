@@ -1,7 +1,7 @@
 """The accelerator benchmark: a 1 024-run SSD sweep with the default policy, Rodas4 alone, Tsit5 alone.
 
 Sweep: SSD, 16 ε in [1e-6, 10] × 16 α in [1e-3, 1] × 4 seeds (sparse_gaussian n = 100, d = 1000,
-k = 5), stop at relative residual 1e-6, `save = "final"`, through `mdflow._execution.sweep.sweep` (sorted
+k = 5), stop at relative residual 1e-6, `save = "final"`, through `mdflow.sweep` (sorted
 chunks, one chunk per device per call, the default vmap width). One table, one line per solver:
 
 - wall time of the sweep without compilation, and compilation apart (first sweep minus second);
@@ -37,8 +37,9 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mdflow as md  # noqa: E402
-from mdflow._solver.solve import stack_flows  # noqa: E402
-from mdflow._execution.sweep import VMAPPED_AUTO_SOLVER, chunk_solver, difficulty, make_mesh, sweep  # noqa: E402
+from mdflow._solver.solve import VMAPPED_AUTO_SOLVER, stack_flows  # noqa: E402
+from mdflow._execution.executor import sweep  # noqa: E402
+from mdflow._execution.plan import Layout, difficulty  # noqa: E402
 from vmap_policy import solve_counting  # noqa: E402
 
 SOLVERS = ("auto", "rodas4", "tsit5")
@@ -152,7 +153,7 @@ def main(argv=None) -> int:
         policy = md.SolvePolicy(solver=solver, t1=args.t1, num_ts=3, max_steps=args.max_steps,
                                 stop_rel_residual=1e-6, save="final")
         _, _, flows = next(runs(args))
-        ran = chunk_solver(policy, flows[0][2], None, args.chunk_size, make_mesh())
+        ran = Layout.of(args.chunk_size).solver(policy, flows[0][2])
         print(f"  {solver}: chunks run {ran}", flush=True)
         first, _, _ = timed_sweep(policy, args)
         wall, steps, batch = timed_sweep(policy, args)

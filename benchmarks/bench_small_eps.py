@@ -27,6 +27,7 @@ from scipy.integrate import solve_ivp
 
 import mdflow
 from mdflow._solver.linear import CoordinatewiseJacobian
+from mdflow._solver.solve import solve_batch
 
 
 class _Timeout(Exception):
@@ -84,10 +85,10 @@ def flop_rate(problem, batch, eps, alpha, policy):
     n, d = problem.n, problem.d
     flows = mdflow.stack_flows([mdflow.make_flow("ssd", problem, eps=e, alpha=alpha) for e in np.geomspace(eps, 10 * eps, batch)])
     pol = mdflow.SolvePolicy(**{**policy.__dict__, "solver": "tsit5", "stop_rel_residual": 1e-6})
-    sol = mdflow.solve_batch(flows, problem, pol)
+    sol = solve_batch(flows, problem, pol)
     jax.block_until_ready(sol)
     t = time.perf_counter()
-    sol = mdflow.solve_batch(flows, problem, pol)
+    sol = solve_batch(flows, problem, pol)
     jax.block_until_ready(sol)
     wall = time.perf_counter() - t
     # vmap runs every member until the slowest is done: 6 field evaluations per step (Tsit5, FSAL),
@@ -134,7 +135,7 @@ def main():
         for eps in args.eps:
             flow = mdflow.make_flow("ssd", problem, eps=eps, alpha=alpha)
             policy = mdflow.SolvePolicy(solver="auto", **base)
-            name = mdflow.select_solver(policy, flow)
+            name = mdflow.choose_solver(policy, flow)
             sol, wall = timed_solve(flow, problem, policy, args.repeats)
             auto = (f"{name} | {int(sol.num_steps)} ({int(sol.num_rejected)}) | {wall:.3f} | "
                     f"{mdflow.status_name(sol.status)} {float(sol.rel_residual[-1]):.1e}")

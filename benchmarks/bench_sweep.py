@@ -1,7 +1,7 @@
 """Benchmark one sweep three (four) ways in one process and print a markdown table.
 
 (a)  mdflow: runs sorted by difficulty, chunks of `--chunk-size`, each chunk one vmapped solve
-     (`mdflow._execution.sweep.sweep`, one chunk per device per call);
+     (`mdflow.sweep`, one chunk per device per call);
 (a') the same as one compiled `jax.lax.map(..., batch_size=chunk_size)` over the sorted runs
      (`--lax-map`; the alternative the chunk loop was measured against);
 (b)  the same solves one by one in a Python loop (`mdflow.solve`, the same jitted solver);
@@ -27,22 +27,22 @@ import time
 
 import numpy as np
 
-jax = md = _sweep = _controls = _solve = None  # imported in main(), after XLA_FLAGS is set
+jax = md = _plan = _controls = _solve = None  # imported in main(), after XLA_FLAGS is set
 
 
 def _import_jax(cpu_devices: int) -> None:
     """Expose `cpu_devices` host devices (one per core) before JAX is imported; then import."""
-    global jax, md, _sweep, _controls, _solve
+    global jax, md, _plan, _controls, _solve
     if cpu_devices > 1:
         flag = f"--xla_force_host_platform_device_count={cpu_devices}"
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
     import jax as _jax
 
     import mdflow as _md
-    from mdflow._execution import sweep as _sw
+    from mdflow._execution import plan as _pl
     from mdflow._solver.solve import SolveControls as _a, _solve as _s
 
-    jax, md, _sweep, _controls, _solve = _jax, _md, _sw, _a, _s
+    jax, md, _plan, _controls, _solve = _jax, _md, _pl, _a, _s
 
 
 def parse():
@@ -127,10 +127,10 @@ def scipy_run(problem, eps, alpha, args):
 
 def lax_map_sweep(flows, problem, policy, chunk_size):
     """All runs in one compiled call: `lax.map` over the sorted runs, `chunk_size` at a time."""
-    order = sorted(range(len(flows)), key=lambda i: _sweep.flow_difficulty(flows[i]))
+    order = sorted(range(len(flows)), key=lambda i: _plan.flow_difficulty(flows[i]))
     batched = md.stack_flows([flows[i] for i in order])
     controls = _controls.of(policy, problem)
-    static = dict(solver_name=md.select_solver(policy, flows[0]), max_steps=policy.max_steps,
+    static = dict(solver_name=md.choose_solver(policy, flows[0]), max_steps=policy.max_steps,
                   keep_states=policy.save == "trajectory", batched=True)  # lax.map with batch_size vmaps
 
     @jax.jit
@@ -150,7 +150,7 @@ def main():
     flows = [md.make_flow("ssd", problem, eps=e, alpha=a) for e, a in grid]
     policy = md.SolvePolicy(solver=args.solver, rtol=args.rtol, atol=args.atol, t1=args.t1, num_ts=50,
                             stop_rel_residual=args.stop, save="final")
-    solvers = sorted({md.select_solver(policy, f) for f in flows})
+    solvers = sorted({md.choose_solver(policy, f) for f in flows})
     R = len(flows)
     print(f"sweep: SSD, {args.num_eps} eps in {list(args.eps_range)} x {args.num_alpha} alpha in "
           f"{list(args.alpha_range)} = {R} runs; n={args.n}, d={args.d}, k={args.k}; rtol={args.rtol}, "
@@ -160,26 +160,26 @@ def main():
     # One representative run per solver ("auto" may pick different solvers for different ε).
     firsts = {}
     for f in flows:
-        firsts.setdefault(md.select_solver(policy, f), f)
+        firsts.setdefault(md.choose_solver(policy, f), f)
 
     # (a) chunked + vmapped; compile every variant once on one padded chunk first.
-    compile_a = sum(timed(lambda f=f: _sweep.solve_chunk([f], problem, policy, chunk_size=args.chunk_size))[0]
+    compile_a = sum(timed(lambda f=f: md.sweep([f], problem, policy, chunk_size=args.chunk_size))[0]
                     for f in firsts.values())
-    wall_a, sol_a = timed(lambda: _sweep.sweep(flows, problem, policy, chunk_size=args.chunk_size), args.repeats)
-    width = _sweep.default_vmap_width(args.chunk_size, _sweep.make_mesh())
+    wall_a, sol_a = timed(lambda: md.sweep(flows, problem, policy, chunk_size=args.chunk_size), args.repeats)
+    width = _plan.default_vmap_width(args.chunk_size, _plan.make_mesh())
     print(f"(a) chunked sweep: {wall_a:.2f} s (compile {compile_a:.1f} s)", flush=True)
     rows = [("(a) mdflow sweep (chunked, sharded)", wall_a,
              f"{jax.device_count()} device(s), vmap_width={width} (default for {jax.devices()[0].platform})")]
 
     if args.also_vmap and width != args.chunk_size:
         kw = dict(chunk_size=args.chunk_size, vmap_width=args.chunk_size)
-        compile_v = sum(timed(lambda f=f: _sweep.solve_chunk([f], problem, policy, **kw))[0] for f in firsts.values())
-        wall_v, _ = timed(lambda: _sweep.sweep(flows, problem, policy, **kw), args.repeats)
+        compile_v = sum(timed(lambda f=f: md.sweep([f], problem, policy, **kw))[0] for f in firsts.values())
+        wall_v, _ = timed(lambda: md.sweep(flows, problem, policy, **kw), args.repeats)
         print(f"(a-vmap) fully vmapped chunks: {wall_v:.2f} s (compile {compile_v:.1f} s)", flush=True)
         rows.append(("(a-vmap) same, chunks fully vmapped", wall_v, f"vmap_width={args.chunk_size}"))
 
     if args.lax_map:
-        fns = [lax_map_sweep([f for f in flows if md.select_solver(policy, f) == s], problem, policy,
+        fns = [lax_map_sweep([f for f in flows if md.choose_solver(policy, f) == s], problem, policy,
                              args.chunk_size) for s in firsts]
         compile_m = sum(timed(fn)[0] for fn in fns)
         wall_m = sum(timed(fn, args.repeats)[0] for fn in fns)
@@ -212,7 +212,7 @@ def main():
         # field's scale.
         assert np.allclose(field(0.0, z.ravel()), ref, rtol=1e-10, atol=1e-13 * np.abs(ref).max()), \
             "numpy field != SSD field"
-        order = sorted(range(R), key=lambda i: _sweep.flow_difficulty(flows[i]))
+        order = sorted(range(R), key=lambda i: _plan.flow_difficulty(flows[i]))
         m = R if args.scipy_runs is None else min(args.scipy_runs, R)
         picked = sorted({order[int(j)] for j in np.linspace(0, R - 1, m).round()})
         wall_c_measured, diffs, ok = 0.0, [], 0

@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 import mdflow as md  # noqa: E402
 from mdflow._solver.rosenbrock import Rodas4, StiffSwitch, jacobian_for, share_mode  # noqa: E402
 from mdflow._solver.solve import SOLVERS, FlowArgs, _end_event, _field, stack_flows  # noqa: E402
-from mdflow._execution.sweep import difficulty  # noqa: E402
+from mdflow._execution.plan import difficulty  # noqa: E402
 
 # `split` policies: chunks whose members all have a `difficulty` below this are predicted to stay
 # explicit (measured at n = 100, d = 1000, stop 1e-6: see the per-run table).

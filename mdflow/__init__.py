@@ -3,7 +3,7 @@
 Importing mdflow turns on float64 (the flows need it: tolerances ≤ 1e-8, log coordinates), and,
 unless the environment sets it, `EQX_ON_ERROR=nan` before equinox is imported: see `_errors.py`.
 
-The public names below are loaded on first use (`mdflow.solve` imports `_solver/solve.py`, hence diffrax), so
+The public names below are loaded on first use (`mdflow.solve` imports `_execution/executor.py`), so
 `import mdflow` costs little more than `import jax`, and tools that need only configs or stored results
 (`mdflow plot`, `mdflow info`) never load the solvers.
 """
@@ -37,8 +37,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "_solver.policy": ("SolvePolicy",),
     "_solver.solve": (
-        "SOLVERS", "STATUSES", "RunStatus", "Solution", "SolveControls", "select_solver", "solve", "solve_batch",
-        "stack_flows", "status_name",
+        "SOLVERS", "STATUSES", "RunStatus", "Solution", "SolveControls", "choose_solver", "stack_flows",
+        "status_name",
     ),
     "_analysis.analyze": ("analyze_run",),
     "_analysis.discrete": ("discrete_record",),
@@ -49,7 +49,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "_analysis.kkt": ("KKTSolution", "bregman_projection", "kkt_errors", "kkt_record"),
     "_analysis.stages": ("stages_record",),
     "_execution.store": ("read_manifest",),
-    "_execution.sweep": ("difficulty", "make_mesh", "solve_chunks", "sweep", "use_cpu_cores"),
+    "_execution.executor": ("solve", "sweep"),
+    "_execution.plan": ("difficulty", "make_mesh", "use_cpu_cores"),
     "_solver.linear": ("CoordinatewiseJacobian", "DenseJacobian"),
     "_solver.rosenbrock": ("AbstractRosenbrock", "Rodas3", "Rodas4", "StiffSwitch"),
 }

@@ -36,7 +36,7 @@ def _setup_jax(job=None) -> None:
     `~/.cache/mdflow/jax`; empty: off): a later process loads its compiled solves instead of compiling
     them (they carry no host callbacks, see `mdflow/_errors.py`)."""
     from ._execution.distributed import initialize, local_device_count
-    from ._execution.sweep import use_cpu_cores
+    from ._execution.plan import use_cpu_cores
 
     flags = os.environ.get("XLA_FLAGS")
     use_cpu_cores(local_device_count(job))

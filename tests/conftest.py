@@ -117,9 +117,9 @@ def fresh_programs(monkeypatch):
     """This test builds its chunk programs anew in this process (the in-process table of built programs
     starts empty), so it can count what it builds and time their compiles; a program another test built
     comes from this run's program and compilation caches (a load: no new compiled program)."""
-    from mdflow._execution import sweep
+    from mdflow._execution import executor
 
-    monkeypatch.setattr(sweep, "_compiled", {})
+    monkeypatch.setattr(executor, "_compiled", {})
 
 
 # The save-grid length and step budget of every canonical program (policies and plumbing config below).

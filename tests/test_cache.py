@@ -13,7 +13,8 @@ import pytest
 import mdflow
 from conftest import tiny_config, toml_text
 from mdflow._solver import solve as _solve
-from mdflow._execution import sweep as _sweep
+from mdflow._execution import executor as _executor
+from mdflow._execution.plan import make_mesh
 
 TINY = toml_text(tiny_config(flows={"kinds": ["ssd"]}))  # conftest's plumbing config
 
@@ -38,10 +39,10 @@ def test_chunk_solve_has_no_host_callbacks(small_problem, solver):
     policy = mdflow.SolvePolicy(solver=solver, t1=100.0, num_ts=10, stop_rel_residual=1e-6)
     flows = mdflow.stack_flows([mdflow.make_flow("ssd", small_problem, eps=e, alpha=0.1) for e in (0.1, 1.0)])
     controls = _solve.SolveControls.of(policy, small_problem)
-    mesh = _sweep.make_mesh(jax.devices()[:1])
+    mesh = make_mesh(jax.devices()[:1])
     real = np.ones(2, dtype=bool)
     jaxpr = jax.make_jaxpr(
-        lambda *a: _sweep._body(*a, mesh=mesh, vmap_width=1, solver_name=solver, max_steps=1000,
+        lambda *a: _executor._body(*a, mesh=mesh, vmap_width=1, solver_name=solver, max_steps=1000,
                                 keep_states=True)
     )(flows, real, small_problem, controls)
     names = _primitives(jaxpr.jaxpr)

@@ -110,7 +110,7 @@ def test_tutorial_runs(tmp_path, monkeypatch):
 
 SOURCES = sorted([*DOCS, *(ROOT / "mdflow").rglob("*.py")])
 TICKED = re.compile(r"`([^`\n]+)`")
-# `mdflow.x.y`, or a private module and what follows: `_execution.sweep.difficulty`, `_flows.GF`.
+# `mdflow.x.y`, or a private module and what follows: `_execution.plan.difficulty`, `_flows.GF`.
 DOTTED = re.compile(r"(mdflow|_[a-z]\w*)(\.\w+)+")
 # A source file, a package folder or a test: `_solver/solve.py`, `run.py`, `tests/test_store.py::test_x`.
 FILE = re.compile(r"[\w./-]+\.(py|md)(::\w+)?|(mdflow|_[a-z]\w*)(/[\w.]*)*/")
@@ -204,7 +204,7 @@ def _stale_references(source: Path, index) -> list[str]:
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_code_references_resolve(source, code_index):
-    """`mdflow._execution.sweep.effective_vmap_width` imports, `_solver/solve.py` is a file,
+    """`mdflow._execution.plan.effective_vmap_width` imports, `_solver/solve.py` is a file,
     `tests/test_store.py::test_resume_after_sigkill` is a test, `StiffSwitch.batched` an attribute."""
     stale = _stale_references(source, code_index)
     assert not stale, f"{source.relative_to(ROOT)} names what does not exist: {sorted(set(stale))}"
@@ -213,16 +213,16 @@ def test_code_references_resolve(source, code_index):
 def test_the_reference_check_rejects_what_moved(code_index, tmp_path):
     doc = tmp_path / "doc.md"
     doc.write_text(
-        "`mdflow._execution.sweep.effective_vmap_width`, `_execution.sweep.chunk_solver`, `_solver/solve.py`,\n"
+        "`mdflow._execution.plan.effective_vmap_width`, `_execution.plan.Layout.solver`, `_solver/solve.py`,\n"
         "`tests/test_docs.py::test_the_reference_check_rejects_what_moved`, `StiffSwitch.batched`, `_body`,\n"
         "`solve.rtol`, `grid.tau1` (config keys), `summary.json`, `jax.lax.map` (not mdflow's).\n"
-        "Moved: `_sweep.chunk_solver`, `mdflow._execution.sweep.no_such_name`, `_sweep.py`, `_run.execute()`,\n"
+        "Moved: `_sweep.chunk_solver`, `mdflow._execution.plan.no_such_name`, `_sweep.py`, `_run.execute()`,\n"
         "`tests/test_docs.py::test_no_such_test`, `StiffSwitch.no_such_attribute`, `_no_such_helper`,\n"
         "`mdflow/_stages.py`, and in plain text benchmarks/no_such_bench.py.\n"
         "```\n`_inside_a_code_block`\n```\n"
     )
     assert _stale_references(doc, code_index) == [
-        "_sweep.chunk_solver", "mdflow._execution.sweep.no_such_name", "_sweep.py", "_run.execute",
+        "_sweep.chunk_solver", "mdflow._execution.plan.no_such_name", "_sweep.py", "_run.execute",
         "tests/test_docs.py::test_no_such_test", "StiffSwitch.no_such_attribute", "_no_such_helper",
         "mdflow/_stages.py", "benchmarks/no_such_bench.py",
     ]

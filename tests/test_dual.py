@@ -7,7 +7,8 @@ import pytest
 
 import mdflow
 from conftest import policy
-from mdflow import DualFlow, Hypentropy, dual_flow, paired_dual, solve, solve_batch, stack_flows
+from mdflow import DualFlow, Hypentropy, dual_flow, paired_dual, solve, stack_flows
+from mdflow._solver.solve import solve_batch
 
 EPS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 ALPHAS = (0.01, 0.1, 1.0)

@@ -184,7 +184,7 @@ def test_tau_sweep_compiles_once(small_problem):
     pol = policy(t1=1.0)
 
     def sweep(taus):
-        return mdflow.solve_batch(mdflow.stack_flows([Adam(ALPHA, EPS, t1, t2) for t1, t2 in taus]), p, pol)
+        return _solve.solve_batch(mdflow.stack_flows([Adam(ALPHA, EPS, t1, t2) for t1, t2 in taus]), p, pol)
 
     first = sweep([(0.0, 0.0), (0.01, 1.0), (0.1, 0.0)])
     batch_size = _solve._solve_batch._cached._cache_size()

@@ -9,7 +9,10 @@ import pytest
 
 import mdflow
 from conftest import policy
-from mdflow import FrozenSSD, format_table, pair_record, plot_pair, solve, solve_batch, stack_flows
+from mdflow import FrozenSSD, format_table, pair_record, plot_pair, solve, stack_flows
+from mdflow._execution.executor import index, run_calls, sweep
+from mdflow._execution.plan import Layout, Plan
+from mdflow._solver.solve import solve_batch
 
 EPS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 ALPHAS = (0.01, 0.1, 1.0)
@@ -18,9 +21,8 @@ ALPHAS = (0.01, 0.1, 1.0)
 def _primal(flow, problem, policy):
     """A primal run solved as `pair_record` solves its coarse primal (a chunk of 2 on the sweep engine,
     members in sequence: bit for bit a single solve), so both share one program."""
-    from mdflow._execution.sweep import index, solve_chunk
 
-    return index(solve_chunk([flow], problem, policy, chunk_size=2), 0)
+    return index(sweep([flow], problem, policy, chunk_size=2), 0)
 
 
 def _policy(t1, **kwargs):
@@ -170,13 +172,15 @@ def test_batched_pairs_equal_single_pair_records(small_problem):
     chunk size: chunks of 3 and 4 give these bits too; only a chunk of 1, a vmap of one member, rounds
     differently, which is why `pair_record` pads to 2)."""
     from mdflow._analysis.equivalence import pair_record_from, solve_pairs
-    from mdflow._execution.sweep import index, solve_chunk
 
     policy = _policy(20.0)  # with a chunk of 2, the programs of `ssd_pairs` (nothing new to compile)
     flows = [mdflow.make_flow("ssd", small_problem, eps=e, alpha=a, track_identity=True)
              for e, a in ((0.1, 0.01), (1.0, 0.1))]
-    primals = solve_chunk(flows, small_problem, policy, chunk_size=2)
-    (solved,), calls = solve_pairs([(flows, primals)], small_problem, policy, solver="tsit5", chunk_size=2)
+    plan = Plan.of(flows, {0: small_problem}, policy, Layout.of(2), costs=range(len(flows)))  # in this order
+    (chunk,) = plan.chunks
+    (call,) = run_calls(plan)
+    primals = call[0].solution
+    (solved,), calls = solve_pairs(plan, [(chunk, primals)])
     assert calls.fine_dual.solve_s > 0 and calls.solve_s > calls.fine_dual.solve_s
     for j, flow in enumerate(flows):
         primal = index(primals, j)

@@ -11,7 +11,7 @@ import pytest
 import mdflow._analysis.discrete
 import mdflow._analysis.kkt
 import mdflow._solver.solve
-import mdflow._execution.sweep
+import mdflow._execution.executor
 from mdflow import cli
 from mdflow._plotting.figures import FIGURES
 
@@ -193,8 +193,9 @@ def test_plot_draws_every_figure_without_solving(stored, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a solver was called while plotting")
 
-    for module, name in ((diffrax, "diffeqsolve"), (mdflow._solver.solve, "solve"), (mdflow._solver.solve, "solve_batch"),
-                         (mdflow._execution.sweep, "solve_chunks"), (mdflow._analysis.kkt, "bregman_projection"),
+    for module, name in ((diffrax, "diffeqsolve"), (mdflow._solver.solve, "_solve"), (mdflow._solver.solve, "solve_batch"),
+                         (mdflow._execution.executor, "solve"), (mdflow._execution.executor, "run_calls"),
+                         (mdflow._analysis.kkt, "bregman_projection"),
                          (mdflow._analysis.discrete, "optimizer_path"), (mdflow._analysis.discrete, "discrete_record")):
         monkeypatch.setattr(module, name, forbidden)
     # What a reader sees, checked on each figure as it is saved (`reader_defects`).

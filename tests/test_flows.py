@@ -8,6 +8,7 @@ import scipy.integrate
 
 import mdflow
 from conftest import MAX_STEPS, policy, save_times
+from mdflow._solver.solve import solve_batch
 
 
 def woodworth_minimizer(X, y, alpha):
@@ -54,7 +55,7 @@ def ssd_runs(small_problem):
     p = small_problem
     grid = [(1e-3, 0.01), (1e-1, 1.0), (10.0, 0.01), (10.0, 1.0)]  # a batch of 4, as test_sweep's
     flows = mdflow.stack_flows([mdflow.make_flow("ssd", p, eps=e, alpha=a) for e, a in grid])
-    return grid, flows, mdflow.solve_batch(flows, p, SSD_POLICY)
+    return grid, flows, solve_batch(flows, p, SSD_POLICY)
 
 
 def test_ssd_exact_facts(small_problem, ssd_runs):

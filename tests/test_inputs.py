@@ -9,6 +9,7 @@ import mdflow
 from mdflow import InputError
 from mdflow._config import SCHEMA, from_dict
 from mdflow._errors import RANGES
+from mdflow._solver.solve import solve_batch
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def test_solve_checks_its_arguments_before_tracing(p20):
     with pytest.raises(InputError, match=r"policy: expected a SolvePolicy .*got dict"):
         mdflow.solve(gf, p20, {"t1": 5})
     with pytest.raises(InputError, match=r"flows: expected a batched flow .*got list"):
-        mdflow.solve_batch([], p20, mdflow.SolvePolicy())
+        solve_batch([], p20, mdflow.SolvePolicy())
     with pytest.raises(InputError, match=r"flows=\[\]"):
         mdflow.stack_flows([])
 

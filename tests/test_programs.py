@@ -10,7 +10,8 @@ import pytest
 
 import mdflow
 from mdflow._execution import programs
-from mdflow._execution import sweep as _sweep
+from mdflow._execution import executor as _executor
+from mdflow._execution.plan import make_mesh
 from conftest import policy as canonical_policy
 from mdflow._solver.solve import SolveControls
 
@@ -28,7 +29,7 @@ def _chunk_args(problem, solver):
     flows = mdflow.stack_flows([mdflow.make_flow("ssd", problem, eps=e, alpha=0.1).integrand(problem)
                                 for e in (0.03, 1.0)])
     controls = SolveControls.of(policy, problem)
-    mesh = _sweep.make_mesh(jax.devices()[:1])
+    mesh = make_mesh(jax.devices()[:1])
     static = dict(mesh=mesh, vmap_width=1, solver_name=solver, max_steps=policy.max_steps, keep_states=True)
     return (flows, np.ones(2, dtype=bool), problem, controls), static
 
@@ -36,12 +37,12 @@ def _chunk_args(problem, solver):
 @pytest.mark.parametrize("solver", ["tsit5", pytest.param("tsit5_rodas4", marks=pytest.mark.slow)])  # + the switch
 def test_loaded_program_is_bit_identical(small_problem, folder, solver):
     args, static = _chunk_args(small_problem, solver)
-    traced = programs.build_program("test.body", _sweep._body_fields, args, static)
+    traced = programs.build_program("test.body", _executor._body_fields, args, static)
     assert traced.source == "traced"
     assert len(list(folder.glob("*.jaxexport"))) == 1
-    loaded = programs.build_program("test.body", _sweep._body_fields, args, static)
+    loaded = programs.build_program("test.body", _executor._body_fields, args, static)
     assert loaded.source == "loaded"
-    direct = eqx.filter_jit(_sweep._body)(*args, **static)  # no export at all
+    direct = eqx.filter_jit(_executor._body)(*args, **static)  # no export at all
     a, b = traced(args), loaded(args)
     assert set(a) == set(b) == {k for k, v in vars(direct).items() if v is not None}
     for key in a:
@@ -52,7 +53,7 @@ def test_loaded_program_is_bit_identical(small_problem, folder, solver):
                           args[0])
     args2 = (flows2, *args[1:])
     np.testing.assert_array_equal(np.asarray(loaded(args2)["y_final"]),
-                                  np.asarray(eqx.filter_jit(_sweep._body)(*args2, **static).y_final))
+                                  np.asarray(eqx.filter_jit(_executor._body)(*args2, **static).y_final))
 
 
 def _key(x, static, fn=lambda x, k: x * k):
@@ -75,13 +76,13 @@ def test_signature_follows_what_a_trace_depends_on(monkeypatch):
 
 def test_damaged_file_is_traced_again_and_replaced(small_problem, folder):
     args, static = _chunk_args(small_problem, "tsit5")
-    first = programs.build_program("test.body", _sweep._body_fields, args, static)
+    first = programs.build_program("test.body", _executor._body_fields, args, static)
     (path,) = folder.glob("*.jaxexport")
     path.write_bytes(b"not a program")
-    again = programs.build_program("test.body", _sweep._body_fields, args, static)
+    again = programs.build_program("test.body", _executor._body_fields, args, static)
     assert again.source.startswith("traced (unreadable")
     np.testing.assert_array_equal(np.asarray(again(args)["y_final"]), np.asarray(first(args)["y_final"]))
-    assert programs.build_program("test.body", _sweep._body_fields, args, static).source == "loaded"
+    assert programs.build_program("test.body", _executor._body_fields, args, static).source == "loaded"
 
 
 def test_without_a_cache_or_export_it_traces(monkeypatch, tmp_path):

@@ -71,7 +71,7 @@ from pathlib import Path
 import numpy as np
 from mdflow._execution.run import _stacked_members
 from mdflow._io import npz_bytes, stream_npz
-from mdflow._execution.sweep import Chunk
+from mdflow._execution.plan import Chunk
 
 out, R, T, d, per_chunk = Path(sys.argv[1]), 16, 100, 20_000, 4   # w: 16 x 100 x 20000 float64 = 256 MB
 (out / "chunks").mkdir(parents=True)

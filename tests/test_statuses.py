@@ -43,12 +43,12 @@ def test_end_status_is_never_ok_for_a_nonfinite_contradictory_or_unreached_end()
 def _tiny_chunk(**flow_params):
     """Two runs of the tiny config's shape and policy, through the sweep's chunk solve (the program the
     tiny config's sweeps share)."""
-    from mdflow._execution.sweep import solve_chunk
+    from mdflow import sweep
 
     config = from_dict(tiny_config(), source="tiny")
     problem, policy = config.problem(0), config.solve_policy()
     flows = [md.make_flow(kind, problem, **params) for kind, params in flow_params.items()]
-    return solve_chunk(flows, problem, policy, chunk_size=config["sweep"]["chunk_size"])
+    return sweep(flows, problem, policy, chunk_size=config["sweep"]["chunk_size"])
 
 
 
@@ -58,13 +58,13 @@ def test_a_state_that_is_not_finite_at_t0_ends_at_once_as_nonfinite():
     """A residual that is not finite at t = 0 (here data of scale 1e200, whose squared loss overflows;
     α = 1e308 did the same before α got its range: 500 000 NaN steps to `max_steps` at t_end = 0): the
     solve ends at once, with no step, as `nonfinite`."""
-    from mdflow._execution.sweep import solve_chunk
+    from mdflow import sweep
 
     config = from_dict(tiny_config(), source="tiny")
     tame, policy = config.problem(0), config.solve_policy()
     problem = md.Problem(tame.X * 1e200, tame.y * 1e200, w_star=tame.w_star)
     flows = [md.make_flow("gf", problem, alpha=0.1), md.make_flow("ssd", problem, eps=0.1, alpha=0.1)]
-    sol = solve_chunk(flows, problem, policy, chunk_size=config["sweep"]["chunk_size"])
+    sol = sweep(flows, problem, policy, chunk_size=config["sweep"]["chunk_size"])
     assert [md.status_name(s) for s in sol.status] == ["nonfinite", "nonfinite"]
     assert list(sol.num_steps) == [0, 0] and list(sol.t_end) == [0.0, 0.0]
     assert np.isnan(sol.loss[:, 1:]).all()  # nothing held after a failure
@@ -101,9 +101,9 @@ def test_no_interpolators_n_ge_d_refuses_the_kkt_analysis_before_work(tmp_path, 
 def test_no_interpolators_skip_the_discrete_end_points_saying_why(monkeypatch):
     """n ≥ d: the optimizer would run 2·10⁶ steps towards an interpolation that does not exist."""
     import mdflow._analysis.discrete as discrete
-    import mdflow._solver.solve as solve
+    import mdflow._execution.executor as executor
 
-    monkeypatch.setattr(solve, "solve", lambda *a, **k: (_ for _ in ()).throw(AssertionError("solved")))
+    monkeypatch.setattr(executor, "solve", lambda *a, **k: (_ for _ in ()).throw(AssertionError("solved")))
     monkeypatch.setattr(discrete, "optimizer_endpoint", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran")))
     problem = md.sparse_gaussian(30, 24, 2, noise=0.1, seed=0)
     flow = md.make_flow("ssd", problem, eps=0.1, alpha=0.1)

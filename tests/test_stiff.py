@@ -12,6 +12,7 @@ import mdflow
 from conftest import numpy_ssd_reference, policy
 from mdflow._solver.linear import CoordinatewiseJacobian, DenseJacobian
 from mdflow._solver.rosenbrock import Rodas3, Rodas4, StiffSwitch
+from mdflow._solver.solve import solve_batch
 
 
 def _vdp(t, y, args):
@@ -115,7 +116,7 @@ def test_small_eps_matches_radau(stiff_case, scipy_reference, solver):
     saved grid, through the sign-descent phase and the stiff convergence phase."""
     problem, flow, ts = stiff_case
     policy = mdflow.SolvePolicy(solver=solver, rtol=1e-10, atol=1e-12, t1=float(ts[-1]), max_steps=200_000)
-    assert mdflow.select_solver(policy, flow) == ("tsit5_rodas4" if solver == "auto" else "rodas4")
+    assert mdflow.choose_solver(policy, flow) == ("tsit5_rodas4" if solver == "auto" else "rodas4")
     sol = mdflow.solve(flow, problem, policy, ts=ts)
     assert mdflow.status_name(sol.status) == "ok"
     w = np.asarray(jax.vmap(flow.weights)(sol.ys))
@@ -184,7 +185,7 @@ def test_vmap_matches_loop(small_problem):
     member stops at a relative residual of 1e-8 at rtol 1e-8 (where Tsit5 alone stalls)."""
     flows = [mdflow.make_flow("ssd", small_problem, eps=e, alpha=0.1) for e in (1e-1, 1e-3, 1e-5)]
     pol = policy("auto", rtol=1e-8, atol=1e-10, **AUTO)
-    batch = mdflow.solve_batch(mdflow.stack_flows(flows), small_problem, pol)
+    batch = solve_batch(mdflow.stack_flows(flows), small_problem, pol)
     tol = 1e-6
     for i, flow in enumerate(flows):
         one = mdflow.solve(flow, small_problem, pol)
@@ -268,7 +269,7 @@ def test_dual_flow_through_the_dense_path(small_problem):
     mirror = mdflow._mirror.make_mirror("ssd", alpha=0.1, eps=1e-6, a=0.5)
     flow = dual.dual_flow(mirror, small_problem)
     policy = mdflow.SolvePolicy(rtol=1e-8, atol=1e-10, t1=100.0, num_ts=15, stop_rel_residual=1e-8)
-    assert mdflow.select_solver(policy, flow) == "tsit5_rodas4"
+    assert mdflow.choose_solver(policy, flow) == "tsit5_rodas4"
     sol = mdflow.solve(flow, small_problem, policy)
     assert mdflow.status_name(sol.status) == "ok" and bool(sol.stopped)
     tight = mdflow.solve(flow, small_problem, mdflow.SolvePolicy(solver="rodas4", rtol=1e-11, atol=1e-13, t1=100.0, num_ts=15))

@@ -16,10 +16,13 @@ import pytest
 
 import mdflow as md
 from conftest import policy as canonical_policy
-from mdflow._execution import sweep as _sweep
+from mdflow._execution import executor as _executor, plan as _plan
 from mdflow._solver.rosenbrock import share_mode
 from mdflow._solver.solve import _solve as _solve_one
-from mdflow._execution.sweep import Chunk, Progress, batches, chunk_solver, difficulty, plan_chunks, solve_chunks, sweep
+from mdflow._execution.executor import sweep
+from mdflow._execution.plan import Chunk, Layout, batches, difficulty, plan_chunks
+from mdflow._execution.progress import Progress
+from mdflow._solver.solve import solve_batch
 
 
 @pytest.fixture(scope="module")
@@ -105,32 +108,36 @@ def test_chunks_equal_one_batch_of_the_same_size(problem, vmap_width):
     of an unpadded batch (vmapped: test_flows.py's batch of 4; in sequence: single solves)."""
     pol = policy()
     flows = flows_for(problem)[:4]
-    ref = md.solve_batch(md.stack_flows(flows), problem, pol)
-    got = solve_chunks([flows[:1]], problem, pol, chunk_size=CHUNK, vmap_width=vmap_width)[0]
+    ref = solve_batch(md.stack_flows(flows), problem, pol)
+    got = sweep(flows[:1], problem, pol, chunk_size=CHUNK, vmap_width=vmap_width)
     if vmap_width == 1:
         ref = md.stack_flows([md.solve(f, problem, pol) for f in flows])
     for key in ("y_final", "ys", "loss", "rel_residual", "t_end", "num_steps", "status"):
         np.testing.assert_array_equal(getattr(got, key), np.asarray(getattr(ref, key))[:1], err_msg=key)
 
 
-def test_chunk_solver_policy(problem, monkeypatch):
-    """`auto` in a chunk vmapped 8 or more wide is the shared-mode switch; members in sequence, narrower
-    batches, a pinned solver and small chunks keep their solver; on an accelerator (emulated) the
-    default width (the chunk) decides."""
+def test_solver_choice_by_layout(problem, monkeypatch):
+    """`choose_solver` at the width a layout's chunks run with (`Layout.solver`): `auto` in a chunk
+    vmapped 8 or more wide is the shared-mode switch; members in sequence, narrower batches, a pinned
+    solver and small chunks keep their solver; on an accelerator (emulated) the default width (the
+    chunk) decides. A run alone (`mdflow.solve`) is a width of 1."""
     flow = flows_for(problem)[0]
-    mesh = _sweep.make_mesh(jax.devices()[:1])
+    mesh = _plan.make_mesh(jax.devices()[:1])
     auto = md.SolvePolicy()
-    assert chunk_solver(auto, flow, None, 16, mesh) == "tsit5_rodas4"  # CPU default: width 1
-    assert chunk_solver(auto, flow, 1, 16, mesh) == "tsit5_rodas4"
-    assert chunk_solver(auto, flow, 4, 16, mesh) == "tsit5_rodas4"  # narrow batch: per-member modes
-    assert chunk_solver(auto, flow, 16, 4, mesh) == "tsit5_rodas4"  # width capped at the chunk size
-    assert chunk_solver(auto, flow, 8, 16, mesh) == "tsit5_rodas4_shared"
+    assert Layout(16, mesh, None).solver(auto, flow) == "tsit5_rodas4"  # CPU default: width 1
+    assert Layout(16, mesh, 1).solver(auto, flow) == "tsit5_rodas4"
+    assert Layout(16, mesh, 4).solver(auto, flow) == "tsit5_rodas4"  # narrow batch: per-member modes
+    assert Layout(4, mesh, 16).solver(auto, flow) == "tsit5_rodas4"  # width capped at the chunk size
+    assert Layout(16, mesh, 8).solver(auto, flow) == "tsit5_rodas4_shared"
     for pinned in ("tsit5_rodas4", "rodas4", "tsit5"):
-        assert chunk_solver(md.SolvePolicy(solver=pinned), flow, 16, 16, mesh) == pinned
-    monkeypatch.setattr(_sweep, "_on_host", lambda mesh: False)  # an accelerator: default width = chunk
-    assert chunk_solver(auto, flow, None, 16, mesh) == "tsit5_rodas4_shared"
-    assert chunk_solver(auto, flow, None, 4, mesh) == "tsit5_rodas4"
-    assert chunk_solver(md.SolvePolicy(solver="rodas4"), flow, None, 16, mesh) == "rodas4"
+        assert Layout(16, mesh, 16).solver(md.SolvePolicy(solver=pinned), flow) == pinned
+    assert md.choose_solver(auto, flow) == "tsit5_rodas4"
+    assert md.choose_solver(auto, flow, vmap_width=7) == "tsit5_rodas4"
+    assert md.choose_solver(auto, flow, vmap_width=8) == "tsit5_rodas4_shared"
+    monkeypatch.setattr(_plan, "_on_host", lambda mesh: False)  # an accelerator: default width = chunk
+    assert Layout(16, mesh, None).solver(auto, flow) == "tsit5_rodas4_shared"
+    assert Layout(4, mesh, None).solver(auto, flow) == "tsit5_rodas4"
+    assert Layout(16, mesh, None).solver(md.SolvePolicy(solver="rodas4"), flow) == "rodas4"
 
 
 def test_share_mode_decisions():
@@ -170,9 +177,9 @@ def test_vmapped_auto_chunk_shares_the_mode_and_matches_the_loop(small_problem):
     pol = md.SolvePolicy(t1=50.0, num_ts=8, stop_rel_residual=1e-8, save="final")
     lines = []
     batched = sweep(flows, small_problem, pol, chunk_size=8, vmap_width=8, log=lines.append,
-                    mesh=_sweep.make_mesh(jax.devices()[:1]))  # padded to 8 with copies of the first
+                    mesh=_plan.make_mesh(jax.devices()[:1]))  # padded to 8 with copies of the first
     assert "3 x tsit5_rodas4_shared" in lines[0]
-    per_member = md.solve_batch(md.stack_flows(flows), small_problem, dataclasses.replace(pol, solver="tsit5_rodas4"))
+    per_member = solve_batch(md.stack_flows(flows), small_problem, dataclasses.replace(pol, solver="tsit5_rodas4"))
     assert np.any(np.asarray(batched.num_steps) != np.asarray(per_member.num_steps))
     tol = 1e-6
     for i, flow in enumerate(flows):
@@ -185,13 +192,13 @@ def test_vmapped_auto_chunk_shares_the_mode_and_matches_the_loop(small_problem):
 
 def test_no_recompiles_across_eps_alpha_values(problem, fresh_programs):
     pol = policy()
-    before = _sweep.num_programs()
+    before = _executor.num_programs()
     sweep(flows_for(problem), problem, pol, chunk_size=CHUNK, vmap_width=2)  # two chunks, vmapped pairs
     sweep(flows_for(problem, eps=[0.05, 0.5, 5.0, 50.0], alpha=[0.02, 0.2]), problem, pol, chunk_size=CHUNK,
           vmap_width=2)
     other = md.sparse_gaussian(problem.n, problem.d, 3, seed=7)  # another problem of the same shape
     sweep(flows_for(other, eps=[0.07], alpha=[0.3]), other, pol, chunk_size=CHUNK, vmap_width=2)
-    assert _sweep.num_programs() - before == 1
+    assert _executor.num_programs() - before == 1
 
 
 def test_progress_lines():
@@ -267,22 +274,22 @@ def test_eta_after_the_first_chunk_is_within_2x_of_the_truth_or_a_floor(name):
 _DEVICES = """
 import dataclasses, sys, warnings, numpy as np, jax
 import mdflow as md
-from mdflow._execution import sweep as _sweep
+from mdflow._execution import executor as _executor, plan as _plan
 assert len(jax.devices()) == int(sys.argv[2]), jax.devices()
 p = md.sparse_gaussian(10, 30, 3, seed=1)  # conftest's small_problem
 pol = md.SolvePolicy(t1=1e4, num_ts=30, max_steps=100_000, stop_rel_residual=1e-7)  # conftest's canonical
 flows = [md.make_flow("ssd", p, eps=e, alpha=a) for e in (0.03, 0.3, 3.0) for a in (0.01, 0.1)]
 out = {}
 for width, solver in ((1, "auto"), (2, "tsit5")):
-    s = _sweep.sweep(flows, p, dataclasses.replace(pol, solver=solver), chunk_size=2, vmap_width=width)
+    s = _executor.sweep(flows, p, dataclasses.replace(pol, solver=solver), chunk_size=2, vmap_width=width)
     for key in ("y_final", "ys", "loss", "rel_residual", "num_steps", "t_end"):
         out[f"{key}.{width}"] = getattr(s, key)
 # Vmapped implicit chunks on several host devices deadlock XLA's CPU runtime: clamped to width 1.
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    s = _sweep.sweep(flows, p, pol, chunk_size=2, vmap_width=2)
+    s = _executor.sweep(flows, p, pol, chunk_size=2, vmap_width=2)
 assert any("deadlock" in str(w.message) for w in caught), [str(w.message) for w in caught]
-assert _sweep.chunk_solver(pol, flows[0], 8, 8, _sweep.make_mesh()) == "tsit5_rodas4"  # not vmapped here
+assert _plan.Layout.of(8, vmap_width=8).solver(pol, flows[0]) == "tsit5_rodas4"  # not vmapped here
 assert np.array_equal(s.y_final, out["y_final.1"])
 np.savez(sys.argv[1], **out)
 """
@@ -296,7 +303,7 @@ def test_one_and_four_devices_identical(tmp_path, problem):
     out = tmp_path / "four.npz"
     subprocess.run([sys.executable, "-c", textwrap.dedent(_DEVICES), str(out), "4"], env=env, check=True,
                    timeout=300)
-    mesh = _sweep.make_mesh(_sweep.jax.devices()[:1])
+    mesh = _plan.make_mesh(jax.devices()[:1])
     with np.load(out) as four:
         for width, solver in ((1, "auto"), (2, "tsit5")):
             pol = policy(solver)  # as the subprocess's
@@ -315,9 +322,9 @@ def test_any_array_parameter_may_vary(problem, fresh_programs):
     rng = np.random.default_rng(0)
     flows = [md.make_flow("ssd_frozen", problem, eps=0.1, alpha=rng.uniform(0.01, 0.1, problem.d), a=a)
              for a in (0.0, 0.05, 0.5, 5.0)]
-    before = _sweep.num_programs()
+    before = _executor.num_programs()
     batched = sweep(flows, problem, pol, chunk_size=CHUNK, vmap_width=1)
-    assert _sweep.num_programs() - before == 1
+    assert _executor.num_programs() - before == 1
     for i, flow in enumerate(flows):
         one = md.solve(flow, problem, pol)
         np.testing.assert_allclose(batched.y_final[i], np.asarray(one.y_final), rtol=0, atol=1e-12)
@@ -334,9 +341,9 @@ def test_gf_frozen_and_ssd_share_one_compiled_program(problem, fresh_programs):
     each member's field is its own flow's, bit for bit (the family is exact, not an approximation)."""
     pol, p = policy(), problem
     kinds = [[md.make_flow(kind, p, eps=eps, alpha=a) for a in (0.05, 0.2)] for kind, eps in FAMILY]
-    before = _sweep.num_programs()
-    sols = [_sweep.solve_chunk(flows, p, pol, chunk_size=CHUNK, vmap_width=1) for flows in kinds]
-    assert _sweep.num_programs() - before == 1
+    before = _executor.num_programs()
+    sols = [sweep(flows, p, pol, chunk_size=CHUNK, vmap_width=1) for flows in kinds]
+    assert _executor.num_programs() - before == 1
     rng = np.random.default_rng(0)
     for flows, sol in zip(kinds, sols):
         for i, flow in enumerate(flows):
@@ -354,7 +361,7 @@ def test_family_members_solve_as_their_own_flows(problem):
     pol, p = policy(), problem
     for kind, eps in FAMILY:
         flow = md.make_flow(kind, p, eps=eps, alpha=0.05)
-        ref = _solve_one(flow, p, md.SolveControls.of(pol, p), solver_name=md.select_solver(pol, flow),
+        ref = _solve_one(flow, p, md.SolveControls.of(pol, p), solver_name=md.choose_solver(pol, flow),
                          max_steps=pol.max_steps, keep_states=True)
         one = md.solve(flow, p, pol)
         for key in ("y_final", "ys", "num_steps"):

@@ -41,12 +41,12 @@ _DUALS_ON_TWO_DEVICES = """
 import json, sys
 import mdflow
 from mdflow._config import from_dict
-from mdflow._execution import sweep
+from mdflow._execution import executor
 from mdflow._execution.run import execute
 
-before = sweep.num_programs()
+before = executor.num_programs()
 execute(from_dict(json.loads(sys.argv[1])), sys.argv[2], log=print)
-print("programs", sweep.num_programs() - before)
+print("programs", executor.num_programs() - before)
 """
 
 

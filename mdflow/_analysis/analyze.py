@@ -43,7 +43,7 @@ def _identity_state(problem: Problem, flow, solution, policy):
     tracked = flow.with_identity()
     if tracked is None:
         return None
-    from .._solver.solve import solve
+    from .._execution.executor import solve
 
     sol = solve(tracked, problem, dataclasses.replace(policy, save="final"))
     return np.asarray(sol.y_final)

@@ -130,7 +130,8 @@ def discrete_record(
     state, stopped at `end_tol` (a run's `y_final`), to compare with instead of solving it again.
     `optimizer(η)`: the optax optimizer to compare (default `flow.discrete_optimizer`)."""
     from .._config import check_discrete
-    from .._solver.solve import SolvePolicy, solve
+    from .._execution.executor import solve
+    from .._solver.solve import SolvePolicy
 
     check_discrete(etas, t1, {name: float(getattr(flow, name)) for name in ("tau1", "tau2") if hasattr(flow, name)})
     if policy is None:
@@ -174,7 +175,7 @@ def discrete_record(
 def _end_point_errors(problem, flow, etas, policy, end_tol, max_steps, record, end_state,
                       optimizer) -> list[float | None]:
     """The end-point comparison (module docstring): fills `record` and returns `end_errors`."""
-    from .._solver.solve import solve
+    from .._execution.executor import solve
 
     if end_tol is None:
         end_tol = policy.stop_rel_residual if policy.stop_rel_residual is not None else 1e-6

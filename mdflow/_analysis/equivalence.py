@@ -23,12 +23,11 @@ from jax.sharding import Mesh
 
 from .._dual import DualFlow, dual_flow
 from .._errors import RANGES, InputError
-from .._execution.sweep import (
-    CallTiming, chunk_solver, index, make_mesh, plan_chunks, solve_chunks_timed, solve_plan_calls,
-)
+from .._execution.executor import CallTiming, index, run_calls
+from .._execution.plan import Chunk, Layout, Plan, make_mesh
 from .._flows import AbstractPrimalFlow
 from .._problem import Problem
-from .._solver.solve import STATUSES, Solution, SolvePolicy, select_solver, status_name
+from .._solver.solve import STATUSES, Solution, SolvePolicy, status_name
 
 def paired_dual(flow: AbstractPrimalFlow, problem: Problem, *, form: str = "rho") -> DualFlow:
     """The dual flow paired with a primal flow, on the flow's own mirror map (`flow.mirror`): GF ↔
@@ -195,8 +194,8 @@ def pair_record(
     # Padded to 2: with members in sequence (CPU) the padding is skipped and the run takes the path of
     # a sweep chunk's members, so this record is the one `mdflow check` stores, bit for bit (a chunk of
     # size 1 would be a vmap of one member instead, equal only to rounding).
-    (solved,), _ = solve_pairs([([flow], one)], problem, policy, solver=select_solver(policy, flow), chunk_size=2,
-                               mesh=make_mesh(jax.local_devices()[:1]), dual_form=dual_form, ratio=ratio)
+    plan = Plan.of([flow], {0: problem}, policy, Layout(2, make_mesh(jax.local_devices()[:1])))
+    (solved,), _ = solve_pairs(plan, [(plan.chunks[0], one)], dual_form=dual_form, ratio=ratio)
     return pair_record_from(solved[0], problem, flow, primal, policy, tolerance=tolerance, floor=floor,
                             dual_form=dual_form, ratio=ratio)
 
@@ -295,42 +294,44 @@ class PairCalls:
 
 
 def solve_pairs(
-    chunks: Sequence[tuple[Sequence[AbstractPrimalFlow], Solution]], problem: Problem, policy: SolvePolicy, *,
-    solver: str, chunk_size: int, mesh: Mesh | None = None, vmap_width: int | None = None,
-    dual_form: str = "rho", ratio: float = TOLERANCE_RATIO,
+    plan: Plan, primals: Sequence[tuple[Chunk, Solution]], *, dual_form: str = "rho",
+    ratio: float = TOLERANCE_RATIO,
 ) -> tuple[list[list[SolvedPair]], PairCalls]:
-    """The solves behind the pair records of one primal call: each chunk `(flows, primals)` (`primals`
-    batched, as `solve_chunks` returns them) gets its paired duals solved under `policy`, and its primals
-    and duals re-solved at `ratio`× looser `rtol`, `atol`, all on the primals' time grid.
+    """The solves behind the pair records of one call of `plan`: each of its chunks, solved (`primals`:
+    `(chunk, batched solution)`, as the executor yields them), gets its paired duals solved under the
+    plan's policy, and its primals and duals re-solved at `ratio`× looser `rtol`, `atol`, all on the
+    primals' time grid.
 
-    All on the sweep engine (`solve_plan_calls`): the coarse primals in one call with the primal call's
-    layout (chunk `i` on device `i`, `chunk_size`, with `solver`, the primals' own), so they run the
-    primal call's compiled program (tolerances are traced controls); the fine and the coarse duals
-    spread over every device, in chunks of `dual_chunk_size(chunk_size, mesh)`, one program per
-    mirror-map family for both (a call of one chunk would leave the other devices solving a copy).
-    Returns one `SolvedPair` per run, by chunk, and the timings; a pair's `wall_s` is its share of its
-    fine dual call's solve time (compilation excluded).
+    All through the executor (`run_calls`): the coarse primals as the primal call again, under the coarse
+    policy (`Plan.under`: the call's chunks, layout and solver, so its compiled program: tolerances are
+    traced controls); the fine and the coarse duals as a plan of their own spread over every device, in
+    chunks of `dual_chunk_size`, one program per mirror-map family for both (a call of one chunk would
+    leave the other devices solving a copy). Returns one `SolvedPair` per run, by chunk, and the
+    timings; a pair's `wall_s` is its share of its fine dual call's solve time (compilation excluded).
     """
-    if not chunks:
+    if not primals:
         raise ValueError("solve_pairs needs at least one chunk")
-    ts = np.asarray(chunks[0][1].ts)[0]
-    if any(not np.array_equal(np.asarray(sol.ts), np.broadcast_to(ts, np.shape(sol.ts))) for _, sol in chunks):
+    ts = np.asarray(primals[0][1].ts)[0]
+    if any(not np.array_equal(np.asarray(sol.ts), np.broadcast_to(ts, np.shape(sol.ts))) for _, sol in primals):
         raise ValueError("solve_pairs: the primals of one call must share their time grid")
-    mesh = make_mesh() if mesh is None else mesh
-    duals = [paired_dual(f, problem, form=dual_form) for flows, _ in chunks for f in flows]
-    size = dual_chunk_size(chunk_size, mesh)
-    dual_solver = chunk_solver(policy, duals[0], vmap_width, size, mesh)
+    policy, layout = plan.policy, plan.layout
+    problem = plan.problems[primals[0][0].seed]
+    duals = [paired_dual(f, problem, form=dual_form) for chunk, _ in primals for f in plan.members(chunk)]
     coarse_policy = coarse(policy, ratio)
-    fine, fine_timing, walls = _solve_spread(duals, problem, policy, dual_solver, size, mesh, vmap_width, ts)
-    coarse_dual, dual_timing, _ = _solve_spread(duals, problem, coarse_policy, dual_solver, size, mesh, vmap_width, ts)
-    coarse_primal, primal_timing = solve_chunks_timed([list(flows) for flows, _ in chunks], problem, coarse_policy,
-                                                      chunk_size=chunk_size, mesh=mesh, solver=solver,
-                                                      vmap_width=vmap_width, ts=ts)
+    # Each dual's position as its cost: the chunks keep the primals' order (no sorting by difficulty).
+    dual_plan = Plan.of(duals, {0: problem}, policy, Layout(dual_chunk_size(layout.chunk_size, layout.mesh),
+                                                            layout.mesh, layout.vmap_width),
+                        kinds=["dual"] * len(duals), costs=range(len(duals)), ts=ts)
+    fine, fine_timing, walls = _solve_each(dual_plan)
+    coarse_dual, dual_timing, _ = _solve_each(dual_plan.under(coarse_policy))
+    again = dataclasses.replace(plan.only([chunk for chunk, _ in primals]).under(coarse_policy), ts=ts)
+    (call,) = run_calls(again)  # the chunks of one call: one call again
+    primal_timing = call[0].timing
     pairs, k = [], 0
-    for primals in coarse_primal:
-        members = len(primals.ts)
-        pairs.append([SolvedPair(duals[k + j], fine[k + j], (index(primals, j), coarse_dual[k + j]), walls[k + j],
-                                 dual_solver) for j in range(members)])
+    for done in call:
+        members = len(done.chunk.runs)
+        pairs.append([SolvedPair(duals[k + j], fine[k + j], (index(done.solution, j), coarse_dual[k + j]),
+                                 walls[k + j], dual_plan.chunks[0].solver) for j in range(members)])
         k += members
     return pairs, PairCalls(fine_timing, primal_timing, dual_timing)
 
@@ -343,14 +344,11 @@ def dual_chunk_size(chunk_size: int, mesh: Mesh) -> int:
     return max(2, -(-chunk_size // mesh.devices.size))
 
 
-def _solve_spread(flows, problem, policy, solver, size, mesh, vmap_width, ts):
-    """`flows` (one type) solved in chunks of `size`, one per device per call, in order: their
-    solutions, the calls' total `CallTiming`, and each flow's share of its call's solve time."""
-    # Each flow's position as its cost: the chunks keep the flows' order (no sorting by difficulty).
-    plan = plan_chunks([((0, "dual", solver), range(len(flows)), range(len(flows)))], size)
+def _solve_each(plan: Plan) -> tuple[list[Solution], CallTiming, list[float]]:
+    """A plan's runs solved (`run_calls`), run by run in plan order: their solutions, the calls' total
+    `CallTiming`, and each run's share of its call's solve time."""
     solutions, walls, timings = [], [], []
-    for call in solve_plan_calls(plan, flows, {0: problem}, policy, chunk_size=size, mesh=mesh,
-                                 vmap_width=vmap_width, ts=ts):
+    for call in run_calls(plan):
         timings.append(call[0].timing)
         for done in call:
             members = len(done.chunk.runs)

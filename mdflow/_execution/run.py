@@ -1,4 +1,4 @@
-"""`mdflow run`: expand a config into runs, solve them as a chunked, sharded sweep (`sweep.py`) into a
+"""`mdflow run`: expand a config into runs, solve them as a chunked, sharded sweep (`plan.py`, `executor.py`) into a
 resumable store (`store.py`), then assemble `summary.json`, `trajectories.npz` and figures."""
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ from .._solver.solve import STATUSES, Solution, SolvePolicy, status_name
 from .programs import source_hash
 from .resources import check_sweep_fits, sweep_size
 from .store import Store
-from .sweep import (
-    Chunk, Progress, chunk_solver, difficulty, effective_vmap_width, index, make_mesh, plan_chunks, solve_plan_calls,
-    timing_text,
-)
+from .executor import index, run_calls
+from .plan import Chunk, Layout, Plan, difficulty
+from .progress import Progress, timing_text
 
 
 def versions() -> dict[str, str]:
@@ -160,14 +159,13 @@ def run_record(spec: RunSpec, sol: Solution, solver: str, wall_s: float) -> dict
 RunAnalysis = Callable[[RunSpec, Any, Problem, Solution, SolvePolicy], tuple[dict[str, Any], dict[str, np.ndarray]]]
 
 
-def _plan(config: Config, policy: SolvePolicy, duals: bool, chunk_size: int, vmap_width: int | None, mesh):
-    """Specs, problems per seed, flows per run, and the chunk plan (grouped by seed, flow, and the solver
-    each chunk runs: `chunk_solver`)."""
+def _plan(config: Config, policy: SolvePolicy, duals: bool, layout: Layout) -> tuple[list[RunSpec], Plan]:
+    """The config's runs and their plan: a problem per seed, a flow per run, chunks grouped by seed, flow
+    kind and the solver each chunk runs (`Plan.of`), sorted by `difficulty`."""
     specs = config.run_specs()
     problems: dict[int, Problem] = {}
     flows = []
-    groups: dict[tuple[int, str, str], list[int]] = {}
-    for i, spec in enumerate(specs):
+    for spec in specs:
         if spec.seed not in problems:
             problems[spec.seed] = config.problem(spec.seed)
             if config["analysis"]["kkt"]:
@@ -175,15 +173,10 @@ def _plan(config: Config, policy: SolvePolicy, duals: bool, chunk_size: int, vma
 
                 require_interpolators(problems[spec.seed])
         # E3 states ride along when the dual check or the KKT error E needs them (no second solve).
-        flow = build_flow(spec, problems[spec.seed], config, track_identity=duals or config["analysis"]["kkt"])
-        flows.append(flow)
-        groups.setdefault((spec.seed, spec.flow, chunk_solver(policy, flow, vmap_width, chunk_size, mesh)),
-                          []).append(i)
-    plan = plan_chunks(
-        [(key, runs, [difficulty(specs[i].eps, specs[i].alpha) for i in runs]) for key, runs in groups.items()],
-        chunk_size,
-    )
-    return specs, problems, flows, plan
+        flows.append(build_flow(spec, problems[spec.seed], config, track_identity=duals or config["analysis"]["kkt"]))
+    plan = Plan.of(flows, problems, policy, layout, seeds=[s.seed for s in specs], kinds=[s.flow for s in specs],
+                   costs=[difficulty(s.eps, s.alpha) for s in specs])
+    return specs, plan
 
 
 def _chunk_result(
@@ -232,18 +225,14 @@ def _chunk_result(
     return meta, {k: np.stack(v) for k, v in arrays.items()}
 
 
-def _solve_call_pairs(call, flows, problems, policy, config, chunk_size, mesh, vmap_width, progress, num_chunks):
-    """The dual solves of one primal call's runs (`solve_pairs`: fine and coarse duals spread over the
-    devices, coarse primals with the call's layout), by chunk, and their timing."""
+def _solve_call_pairs(plan: Plan, call, progress: Progress, dual_form: str):
+    """The dual solves of one primal call's runs (`solve_pairs`), by chunk, and their timing."""
     from .._analysis.equivalence import solve_pairs
 
-    first = call[0].chunk
     runs = sum(len(done.chunk.runs) for done in call)
     names = ", ".join(f"{done.chunk.index + 1}" for done in call)
-    progress.note(f"chunk(s) {names}/{num_chunks} solved; dual solves of their {runs} run(s)")
-    return solve_pairs([([flows[i] for i in done.chunk.runs], done.solution) for done in call], problems[first.seed],
-                       policy, solver=first.solver, chunk_size=chunk_size, mesh=mesh, vmap_width=vmap_width,
-                       dual_form=config["flows"]["dual_form"])
+    progress.note(f"chunk(s) {names}/{progress.total_chunks} solved; dual solves of their {runs} run(s)")
+    return solve_pairs(plan, [(done.chunk, done.solution) for done in call], dual_form=dual_form)
 
 
 def _failures(records) -> dict[str, int]:
@@ -272,7 +261,7 @@ def execute(
     draw the figures into the committed set (`output.figures`, see `draw_committed_figures`).
 
     Runs are grouped by (seed, flow kind, solver), sorted by expected difficulty and cut into chunks of
-    `sweep.chunk_size`; one call solves one chunk per device (`sweep.py`). Each finished chunk is
+    `sweep.chunk_size`; one call solves one chunk per device (`executor.py`). Each finished chunk is
     stored atomically under `out_dir/chunks/` and listed in `out_dir/manifest.json`; rerunning the same
     config loads finished chunks instead of solving them again (`force=True` recomputes everything; a
     folder holding another config is an `InputError`). Each call's program is compiled before the call:
@@ -291,134 +280,210 @@ def execute(
 
         analyses = config_analyses(config)
     policy = config.solve_policy(duals=duals)
-    if duals:  # what the check would refuse after the primal solves, refused now
-        from .._analysis.equivalence import coarse
-
-        config.check_duals()
-        coarse(policy)
-    chunk_size, vmap_width = config["sweep"]["chunk_size"], config["sweep"]["vmap_width"]
-    mesh = make_mesh()
-    # The guards first, from shapes alone: before any data are generated or loaded.
-    check_sweep_fits(_sweep_size(config, policy, duals, chunk_size, mesh.devices.size), out_dir,
-                     trajectories=policy.save == "trajectory")
-    specs, problems, flows, plan = _plan(config, policy, duals, chunk_size, vmap_width, mesh)
-    ts = policy.time_grid()
-    d = next(iter(problems.values())).d
-    shapes = {"w_final": (d,), "loss": (len(ts),), "rel_residual": (len(ts),)}
-    if policy.save == "trajectory":
-        shapes["w"] = (len(ts), d)
+    layout = Layout.of(config["sweep"]["chunk_size"], vmap_width=config["sweep"]["vmap_width"])
+    _guard(config, policy, duals, layout, out_dir)
+    specs, plan = _plan(config, policy, duals, layout)
     primary = jax.process_index() == 0
-    header = {"config": config.to_json(), "versions": versions(), "x64": bool(jax.config.jax_enable_x64),
-              "devices": [str(dev) for dev in mesh.devices.flat], "process_count": jax.process_count(),
-              "chunk_size": chunk_size,
-              "vmap_width": {s: effective_vmap_width(vmap_width, chunk_size, mesh, s)
-                             for s in sorted({c.solver for c in plan})},
-              "num_runs": len(specs), "duals": duals}
     total_start = time.perf_counter()
-    identity = store_identity(config, problems, policy)
-    store = Store.open(out_dir, identity, header, [c.to_json() for c in plan], force=force, writer=primary)
+    store = _open_store(config, plan, duals, out_dir, force=force, writer=primary)
     try:
         # Only now, with every input checked, does anything but an error line get printed.
-        log(f"mdflow: {config.source}, {len(specs)} runs{' + duals' if duals else ''} in {len(plan)} chunk(s) "
-            f"-> {out_dir}")
-        results: dict[int, dict[str, Any]] = {}  # chunk metas; their arrays stay in the chunk files
-        expect = {"duals": duals, "save": policy.save}
-        for chunk in plan:
-            loaded = store.load_chunk(chunk.index, chunk.runs, expect=expect, shapes=shapes, log=log)
-            if loaded is not None:
-                results[chunk.index] = loaded[0]
-        pending_mask = _pending_agreed([c.index not in results for c in plan])
-        pending = [c for c, todo in zip(plan, pending_mask) if todo]
+        log(f"mdflow: {config.source}, {len(specs)} runs{' + duals' if duals else ''} in {len(plan.chunks)} "
+            f"chunk(s) -> {out_dir}")
+        results = _load_stored(store, plan, duals, log)  # chunk metas; their arrays stay in the chunk files
+        pending = plan.only([c for c, todo in zip(plan.chunks, _pending_agreed([c.index not in results
+                                                                                for c in plan.chunks])) if todo])
         if primary:
             store.write_manifest()
-        cost = [difficulty(s.eps, s.alpha) for s in specs]  # predicted, for the ETA
-        progress = Progress(len(specs), len(plan), log, total_cost=sum(cost))
-        if results:
-            progress.update(len(plan) - len(pending) - 1, sum(len(plan[i].runs) for i in results),
-                            f"{len(results)} chunk(s) loaded from {out_dir / 'chunks'}",
-                            cost=sum(cost[j] for i in results for j in plan[i].runs))
-        # What happens between a chunk's solve and its progress line, said in a note line.
-        between = ", ".join([*(["equivalence check"] if duals else []),
-                             *(f"analysis.{k}" for k in ("kkt", "stages", "discrete")
-                               if "analysis" in analyses and config["analysis"][k]),
-                             *(name for name in analyses if name != "analysis")])
-        calls, dual_calls = [], []  # the CallTiming of every primal solve call; the dual calls' timings
-        for call in solve_plan_calls(pending, flows, problems, policy, chunk_size=chunk_size, mesh=mesh,
-                                     vmap_width=vmap_width):
-            timing = call[0].timing
-            calls.append(timing)
-            paired, dual_timing = [None] * len(call), None
-            if duals:
-                paired, dual_timing = _solve_call_pairs(call, flows, problems, policy, config, chunk_size, mesh,
-                                                        vmap_width, progress, len(plan))
-                dual_calls.append(dual_timing)
-            call_runs = sum(len(done.chunk.runs) for done in call)
-            for done, solved_pairs in zip(call, paired):
-                chunk = done.chunk
-                if between:
-                    progress.note(f"chunk {chunk.index + 1}/{len(plan)} solved; {between} of its "
-                                  f"{len(chunk.runs)} run(s)")
-                after_solve = time.perf_counter()
-                meta, arrays = _chunk_result(chunk, done.solution, specs, flows, problems[chunk.seed], policy, config,
-                                             solved_pairs, done.solve_s, analyses)
-                meta["num_devices"] = mesh.devices.size  # rounding may depend on it (docs/store.md)
-                meta["arrays"] = {k: {"dtype": v.dtype.str, "shape": list(v.shape[1:])} for k, v in arrays.items()}
-                analysis_wall = time.perf_counter() - after_solve
-                meta.update(compile_s=timing.compile_s, solve_s=timing.solve_s,  # of the whole call
-                            program=timing.program)
-                dual_share = 0.0
-                if dual_timing is not None:  # the dual solves of the whole call (`solve_pairs`)
-                    meta.update(dual_compile_s=dual_timing.compile_s, dual_solve_s=dual_timing.solve_s)
-                    dual_share = dual_timing.solve_s * len(chunk.runs) / call_runs
-                if primary:
-                    store.save_chunk(chunk.index, chunk.runs, meta, arrays)
-                results[chunk.index] = meta
-                del arrays
-                bad = meta["failures"]
-                text = timing_text(timing, done.solve_s)
-                if dual_timing is not None:
-                    text += "; duals " + timing_text(dual_timing, dual_share)
-                progress.update(chunk.index, len(chunk.runs),
-                                f"{chunk.flow} (seed {chunk.seed}) x{len(chunk.runs)}, {chunk.solver}, "
-                                + text + (f", failed: {bad}" if bad else ""),
-                                wall=done.solve_s + dual_share + analysis_wall, cost=sum(cost[i] for i in chunk.runs))
-        if not primary and len(results) < len(plan):
+        progress = _progress(plan, specs, results, len(pending.chunks), out_dir, log)
+        job = _Job(config, specs, duals, analyses, store if primary else None, progress)
+        calls, dual_calls = _solve_pending(pending, job, results)
+        if not primary and len(results) < len(plan.chunks):
             # Chunks process 0 loaded from a store this process cannot see (no shared filesystem):
             # the results are process 0's to write; this process has only its own part.
-            log(f"process {jax.process_index()}: {len(plan) - len(results)} chunk(s) held by process 0 only; "
-                "its store has the results")
+            log(f"process {jax.process_index()}: {len(plan.chunks) - len(results)} chunk(s) held by process 0 "
+                "only; its store has the results")
             return [], []
         progress.note(f"assembling {out_dir / 'summary.json'} and trajectories.npz")
-        records, pairs = _assemble(plan, results, len(specs))
-        summary = {"config": config.to_json(), "versions": versions(),
-                   "stop_rel_residual": policy.stop_rel_residual,  # in force (the config's may be unset)
-                   "run_axes": run_axes(config),
-                   "runs": records,
-                   "failures": _failures(records), "num_ok": sum(r["status"] == "ok" for r in records),
-                   "sweep": {"chunks": len(plan), "chunk_size": chunk_size, "devices": mesh.devices.size,
-                             "computed": [c.index for c in pending],
-                             "loaded": sorted(set(results) - {c.index for c in pending}),
-                             "compile_s": sum(t.compile_s for t in calls), "solve_s": sum(t.solve_s for t in calls),
-                             "programs": [t.program for t in [*calls, *(c for d in dual_calls for c in d.calls)]
-                                          if t.program],
-                             **({"dual_compile_s": sum(t.compile_s for t in dual_calls),
-                                 "dual_solve_s": sum(t.solve_s for t in dual_calls)} if duals else {})},
-                   "wall_s": time.perf_counter() - total_start}
+        records, pairs = _assemble(plan.chunks, results, len(specs))
+        summary = _summary(config, plan, pending, results, records, calls, dual_calls, duals)
+        summary["wall_s"] = time.perf_counter() - total_start
         if primary:
-            def write(folder: Path) -> None:
-                atomic_write_json(folder / "summary.json", summary)
-                stream_npz(folder / "trajectories.npz",
-                           [("ts", lambda: ts), *_stacked_members(store, plan, results, len(specs))])
-                if duals:
-                    atomic_write_json(folder / "equivalence.json", {"pairs": pairs})
-
-            committed = store.commit(write)
-            store.write_manifest(finished=True)
+            committed = _commit(store, plan, results, summary, pairs if duals else None)
     finally:
         store.close()
     if primary and config["output"]["figures"] is not False:
         draw_committed_figures(committed, out_dir, config["output"]["figures"], log)
     return records, pairs
+
+
+def _guard(config: Config, policy: SolvePolicy, duals: bool, layout: Layout, out_dir: Path) -> None:
+    """Refuse, before any data are generated or loaded, what would fail later: a check whose coarse
+    tolerances are out of range or whose flows have no dual, a sweep that does not fit (from shapes alone)."""
+    if duals:  # what the check would refuse after the primal solves, refused now
+        from .._analysis.equivalence import coarse
+
+        config.check_duals()
+        coarse(policy)
+    check_sweep_fits(_sweep_size(config, policy, duals, layout.chunk_size, layout.devices), out_dir,
+                     trajectories=policy.save == "trajectory")
+
+
+def _open_store(config: Config, plan: Plan, duals: bool, out_dir: Path, *, force: bool, writer: bool) -> Store:
+    """The plan's store (`Store.open`): its identity, and the header of its manifest."""
+    layout = plan.layout
+    header = {"config": config.to_json(), "versions": versions(), "x64": bool(jax.config.jax_enable_x64),
+              "devices": [str(dev) for dev in layout.mesh.devices.flat], "process_count": jax.process_count(),
+              "chunk_size": layout.chunk_size,
+              "vmap_width": {s: layout.width(s) for s in sorted({c.solver for c in plan.chunks})},
+              "num_runs": len(plan.flows), "duals": duals}
+    identity = store_identity(config, dict(plan.problems), plan.policy)
+    return Store.open(out_dir, identity, header, [c.to_json() for c in plan.chunks], force=force, writer=writer)
+
+
+def _array_shapes(plan: Plan) -> dict[str, tuple[int, ...]]:
+    """The per-run shapes of the arrays every chunk file holds."""
+    num_ts = plan.policy.num_ts
+    d = next(iter(plan.problems.values())).d
+    shapes = {"w_final": (d,), "loss": (num_ts,), "rel_residual": (num_ts,)}
+    if plan.policy.save == "trajectory":
+        shapes["w"] = (num_ts, d)
+    return shapes
+
+
+def _load_stored(store: Store, plan: Plan, duals: bool, log: Callable[[str], None]) -> dict[int, dict[str, Any]]:
+    """The metas of the plan's chunks already in the store, by chunk index."""
+    results: dict[int, dict[str, Any]] = {}
+    expect, shapes = {"duals": duals, "save": plan.policy.save}, _array_shapes(plan)
+    for chunk in plan.chunks:
+        loaded = store.load_chunk(chunk.index, chunk.runs, expect=expect, shapes=shapes, log=log)
+        if loaded is not None:
+            results[chunk.index] = loaded[0]
+    return results
+
+
+def _progress(plan: Plan, specs: list[RunSpec], loaded: dict[int, dict[str, Any]], num_pending: int,
+              out_dir: Path, log: Callable[[str], None]) -> Progress:
+    """The progress lines of a sweep, with the chunks loaded from the store counted."""
+    cost = [difficulty(s.eps, s.alpha) for s in specs]  # predicted, for the ETA
+    progress = Progress(len(specs), len(plan.chunks), log, total_cost=sum(cost))
+    if loaded:
+        chunks = plan.chunks
+        progress.update(len(chunks) - num_pending - 1, sum(len(chunks[i].runs) for i in loaded),
+                        f"{len(loaded)} chunk(s) loaded from {out_dir / 'chunks'}",
+                        cost=sum(cost[j] for i in loaded for j in chunks[i].runs))
+    return progress
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """What the work on each solved chunk needs: the config and its runs, whether duals are paired,
+    the analyses, the store to save chunks into (None: not this process's to write) and the progress."""
+
+    config: Config
+    specs: list[RunSpec]
+    duals: bool
+    analyses: dict[str, RunAnalysis]
+    store: Store | None
+    progress: Progress
+
+    def between(self) -> str:
+        """What happens between a chunk's solve and its progress line, said in a note line."""
+        config, analyses = self.config, self.analyses
+        return ", ".join([*(["equivalence check"] if self.duals else []),
+                          *(f"analysis.{k}" for k in ("kkt", "stages", "discrete")
+                            if "analysis" in analyses and config["analysis"][k]),
+                          *(name for name in analyses if name != "analysis")])
+
+    def cost(self, chunk: Chunk) -> float:
+        return sum(difficulty(self.specs[i].eps, self.specs[i].alpha) for i in chunk.runs)
+
+
+def _solve_pending(pending: Plan, job: _Job, results: dict[int, dict[str, Any]]):
+    """Execute the pending chunks (`run_calls`), pair each call's runs with their duals, and finish each
+    chunk (`_finish_chunk`) into `results`. Returns the `CallTiming` of every primal call and the
+    `PairCalls` of every call's duals."""
+    calls, dual_calls = [], []
+    for call in run_calls(pending):
+        calls.append(call[0].timing)
+        paired, dual_timing = [None] * len(call), None
+        if job.duals:
+            paired, dual_timing = _solve_call_pairs(pending, call, job.progress, job.config["flows"]["dual_form"])
+            dual_calls.append(dual_timing)
+        call_runs = sum(len(done.chunk.runs) for done in call)
+        for done, solved_pairs in zip(call, paired):
+            dual_share = 0.0 if dual_timing is None else dual_timing.solve_s * len(done.chunk.runs) / call_runs
+            results[done.chunk.index] = _finish_chunk(pending, done, solved_pairs, dual_timing, dual_share, job)
+    return calls, dual_calls
+
+
+def _finish_chunk(plan: Plan, done, solved_pairs, dual_timing, dual_share: float, job: _Job) -> dict[str, Any]:
+    """A solved chunk's analyses and pair records (`_chunk_result`), saved into the store, and its
+    progress line; returns its meta."""
+    chunk, timing, num_chunks = done.chunk, done.timing, job.progress.total_chunks
+    between = job.between()
+    if between:
+        job.progress.note(f"chunk {chunk.index + 1}/{num_chunks} solved; {between} of its {len(chunk.runs)} run(s)")
+    after_solve = time.perf_counter()
+    meta, arrays = _chunk_result(chunk, done.solution, job.specs, plan.flows, plan.problems[chunk.seed], plan.policy,
+                                 job.config, solved_pairs, done.solve_s, job.analyses)
+    meta["num_devices"] = plan.layout.devices  # rounding may depend on it (docs/store.md)
+    meta["arrays"] = {k: {"dtype": v.dtype.str, "shape": list(v.shape[1:])} for k, v in arrays.items()}
+    analysis_wall = time.perf_counter() - after_solve
+    meta.update(compile_s=timing.compile_s, solve_s=timing.solve_s,  # of the whole call
+                program=timing.program)
+    if dual_timing is not None:  # the dual solves of the whole call (`solve_pairs`)
+        meta.update(dual_compile_s=dual_timing.compile_s, dual_solve_s=dual_timing.solve_s)
+    if job.store is not None:
+        job.store.save_chunk(chunk.index, chunk.runs, meta, arrays)
+    del arrays
+    bad = meta["failures"]
+    text = timing_text(timing, done.solve_s)
+    if dual_timing is not None:
+        text += "; duals " + timing_text(dual_timing, dual_share)
+    job.progress.update(chunk.index, len(chunk.runs),
+                        f"{chunk.flow} (seed {chunk.seed}) x{len(chunk.runs)}, {chunk.solver}, "
+                        + text + (f", failed: {bad}" if bad else ""),
+                        wall=done.solve_s + dual_share + analysis_wall, cost=job.cost(chunk))
+    return meta
+
+
+def _summary(config: Config, plan: Plan, pending: Plan, results: dict[int, dict[str, Any]], records, calls,
+             dual_calls, duals: bool) -> dict[str, Any]:
+    """`summary.json` (less its `wall_s`): the runs' records, their failures, and the sweep's chunks,
+    devices and timings."""
+    computed = [c.index for c in pending.chunks]
+    timings = {"compile_s": sum(t.compile_s for t in calls), "solve_s": sum(t.solve_s for t in calls),
+               "programs": [t.program for t in [*calls, *(c for d in dual_calls for c in d.calls)] if t.program]}
+    if duals:
+        timings.update(dual_compile_s=sum(t.compile_s for t in dual_calls),
+                       dual_solve_s=sum(t.solve_s for t in dual_calls))
+    return {"config": config.to_json(), "versions": versions(),
+            "stop_rel_residual": plan.policy.stop_rel_residual,  # in force (the config's may be unset)
+            "run_axes": run_axes(config),
+            "runs": records,
+            "failures": _failures(records), "num_ok": sum(r["status"] == "ok" for r in records),
+            "sweep": {"chunks": len(plan.chunks), "chunk_size": plan.layout.chunk_size,
+                      "devices": plan.layout.devices, "computed": computed,
+                      "loaded": sorted(set(results) - set(computed)), **timings}}
+
+
+def _commit(store: Store, plan: Plan, results: dict[int, dict[str, Any]], summary: dict[str, Any],
+            pairs: list | None) -> Path:
+    """Write the result set (`summary.json`, `trajectories.npz`, with duals `equivalence.json`) and
+    commit it (`Store.commit`); the folder it was committed into."""
+    ts = plan.policy.time_grid()
+
+    def write(folder: Path) -> None:
+        atomic_write_json(folder / "summary.json", summary)
+        stream_npz(folder / "trajectories.npz",
+                   [("ts", lambda: ts), *_stacked_members(store, list(plan.chunks), results, len(plan.flows))])
+        if pairs is not None:
+            atomic_write_json(folder / "equivalence.json", {"pairs": pairs})
+
+    committed = store.commit(write)
+    store.write_manifest(finished=True)
+    return committed
 
 
 def draw_committed_figures(folder: Path, out_dir: Path, mode: bool | str, log: Callable[[str], None]) -> None:

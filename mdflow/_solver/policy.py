@@ -21,7 +21,7 @@ SOLVER_NAMES = ("tsit5", "dopri5", "dopri8", "kvaerno5", "rodas4", "rodas3", "ts
 class SolvePolicy:
     """How to integrate: solver, tolerances, horizon, save grid, early stop.
 
-    - `solver`: a name in `SOLVERS` (`"auto"` picks per flow, see `select_solver`).
+    - `solver`: a name in `SOLVERS` (`"auto"`: see `choose_solver`).
     - `rtol`, `atol`, `pcoeff`, `icoeff`: the PID step-size controller.
     - `t1`: horizon; `num_ts` saved times, log-spaced on `[t_min, t1]` plus `t = 0`
       (`t_min` defaults to `t1 · 1e-7`: the stages of small-ε runs are early and short).

@@ -32,7 +32,7 @@ The linear solves come from a *Jacobian strategy*:
 - `"dense"`: `jax.jacfwd` of the term's vector field plus LU; works for any field (the dual flows).
 
 `StiffSwitch` combines explicit Tsit5 with a Rosenbrock method and switches between them inside one
-solve by measured stiffness `h·ρ(J)` (the `"tsit5_rodas4"` solver that `select_solver` picks for
+solve by measured stiffness `h·ρ(J)` (the `"tsit5_rodas4"` solver that `choose_solver` picks for
 small ε and tight stop tolerances).
 
 Because these are `diffrax.AbstractAdaptiveSolver`s, `diffeqsolve`'s PID controller, `SaveAt`,
@@ -400,7 +400,7 @@ class StiffSwitch(diffrax.AbstractAdaptiveSolver):
     explicit_error_scale: float = eqx.field(static=True, default=30.0)
     # Under `vmap`, every member takes the implicit method while any member is stiff (`share_mode`):
     # no batch step pays for both methods (solver `"tsit5_rodas4_shared"`, what `auto` runs in chunks
-    # vmapped 8 or more wide: `_execution.sweep.chunk_solver`, measured in benchmarks/vmap_policy.py). A single
+    # vmapped 8 or more wide: `_solver.solve.choose_solver`, measured in benchmarks/vmap_policy.py). A single
     # run takes exactly the per-member switch's steps.
     shared_mode: bool = eqx.field(static=True, default=False)
     # Whether the solve may run under `vmap`. Outside `vmap` a step's members never disagree on the mode,

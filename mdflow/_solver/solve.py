@@ -80,29 +80,39 @@ SOLVERS: dict[str, Callable[[AbstractFlow], diffrax.AbstractSolver]] = {
 # The explicit entries of `SOLVERS` (no linear algebra inside a step).
 EXPLICIT_SOLVERS = ("tsit5", "dopri5", "dopri8")
 
-
-# What `solver = "auto"` means (see `select_solver`; measured in benchmarks/bench_small_eps.py and
-# benchmarks/bench_sweep.py, tables in docs/benchmarks.md).
+# What `solver = "auto"` runs (see `choose_solver`; measured in benchmarks/bench_small_eps.py,
+# benchmarks/bench_sweep.py and benchmarks/vmap_policy.py, tables in docs/benchmarks.md and
+# docs/accelerators.md): the per-member switch, and the shared-mode switch for members vmapped at least
+# `SHARED_MODE_MIN_WIDTH` wide.
 AUTO_SOLVER = "tsit5_rodas4"
+VMAPPED_AUTO_SOLVER = "tsit5_rodas4_shared"
+SHARED_MODE_MIN_WIDTH = 8
 
 
-def select_solver(policy: SolvePolicy, flow: AbstractFlow) -> str:
-    """The solver name a run uses: `policy.solver`, or for `"auto"` the switching solver
-    `"tsit5_rodas4"` (`StiffSwitch`): Tsit5 while the flow is non-stiff, the structured Rodas4 once
-    explicit steps are stability-bound, switching back and forth inside one solve.
+def choose_solver(policy: SolvePolicy, flow: AbstractFlow, *, vmap_width: int = 1) -> str:
+    """The solver name a run uses, the one place it is chosen: `policy.solver`, or for `"auto"` the
+    switching solver `"tsit5_rodas4"` (`StiffSwitch`), and `"tsit5_rodas4_shared"`
+    (`StiffSwitch(shared_mode=True)`) where the run is one of `vmap_width` ≥ `SHARED_MODE_MIN_WIDTH`
+    members vmapped together (the width a chunk actually runs with: `_execution.plan.Layout.solver`).
 
-    Why one answer for every flow: stiffness is a property of the *phase* of a run, not of ε alone,
+    Why the switch for every flow: stiffness is a property of the *phase* of a run, not of ε alone,
     so the switch decides it where it is measured. Small ε is stiff near convergence and while
     coordinates slide; GF-like runs (large ε, small α) are stiff in their long last stage, where
-    directions of scale α² converge while others are done (there the switch takes a few percent of
-    Tsit5's steps; docs/solvers.md); near the solver tolerance an explicit method stalls at its
-    accuracy floor, an L-stable one does not. While a run is non-stiff the
-    switch takes Tsit5's steps (tested), so little is lost there. Pin `solver = "tsit5"` for
+    directions of scale α² converge while others are done (docs/solvers.md); near the solver tolerance
+    an explicit method stalls at its accuracy floor, an L-stable one does not. While a run is non-stiff
+    the switch takes Tsit5's steps (tested), so little is lost there. Pin `solver = "tsit5"` for
     trajectory comparisons at tight tolerances (the equivalence checks do).
+
+    Why shared mode in wide batches (`benchmarks/vmap_policy.py`, docs/accelerators.md): under `vmap`
+    the per-member switch pays for both methods on every step where its members disagree on the mode,
+    which is most batch steps of a sorted sweep's chunks, the more so the wider the batch. Sharing the
+    implicit mode while any member is stiff was the cheapest policy measured for batches of 8 and 16; in
+    batches of 4, with fewer mixed steps, it was not, so narrow batches and members in sequence keep the
+    per-member switch, whose runs do not depend on their chunk-mates.
     """
     if policy.solver != "auto":
         return policy.solver
-    return AUTO_SOLVER
+    return VMAPPED_AUTO_SOLVER if vmap_width >= SHARED_MODE_MIN_WIDTH else AUTO_SOLVER
 
 
 class Solution(eqx.Module):
@@ -284,8 +294,8 @@ def _solve(flow, problem, controls: SolveControls, *, solver_name, max_steps, ke
     )
 
 
-def _check_arguments(flow, problem, policy, *, batched: bool) -> None:
-    """The arguments of `solve` / `solve_batch`, by type and shape, before any tracing."""
+def check_arguments(flow, problem, policy, *, batched: bool) -> None:
+    """The arguments of a solve (`mdflow.solve`, `solve_batch`), by type and shape, before any tracing."""
     what = "a batched flow (`stack_flows`)" if batched else "a flow (`make_flow`)"
     if not isinstance(flow, AbstractFlow):
         raise InputError(f"flow{'s' if batched else ''}: expected {what}, got {type(flow).__name__}")
@@ -295,17 +305,6 @@ def _check_arguments(flow, problem, policy, *, batched: bool) -> None:
         raise InputError(f"policy: expected a SolvePolicy (e.g. SolvePolicy(t1=5.0)), got {type(policy).__name__}")
     if not batched:  # a batched flow's leading axis is its members
         flow.check_problem(problem)
-
-
-def solve(flow: AbstractFlow, problem: Problem, policy: SolvePolicy, ts=None) -> Solution:
-    """Integrate one flow on one problem under `policy` (optionally on an explicit time grid `ts`)."""
-    _check_arguments(flow, problem, policy, batched=False)
-    return _solve(
-        flow.integrand(problem), problem.as_data(), SolveControls.of(policy, problem, ts),
-        solver_name=select_solver(policy, flow),
-        max_steps=policy.max_steps,
-        keep_states=policy.save == "trajectory",
-    )
 
 
 def stack_flows(flows: list[AbstractFlow]) -> AbstractFlow:
@@ -324,11 +323,14 @@ def _solve_batch(flows, problem, controls: SolveControls, **static):
 
 
 def solve_batch(flows: AbstractFlow, problem: Problem, policy: SolvePolicy, ts=None) -> Solution:
-    """`vmap` of `solve` over a batched flow (see `stack_flows`); every member shares the problem."""
-    _check_arguments(flows, problem, policy, batched=True)
+    """`vmap` of the single-run solve over a batched flow (see `stack_flows`), every member on the same
+    problem, `"auto"` as the per-member switch: not an entry point (`mdflow.solve`, `mdflow.sweep` are),
+    the independent reference the executor's chunks are tested against (a chunk's vmapped member equals
+    that member of a batch of its size, bit for bit)."""
+    check_arguments(flows, problem, policy, batched=True)
     return _solve_batch(
         eqx.filter_vmap(lambda f: f.integrand(problem))(flows), problem.as_data(), SolveControls.of(policy, problem, ts),
-        solver_name=select_solver(policy, flows),
+        solver_name=choose_solver(policy, flows),
         max_steps=policy.max_steps,
         keep_states=policy.save == "trajectory",
     )
