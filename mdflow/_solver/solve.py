@@ -137,7 +137,7 @@ def select_solver(policy: SolvePolicy, flow: AbstractFlow) -> str:
     Why one answer for every flow: stiffness is a property of the *phase* of a run, not of ε alone,
     so the switch decides it where it is measured. Small ε is stiff near convergence and while
     coordinates slide; GF-like runs (large ε, small α) are stiff in their long last stage, where
-    directions of scale α² converge while others are done (there the switch takes a few percent of
+    directions of scale α² converge while others are done (there the switch takes a small fraction of
     Tsit5's steps; docs/solvers.md); near the solver tolerance an explicit method stalls at its
     accuracy floor, an L-stable one does not. While a run is non-stiff the
     switch takes Tsit5's steps (tested), so little is lost there. Pin `solver = "tsit5"` for
