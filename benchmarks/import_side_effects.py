@@ -1,12 +1,11 @@
-"""What a user's JAX program gets from mdflow's import-time side effects, and what `mdflow.solve` does
-without them.
+"""What a user's JAX program gets when importing mdflow turns on `jax_enable_x64` and sets
+`EQX_ON_ERROR=nan` for the whole process, and what `mdflow.solve` does without them.
 
-`import mdflow` used to turn on `jax_enable_x64` and set `EQX_ON_ERROR=nan` for the whole process.
 Each case below runs in a fresh process (no `JAX_ENABLE_X64`, no `EQX_ON_ERROR` in its environment),
-in two modes:
+in three modes:
 
-- *with*: those side effects, applied explicitly just before `import mdflow` (what the old import
-  did, whatever the tree's import does now);
+- *with*: those side effects, applied explicitly just before `import mdflow` (whatever the tree's
+  import does itself);
 - *without*: `import mdflow` with any side effect of its own undone (`jax_enable_x64` updates
   ignored during the import, `EQX_ON_ERROR` restored), i.e. the process as the user set it up;
 - *user x64*: *without*, then x64 turned on by the program (equinox's default `EQX_ON_ERROR=raise`):
