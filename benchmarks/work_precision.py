@@ -24,8 +24,8 @@ the same method's tighter tolerances on that panel are not run (they cost more),
     .venv/bin/python benchmarks/work_precision.py --smoke --out /tmp/wp     # tiny sizes, about a minute
     .venv/bin/python benchmarks/work_precision.py --from-json A/work_precision.json B/work_precision.json --out /tmp/wp
 
-Writes `work_precision.md` (the table and the ratios), `work_precision.json` and
-`work_precision.png` (solve time against error, log–log, one column per flow, end-point error above,
+Writes work_precision.md (the table and the ratios), work_precision.json and
+work_precision.png (solve time against error, log–log, one column per flow, end-point error above,
 trajectory error below) to `--out`; `--from-json` merges panels run in separate processes.
 """
 

@@ -107,28 +107,32 @@ def test_tutorial_runs(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------------
 # References to code: a module, name or file that the docs or the code's own docstrings and comments
 # name must exist, so that moving a module fails here rather than leaving a reader at a dead end.
+# The rule, what counts as a reference: `test_code_references_resolve`'s docstring.
 
-SOURCES = sorted([*DOCS, *(ROOT / "mdflow").rglob("*.py")])
+SOURCES = sorted([*DOCS, *(ROOT / "mdflow").rglob("*.py"), *(ROOT / "benchmarks").glob("*.py"),
+                  *(p for p in (ROOT / "tests").glob("*.py") if p.name != "test_docs.py")])  # it plants bad ones
 TICKED = re.compile(r"`([^`\n]+)`")
-# `mdflow.x.y`, or a private module and what follows: `_execution.plan.difficulty`, `_flows.GF`.
-DOTTED = re.compile(r"(mdflow|_[a-z]\w*)(\.\w+)+")
-# A source file, a package folder or a test: `_solver/solve.py`, `run.py`, `tests/test_store.py::test_x`.
 FILE = re.compile(r"[\w./-]+\.(py|md)(::\w+)?|(mdflow|_[a-z]\w*)(/[\w.]*)*/")
-CLASS_ATTRIBUTE = re.compile(r"([A-Z]\w*)\.(\w+)")  # `StiffSwitch.batched`, `Config.hash()`
-PRIVATE = re.compile(r"_[a-z]\w*")  # a private module or name: `_setup_jax`, `_body`
-# Repository paths written without backticks: "see benchmarks/vmap_policy.py".
+DOTTED = re.compile(r"(mdflow|_[a-z]\w*)(\.\w+)+")
+OUTPUT = re.compile(r"[\w.-]+\.(json|npz|npy|png|pdf|svg|toml|txt|log|csv)")
+NAME_DOT_NAME = re.compile(r"([a-z]\w*)\.(\w+)(\.\w+)*")  # CONFIG, INSTANCE, MODULE candidates
+CLASS_ATTRIBUTE = re.compile(r"([A-Z]\w*)\.(\w+)")
+PRIVATE = re.compile(r"_[a-z]\w*")
 PLAIN_PATH = re.compile(r"(?<![\w/.])(?:mdflow|tests|benchmarks|docs|experiments|configs)/[\w/.-]*\.(?:py|md|toml)")
+RESULT_PREFIXES = {"analysis"}
+TOP_LEVEL = re.compile(r"^(?:def|class) (\w+)|^(\w+)\s*[:=]", re.M)
 
 
-@pytest.fixture(scope="module")
-def code_index():
-    """mdflow's modules (each imported: nothing is solved), their classes, the private names the package
-    defines, and the file names of the repository."""
+def _code_index() -> dict:
+    """mdflow's modules (each imported: nothing is solved), their classes, the top-level and private
+    names mdflow and benchmarks/ define, the benchmarks scripts, the config schema and the repository's
+    file names."""
     import importlib
     import inspect
     import pkgutil
 
     import mdflow
+    from mdflow._config import SCHEMA
 
     modules = {m.name for m in pkgutil.walk_packages(mdflow.__path__, "mdflow.")} | {"mdflow"}
     by_last: dict[str, list[str]] = {}
@@ -138,13 +142,21 @@ def code_index():
         for key, value in vars(importlib.import_module(name)).items():
             if inspect.isclass(value) and value.__module__.startswith("mdflow"):
                 classes.setdefault(key, []).append(value)
-    defined = set()
-    for path in (ROOT / "mdflow").rglob("*.py"):
-        for groups in re.findall(r"^\s*(?:def|class) (_\w+)|^(_\w+)\s*[:=]", path.read_text(), re.M):
+    defined, top_level = set(), set()
+    for path in [*(ROOT / "mdflow").rglob("*.py"), *(ROOT / "benchmarks").glob("*.py")]:
+        text = path.read_text()
+        for groups in re.findall(r"^\s*(?:def|class) (_\w+)|^(_\w+)\s*[:=]", text, re.M):
             defined |= set(groups) - {""}
+        top_level |= {name for groups in TOP_LEVEL.findall(text) for name in groups if name}
+    scripts = {p.stem: p for p in (ROOT / "benchmarks").glob("*.py")}
     files = [p for p in ROOT.rglob("*") if p.suffix in {".py", ".md"} and not {".venv", ".git"} & set(p.parts)]
     return {"modules": modules, "by_last": by_last, "classes": classes, "defined": defined,
-            "basenames": {p.name for p in files}}
+            "top_level": top_level, "scripts": scripts, "schema": SCHEMA, "basenames": {p.name for p in files}}
+
+
+@pytest.fixture(scope="module")
+def code_index():
+    return _code_index()
 
 
 def _has(obj, attrs) -> bool:
@@ -155,17 +167,24 @@ def _has(obj, attrs) -> bool:
     return True
 
 
-def _resolves_dotted(name: str, index) -> bool:
+def _resolves_dotted(name: str, index, heads=None) -> bool:
     import importlib
 
     parts = name.split(".")
-    for module in ["mdflow"] if parts[0] == "mdflow" else index["by_last"].get(parts[0], []):
+    if heads is None:
+        heads = ["mdflow"] if parts[0] == "mdflow" else index["by_last"].get(parts[0], [])
+    for module in heads:
         rest = parts[1:]
         while rest and f"{module}.{rest[0]}" in index["modules"]:
             module, rest = f"{module}.{rest[0]}", rest[1:]
         if _has(importlib.import_module(module), rest):
             return True
     return False
+
+
+def _public_modules(head: str, index) -> list[str]:
+    """mdflow's modules spelt `head` without their underscore (`rosenbrock` -> `mdflow._solver.rosenbrock`)."""
+    return [m for m in index["by_last"].get(f"_{head}", []) + index["by_last"].get(head, []) if m != "mdflow"]
 
 
 def _resolves_file(token: str, source: Path, index) -> bool:
@@ -177,18 +196,46 @@ def _resolves_file(token: str, source: Path, index) -> bool:
     return bool(hits) and (not test or any(re.search(rf"^\s*def {test}\(", h.read_text(), re.M) for h in hits))
 
 
+def _resolves_name_dot_name(token: str, called: bool, index) -> bool | None:
+    """CONFIG, INSTANCE and MODULE: whether `token` resolves, None when it is not a reference."""
+    parts = token.split(".")
+    head, attr = parts[0], parts[1]
+    modules = _public_modules(head, index)
+    if head in RESULT_PREFIXES:
+        return None
+    instances = index["classes"].get(head.capitalize(), [])
+    if head in index["schema"] and len(parts) == 2:
+        return (attr in index["schema"][head] or (bool(modules) and _resolves_dotted(token, index, modules))
+                or any(_has(c, [attr]) for c in instances))
+    if instances:
+        return any(_has(c, [attr]) for c in instances)
+    if not (modules or head in index["scripts"]):
+        return None
+    if not (attr[0].isupper() or called or attr in index["top_level"]):
+        return None
+    if head in index["scripts"]:
+        return attr in {n for groups in TOP_LEVEL.findall(index["scripts"][head].read_text()) for n in groups}
+    return _resolves_dotted(token, index, modules)
+
+
 def _stale_references(source: Path, index) -> list[str]:
-    """What `source` names that does not exist: backticked modules, `module.name`s, `Class.attribute`s
-    of mdflow's classes, private names and files, and repository paths in plain text."""
+    """What `source` names that does not exist (the rules: `test_code_references_resolve`)."""
     text = source.read_text()
     if source.suffix == ".md":
         text = re.sub(r"```.*?```", "", text, flags=re.S)  # code blocks hold examples, not references
     stale = []
-    for ref in (t.removesuffix("()") for t in TICKED.findall(text)):
+    for ticked in TICKED.findall(text):
+        ref = ticked.removesuffix("()")
         if FILE.fullmatch(ref):
             ok = _resolves_file(ref, source, index)
         elif DOTTED.fullmatch(ref):
             ok = _resolves_dotted(ref, index)
+        elif OUTPUT.fullmatch(ref):
+            continue
+        elif NAME_DOT_NAME.fullmatch(ref):
+            ok = _resolves_name_dot_name(ref, ticked != ref, index)
+            if ok is None:
+                continue
         elif m := CLASS_ATTRIBUTE.fullmatch(ref):
             cls, attr = m.groups()
             ok = cls not in index["classes"] or any(_has(c, [attr]) for c in index["classes"][cls])
@@ -204,8 +251,37 @@ def _stale_references(source: Path, index) -> list[str]:
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_code_references_resolve(source, code_index):
-    """`mdflow._execution.plan.effective_vmap_width` imports, `_solver/solve.py` is a file,
-    `tests/test_store.py::test_resume_after_sigkill` is a test, `StiffSwitch.batched` an attribute."""
+    """What the docs, README and the code (mdflow, benchmarks/, tests/) name in backticks exists.
+
+    Which backticked strings are references (outside fenced code blocks of a .md; a trailing `()` dropped),
+    tried in this order; every other backticked string (`x.shape`, `jax.lax.map`, `summary.json`,
+    `flow.vector_field`, `args.problem`) is ordinary text and is not checked:
+      FILE       a file, package folder or test: `_solver/linear.py`, `docs/sweeps.md`, `benchmarks/x.py`,
+                 `run.py`, `mdflow/_execution/`, `tests/test_store.py::test_x`. It must exist under the
+                 repository root, the citing file's folder, `mdflow/` or one of its packages; a bare file
+                 name (`run.py`) must be some file of the repository; `::name` must be a `def` in it.
+      DOTTED     `mdflow.` or a private module first: `mdflow.solve`, `_execution.store`, `_flows.GF`,
+                 `mdflow._execution.plan.Layout`. It must import (the modules of mdflow whose last
+                 part is the first word) and `getattr` to the end.
+      OUTPUT     a file mdflow or a script writes (`summary.json`, `trajectories.npz`, `figures.png`): not a
+                 reference.
+      CONFIG     `table.key` with `table` a config table (`solve.rtol`, `sweep.chunk_size`): a key of the
+                 schema, else `module.name` of the module spelt `table` (`solve.solve_batch`) or an
+                 attribute of the class spelt `Table` (`problem.scale` is `Problem.scale`).
+      INSTANCE   `instance.attribute` where `Instance` is a class mdflow defines: `config.solve_policy()`
+                 is `Config.solve_policy`.
+      MODULE     a public module's name first, that of an mdflow module without its underscore or of a
+                 benchmarks script: `rosenbrock.StiffSwitch`, `plan.Layout()`,
+                 `vmap_policy.CountingSwitch`, when the name after it is capitalized, was written as a call,
+                 or is a name some module of mdflow or benchmarks/ defines at top level; record fields that
+                 share a module's name (`stages.t_warm_measured`, `kkt.hypentropy.stationarity`) are not.
+                 It must be in that module (an mdflow module is imported, a script is parsed, never run).
+                 CONFIG, INSTANCE and MODULE skip `analysis.…`, which names both config keys and stored
+                 arrays (`analysis.w_l1`).
+      CLASS      `Class.attribute` of a class mdflow defines: `StiffSwitch.batched`, `Config.hash()`.
+      PRIVATE    a bare private name: `_setup_jax`, `_body`; some module of mdflow defines it or is it.
+    and, without backticks, a repository path in plain text ("see benchmarks/vmap_policy.py") must exist.
+    """
     stale = _stale_references(source, code_index)
     assert not stale, f"{source.relative_to(ROOT)} names what does not exist: {sorted(set(stale))}"
 
@@ -215,22 +291,32 @@ def test_the_reference_check_rejects_what_moved(code_index, tmp_path):
     doc.write_text(
         "`mdflow._execution.plan.effective_vmap_width`, `_execution.plan.Layout.solver`, `_solver/solve.py`,\n"
         "`tests/test_docs.py::test_the_reference_check_rejects_what_moved`, `StiffSwitch.batched`, `_body`,\n"
-        "`solve.rtol`, `grid.tau1` (config keys), `summary.json`, `jax.lax.map` (not mdflow's).\n"
+        "`solve.rtol`, `grid.tau1`, `sweep.chunk_size` (config keys), `problem.scale` (`Problem.scale`),\n"
+        "`rosenbrock.StiffSwitch`, `plan.Layout()`, `linear.CoordinatewiseJacobian`, `docs/sweeps.md`,\n"
+        "`vmap_policy.CountingSwitch`, `benchmarks/vmap_policy.py`, `mdflow.solve`, `_execution.store`,\n"
+        "`summary.json`, `jax.lax.map` (not mdflow's), `x.shape`, `stages.t_warm_measured` (a record field),\n"
+        "`analysis.w_l1` (a stored array), `config.solve_policy()` (`Config.solve_policy`).\n"
         "Moved: `_sweep.chunk_solver`, `mdflow._execution.plan.no_such_name`, `_sweep.py`, `_run.execute()`,\n"
         "`tests/test_docs.py::test_no_such_test`, `StiffSwitch.no_such_attribute`, `_no_such_helper`,\n"
-        "`mdflow/_stages.py`, and in plain text benchmarks/no_such_bench.py.\n"
+        "`mdflow/_stages.py`, `solve.no_such_key`, `rosenbrock.NoSuchSolver`, `sweep.no_such_function()`,\n"
+        "`store.chunk_solver` (a name of another module), `vmap_policy.NoSuchCounter`, `docs/no_such.md`,\n"
+        "`mdflow.no_such_name`, `config.no_such_method()`, and in plain text benchmarks/no_such_bench.py.\n"
         "```\n`_inside_a_code_block`\n```\n"
     )
     assert _stale_references(doc, code_index) == [
         "_sweep.chunk_solver", "mdflow._execution.plan.no_such_name", "_sweep.py", "_run.execute",
         "tests/test_docs.py::test_no_such_test", "StiffSwitch.no_such_attribute", "_no_such_helper",
-        "mdflow/_stages.py", "benchmarks/no_such_bench.py",
+        "mdflow/_stages.py", "solve.no_such_key", "rosenbrock.NoSuchSolver", "sweep.no_such_function",
+        "store.chunk_solver", "vmap_policy.NoSuchCounter", "docs/no_such.md", "mdflow.no_such_name",
+        "config.no_such_method",
+        "benchmarks/no_such_bench.py",
     ]
 
 
 # Timings, percentages and step-count measurements rot as code and machines change: they live in
 # docs/benchmarks.md and docs/solvers.md with their commands; docstrings say why in words.
-TIMING = re.compile(r"\d(?:\.\d+)? ?(?:s|ms|µs)\b|\d ?%|\d(?:\.\d+)? ?k steps|GFLOP")
+TIMING = re.compile(r"\d(?:\.\d+)? ?(?:s|ms|µs)\b|\d ?%|\d(?:\.\d+)? ?k? steps\b|GFLOP|\d ?× (?:faster|slower|fewer|more)"
+                    r"|\b\d+ of \d+ runs|\b(?:few|several) percent")
 
 
 def _docstring_timings(source: str) -> list[str]:
@@ -246,6 +332,8 @@ def _docstring_timings(source: str) -> list[str]:
 def test_docstrings_hold_no_benchmark_numbers():
     assert _docstring_timings('def f():\n    """Fast: 0.034 s vmapped, 22.8 k steps, 64 % mixed."""\n') == [
         "Fast: 0.034 s vmapped, 22.8 k steps, 64 % mixed."]
+    assert _docstring_timings('class A:\n    """262 steps; 3.4× faster\nIn 13 of 24 runs, a few percent."""\n') == [
+        "262 steps; 3.4× faster", "In 13 of 24 runs, a few percent."]
     assert _docstring_timings('class A:\n    """`n × n` blocks, rtol 1e-8, a 100× looser tolerance."""\n') == []
     for path in sorted((ROOT / "mdflow").rglob("*.py")):
         found = _docstring_timings(path.read_text())
