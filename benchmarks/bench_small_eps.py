@@ -21,13 +21,16 @@ import argparse
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-from scipy.integrate import solve_ivp
 
-import mdflow
-from mdflow._solver.linear import CoordinatewiseJacobian
-from mdflow._solver.solve import solve_batch
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy.integrate import solve_ivp  # noqa: E402
+
+import mdflow  # noqa: E402
+from mdflow._solver.linear import CoordinatewiseJacobian  # noqa: E402
+from mdflow._solver.solve import solve_batch  # noqa: E402
 
 
 class _Timeout(Exception):

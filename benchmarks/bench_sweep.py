@@ -38,6 +38,7 @@ def _import_jax(cpu_devices: int) -> None:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
     import jax as _jax
 
+    _jax.config.update("jax_enable_x64", True)
     import mdflow as _md
     from mdflow._execution import plan as _pl
     from mdflow._solver.solve import SolveControls as _a, _solve as _s

@@ -38,12 +38,15 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-from scipy.integrate import solve_ivp
 
-import mdflow
-from mdflow._solver.linear import CoordinatewiseJacobian
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy.integrate import solve_ivp  # noqa: E402
+
+import mdflow  # noqa: E402
+from mdflow._solver.linear import CoordinatewiseJacobian  # noqa: E402
 
 MDFLOW_METHODS = ("auto", "tsit5", "rodas4", "kvaerno5")
 SCIPY_METHODS = ("LSODA", "Radau", "BDF")

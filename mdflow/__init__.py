@@ -1,7 +1,8 @@
 """mdflow: continuous-time optimization flows, their mirror-descent duals and implicit bias, in JAX.
 
-Importing mdflow turns on float64 (the flows need it: tolerances ≤ 1e-8, log coordinates), and,
-unless the environment sets it, `EQX_ON_ERROR=nan` before equinox is imported: see `_errors.py`.
+Importing mdflow changes no process-wide setting. Its solves need float64 (tolerances ≤ 1e-8, log
+coordinates) and refuse to run without it: turn on `jax_enable_x64` at the start of the program (the
+`mdflow` command does); see docs/design.md, "Process-wide settings".
 
 The public names below are loaded on first use (`mdflow.solve` imports `_execution/executor.py`), so
 `import mdflow` costs little more than `import jax`, and tools that need only configs or stored results
@@ -9,13 +10,6 @@ The public names below are loaded on first use (`mdflow.solve` imports `_executi
 """
 
 import importlib as _importlib
-import os as _os
-
-_os.environ.setdefault("EQX_ON_ERROR", "nan")  # before equinox (diffrax) is imported; see `_errors.py`
-
-import jax as _jax
-
-_jax.config.update("jax_enable_x64", True)
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "_dual": ("DUAL_FORMS", "DualFlow", "dual_flow"),

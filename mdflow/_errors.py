@@ -6,9 +6,10 @@ runtime checks left inside its compiled solves are equinox `error_if`s (diffrax'
 times increase and lie in `[t0, t1]`), which mdflow validates on the host before the call
 (`check_time_grid`). Under equinox's default `EQX_ON_ERROR=raise` each `error_if` is a host callback,
 and JAX never writes a program with host callbacks to the persistent compilation cache: every process
-would recompile every solve. So `import mdflow` sets `EQX_ON_ERROR=nan` (an `error_if` that fires
-returns NaNs instead of raising), unless the environment already sets it or equinox was imported first
-(then solves still work, but are not persistently cached).
+would recompile every solve. So the `mdflow` command (`cli.entry`, a process of its own) sets
+`EQX_ON_ERROR=nan` (an `error_if` that fires returns NaNs instead of raising) unless the environment
+sets it. `import mdflow` does not: in a user's program that would silence the user's own checks. There
+mdflow's solves give the same results either way, and are persistently cached where the user sets it.
 """
 
 import dataclasses
@@ -18,6 +19,18 @@ import numpy as np
 
 class InputError(ValueError):
     """Bad user input (config key, data file, parameter value); the message names it."""
+
+
+def require_x64() -> None:
+    """Refuse to solve without float64: in float32 mdflow's solves report `ok` far outside their
+    tolerance (docs/design.md, "Process-wide settings"). mdflow never turns x64 on in a user's program."""
+    import jax
+
+    if not jax.config.jax_enable_x64:
+        raise InputError(
+            "jax_enable_x64=False: mdflow solves in float64 only; call "
+            "jax.config.update(\"jax_enable_x64\", True) at the start of your program, before creating arrays "
+            "(the mdflow command does this itself)")
 
 
 def check_time_grid(ts) -> None:

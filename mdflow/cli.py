@@ -292,7 +292,12 @@ def entry() -> None:
     and thread pools) took a large share of a warm command's time, after every result was written. By the
     time `main` returns, every file is written, closed and renamed into place, so a single-process
     command flushes its output and leaves with `os._exit`. A multi-process job exits normally (its
-    `jax.distributed` client shuts down), and so does an exception (its traceback is printed)."""
+    `jax.distributed` client shuts down), and so does an exception (its traceback is printed).
+
+    The command's own process also gets `EQX_ON_ERROR=nan` (unless its environment sets it), before
+    equinox is imported: its solves then carry no host callbacks and are persistently cached
+    (`_errors.py`)."""
+    os.environ.setdefault("EQX_ON_ERROR", "nan")
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -24,6 +24,9 @@ if CACHE_DIR is None:
     atexit.register(shutil.rmtree, CACHE_DIR, ignore_errors=True)
 os.environ["MDFLOW_CACHE_DIR"] = os.environ["JAX_COMPILATION_CACHE_DIR"] = CACHE_DIR
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"  # as the CLI (`mdflow.cli._setup_jax`)
+# As the `mdflow` command (`mdflow.cli.entry`), for this process and its children: solves without host
+# callbacks, so that the cache stores (and counts, below) them. `import mdflow` sets nothing.
+os.environ.setdefault("EQX_ON_ERROR", "nan")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

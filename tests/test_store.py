@@ -154,6 +154,7 @@ def test_corrupt_chunk_files_are_recomputed(reference, tmp_path):
 
 
 _KILLABLE = """
+import jax; jax.config.update("jax_enable_x64", True)  # as a user's program must
 import sys, time
 from mdflow._config import from_dict
 from mdflow._execution.run import execute

@@ -273,6 +273,7 @@ def test_eta_after_the_first_chunk_is_within_2x_of_the_truth_or_a_floor(name):
 
 _DEVICES = """
 import dataclasses, sys, warnings, numpy as np, jax
+jax.config.update("jax_enable_x64", True)  # as a user's program must
 import mdflow as md
 from mdflow._execution import executor as _executor, plan as _plan
 assert len(jax.devices()) == int(sys.argv[2]), jax.devices()

@@ -38,6 +38,7 @@ def test_compile_and_solve_recorded_per_call(tmp_path, fresh_programs):
 
 
 _DUALS_ON_TWO_DEVICES = """
+import jax; jax.config.update("jax_enable_x64", True)  # as a user's program must
 import json, sys
 import mdflow
 from mdflow._config import from_dict

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from .._errors import InputError, check_time_grid
+from .._errors import InputError, check_time_grid, require_x64
 from .._flows import AbstractFlow
 from .._problem import Problem
 from .policy import SolvePolicy
@@ -164,6 +164,7 @@ class SolveControls(eqx.Module):
     @classmethod
     def of(cls, policy: SolvePolicy, problem: Problem, ts=None) -> SolveControls:
         """The controls for `policy` on `problem` (save grid `ts`, default `policy.time_grid()`)."""
+        require_x64()  # every solve passes here first
         dtype = problem.X.dtype
         if ts is not None and not isinstance(ts, jax.core.Tracer):
             check_time_grid(ts)  # diffrax's own check is compiled out (`_errors.py`)
