@@ -22,8 +22,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "_analysis.equivalence": ("VERDICTS", "format_table", "judge", "pair_record", "paired_dual", "plot_pair"),
     "_errors": ("InputError",),
     "_mirror": (
-        "MIRROR_MAPS", "AbstractMirrorMap", "Hypentropy", "L32Limit", "SSDPotential", "lambertw_log",
-        "make_mirror",
+        "MIRROR_MAPS", "AbstractMirrorMap", "DepthPotential", "Euclidean", "Hypentropy", "L32Limit",
+        "SSDPotential", "lambertw_log", "make_mirror",
     ),
     "_flows": (
         "GF", "SSD", "Adam", "RMSProp", "AbstractFlow", "AbstractPrimalFlow", "AbstractEMAFlow", "FrozenSSD",
