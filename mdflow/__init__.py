@@ -17,8 +17,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "_plotting.pairs": ("plot_pair",),
     "_errors": ("InputError",),
     "_mirror": (
-        "MIRROR_MAPS", "AbstractMirrorMap", "Hypentropy", "L32Limit", "SSDPotential", "lambertw_log",
-        "make_mirror",
+        "MIRROR_MAPS", "AbstractMirrorMap", "DepthPotential", "Euclidean", "Hypentropy", "L32Limit",
+        "SSDPotential", "lambertw_log", "make_mirror",
     ),
     "_flows": (
         "GF", "SSD", "Adam", "RMSProp", "AbstractFlow", "AbstractPrimalFlow", "AbstractEMAFlow",

@@ -1,4 +1,5 @@
-"""Mirror maps (docs/math.md §3): hypentropy, the SSD potential Φ_{a,ε,α}, its ε → 0 limit; Lambert W.
+"""Mirror maps (docs/math.md §3): hypentropy, the SSD potential Φ_{a,ε,α}, its ε → 0 limit, the depth-D
+potential, the Euclidean map; Lambert W.
 
 A mirror map is a Legendre potential `Φ` on `R^d`, separable across coordinates. Every map exposes the
 same small interface, which is all the dual flows, the equivalence checker and the KKT analysis use:
@@ -11,17 +12,22 @@ same small interface, which is all the dual flows, the equivalence checker and t
 - `bregman(w, w')`: `D_Φ(w, w')`.
 
 Parameters (α, ε, a) are array fields, so maps are traced under `jit`/`vmap` (stack them like flows).
-They broadcast against `w`: scalars or `(d,)` vectors. All maps here satisfy `∇Φ(0) = 0`.
+They broadcast against `w`: scalars or `(d,)` vectors. The depth D is static (a shape of the model, not
+a swept parameter). All maps here satisfy `∇Φ(0) = 0`. A map without a closed form for `Φ` or for
+`(∇²Φ)⁻¹` implements `value`/`hess_inv` with `value_from_conj`/`hess_inv_from_conj`.
 """
 
-from __future__ import annotations
-
+import abc
+import functools
+import math
 from typing import ClassVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
+
+from ._errors import InputError
 
 Vector = Float[Array, " d"]
 Scalar = Float[Array, ""]
@@ -73,37 +79,51 @@ def _lambertw_log_jvp(primals, tangents):
 class AbstractMirrorMap(eqx.Module):
     """A separable Legendre potential `Φ(w) = Σ_i φ_i(w_i)`; see the module docstring."""
 
-    kind: ClassVar[str]
+    kind: eqx.AbstractClassVar[str]
 
+    @abc.abstractmethod
     def grad(self, w: Vector) -> Vector:
-        raise NotImplementedError
+        """`∇Φ(w)`, the dual variable θ."""
 
+    @abc.abstractmethod
     def grad_conj(self, theta: Vector) -> Vector:
-        raise NotImplementedError
+        """`∇Φ*(θ) = (∇Φ)⁻¹(θ)`, the weights w."""
 
+    @abc.abstractmethod
     def conj(self, theta: Vector) -> Scalar:
-        raise NotImplementedError
+        """`Φ*(θ)`, summed over coordinates."""
 
+    @abc.abstractmethod
     def conj_hess(self, theta: Vector) -> Vector:
         """Diagonal of `∇²Φ*(θ)`, i.e. `dw/dθ`."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def value(self, w: Vector) -> Scalar:
-        """`Φ(w) = ⟨θ, w⟩ − Φ*(θ)` with `θ = ∇Φ(w)` (maps with a closed form override this)."""
-        theta = self.grad(w)
-        return jnp.sum(theta * w) - self.conj(theta)
+        """`Φ(w)`, summed over coordinates (`value_from_conj` where there is no closed form)."""
 
+    @abc.abstractmethod
     def hess_inv(self, w: Vector) -> Vector:
-        """Diagonal of `(∇²Φ(w))⁻¹ = ∇²Φ*(∇Φ(w))`."""
-        return self.conj_hess(self.grad(w))
+        """Diagonal of `(∇²Φ(w))⁻¹ = ∇²Φ*(∇Φ(w))` (`hess_inv_from_conj` where there is no closed form)."""
+
+    @abc.abstractmethod
+    def params(self) -> dict[str, float | None]:
+        """Scalar parameters for records (None where a parameter is absent or a vector)."""
 
     def bregman(self, w: Vector, w_prime: Vector) -> Scalar:
         """`D_Φ(w, w') = Φ(w) − Φ(w') − ⟨∇Φ(w'), w − w'⟩ ≥ 0`."""
         return self.value(w) - self.value(w_prime) - jnp.sum(self.grad(w_prime) * (w - w_prime))
 
-    def params(self) -> dict[str, float | None]:
-        """Scalar parameters for records (None where a parameter is absent or a vector)."""
-        raise NotImplementedError
+
+def value_from_conj(mirror: AbstractMirrorMap, w: Vector) -> Scalar:
+    """`Φ(w) = ⟨θ, w⟩ − Φ*(θ)` with `θ = ∇Φ(w)` (Fenchel–Young equality): `value` of a map without a
+    closed form for `Φ`."""
+    theta = mirror.grad(w)
+    return jnp.sum(theta * w) - mirror.conj(theta)
+
+
+def hess_inv_from_conj(mirror: AbstractMirrorMap, w: Vector) -> Vector:
+    """`(∇²Φ(w))⁻¹ = ∇²Φ*(∇Φ(w))`: `hess_inv` of a map without a closed form for it."""
+    return mirror.conj_hess(mirror.grad(w))
 
 
 def _scalar_or_none(x) -> float | None:
@@ -318,6 +338,12 @@ class SSDPotential(AbstractMirrorMap):
 
         return jnp.sum(F(u) + F(v) - 2 * F(self.alpha * jnp.ones_like(theta)))
 
+    def value(self, w):
+        return value_from_conj(self, w)
+
+    def hess_inv(self, w):
+        return hess_inv_from_conj(self, w)
+
     def params(self):
         return {"eps": float(self.eps), "alpha": _scalar_or_none(self.alpha), "a": _scalar_or_none(self.a)}
 
@@ -363,31 +389,254 @@ class L32Limit(AbstractMirrorMap):
         outer = self.a * (2 / 3 * absw**1.5 - self.alpha * absw + 2 / 3 * self.alpha**3)
         return jnp.sum(jnp.where(inner, self.a * w * w / (8 * self.alpha), outer))
 
+    def hess_inv(self, w):
+        return hess_inv_from_conj(self, w)
+
     def params(self):
         return {"eps": 0.0, "alpha": _scalar_or_none(self.alpha), "a": _scalar_or_none(self.a)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The depth-D potential (§3.3)
+
+
+_DEPTH_NEWTON_ITERATIONS = 6  # from the bracket below: ≤ 4e-9 relative after 4 steps, rounding after 5
+_DEPTH_SMALL_X = 1e-4  # below, log((1 − e^{−2x})/(2x)) = −x + x²/6 and x coth x = 1 + x²/3, to O(x⁴)
+
+
+def _log_cosh(y):
+    """`log cosh y` for `y ≥ 0`: `log1p(2 sinh²(y/2))` below 1 (no cancellation at small y), no overflow
+    above."""
+    small = y < 1
+    y_small, y_big = jnp.where(small, y, 0.0), jnp.where(small, 1.0, y)
+    return jnp.where(small, jnp.log1p(2 * jnp.sinh(0.5 * y_small) ** 2),
+                     y_big + jnp.log1p(jnp.exp(-2 * y_big)) - jnp.log(2.0))
+
+
+def _half_log_2exp_minus_1(L):
+    """`½ log(2e^L − 1)` for `L > 0`: the root y of `cosh(y) e^y = e^L`."""
+    big = L > 30
+    L_small, L_big = jnp.where(big, 1.0, L), jnp.where(big, L, 31.0)
+    return jnp.where(big, 0.5 * (L_big + jnp.log(2.0) + jnp.log1p(-0.5 * jnp.exp(-L_big))),
+                     0.5 * jnp.log1p(2 * jnp.expm1(L_small)))
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _depth_inverse(abs_w, alpha, depth):
+    """`(z, 1 − z)` with `z ∈ [0, 1)` the root of `α^D h_D(z) = |w|`, each to relative rounding.
+
+    In `y = artanh z` the equation reads `2 cosh(y)^k sinh(ky) = s`, `s = |w|/α^D`, `k = D/(D − 2)`; its
+    log, `F(y) = log(2ky/s) + k log cosh y + ky + log((1 − e^{−2ky})/(2ky))`, is convex and increasing in
+    `log y`, so Newton's method in `log y` converges monotonically from any start above the root. Two
+    upper bounds give the start: `s/(2k)` (as `h_D(z) ≥ 2kz`), and, from the lower bound `y₀` that drops
+    the factor `1 − e^{−2ky}`, the root of `cosh(y) e^y = (s / (1 − e^{−2ky₀}))^{1/k}`. From the smaller
+    one a fixed number of steps reaches rounding for every `s` and `D > 2`. `z = tanh y`; where `y > 1`
+    the complement comes from the equation, `1 − z = s^{−1/k} (1 − e^{−2ky})^{1/k}`, not from `y`.
+    """
+    k = depth / (depth - 2)
+    shape = jnp.broadcast_shapes(jnp.shape(abs_w), jnp.shape(alpha))
+    abs_w, alpha = jnp.broadcast_to(abs_w, shape), jnp.broadcast_to(alpha, shape)
+    positive = abs_w > 0
+    abs_w = jnp.where(positive, abs_w, 1.0)
+    s = abs_w / alpha**depth
+    finfo = jnp.finfo(s.dtype)
+    normal = (s >= finfo.tiny) & (s <= finfo.max)  # else s is read through its log only
+    s = jnp.where(normal, s, 1.0)
+    log_s = jnp.where(normal, jnp.log(s), jnp.log(abs_w) - depth * jnp.log(alpha))
+    log_2k = jnp.log(2 * k)
+
+    L = log_s / k
+    ok = L > 0
+    y_lo = _half_log_2exp_minus_1(jnp.where(ok, L, 1.0))
+    y_up = _half_log_2exp_minus_1((log_s - jnp.log(-jnp.expm1(-2 * k * y_lo))) / k)
+    y_hi = jnp.exp(log_s - log_2k)
+    y = jnp.where(ok, jnp.minimum(y_hi, y_up), y_hi)
+
+    def newton(_, y):
+        x = k * y
+        small = x < _DEPTH_SMALL_X
+        x_big = jnp.where(small, 1.0, x)
+        tail = jnp.where(small, x * x / 6 - x, jnp.log(-jnp.expm1(-2 * x_big) / (2 * x_big)))
+        lead = jnp.where(normal, jnp.log(2 * k * y / s), log_2k + jnp.log(y) - log_s)
+        F = lead + k * _log_cosh(y) + x + tail
+        dF = x * jnp.tanh(y) + jnp.where(small, 1 + x * x / 3, x_big / jnp.tanh(x_big))  # dF / d log y
+        return y * jnp.exp(-F / dF)
+
+    y = jax.lax.fori_loop(0, _DEPTH_NEWTON_ITERATIONS, newton, y)
+
+    e2y = jnp.exp(-2 * y)
+    near_one = y > 1
+    comp_far = 2 * e2y / (1 + e2y)
+    # s^{−1/k} by `power` where s is a normal float: exp(−log s / k) would round log s (up to ~700) twice
+    s_root = jnp.where(normal, jnp.power(s, -1 / k), jnp.exp(-log_s / k))
+    comp_near = s_root * jnp.exp(jnp.log(-jnp.expm1(-2 * k * jnp.where(near_one, y, 1.0))) / k)
+    z = jnp.where(positive, jnp.tanh(y), 0.0)
+    comp = jnp.where(positive, jnp.where(near_one, comp_near, comp_far), 1.0)
+    return z, comp
+
+
+def _depth_z(theta, alpha, depth):
+    return depth * (depth - 2) * alpha ** (depth - 2) * theta
+
+
+def _depth_y(theta, alpha, depth):
+    """`(y, inside)`: `y = artanh |z|` where `|z| < 1` (0 elsewhere, a safe value)."""
+    z = jnp.abs(_depth_z(theta, alpha, depth))
+    inside = z < 1
+    return jnp.arctanh(jnp.where(inside, z, 0.0)), inside
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _depth_grad_conj(theta, alpha, depth):
+    # α^D h_D(z) = α^D · 2 cosh(y)^k sinh(ky) = exp(D log α + k(log cosh y + y)) (1 − e^{−2ky})
+    k = depth / (depth - 2)
+    y, inside = _depth_y(theta, alpha, depth)
+    w = jnp.exp(depth * jnp.log(alpha) + k * (_log_cosh(y) + y)) * -jnp.expm1(-2 * k * y)
+    return jnp.sign(theta) * jnp.where(inside, w, jnp.inf)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _depth_conj_hess(theta, alpha, depth):
+    # α^D · D(D−2)α^{D−2} · k [(1−z)^{−k−1} + (1+z)^{−k−1}] = 2D²α^{2D−2} cosh(y)^{k+1} cosh((k+1)y)
+    k = depth / (depth - 2)
+    y, inside = _depth_y(theta, alpha, depth)
+    h = depth**2 * jnp.exp((2 * depth - 2) * jnp.log(alpha) + (k + 1) * (_log_cosh(y) + y)) * (1 + jnp.exp(-2 * (k + 1) * y))
+    return jnp.where(inside, h, jnp.inf)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _depth_conj(theta, alpha, depth):
+    # α²/(2D) [(1−z)^{−2/(D−2)} + (1+z)^{−2/(D−2)} − 2] = (α²/D)[e^a cosh b − 1], a = (k−1) log cosh y,
+    # b = (k−1) y; e^a cosh b − 1 = expm1(a) cosh b + 2 sinh²(b/2), a sum of two terms ≥ 0.
+    k = depth / (depth - 2)
+    y, inside = _depth_y(theta, alpha, depth)
+    a, b = (k - 1) * _log_cosh(y), (k - 1) * y
+    phi = alpha**2 / depth * (jnp.expm1(a) * jnp.cosh(b) + 2 * jnp.sinh(0.5 * b) ** 2)
+    return jnp.sum(jnp.where(inside, phi, jnp.inf))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+@functools.partial(jax.jit, static_argnums=2)
+def _depth_grad(w, alpha, depth):
+    z, _ = _depth_inverse(jnp.abs(w), alpha, depth)
+    return jnp.sign(w) * z / (depth * (depth - 2) * alpha ** (depth - 2))
+
+
+@_depth_grad.defjvp
+def _depth_grad_jvp(depth, primals, tangents):
+    # Implicit function theorem on ∇Φ*(θ; α) = w:  dθ = (dw − ∂_α∇Φ*(θ) dα) / (dw/dθ).
+    w, alpha = primals
+    dw, dalpha = tangents
+    theta = _depth_grad(w, alpha, depth)
+    _, dgc = jax.jvp(lambda al: _depth_grad_conj(theta, al, depth), (alpha,), (dalpha,))
+    return theta, (dw - dgc) / _depth_conj_hess(theta, alpha, depth)
+
+
+class DepthPotential(AbstractMirrorMap):
+    """The gradient-flow potential of the depth-D diagonal network `w = u^D − v^D` from `u = v = α`
+    (Woodworth et al. 2020), in GF time (docs/math.md §3.3).
+
+    With `k = D/(D − 2)` and `z = D(D − 2)α^{D−2}θ`: `∇Φ*(θ) = α^D h_D(z)`,
+    `h_D(z) = (1 − z)^{−k} − (1 + z)^{−k}`, `Φ*(θ) = α²/(2D) [(1 − z)^{−2/(D−2)} + (1 + z)^{−2/(D−2)} − 2]`
+    for `|z| < 1` (`+∞` beyond, where `grad_conj` and `conj_hess` are infinite too). `∇Φ` inverts
+    `h_D` by a fixed number of Newton steps, to rounding for any `|w|/α^D`, with an implicit-function
+    derivative. `D > 2` is static and may be any real number; `D → 2` gives `Hypentropy`.
+    """
+
+    alpha: Float[Array, "..."]
+    depth: float = eqx.field(static=True, converter=float)
+
+    kind: ClassVar[str] = "depth"
+
+    def __check_init__(self):
+        if not (math.isfinite(self.depth) and self.depth > 2):
+            raise InputError(f"depth={self.depth!r}: the depth-D potential needs a finite depth > 2 "
+                             "(depth 2 is the hypentropy)")
+
+    def grad(self, w):
+        return _depth_grad(w, self.alpha, self.depth)
+
+    def grad_conj(self, theta):
+        return _depth_grad_conj(theta, self.alpha, self.depth)
+
+    def conj(self, theta):
+        return _depth_conj(theta, self.alpha, self.depth)
+
+    def conj_hess(self, theta):
+        return _depth_conj_hess(theta, self.alpha, self.depth)
+
+    def value(self, w):
+        return value_from_conj(self, w)
+
+    def hess_inv(self, w):
+        return hess_inv_from_conj(self, w)
+
+    def params(self):
+        return {"eps": None, "alpha": _scalar_or_none(self.alpha), "a": None, "depth": self.depth}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The Euclidean map (§3.3)
+
+
+class Euclidean(AbstractMirrorMap):
+    """`Φ(w) = ½‖w‖²`, the potential of gradient flow on the linear model `w = θ`: `∇Φ = ∇Φ* = id`,
+    so its mirror flow is gradient flow itself. No parameters."""
+
+    kind: ClassVar[str] = "euclidean"
+
+    def grad(self, w):
+        return jnp.asarray(w)
+
+    def grad_conj(self, theta):
+        return jnp.asarray(theta)
+
+    def conj(self, theta):
+        return 0.5 * jnp.sum(theta * theta)
+
+    def conj_hess(self, theta):
+        return jnp.ones_like(theta)
+
+    def value(self, w):
+        return 0.5 * jnp.sum(w * w)
+
+    def hess_inv(self, w):
+        return jnp.ones_like(w)
+
+    def params(self):
+        return {"eps": None, "alpha": None, "a": None}
 
 
 # ---------------------------------------------------------------------------------------------------
 # Construction
 
 
-MIRROR_MAPS: dict[str, type[AbstractMirrorMap]] = {cls.kind: cls for cls in (Hypentropy, SSDPotential, L32Limit)}
+MIRROR_MAPS: dict[str, type[AbstractMirrorMap]] = {
+    cls.kind: cls for cls in (Hypentropy, SSDPotential, L32Limit, DepthPotential, Euclidean)
+}
 
 
-def make_mirror(kind: str, *, alpha, eps=None, a=None, dtype=jnp.float64) -> AbstractMirrorMap:
-    """Build a mirror map by name: `"hypentropy"` (α), `"ssd"` (a, ε, α; a defaults to 0), `"l32"` (a, α).
+def make_mirror(kind: str, *, alpha=None, eps=None, a=None, depth=None, dtype=jnp.float64) -> AbstractMirrorMap:
+    """Build a mirror map by name: `"hypentropy"` (α), `"ssd"` (a, ε, α; a defaults to 0), `"l32"` (a, α),
+    `"depth"` (α, depth ≥ 2; depth 2 is the hypentropy, returned as such), `"euclidean"` (none).
 
     Values become arrays of `dtype`; `a` and `α` may be scalars or `(d,)` vectors.
     """
-    from ._errors import InputError
-
     if kind not in MIRROR_MAPS:
         raise InputError(f"mirror map {kind!r}: unknown (known: {sorted(MIRROR_MAPS)})")
+    if kind == "euclidean":
+        return Euclidean()
+    if alpha is None:
+        raise InputError(f"alpha: the {kind!r} mirror map needs alpha > 0")
     alpha_arr = jnp.asarray(alpha, dtype)
     if not bool(jnp.all(alpha_arr > 0)):
         raise InputError(f"alpha={alpha!r}: must be > 0")
     if kind == "hypentropy":
         return Hypentropy(alpha_arr)
+    if kind == "depth":
+        if isinstance(depth, bool) or not isinstance(depth, (int, float)) or not (math.isfinite(depth) and depth >= 2):
+            raise InputError(f"depth={depth!r}: the depth-D potential needs a finite depth >= 2")
+        return Hypentropy(alpha_arr) if depth == 2 else DepthPotential(alpha_arr, depth)
     a_arr = jnp.asarray(0.0 if a is None else a, dtype)
     if kind == "l32":
         if not bool(jnp.all(a_arr > 0)):

@@ -1,4 +1,5 @@
-"""Mirror maps (docs/math.md §3): Lambert W, inverse pairs, derivatives, closed-form limits."""
+"""Mirror maps (docs/math.md §3): Lambert W, inverse pairs, derivatives, closed-form limits; the depth-D
+potential against independent references (tests/reference.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,8 +8,11 @@ import pytest
 from scipy.special import lambertw
 
 import mdflow
-from mdflow import Hypentropy, L32Limit, SSDPotential, lambertw_log, make_mirror
-from mdflow._mirror import _ssd_grad_solve
+import reference
+from mdflow import DepthPotential, Euclidean, Hypentropy, L32Limit, SSDPotential, lambertw_log, make_mirror
+from mdflow._analysis.interpolators import PowerPotential
+from mdflow._analysis.kkt import bregman_projection
+from mdflow._mirror import MIRROR_MAPS, AbstractMirrorMap, _depth_inverse, _ssd_grad_solve
 
 f64 = jnp.float64
 
@@ -33,6 +37,11 @@ MAPS = {
     "ssd_large_eps": lambda: _ssd(0.3, 10.0, 1.0),
     "ssd_vec_a": lambda: _ssd(np.r_[np.zeros(5), np.logspace(-8, 1, W_GRID.size - 5)], 1e-3, 0.05),
     "l32": lambda: L32Limit(jnp.asarray(0.7, f64), jnp.asarray(0.1, f64)),
+    # |w|/α^D up to ~1e5 on W_GRID: 1 − |z| ≳ 1e-3, so rounding θ costs ≲ 1e-13 in the round trip
+    "depth3": lambda: DepthPotential(jnp.asarray(0.1, f64), 3),
+    "depth4_vec_alpha": lambda: DepthPotential(jnp.asarray(np.linspace(0.2, 1.0, W_GRID.size)), 4),
+    "depth5": lambda: DepthPotential(jnp.asarray(0.5, f64), 5),
+    "euclidean": lambda: Euclidean(),
 }
 
 
@@ -232,6 +241,10 @@ def test_make_mirror_validates():
     assert isinstance(make_mirror("hypentropy", alpha=0.1), Hypentropy)
     assert isinstance(make_mirror("ssd", alpha=0.1, eps=1e-3, a=0.2), SSDPotential)
     assert isinstance(make_mirror("l32", alpha=0.1, a=0.2), L32Limit)
+    depth = make_mirror("depth", alpha=0.1, depth=3)
+    assert isinstance(depth, DepthPotential) and depth.depth == 3.0 and depth.params()["depth"] == 3.0
+    assert isinstance(make_mirror("depth", alpha=0.1, depth=2), Hypentropy)  # depth 2 is the hypentropy
+    assert isinstance(make_mirror("euclidean"), Euclidean)
     for kwargs in ({"alpha": 0.0}, {"alpha": 0.1, "eps": 0.0}, {"alpha": 0.1, "eps": 1.0, "a": -1.0}):
         with pytest.raises(mdflow.InputError):
             make_mirror("ssd", **kwargs)
@@ -239,3 +252,144 @@ def test_make_mirror_validates():
         make_mirror("l32", alpha=0.1, a=0.0)
     with pytest.raises(mdflow.InputError):
         make_mirror("nope", alpha=0.1)
+    with pytest.raises(mdflow.InputError, match="alpha"):
+        make_mirror("hypentropy")
+    for bad in (None, 1.5, float("inf"), float("nan"), True, "3"):
+        with pytest.raises(mdflow.InputError, match="depth"):
+            make_mirror("depth", alpha=0.1, depth=bad)
+    with pytest.raises(mdflow.InputError, match="depth=2.0"):
+        DepthPotential(jnp.asarray(0.1, f64), 2)
+
+
+# ----------------------------------------------------------------------------------------- interface
+
+
+def test_maps_implement_the_abstract_interface():
+    """Every map implements the abstract methods and overrides no concrete one; a map that misses one
+    (or its `kind`) cannot be built."""
+    required = {"grad", "grad_conj", "conj", "conj_hess", "value", "hess_inv", "params"}
+    assert AbstractMirrorMap.__abstractmethods__ == required
+    concrete = {name for name, v in vars(AbstractMirrorMap).items()
+                if callable(v) and not name.startswith("_") and name not in required}
+    assert concrete == {"bregman"}
+    for cls in (*MIRROR_MAPS.values(), PowerPotential):
+        assert not cls.__abstractmethods__, cls
+        for klass in cls.__mro__[: cls.__mro__.index(AbstractMirrorMap)]:
+            assert not concrete & set(vars(klass)), (cls, concrete & set(vars(klass)))
+
+    class Partial(AbstractMirrorMap):
+        kind = "partial"
+
+        def grad(self, w):
+            return w
+
+    with pytest.raises(TypeError, match="conj"):
+        Partial()
+
+    class NoKind(Euclidean.__base__):  # all methods, no kind
+        grad, grad_conj, conj, conj_hess, value, hess_inv, params = (
+            getattr(Euclidean, name) for name in ("grad", "grad_conj", "conj", "conj_hess", "value", "hess_inv", "params"))
+
+    with pytest.raises(TypeError, match="kind"):
+        NoKind()
+
+
+def test_euclidean_is_the_identity():
+    m = Euclidean()
+    w = jnp.linspace(-3.0, 2.0, 7)
+    np.testing.assert_array_equal(m.grad(w), w)
+    np.testing.assert_array_equal(m.grad_conj(w), w)
+    np.testing.assert_array_equal(m.hess_inv(w), np.ones(7))
+    assert float(m.value(w)) == float(m.conj(w)) == 0.5 * float(jnp.sum(w * w))
+    assert float(m.bregman(w, 0.5 * w)) == pytest.approx(0.5 * float(jnp.sum((0.5 * w) ** 2)), rel=1e-15)
+
+
+# ----------------------------------------------------------------------------------------- depth-D potential
+
+
+@pytest.mark.parametrize("depth", [2.5, 3.0, 4.0, 10.0])
+def test_depth_inverse_to_rounding_over_the_whole_range(depth):
+    """`h_D⁻¹(s)` for s = |w|/α^D from 1e-300 to 1e300: z and 1 − z each to ≤ 1e-13 relative, against a
+    50-digit decimal root."""
+    s = np.r_[np.logspace(-300, 300, 31), np.logspace(-3, 3, 13)]
+    z, comp = (np.asarray(x) for x in _depth_inverse(jnp.asarray(s), jnp.asarray(1.0, f64), depth))
+    err_z = err_c = 0.0
+    for si, zi, ci in zip(s, z, comp):
+        z_ref, c_ref = reference.depth_root_decimal(si, depth)
+        err_z = max(err_z, abs(float((reference.decimal.Decimal(float(zi)) - z_ref) / z_ref)))
+        err_c = max(err_c, abs(float((reference.decimal.Decimal(float(ci)) - c_ref) / c_ref)))
+    assert err_z <= 1e-13 and err_c <= 1e-13, (err_z, err_c)
+
+
+def test_depth_matches_numpy_reference():
+    """grad (brentq), grad_conj, conj, conj_hess (the direct powers) and value (quad of ∇Φ) against
+    tests/reference.py, a scalar α at D = 3 and a vector α at D = 4."""
+    w = np.array([-20.0, -1.3, -0.2, -1e-3, 5e-3, 0.07, 0.9, 4.0, 30.0])
+    for alpha, D in ((0.1, 3.0), (np.linspace(0.05, 0.6, w.size), 4.0)):
+        m = DepthPotential(jnp.asarray(alpha, f64), D)
+        theta = np.asarray(m.grad(jnp.asarray(w)))
+        np.testing.assert_allclose(theta, reference.depth_grad(w, alpha, D), rtol=1e-13)
+        np.testing.assert_allclose(m.grad_conj(theta), reference.depth_grad_conj(theta, alpha, D), rtol=1e-12)
+        np.testing.assert_allclose(m.conj_hess(theta), reference.depth_conj_hess(theta, alpha, D), rtol=1e-12)
+        assert float(m.conj(theta)) == pytest.approx(reference.depth_conj(theta, alpha, D), rel=1e-12)
+        assert float(m.value(jnp.asarray(w))) == pytest.approx(reference.depth_value(w, alpha, D), rel=1e-10)
+
+
+def test_depth_tends_to_hypentropy():
+    """D → 2: `∇Φ*(θ) → 2α² sinh 4θ` (docs/math.md §3.3); at D = 2 + 1e-6 every quantity to O(D − 2)."""
+    alpha = jnp.asarray(0.3, f64)
+    h, m = Hypentropy(alpha), DepthPotential(alpha, 2 + 1e-6)
+    w = jnp.asarray(np.r_[-np.logspace(-8, 2, 11), np.logspace(-8, 2, 11)])
+    theta = h.grad(w)
+    for mine, hyp in ((m.grad(w), theta), (m.grad_conj(theta), w), (m.conj(theta), h.conj(theta)),
+                      (m.conj_hess(theta), h.conj_hess(theta)), (m.value(w), h.value(w)),
+                      (m.hess_inv(w), h.hess_inv(w))):
+        np.testing.assert_allclose(mine, hyp, rtol=5e-5)
+
+
+def test_depth_domain_and_huge_weights():
+    """`Φ* = +∞` for `|z| ≥ 1` (θ beyond `1/(D(D−2)α^{D−2})`); huge |w| stays inside, θ → that bound."""
+    alpha, D = 0.1, 3.0
+    m = DepthPotential(jnp.asarray(alpha, f64), D)
+    bound = 1 / (D * (D - 2) * alpha ** (D - 2))
+    theta = jnp.asarray([-1.5 * bound, -bound, bound, 2 * bound])
+    assert float(m.conj(theta)) == np.inf and float(m.conj(theta.at[1:].set(0.0))) == np.inf
+    np.testing.assert_array_equal(m.grad_conj(theta), [-np.inf, -np.inf, np.inf, np.inf])
+    np.testing.assert_array_equal(m.conj_hess(theta), np.full(4, np.inf))
+    w = jnp.asarray([-1e300, -1e30, 1e30, 1e300])
+    t = m.grad(w)
+    assert np.all(np.isfinite(t)) and np.all(np.abs(t) <= bound) and np.all(np.sign(t) == np.sign(w))
+    np.testing.assert_allclose(m.grad_conj(t)[1:3], w[1:3], rtol=1e-4)  # θ rounds 1 − z ~ 1e-10
+
+
+def test_depth_parameter_derivative_implicit_rule():
+    """The α-derivative of `∇Φ` (implicit function theorem, not through the Newton steps) against
+    central finite differences; finite at w = 0. (`d∇Φ/dw = 1/∇²Φ*`: `test_derivative_relations`.)"""
+    w = jnp.asarray([-3.0, -0.4, 0.0, 1e-3, 0.2, 2.0, 50.0])
+
+    @jax.jit
+    @jax.value_and_grad
+    def f(alpha):
+        m = DepthPotential(alpha, 4.0)
+        return jnp.sum(m.grad(w) ** 2) + m.value(w)
+
+    alpha, h = jnp.asarray(0.3, f64), 1e-6
+    _, g = f(alpha)
+    assert np.isfinite(float(g))
+    np.testing.assert_allclose(g, (f(alpha + h)[0] - f(alpha - h)[0]) / (2 * h), rtol=1e-7)
+
+
+def test_depth_gf_end_point_is_the_potential_minimizer(small_problem):
+    """The references agree with each other and with mdflow: gradient flow on `w = u³ − v³` from
+    `u = v = 0.1` (solve_ivp) ends at the minimizer of the depth-3 potential over `{Xw = y}` (SciPy's
+    dual maximization), which `bregman_projection` with `DepthPotential` returns too."""
+    X, y = np.asarray(small_problem.X), np.asarray(small_problem.y)
+    alpha, D = 0.1, 3.0
+    w_min, _ = reference.depth_potential_minimizer(X, y, alpha, D)
+    assert np.linalg.norm(X @ w_min - y) <= 1e-13 * np.linalg.norm(y)
+    w_gf, sol = reference.depth_gf_endpoint(X, y, alpha, D, 1e5)
+    assert sol.success
+    assert np.linalg.norm(w_gf - w_min) <= 1e-6 * np.linalg.norm(w_min)
+    kkt = bregman_projection(DepthPotential(jnp.asarray(alpha, f64), D), small_problem)
+    assert bool(kkt.converged)
+    np.testing.assert_allclose(kkt.w, w_min, rtol=0, atol=1e-10 * np.linalg.norm(w_min))

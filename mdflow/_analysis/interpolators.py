@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .kkt import bregman_projection
-from .._mirror import AbstractMirrorMap
+from .._mirror import AbstractMirrorMap, hess_inv_from_conj
 from .._problem import Problem
 
 
@@ -53,6 +53,9 @@ class PowerPotential(AbstractMirrorMap):
 
     def value(self, w):
         return jnp.sum(jnp.abs(w) ** self.p) / self.p
+
+    def hess_inv(self, w):
+        return hess_inv_from_conj(self, w)
 
     def params(self):
         return {"eps": None, "alpha": None, "a": None}
