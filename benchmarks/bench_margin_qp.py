@@ -16,6 +16,7 @@ none is a dependency of mdflow).
 
     .venv/bin/python benchmarks/bench_margin_qp.py                 # n×d = 20×60, 100×1000, 500×50
     .venv/bin/python benchmarks/bench_margin_qp.py --sizes 2000x50 --only nnls quadprog
+    .venv/bin/python benchmarks/bench_margin_qp.py --sizes 50x10 200x20 --shrink 1e-6   # tiny margins
 
 Prints a markdown table. Timings on a shared machine are noisy: run it alone, and with
 `OPENBLAS_NUM_THREADS=1` where other processes compete for the cores (oversubscribed BLAS threads made
@@ -138,6 +139,11 @@ SOLVERS = {
 }
 
 
+def shrunk(X, y, w_t, factor):
+    """`(X, y)` with each point's component along the (unit) teacher `w_t` multiplied by `factor`."""
+    return X + np.outer((factor - 1.0) * (X @ w_t), w_t), y
+
+
 def measure(solver, Z, repeats, budget):
     best, out = np.inf, None
     for _ in range(repeats):
@@ -156,6 +162,9 @@ def parse(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per solver (the best counts)")
     parser.add_argument("--budget", type=float, default=10.0, help="seconds after which one call is not repeated")
     parser.add_argument("--only", nargs="*", help="solver names containing any of these words")
+    parser.add_argument("--shrink", type=float, default=1.0,
+                        help="move each point to this fraction of its distance from the teacher's hyperplane "
+                             "(1e-6: margins far below ‖x_i‖, the ill-conditioned case)")
     return parser.parse_args(argv)
 
 
@@ -166,7 +175,7 @@ def main(argv=None):
     print("|---|---|---:|---:|---:|---:|")
     for size in args.sizes:
         n, d = (int(v) for v in size.split("x"))
-        data = [separable_gaussian(n, d, 5, seed=seed)[:2] for seed in args.seeds]
+        data = [shrunk(*separable_gaussian(n, d, 5, seed=seed), args.shrink) for seed in args.seeds]
         for name in names:
             times, gaps, kkts, supports = [], [], [], []
             try:

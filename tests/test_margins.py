@@ -67,6 +67,23 @@ def test_references_are_certified(refs):
         assert r["l1"].margin <= r["l2"].margin <= r["linf"].margin  # ‖·‖₁ ≥ ‖·‖₂ ≥ ‖·‖∞
 
 
+def test_small_relative_margins_stay_certified():
+    """Margins far below ‖x_i‖, where the least-distance program's own values lose up to 2 digits
+    in 3 (its gap alone: 8e-3 and 1e-2 on these): z = (±1, δ), (0.5, 2δ) have γ_p* = δ at w = (0, 1)
+    for every p; and Gaussian points moved to within 1e-6·|s| of a dense teacher's hyperplane (n ≫ d)."""
+    delta = 1e-7
+    refs = max_margins(np.array([[1.0, delta], [-1.0, delta], [0.5, 2 * delta]]), np.ones(3))
+    for key, ref in refs.items():
+        assert ref.margin == pytest.approx(delta, rel=1e-8), key
+        np.testing.assert_allclose(ref.w, [0.0, 1.0], atol=1e-8, err_msg=key)
+        assert abs(ref.gap) <= 1e-8 and ref.kkt <= 1e-8, (key, ref.gap, ref.kkt)
+    X, y, w_t = separable_gaussian(50, 10, 10, seed=2)
+    s = X @ w_t
+    X = X + np.outer((1e-6 - 1) * s, w_t)
+    ref = max_margin(X, y, 2)
+    assert abs(ref.gap) <= 1e-8 and ref.kkt <= 1e-8, (ref.gap, ref.kkt)
+
+
 def _dual_lp(Z, key):
     """`min_{λ ∈ Δ} ‖Zᵀλ‖_q` for q = ∞ (key l1) or q = 1 (key linf), as its own linear program."""
     n, d = Z.shape
