@@ -67,9 +67,10 @@ def slsqp_primal(Z):
     cons = {"type": "ineq", "fun": lambda v: Z @ v - 1.0, "jac": lambda v: Z}
     res = scipy.optimize.minimize(lambda v: 0.5 * v @ v, np.zeros(d), jac=lambda v: v, method="SLSQP",
                                   constraints=[cons], options={"ftol": 1e-16, "maxiter": 10_000})
-    alpha = getattr(res, "multipliers", None)
-    alpha = np.asarray(alpha["ineq"] if isinstance(alpha, dict) else alpha) if alpha is not None else _refit_alpha(Z, res.x)
-    return res.x, alpha
+    alpha = getattr(res, "multipliers", None)  # scipy >= 1.15
+    if alpha is None:
+        return res.x, _refit_alpha(Z, res.x)
+    return res.x, np.asarray(alpha["ineq"] if isinstance(alpha, dict) else alpha)
 
 
 def trust_constr_primal(Z):

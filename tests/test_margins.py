@@ -176,7 +176,8 @@ def test_separability_verdicts():
     cases = {  # not separable through the origin, and the points that show it
         "opposite labels on one point": (np.array([[1.0, 2.0], [1.0, 2.0]]), np.array([1.0, -1.0]), "points 0, 1 of 2"),
         "zero point": (np.array([[1.0, 0.0], [0.0, 0.0]]), np.array([1.0, 1.0]), "points 1 of 2"),
-        "three around the origin": (np.array([[1.0, 0.0], [-1.0, 1.0], [-1.0, -1.0]]), np.ones(3), "points 0, 1, 2 of 3"),
+        "three around the origin": (np.array([[1.0, 0.0], [-1.0, 1.0], [-1.0, -1.0]]), np.ones(3),
+                                    "points 0, 1, 2 of 3"),
         "all zeros": (np.zeros((2, 3)), np.array([1.0, -1.0]), "X is all zeros"),
     }
     for name, (X, y, why) in cases.items():
