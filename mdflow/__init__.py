@@ -37,6 +37,10 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "_analysis.analyze": ("analyze_run",),
     "_analysis.discrete": ("discrete_record",),
     "_analysis.interpolators": ("min_l1", "min_l2", "min_l32", "min_linf", "min_lp"),
+    "_analysis.margins": (
+        "MaxMargin", "Separability", "margin_record", "margins_over_time", "max_margin", "max_margins",
+        "normalized_margin", "separability", "separable_gaussian",
+    ),
     "_load": ("load",),
     "_config": ("Config",),
     "_execution.run": ("execute",),

@@ -1,1 +1,1 @@
-"""Analyses of finished runs: primal-dual equivalence, KKT errors, stages, the discrete optimizer counterpart, reference interpolators, and the per-run hook (`analyze`)."""
+"""Analyses of finished runs: primal-dual equivalence, KKT errors, stages, the discrete optimizer counterpart, reference interpolators, margins and max-margin references, and the per-run hook (`analyze`)."""
