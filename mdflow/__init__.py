@@ -27,9 +27,9 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "_flows": (
         "GF", "SSD", "Adam", "RMSProp", "AbstractFlow", "AbstractPrimalFlow", "AbstractEMAFlow", "FrozenSSD",
-        "PRIMAL_FLOWS", "make_flow",
+        "PRIMAL_FLOWS", "check_parameter", "make_flow", "resolve_flow",
     ),
-    "_problem": ("Problem", "load_npz", "sparse_gaussian", "validate_data"),
+    "_problem": ("Problem", "load_npz", "separable_gaussian", "sparse_gaussian", "validate_data"),
     "_solver.solve": (
         "SOLVERS", "STATUSES", "RunStatus", "Solution", "SolveControls", "SolvePolicy", "select_solver", "solve", "solve_batch",
         "stack_flows", "status_name",
