@@ -272,3 +272,15 @@ def test_example_config_is_in_the_schema():
     assert all(key in SCHEMA[table] for table, keys in raw.items() for key in keys)
     assert "tanh_sign:TanhSign" in raw["flows"]["kinds"]
     assert "tanh_sign" not in sys.modules or sys.modules["tanh_sign"].TanhSign.kind == "tanh_sign"
+
+
+def test_weight_decay_runs_are_labelled(tmp_path):
+    """A swept `grid.weight_decay`: each record carries its λ, `mdflow.load` indexes by it, and λ > 0
+    changes the run (TINY's programs: λ is traced)."""
+    raw = tiny_config(grid={"weight_decay": [0.0, 0.5]})
+    records, _ = mdflow.execute(from_dict(raw), tmp_path / "out", log=lambda _: None)
+    assert sorted({r["weight_decay"] for r in records}) == [0.0, 0.5]
+    ds = mdflow.load(tmp_path / "out")
+    assert "weight_decay" in ds.indexes["run"].names
+    w = {lam: ds.sel(flow="gf", weight_decay=lam)["w_final"].values for lam in (0.0, 0.5)}
+    assert np.linalg.norm(w[0.5]) < np.linalg.norm(w[0.0])  # decay shrinks the end point
