@@ -1,7 +1,7 @@
 """Max-margin QP solver: which solver computes the ℓ2 max-margin reference (the hard-margin SVM without bias,
 `min ½‖v‖² s.t. y_i⟨x_i, v⟩ ≥ 1`), measured on time and accuracy.
 
-Data: `separable_gaussian(n, d, k=5, seed)` (mdflow/_analysis/margins.py), scaled as the module scales
+Data: `mdflow.separable_gaussian(n, d, k=5, seed)`, scaled as the module scales
 them (entries ≤ 1). Each solver returns a direction `v` and dual weights α ≥ 0; the module's own
 certificate scores both: the relative duality gap `(‖Zᵀλ‖₂ − min_i (Zw)_i)/‖Zᵀλ‖₂` (`w = v/‖v‖`,
 `λ = α/Σα`) and the KKT residual (stationarity `‖w − Zᵀλ/‖Zᵀλ‖‖`, complementary slackness). Each cell
@@ -28,7 +28,8 @@ import time
 
 import numpy as np
 
-from mdflow._analysis.margins import _certificate, _svm, separable_gaussian
+import mdflow
+from mdflow._analysis.margins import _certificate, _svm
 
 
 def nnls_ldp(Z):
@@ -169,6 +170,11 @@ def parse(argv=None):
     return parser.parse_args(argv)
 
 
+def _data(n, d, seed):
+    p = mdflow.separable_gaussian(n, d, 5, seed=seed)
+    return np.asarray(p.X), np.asarray(p.y), np.asarray(p.w_star)
+
+
 def main(argv=None):
     args = parse(argv)
     names = [s for s in SOLVERS if not args.only or any(w.lower() in s.lower() for w in args.only)]
@@ -176,7 +182,7 @@ def main(argv=None):
     print("|---|---|---:|---:|---:|---:|")
     for size in args.sizes:
         n, d = (int(v) for v in size.split("x"))
-        data = [shrunk(*separable_gaussian(n, d, 5, seed=seed), args.shrink) for seed in args.seeds]
+        data = [shrunk(*_data(n, d, seed), args.shrink) for seed in args.seeds]
         for name in names:
             times, gaps, kkts, supports = [], [], [], []
             try:

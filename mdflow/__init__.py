@@ -22,12 +22,12 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "_flows": (
         "GF", "SSD", "Adam", "RMSProp", "AbstractFlow", "AbstractPrimalFlow", "AbstractEMAFlow",
-        "AbstractSignDescent", "FrozenSSD", "PRIMAL_FLOWS", "make_flow",
+        "AbstractSignDescent", "FrozenSSD", "PRIMAL_FLOWS", "check_parameter", "make_flow", "resolve_flow",
     ),
     "_model": ("AbstractModel", "Diagonal", "Linear", "MODELS", "make_model"),
     "_problem": (
         "Problem", "AbstractLoss", "SquaredLoss", "LogisticLoss", "ExponentialLoss", "LOSSES", "make_loss",
-        "load_npz", "sparse_gaussian", "validate_data",
+        "load_npz", "separable_gaussian", "sparse_gaussian", "validate_data",
     ),
     "_solver.policy": ("SolvePolicy",),
     "_solver.solve": (
@@ -39,7 +39,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "_analysis.interpolators": ("min_l1", "min_l2", "min_l32", "min_linf", "min_lp"),
     "_analysis.margins": (
         "MaxMargin", "Separability", "margin_record", "margins_over_time", "max_margin", "max_margins",
-        "normalized_margin", "separability", "separable_gaussian",
+        "normalized_margin", "separability",
     ),
     "_load": ("load",),
     "_config": ("Config",),

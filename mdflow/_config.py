@@ -1,7 +1,7 @@
 """TOML configs: schema, defaults, grid expansion, and errors that name the offending key.
 
-A config has the tables `[problem]`, `[flows]`, `[grid]`, `[solve]`, `[sweep]`, `[analysis]`,
-`[check]` and `[output]`. Every key is optional (see `SCHEMA` for defaults); unknown keys and wrong
+A config has the tables `[problem]`, `[model]`, `[flows]`, `[grid]`, `[solve]`, `[sweep]`,
+`[analysis]`, `[check]` and `[output]`. Every key is optional (see `SCHEMA` for defaults); unknown keys and wrong
 types are `InputError`s of the form `problem.n=-3: must be >= 1`.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import RANGES, InputError, short_repr
+from ._errors import RANGES, InputError, Range, short_repr
 from ._io import json_hash
 from ._solver.policy import SolvePolicy, check_solver
 
@@ -62,6 +62,34 @@ RUN_TOLERANCES = (1e-8, 1e-10)
 CHECK_TOLERANCES = (1e-10, 1e-12)
 
 
+def _loss_name(v):
+    from ._problem import LOSSES
+
+    return _one_of(*LOSSES)(v)
+
+
+def _parametrization(v):
+    from ._model import PARAMETRIZATIONS
+
+    return _one_of(*PARAMETRIZATIONS)(v)
+
+
+# Keys added after result stores existed: left out of `Config.hash` while at their defaults (which
+# compute what configs without them computed), so those stores keep their identity.
+ADDED_KEYS = (("problem", "loss"), ("model", "parametrization"), ("model", "depth"), ("grid", "weight_decay"),
+              ("solve", "stop_loss"))
+
+# Grid axes a plugin flow may declare without a range in `RANGES`: any finite number (the flow's own
+# `__check_init__` validates it).
+ANY_NUMBER = Range(why="a plugin flow's own axis")
+
+
+def axis_range(name: str) -> Range:
+    """The range of grid axis `name` (e.g. `grid.eps`): its entry in `RANGES`, or any finite number for a
+    plugin flow's own axis."""
+    return RANGES.get(name, ANY_NUMBER)
+
+
 def _stop_value(v):
     if v is False:
         return None
@@ -72,7 +100,8 @@ def _stop_value(v):
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "problem": {
-        "kind": Key((str,), "sparse_gaussian", _one_of("sparse_gaussian", "file")),
+        "kind": Key((str,), "sparse_gaussian", _one_of("sparse_gaussian", "separable_gaussian", "file")),
+        "loss": Key((str,), "squared", _loss_name),
         "n": Key((int,), 40, _range("problem.n")),
         "d": Key((int,), 200, _range("problem.d")),
         "k": Key((int,), 5, _range("problem.k")),
@@ -81,6 +110,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "seed": Key((int,), 0, _range("problem.seed")),
         "path": Key((str,), None, doc="the .npz file (kind = 'file')"),
         "normalization": Key((str,), "mean", _one_of("mean", "sum")),
+    },
+    "model": {
+        "parametrization": Key((str,), "diagonal", _parametrization),
+        "depth": Key((int,), 2, _range("model.depth")),
     },
     "flows": {
         "kinds": Key((list,), ["gf", "ssd"]),
@@ -102,6 +135,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "a": Key(_GRID, None, doc="frozen-SSD magnitudes to sweep (scalars >= 0); default: flows.a only"),
         "tau1": Key(_GRID, None, doc="Adam's τ1 values to sweep (>= 0); default: flows.tau1 only"),
         "tau2": Key(_GRID, None, doc="Adam's and RMSProp's τ2 values to sweep (>= 0); default: flows.tau2 only"),
+        "weight_decay": Key(_GRID, [0.0]),
     },
     "solve": {
         "solver": Key((str,), "auto"),
@@ -115,8 +149,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
             (bool, int, float), None, _stop_value,
             doc="stop at ||Xw − y||/||y|| ≤ this (a run that reaches t1 first is `not_interpolated`); false: "
                 "never; unset: on (1e-8) where only end points matter (analysis.kkt or output.save = 'final', "
-                "without duals), off otherwise",
+                "without duals), off otherwise; squared loss only (a classification loss stops at solve.stop_loss)",
         ),
+        "stop_loss": Key(_NUM, None, _range("solve.stop_loss")),
         "pcoeff": Key(_NUM, 0.4, _range("solve.pcoeff")),
         "icoeff": Key(_NUM, 0.3, _range("solve.icoeff")),
     },
@@ -163,9 +198,10 @@ def _check_value(table: str, key: str, value: Any, spec: Key) -> Any:
     return float(value) if spec.types == _NUM else value
 
 
-def expand_axis(name: str, value: Any) -> list[float]:
+def expand_axis(name: str, value: Any, *, range_key: str | None = None) -> list[float]:
     """A grid axis: a number, a list of numbers, or `{start, stop, num, spacing = "log" | "linear"}`;
-    every value in the axis's range (`RANGES[name]`)."""
+    every value in the axis's range (`axis_range(range_key or name)`: α's depends on the model)."""
+    valid = axis_range(range_key or name)
     if isinstance(value, dict):
         allowed = {"start", "stop", "num", "spacing"}
         unknown = set(value) - allowed
@@ -183,7 +219,7 @@ def expand_axis(name: str, value: Any) -> list[float]:
         for key, v in (("start", start), ("stop", stop)):
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise InputError(f"{name}.{key}={v!r}: expected a number")
-            RANGES[name].check(f"{name}.{key}", v)
+            valid.check(f"{name}.{key}", v)
         if spacing == "log":
             if not (start > 0 and stop > 0):
                 raise InputError(f"{name}: log spacing needs start > 0 and stop > 0 (got {start}, {stop})")
@@ -200,15 +236,15 @@ def expand_axis(name: str, value: Any) -> list[float]:
         for i, v in enumerate(value):
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise InputError(f"{name}[{i}]={v!r}: expected a number")
-            RANGES[name].check(name, v)
+            valid.check(name, v)
             values.append(float(v))
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        RANGES[name].check(name, value)
+        valid.check(name, value)
         values = [float(value)]
     else:
         raise InputError(f"{name}={value!r}: expected a number, a list or a range table")
     for v in values:
-        RANGES[name].check(name, v)
+        valid.check(name, v)
     if len(values) > MAX_AXIS_VALUES:
         raise InputError(f"{name}: {len(values)} values, at most {MAX_AXIS_VALUES} per grid axis")
     _no_duplicates(name, values)
@@ -226,8 +262,9 @@ def _no_duplicates(name: str, values: list) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
-    """One primal run of a sweep: the flow kind, its run parameters (the flow's `axes`, in order; a
-    value None means the flow's default, e.g. frozen SSD's `a` from `flows.a`) and the problem seed."""
+    """One primal run of a sweep: the flow kind (a built-in kind or a plugin's import path), its run
+    parameters (the flow's `axes`, in order, then `weight_decay`; a value None means the flow's default,
+    e.g. frozen SSD's `a` from `flows.a`) and the problem seed."""
 
     flow: str
     params: tuple[tuple[str, float | None], ...]
@@ -274,7 +311,41 @@ class Config:
 
     @property
     def alpha_values(self) -> list[float]:
-        return expand_axis("grid.alpha", self.raw["grid"]["alpha"])
+        """`grid.alpha` in the model's range (the linear model may start at 0)."""
+        from ._model import MODELS
+
+        model = MODELS[self.raw["model"]["parametrization"]]
+        return expand_axis("grid.alpha", self.raw["grid"]["alpha"], range_key=model.alpha_range)
+
+    @property
+    def weight_decay_values(self) -> list[float]:
+        return expand_axis("grid.weight_decay", self.raw["grid"]["weight_decay"])
+
+    @property
+    def flow_classes(self) -> dict[str, type]:
+        """`flows.kinds`, each resolved to its class (`resolve_flow`: built-in or plugin)."""
+        from ._flows import resolve_flow
+
+        return {kind: resolve_flow(kind, name=f"flows.kinds[{i}]") for i, kind in enumerate(self.raw["flows"]["kinds"])}
+
+    def model(self):
+        """The model of every run (`[model]`: `make_model`)."""
+        from ._model import make_model
+
+        m = self.raw["model"]
+        return make_model(m["parametrization"], None if m["parametrization"] == "linear" else m["depth"])
+
+    @property
+    def loss(self) -> str:
+        """The loss's name (`problem.loss`)."""
+        return self.raw["problem"]["loss"]
+
+    @property
+    def stop_rule(self) -> str:
+        """What ends a run: `"interpolation"` (squared loss) or `"loss"` (a classification loss)."""
+        from ._problem import LOSSES
+
+        return LOSSES[self.loss].stop_rule
 
     @property
     def a_values(self) -> list[float] | None:
@@ -282,7 +353,7 @@ class Config:
 
     def _nonnegative_axis(self, name: str) -> list[float] | None:
         """`grid.<name>` expanded (values in `RANGES`), or None when it is not swept."""
-        value = self.raw["grid"][name]
+        value = self.raw["grid"].get(name)
         if value is None:
             return None
         return expand_axis(f"grid.{name}", value)
@@ -294,28 +365,31 @@ class Config:
             return self.eps_values
         if name == "alpha":
             return self.alpha_values
+        if name == "weight_decay":
+            return self.weight_decay_values
         return self._nonnegative_axis(name) or [None]
 
     def run_specs(self) -> list[RunSpec]:
         """The expanded grid, in config order: flows × seeds × the flow's axes (`axes` of its class,
-        e.g. ε × α, × `grid.a` for frozen SSD; GF has no ε axis)."""
-        from ._flows import PRIMAL_FLOWS
-
+        e.g. ε × α, × `grid.a` for frozen SSD; GF has no ε axis) × `grid.weight_decay` (every flow's)."""
         specs = []
-        for kind in self.raw["flows"]["kinds"]:
-            axes = PRIMAL_FLOWS[kind].axes
+        for kind, cls in self.flow_classes.items():
+            axes = (*cls.axes, "weight_decay")
             for seed in self.seeds:
                 for values in itertools.product(*(self.axis_values(name) for name in axes)):
                     specs.append(RunSpec(kind, tuple(zip(axes, values)), seed))
         return specs
 
     def problem(self, seed: int | None = None):
-        """The problem for one seed (`file` problems ignore the seed)."""
-        from ._problem import load_npz, sparse_gaussian
+        """The problem for one seed (`file` problems ignore the seed), under `problem.loss`."""
+        from ._problem import load_npz, separable_gaussian, sparse_gaussian
 
         p = self.raw["problem"]
         if p["kind"] == "file":
-            return load_npz(self.data_path(), normalization=p["normalization"])
+            return load_npz(self.data_path(), normalization=p["normalization"], loss=p["loss"])
+        if p["kind"] == "separable_gaussian":
+            return separable_gaussian(p["n"], p["d"], p["k"], noise=p["noise"], seed=p["seed"] if seed is None else seed,
+                                      normalization=p["normalization"], loss=p["loss"])
         return sparse_gaussian(
             p["n"], p["d"], p["k"], noise=p["noise"], signs=p["signs"],
             seed=p["seed"] if seed is None else seed, normalization=p["normalization"],
@@ -347,14 +421,48 @@ class Config:
         return p["n"], p["d"]
 
     def check_duals(self) -> None:
-        """Every flow of `flows.kinds` has a dual to be checked against (`mdflow check`, `flows.duals`)."""
-        from ._flows import PRIMAL_FLOWS
+        """Every flow of `flows.kinds` has a dual to be checked against (`mdflow check`, `flows.duals`) on
+        the config's model and loss at every `grid.weight_decay`: `flow.why_no_dual` of each (flow, λ),
+        built cheaply on a one-sample problem of the loss (the answer depends on the shapes' kinds only)."""
+        import numpy as np
 
-        without = [kind for kind in self.raw["flows"]["kinds"] if not PRIMAL_FLOWS[kind].has_dual()]
+        from ._flows import PRIMAL_FLOWS
+        from ._problem import Problem, make_loss
+
+        classes = self.flow_classes
+        without = [kind for kind, cls in classes.items() if not cls.has_dual()]
         if without:
             with_dual = sorted(k for k, cls in PRIMAL_FLOWS.items() if cls.has_dual())
             raise InputError(f"flows.kinds={self.raw['flows']['kinds']!r}: flow {without[0]!r} has no dual flow to "
                              f"check against (flows with one: {with_dual})")
+        a = self.raw["flows"]["a"]
+        d = len(a) if isinstance(a, list) else 1
+        problem = Problem(np.ones((1, d)), np.ones(1), self.raw["problem"]["normalization"],
+                          loss_function=make_loss(self.loss))
+        model = self.model()
+        m = self.raw["model"]
+        where = (f"model.parametrization={m['parametrization']!r}, model.depth={model.depth}, "
+                 f"problem.loss={self.loss!r}")
+        for kind in classes:
+            first = RunSpec(kind, (), 0)
+            for decay in self.weight_decay_values:
+                params = tuple((name, self.axis_values(name)[0]) for name in classes[kind].axes)
+                spec = dataclasses.replace(first, params=(*params, ("weight_decay", decay)))
+                why = self.flow(spec, problem).why_no_dual(problem)
+                if why is not None:
+                    raise InputError(f"flows.kinds: flow {kind!r} ({where}, grid.weight_decay={decay!r}) has no dual "
+                                     f"to check against: {why}")
+
+    def flow(self, spec: RunSpec, problem, *, track_identity: bool = False):
+        """The flow object of one run: the spec's parameters, unset ones from the `[flows]` table
+        (`flows.a` for frozen SSD: "grad0" means the flow's own default `|g(0)|`), on the config's model."""
+        from ._flows import make_flow
+
+        flows = self.raw["flows"]
+        fixed = {**flows, "a": None if flows["a"] == "grad0" else flows["a"]}
+        params = {name: fixed.get(name) if value is None else value for name, value in spec.params}
+        return make_flow(spec.flow, problem, track_identity=track_identity, options=flows, model=self.model(),
+                         **params)
 
     def solve_policy(self, *, duals: bool | None = None, **overrides):
         """The `SolvePolicy` in force; `duals` (default `flows.duals`) says whether runs are checked
@@ -367,6 +475,7 @@ class Config:
             kwargs[key] = default if s[key] is None else s[key]
         kwargs["save"] = "trajectory" if self.raw["output"]["save"] == "trajectories" else "final"
         kwargs["stop_rel_residual"] = self.stop_rel_residual(duals=duals)
+        kwargs["stop_loss"] = self.raw["solve"]["stop_loss"]
         kwargs.update(overrides)
         return SolvePolicy(**kwargs)
 
@@ -374,7 +483,10 @@ class Config:
         """The stop tolerance in force: the config's number; `None` for `false`; if unset,
         `END_POINT_STOP` where only end points matter (KKT analysis, or `output.save = "final"`,
         without duals) — integrating the stiff equilibrium after interpolation is wasted work there —
-        and `None` where trajectories on the fixed horizon are compared."""
+        and `None` where trajectories on the fixed horizon are compared. A classification loss stops at a
+        loss target instead (`solve.stop_loss`): `None`."""
+        if self.stop_rule != "interpolation":
+            return None
         value = self.raw["solve"]["stop_rel_residual"]
         if value is False:
             return None
@@ -388,15 +500,35 @@ class Config:
         return copy.deepcopy(self.raw)
 
     def hash(self) -> str:
-        """Hash of everything that determines results (not the output folder)."""
-        content = {k: v for k, v in self.raw.items() if k != "output"}
+        """Hash of everything that determines results (not the output folder): every table, the keys of
+        `ADDED_KEYS` only where they differ from their defaults, and a plugin flow's source file."""
+        content = {k: dict(v) for k, v in self.raw.items() if k != "output"}
         content["output"] = {"save": self.raw["output"]["save"]}
+        for table, key in ADDED_KEYS:
+            if content[table][key] == SCHEMA[table][key].default:
+                del content[table][key]
+        if not content["model"]:  # a config without a `[model]` table hashed as before it existed
+            del content["model"]
+        plugins = {kind: _source_digest(cls) for kind, cls in self.flow_classes.items() if ":" in kind}
+        if plugins:
+            content["plugins"] = plugins
         return json_hash(content)
+
+
+def _source_digest(cls) -> str:
+    """sha256 of the file a plugin flow class is defined in (so editing it changes the store identity)."""
+    import inspect
+
+    try:
+        text = Path(inspect.getfile(cls)).read_bytes()
+    except (OSError, TypeError):
+        return "unknown"
+    return hashlib.sha256(text).hexdigest()[:16]
 
 
 def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
     """Validate a config dict (e.g. a parsed TOML file) and fill in defaults."""
-    from ._flows import PRIMAL_FLOWS
+    from ._flows import PRIMAL_FLOWS, resolve_flow
 
     if not isinstance(data, dict):
         raise InputError(f"config: expected a table, got {type(data).__name__}")
@@ -409,7 +541,7 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
     for table, keys in SCHEMA.items():
         given = data.get(table, {})
         for key in given:
-            if key not in keys:
+            if key not in keys and table != "grid":  # grid: a plugin flow's own axes (below)
                 raise InputError(f"{table}.{key}: unknown key (known: {sorted(keys)})")
         raw[table] = {}
         for key, spec in keys.items():
@@ -421,13 +553,31 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
     kinds = raw["flows"]["kinds"]
     if not kinds:
         raise InputError("flows.kinds=[]: needs at least one flow")
+    classes = {}
     for i, kind in enumerate(kinds):
-        if not isinstance(kind, str):
-            raise InputError(f"flows.kinds[{i}]={kind!r}: expected a flow name (a string)")
-        if kind not in PRIMAL_FLOWS:
-            raise InputError(f"flows.kinds[{i}]={kind!r}: unknown flow (known: {sorted(PRIMAL_FLOWS)})")
-    if len(set(kinds)) != len(kinds):
-        raise InputError(f"flows.kinds={kinds!r}: duplicate flow")
+        if isinstance(kind, str) and kind in classes:
+            raise InputError(f"flows.kinds={kinds!r}: duplicate flow")
+        cls = resolve_flow(kind, name=f"flows.kinds[{i}]")
+        same = [k for k, c in classes.items() if c is cls]
+        if same:
+            raise InputError(f"flows.kinds[{i}]={kind!r}: the same flow as {same[0]!r} (the same runs would be "
+                             "computed twice)")
+        classes[kind] = cls
+    # A plugin flow's own axes are grid keys (a grid key no flow of `flows.kinds` takes is refused below).
+    plugin_axes = {name for cls in classes.values() for name in cls.axes if name not in SCHEMA["grid"]}
+    for key, value in data.get("grid", {}).items():
+        if key not in SCHEMA["grid"] and key not in plugin_axes:
+            raise InputError(f"grid.{key}: unknown key (known: {sorted({*SCHEMA['grid'], *plugin_axes})})")
+        if key in plugin_axes:
+            _check_value("grid", key, value, Key(_GRID, None))
+            raw["grid"][key] = copy.deepcopy(value)
+    for kind, cls in classes.items():
+        for name in cls.axes:
+            if (name in plugin_axes and name not in cls.optional_axes and raw["grid"].get(name) is None
+                    and name not in raw["flows"]):
+                raise InputError(f"grid.{name}: flow {kind!r} needs it (its axes: {list(cls.axes)})")
+    _check_model(raw, data)
+    _check_loss(raw, data)
     a = raw["flows"]["a"]
     if isinstance(a, str) and a != "grad0":
         raise InputError(f"flows.a={a!r}: expected 'grad0', a number or a list of numbers")
@@ -439,7 +589,7 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
             raise InputError("flows.a=[]: needs one magnitude per coordinate (d values), or a number")
         for i, v in enumerate(a):
             RANGES["flows.a"].check(f"flows.a[{i}]", v)
-        d = raw["problem"]["d"] if raw["problem"]["kind"] == "sparse_gaussian" else None
+        d = raw["problem"]["d"] if raw["problem"]["kind"] != "file" else None
         if d is not None and len(a) != d:
             raise InputError(f"flows.a: {len(a)} values, but problem.d={d} (one magnitude per coordinate)")
     # Keys set to something other than their default (a config's own `to_json()` lists every key).
@@ -450,6 +600,9 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
         if extra:
             raise InputError(f"problem.{extra[0]}: does not apply to problem.kind = 'file' (the data file "
                              "sets the sizes); remove it")
+    elif raw["problem"]["kind"] == "separable_gaussian" and "signs" in given:
+        raise InputError("problem.signs: does not apply to problem.kind = 'separable_gaussian' (its teacher has "
+                         "random signs); remove it")
     elif given.get("path") is not None:
         raise InputError(f"problem.path: applies only to problem.kind = 'file' (kind is "
                          f"{raw['problem']['kind']!r}); remove it or set kind = 'file'")
@@ -473,12 +626,12 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
     if raw["analysis"]["discrete"] and not etas:
         raise InputError("analysis.discrete_etas=[]: analysis.discrete = true needs at least one step size")
     config = Config(raw, source)
-    if raw["problem"]["kind"] == "sparse_gaussian" and raw["problem"]["k"] > raw["problem"]["d"]:
+    if raw["problem"]["kind"] != "file" and raw["problem"]["k"] > raw["problem"]["d"]:
         raise InputError(f"problem.k={raw['problem']['k']}: must be <= problem.d={raw['problem']['d']}")
     if raw["problem"]["kind"] == "file":
         config.data_path()  # a file that exists, or an `InputError` naming problem.path
     # Expand the axes now so that grid errors surface before any work.
-    config.eps_values, config.alpha_values  # noqa: B018
+    config.eps_values, config.alpha_values, config.weight_decay_values  # noqa: B018
     num_runs = len(config.run_specs())
     if num_runs > MAX_RUNS:
         raise InputError(f"grid: {num_runs} runs, at most {MAX_RUNS} per config (split the sweep)")
@@ -487,9 +640,9 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
             raise InputError(f"grid.a: sweeps the frozen magnitudes, so flows.a={raw['flows']['a']!r} "
                              "must be left at 'grad0'")
     for name, value in data.get("grid", {}).items():
-        if value is None or name in ("seed", "eps", "alpha"):  # seed: every flow's; ε, α have defaults
+        if value is None or name in ("seed", "eps", "alpha", "weight_decay"):  # every flow's, or with defaults
             continue
-        if not any(name in PRIMAL_FLOWS[k].axes for k in kinds):
+        if not any(name in cls.axes for cls in classes.values()):
             users = sorted(k for k, cls in PRIMAL_FLOWS.items() if name in cls.axes)
             raise InputError(f"grid.{name}: no flow in flows.kinds={kinds!r} takes {name} (flows that do: {users})")
     if raw["flows"]["duals"]:
@@ -497,6 +650,44 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
     if raw["analysis"]["discrete"]:
         _check_discrete(config)
     return config
+
+
+def _check_model(raw: dict[str, dict[str, Any]], data: dict[str, Any]) -> None:
+    """`[model]`: the diagonal network has depth D >= 2; the linear model has depth 1 (its `depth` is 1
+    when left unset)."""
+    model = raw["model"]
+    depth_given = "depth" in data.get("model", {})
+    if model["parametrization"] == "linear":
+        if depth_given and model["depth"] != 1:
+            raise InputError(f"model.depth={model['depth']!r}: the linear model has depth 1; remove it")
+        model["depth"] = 1
+    elif model["depth"] < 2:
+        raise InputError(f"model.depth={model['depth']!r}: the diagonal network needs depth >= 2")
+
+
+def _check_loss(raw: dict[str, dict[str, Any]], data: dict[str, Any]) -> None:
+    """`problem.loss` against the data, the stop keys and the analyses, before any work: a
+    classification loss needs labels ±1 (`separable_gaussian` or a file; a file's labels are checked
+    when it is read), stops at `solve.stop_loss` (never `solve.stop_rel_residual`), and has no
+    interpolating minimizer for `analysis.kkt`; the squared loss stops at `solve.stop_rel_residual`."""
+    from ._problem import LOSSES
+
+    p, solve = raw["problem"], data.get("solve", {})
+    loss = p["loss"]
+    if LOSSES[loss].stop_rule == "interpolation":
+        if solve.get("stop_loss") is not None:
+            raise InputError(f"solve.stop_loss={solve['stop_loss']!r}: the {loss} loss stops at interpolation; "
+                             "set solve.stop_rel_residual instead")
+        return
+    if p["kind"] == "sparse_gaussian":
+        raise InputError(f"problem.loss={loss!r}: needs labels ±1, but problem.kind = 'sparse_gaussian' has real "
+                         "labels; use problem.kind = 'separable_gaussian' (or 'file')")
+    if solve.get("stop_rel_residual") is not None:
+        raise InputError(f"solve.stop_rel_residual={solve['stop_rel_residual']!r}: the {loss} loss never "
+                         "interpolates; set solve.stop_loss (a loss target) instead")
+    if raw["analysis"]["kkt"]:
+        raise InputError(f"analysis.kkt=true: the KKT conditions of interpolation do not apply to the {loss} loss "
+                         "(no interpolating minimizer); remove it")
 
 
 # The most optimizer steps `analysis.discrete` may take per run on its horizon: Σ_η discrete_t1/η.
@@ -524,13 +715,10 @@ def check_discrete(etas, t1, taus: dict[str, float], *, names: dict[str, str] | 
 
 def _check_discrete(config: Config) -> None:
     """`check_discrete` for every flow of the config that has a discrete counterpart, every τ it runs."""
-    from ._flows import PRIMAL_FLOWS
-
     an = config["analysis"]
     names = {"etas": "analysis.discrete_etas", "t1": "analysis.discrete_t1"}
     check_discrete(an["discrete_etas"], an["discrete_t1"], {}, names=names)
-    for kind in config["flows"]["kinds"]:
-        cls = PRIMAL_FLOWS[kind]
+    for cls in config.flow_classes.values():
         if not cls.has_discrete:
             continue
         for name in ("tau1", "tau2"):

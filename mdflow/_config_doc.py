@@ -14,11 +14,17 @@ from ._errors import RANGES
 from ._solver.policy import SOLVER_NAMES
 
 TABLES = {
-    "problem": "The regression data ([math.md](math.md) §1).",
-    "flows": "Which primal flows to solve, and whether to pair each run with its dual ([math.md](math.md) §2–§4).",
+    "problem": "The data and the loss ([math.md](math.md) §1, §9).",
+    "model": "The parametrization `w(θ)` every flow runs on ([math.md](math.md) §9).",
+    "flows": "Which primal flows to solve, and whether to pair each run with its dual ([math.md](math.md) §2–§4). "
+             "An entry of `flows.kinds` may also be a plugin, the import path `\"package.module:ClassName\"` of "
+             "a subclass of `mdflow.AbstractPrimalFlow` ([api.md](api.md#your-own-flow)); its own `axes` are "
+             "grid keys.",
     "grid": "The swept axes. Each axis is a number, a list, or a range table "
             "`{ start, stop, num, spacing = \"log\" | \"linear\" }`. Each flow takes the axes of its "
-            "parameters: GF α; SSD ε, α; frozen SSD also `a`; Adam ε, α, τ1, τ2; RMSProp ε, α, τ2.",
+            "parameters: GF α; SSD ε, α; frozen SSD also `a`; Adam ε, α, τ1, τ2; RMSProp ε, α, τ2; every flow "
+            "the weight decay λ; a plugin flow its `axes` (a grid key no flow of `flows.kinds` takes is an "
+            "error).",
     "solve": "The ODE solver and the saved time grid ([solvers.md](solvers.md)).",
     "sweep": "How runs are batched onto devices ([sweeps.md](sweeps.md)).",
     "analysis": "Per-run analyses added to each record ([analyses.md](analyses.md)).",
@@ -27,19 +33,36 @@ TABLES = {
 }
 
 DESCRIPTIONS = {
-    "problem.kind": "`\"sparse_gaussian\"` (generated, §1) or `\"file\"` (arrays `X (n, d)`, `y (n,)`, "
+    "problem.kind": "`\"sparse_gaussian\"` (generated regression data, §1), `\"separable_gaussian\"` "
+                    "(generated classification data: labels `y = sign(Xw* + noise·z)` in ±1 of a k-sparse "
+                    "teacher `w*`, `mdflow.separable_gaussian`) or `\"file\"` (arrays `X (n, d)`, `y (n,)`, "
                     "optional `w_star (d,)` in the `.npz` at `problem.path`)",
+    "problem.loss": "`\"squared\"` (regression, stopped at `solve.stop_rel_residual`), `\"logistic\"` or "
+                    "`\"exponential\"` (classification: labels ±1, checked when the data are made or read; "
+                    "stopped at `solve.stop_loss`, with `solve.stop_rel_residual` an error; "
+                    "`problem.kind = \"sparse_gaussian\"` is an error, its labels are real). `analysis.kkt` "
+                    "with a classification loss is refused before any work rather than recorded as skipped: "
+                    "the KKT conditions of interpolation apply to no run of such a config",
     "problem.n": "number of samples (rows of X)",
     "problem.d": "dimension (columns of X); over-parameterized when d > n",
     "problem.k": "nonzeros of the planted `w*` (≤ d)",
     "problem.noise": "standard deviation of Gaussian noise added to `y = Xw*`",
     "problem.seed": "seed of the generated problem (overridden per run by `grid.seed`)",
     "problem.normalization": "`\"mean\"`: L = ‖Xw − y‖²/(2n); `\"sum\"`: L = ‖Xw − y‖²/2",
+    "model.parametrization": "`\"diagonal\"` (`w = u^D − v^D`, `u(0) = v(0) = α`) or `\"linear\"` "
+                             "(`w = θ`, `θ(0) = α ≥ 0`)",
+    "model.depth": "the diagonal network's depth D ≥ 2 (one compiled program per depth); the linear model "
+                   "has depth 1 (left unset, it is 1)",
     "flows.kinds": "primal flows to solve: any of `\"gf\"`, `\"ssd\"`, `\"ssd_frozen\"` (§2), `\"adam\"`, "
-                   "`\"rmsprop\"` (§8)",
+                   "`\"rmsprop\"` (§8), or a plugin's import path `\"package.module:ClassName\"`. With "
+                   "`flows.duals` (and `mdflow check`) each (flow, model, loss, weight decay) must have a "
+                   "dual, else the config is refused naming why (`flow.why_no_dual`)",
     "flows.dual_form": "dual ODE: `\"rho\"` (n-dimensional) or `\"theta\"` (d-dimensional) (§3)",
     "grid.eps": "stability constants ε > 0 of SSD, frozen SSD, Adam and RMSProp",
-    "grid.alpha": "initialization scales α > 0 (`u(0) = v(0) = α`)",
+    "grid.alpha": "initialization scales α (`u(0) = v(0) = α` on the diagonal network: α > 0; `θ(0) = α` "
+                  "on the linear model: α ≥ 0, `RANGES[\"grid.alpha_linear\"]`)",
+    "grid.weight_decay": "decoupled weight decay λ ≥ 0 of every flow (`θ̇ = −update − λθ`, as AdamW); a run "
+                         "axis: every record carries it, `mdflow.load` indexes by it where it is swept",
     "solve.solver": "`\"auto\"` (= `\"tsit5_rodas4\"`: Tsit5, switching to Rodas4 while stiff; in vmapped "
                     "chunks `\"tsit5_rodas4_shared\"`, the mode shared by the chunk, "
                     "[accelerators.md](accelerators.md)) or one of {solvers} ([solvers.md](solvers.md))",
@@ -51,6 +74,9 @@ DESCRIPTIONS = {
     "solve.num_ts": "saved times: t = 0 plus `num_ts − 1` log-spaced points on [t_min, t1]",
     "solve.t_min": "first positive saved time; default `t1·1e-7`",
     "solve.max_steps": "step budget per run; a run that exhausts it gets status `max_steps`",
+    "solve.stop_loss": "a classification run (logistic, exponential loss) stops when its loss falls below "
+                       "this (a run that reaches t1 first is `not_interpolated`); unset: never. An error with "
+                       "the squared loss",
     "solve.pcoeff": "proportional coefficient of the PID step-size controller",
     "solve.icoeff": "integral coefficient of the PID step-size controller",
     "sweep.chunk_size": "runs per chunk: the unit of batching, progress and storage",

@@ -130,7 +130,10 @@ RANGES: dict[str, Range] = {
     "problem.d": Range(1, _INT64, integer=True, why=_INT64_WHY),
     "problem.k": Range(1, _INT64, integer=True, why=_INT64_WHY),
     "problem.noise": Range(0, _SCALE, why=f"{_SCALE_WHY}; y = Xw* + noise·z must stay finite"),
+    "problem.margin": Range(0, _SCALE, why="a distance in units of the data's standard deviation"),
     "problem.seed": Range(0, _INT64, integer=True, why=_INT64_WHY),
+    "model.depth": Range(1, 100, integer=True, why="α^D of a usual α under- or overflows float64 at larger D; "
+                                                   "the diagonal network needs D >= 2, the linear model is 1"),
     "flows.a": Range(0, _SCALE, why=_SCALE_WHY),
     "flows.tau1": Range(0, _SCALE, why=_SCALE_WHY),
     "flows.tau2": Range(0, _SCALE, why=_SCALE_WHY),

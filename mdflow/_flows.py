@@ -78,6 +78,30 @@ def _as_decay(x) -> Array:
     return _as_float(x)
 
 
+# What a concrete primal flow class declares (besides `local_field`): its name in configs and records,
+# its name in tables and legends, and its grid axes.
+DECLARATIONS = ("kind", "label", "axes")
+
+
+def _is_abstract(cls) -> bool:
+    """An abstract flow class: named `Abstract*` (equinox's convention) or with an abstract method left."""
+    if cls.__name__.startswith("Abstract"):
+        return True
+    return any(getattr(getattr(cls, name, None), "__isabstractmethod__", False) for name in dir(cls))
+
+
+def missing_declarations(cls) -> list[str]:
+    """The `DECLARATIONS` (and abstract methods, such as `local_field`) a flow class does not provide."""
+    missing = [name for name in DECLARATIONS if not hasattr(cls, name)]
+    if hasattr(cls, "kind") and not (isinstance(cls.kind, str) and cls.kind):
+        missing.append("kind (a non-empty string)")
+    if hasattr(cls, "label") and not isinstance(cls.label, str):
+        missing.append("label (a string)")
+    if hasattr(cls, "axes") and not (isinstance(cls.axes, tuple) and all(isinstance(a, str) for a in cls.axes)):
+        missing.append("axes (a tuple of parameter names)")
+    return missing
+
+
 class AbstractFlow(eqx.Module):
     """Interface shared by every flow the solve layer integrates (primal flows and dual flows)."""
 
@@ -144,6 +168,17 @@ class AbstractPrimalFlow(AbstractFlow):
     exact_dual: ClassVar[bool] = False
     # Whether the flow has a discrete optimizer counterpart (§7) for `analysis.discrete`.
     has_discrete: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs):
+        # A concrete flow declares what the rest of mdflow reads off its class; one that misses a
+        # declaration fails here, naming it, not later deep inside a sweep or a figure.
+        super().__init_subclass__(**kwargs)
+        if not _is_abstract(cls):
+            missing = missing_declarations(cls)
+            if missing:
+                raise TypeError(f"flow class {cls.__module__}.{cls.__qualname__}: missing declaration(s) "
+                                f"{', '.join(missing)} (a concrete AbstractPrimalFlow declares "
+                                f"{', '.join(DECLARATIONS)}: see docs/api.md, 'Your own flow')")
 
     def __check_init__(self):
         if not isinstance(self.model, AbstractModel):
@@ -764,10 +799,46 @@ PRIMAL_FLOWS: dict[str, type[AbstractPrimalFlow]] = {cls.kind: cls for cls in (G
 
 def make_flow(kind: str, problem: Problem, *, track_identity: bool = False, options: dict | None = None,
               model: AbstractModel | None = None, **params) -> AbstractPrimalFlow:
-    """Build a primal flow by name from its run parameters (`PRIMAL_FLOWS[kind].axes`, and
+    """Build a primal flow by name (`resolve_flow`: a built-in kind or a `"module:Class"` import path)
+    from its run parameters (the class's `axes`, and
     `weight_decay`), validated, on `model` (default the depth-2 diagonal network); values become arrays of
     the problem's dtype. `options` sets the flow's static switches (those of its `options`; others are
     ignored), `track_identity` adds the E3 states where the flow has them."""
-    if kind not in PRIMAL_FLOWS:
-        raise InputError(f"flows.kinds: unknown flow {kind!r} (known: {sorted(PRIMAL_FLOWS)})")
-    return PRIMAL_FLOWS[kind].build(problem, track_identity=track_identity, options=options, model=model, **params)
+    return resolve_flow(kind).build(problem, track_identity=track_identity, options=options, model=model, **params)
+
+
+def resolve_flow(kind: str, *, name: str = "flows.kinds") -> type[AbstractPrimalFlow]:
+    """The primal flow class of a config entry: a built-in kind (`PRIMAL_FLOWS`) or the import path
+    `"package.module:ClassName"` of a concrete `AbstractPrimalFlow` subclass (a plugin, docs/api.md).
+    Every lookup of a flow kind goes through here; an entry that names no flow is an `InputError`
+    naming it (`name`, e.g. `flows.kinds[0]`)."""
+    import importlib
+    import inspect
+
+    if not isinstance(kind, str):
+        raise InputError(f"{name}={kind!r}: expected a flow name (a string)")
+    if kind in PRIMAL_FLOWS:
+        return PRIMAL_FLOWS[kind]
+    if ":" not in kind:
+        raise InputError(f"{name}={kind!r}: unknown flow (known: {sorted(PRIMAL_FLOWS)}, or a "
+                         "'package.module:ClassName' import path)")
+    module_name, _, attr = kind.partition(":")
+    if not module_name or not attr:
+        raise InputError(f"{name}={kind!r}: expected an import path 'package.module:ClassName'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - any failure to import is the entry's fault
+        raise InputError(f"{name}={kind!r}: cannot import {module_name!r} ({type(exc).__name__}: {exc})") from None
+    cls = module
+    for part in attr.split("."):
+        cls = getattr(cls, part, None)
+        if cls is None:
+            raise InputError(f"{name}={kind!r}: module {module_name!r} has no {attr!r}")
+    if not (inspect.isclass(cls) and issubclass(cls, AbstractPrimalFlow)):
+        raise InputError(f"{name}={kind!r}: {attr} is not a primal flow (a subclass of mdflow.AbstractPrimalFlow)")
+    missing = missing_declarations(cls)
+    abstract = sorted(getattr(cls, "__abstractmethods__", ()) or ())
+    if missing or abstract or _is_abstract(cls):
+        what = ", ".join([*missing, *(f"{m} (abstract method)" for m in abstract)]) or "an Abstract* class"
+        raise InputError(f"{name}={kind!r}: {attr} is not a concrete flow: missing {what}")
+    return cls

@@ -43,8 +43,9 @@ ARRAY_DIMS: dict[str, tuple[str, ...]] = {
 # Any other `analysis.*` array of length d is per coordinate (minimizers, E, reference interpolators).
 
 # Record fields whose name is also a stored array: the array keeps the name (it is the trajectory, as
-# `loss` is), the record's end value is renamed like `final_loss`.
-RENAMED_FIELDS = {"rel_residual": "final_rel_residual"}
+# `loss` is), the record's end value is renamed like `final_loss`; the record's loss name becomes
+# `loss_function` (as `Problem.loss_function`).
+RENAMED_FIELDS = {"rel_residual": "final_rel_residual", "loss": "loss_function"}
 
 # List-valued record fields are per-η series of the discrete comparison.
 LIST_DIMS = {"discrete": "eta"}
@@ -107,12 +108,18 @@ def run_records(summary: dict[str, Any]) -> list[dict[str, Any] | None]:
     """The run records of a result set, each with every run parameter of its flow: a parameter that was
     not a grid axis (Adam's `tau1`, `tau2` set in `[flows]`) is not stored in the record; the run used
     `flows.<name>` of the stored config, which is filled in. Figures and `load` label runs by these."""
-    from ._flows import PRIMAL_FLOWS
+    from ._flows import resolve_flow
+
+    def flow_class(kind):
+        try:
+            return resolve_flow(kind)
+        except InputError:  # a plugin that no longer imports: its records as stored
+            return None
 
     table = (summary.get("config") or {}).get("flows") or {}
     records = []
     for rec in summary["runs"]:
-        cls = PRIMAL_FLOWS.get(rec.get("flow")) if isinstance(rec, dict) else None
+        cls = flow_class(rec.get("flow")) if isinstance(rec, dict) else None
         fill = {} if cls is None else {
             name: float(table[name]) for name in cls.axes
             if rec.get(name) is None and isinstance(table.get(name), (int, float)) and not isinstance(table[name], bool)}

@@ -276,8 +276,55 @@ def sparse_gaussian(
     return Problem(jnp.asarray(X), jnp.asarray(y), normalization, jnp.asarray(w_star))
 
 
-def load_npz(path: str | Path, *, normalization: str = "mean") -> Problem:
-    """User data from an `.npz` with arrays `X` (n, d) and `y` (n,), optionally `w_star` (d,)."""
+def separable_gaussian(
+    n: int, d: int, k: int, *, noise: float = 0.0, margin: float = 0.0, seed: int = 0,
+    normalization: str = "mean", loss: str = "logistic",
+) -> Problem:
+    """Separable classification data beside `sparse_gaussian`: `X_ij ~ N(0, 1)`, a k-sparse teacher `w*`
+    with entries `±1/√k` (random signs; `‖w*‖ = 1`), labels `y = sign(Xw* + noise·z)` in ±1 (0 counts as
+    +1), under the classification `loss` (or `"squared"`: least squares on the labels). With `noise = 0`
+    the teacher separates the data; noise flips the labels of small margins. `w_star` is the teacher.
+
+    `margin > 0` keeps only points at distance ≥ `margin` from the teacher's hyperplane: each point's
+    component `s = ⟨x_i, w*⟩` is redrawn from the normal law conditioned on `|s| ≥ margin` (a monotone
+    map of `|s|`, so `margin = 0` changes nothing and a seed gives the same points otherwise): Gaussian
+    points with the closer ones dropped, exactly n of them."""
+    for key, value in (("n", n), ("d", d), ("k", k), ("noise", noise), ("seed", seed), ("margin", margin)):
+        RANGES[f"problem.{key}"].check(key, value)  # the config's ranges
+    if k > d:
+        raise InputError(f"k={k}: must be <= d={d}")
+    loss_function = make_loss(loss)
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    w_star = np.zeros(d)
+    support = rng.choice(d, size=k, replace=False)
+    w_star[support] = rng.choice([-1.0, 1.0], size=k) / np.sqrt(k)
+    if margin > 0:
+        import scipy.special  # only here: `import mdflow` does not pay for scipy
+
+        s = X @ w_star
+        # P(|S| > t | |S| ≥ m) = Φ(−t)/Φ(−m) for S ~ N(0, 1); matching it to P(|s| > |s_i|) = 2Φ(−|s_i|)
+        # in log space (`log_ndtr`, `ndtri_exp`) stays exact in the far tails.
+        tail = scipy.special.log_ndtr(-float(margin))
+        log_tail = np.log(2.0) + scipy.special.log_ndtr(-np.abs(s)) + tail
+        new = -scipy.special.ndtri_exp(np.minimum(log_tail, tail))
+        X += np.outer(np.where(s >= 0, 1.0, -1.0) * new - s, w_star)
+    with np.errstate(over="ignore", invalid="ignore"):
+        margins = X @ w_star + noise * rng.standard_normal(n)
+    if not np.all(np.isfinite(margins)):
+        raise InputError(f"noise={noise!r}: Xw* + noise·z has {int(np.sum(~np.isfinite(margins)))} non-finite value(s)")
+    y = np.where(margins >= 0, 1.0, -1.0)
+    with warnings.catch_warnings():
+        if n < d:
+            warnings.simplefilter("ignore")
+        X, y = validate_data(X, y, source="separable_gaussian")
+    return Problem(jnp.asarray(X), jnp.asarray(y), normalization, jnp.asarray(w_star), loss_function=loss_function)
+
+
+def load_npz(path: str | Path, *, normalization: str = "mean", loss: str = "squared") -> Problem:
+    """User data from an `.npz` with arrays `X` (n, d) and `y` (n,), optionally `w_star` (d,), under the
+    loss named `loss` (`LOSSES`; a classification loss needs labels ±1: `InputError` naming the file)."""
+    loss_function = make_loss(loss)
     path = Path(path)
     if not path.is_file():
         raise InputError(f"problem.path={str(path)!r}: no such file")
@@ -303,6 +350,7 @@ def load_npz(path: str | Path, *, normalization: str = "mean") -> Problem:
         why = "holds object arrays (pickled Python objects), not numbers" if "pickle" in str(exc) else str(exc)
         raise InputError(f"{name}: cannot read as .npz ({why})") from None
     X, y = validate_data(arrays["X"], arrays["y"], source=name)
+    loss_function.check_labels(y, name)
     w_star = None
     if "w_star" in arrays:
         w_star = np.asarray(arrays["w_star"])
@@ -310,7 +358,7 @@ def load_npz(path: str | Path, *, normalization: str = "mean") -> Problem:
             raise InputError(f"{name}: w_star has shape {w_star.shape}, expected ({X.shape[1]},) (X shape {X.shape})")
         _check_values(name, "w_star", w_star)
         w_star = jnp.asarray(w_star.astype(np.float64))
-    return Problem(jnp.asarray(X), jnp.asarray(y), normalization, w_star)
+    return Problem(jnp.asarray(X), jnp.asarray(y), normalization, w_star, loss_function=loss_function)
 
 
 def npz_shape(path: str | Path) -> tuple[int, int]:

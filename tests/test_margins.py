@@ -11,11 +11,17 @@ import pytest
 import scipy.optimize
 import scipy.stats
 
+import mdflow
 from mdflow import InputError
 from mdflow._analysis.margins import (
     NORMS, margin_record, margins_over_time, max_margin, max_margins, normalized_margin, separability,
-    separable_gaussian,
 )
+
+
+def separable_gaussian(n, d, k, **kwargs):
+    """`mdflow.separable_gaussian`'s data as NumPy arrays `(X, y, w*)`."""
+    p = mdflow.separable_gaussian(n, d, k, **kwargs)
+    return np.asarray(p.X), np.asarray(p.y), np.asarray(p.w_star)
 
 # One point z = (3, 4): γ_p* = ‖z‖_q (q the dual exponent), attained by the equality case of Hölder.
 ONE_POINT = (np.array([[3.0, 4.0]]), np.array([1.0]),

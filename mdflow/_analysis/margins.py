@@ -34,7 +34,7 @@ import equinox as eqx
 import numpy as np
 from jaxtyping import Float
 
-from .._errors import RANGES, InputError, Range
+from .._errors import RANGES, InputError
 from .._problem import _check_values
 
 NORMS: dict[str, float] = {"l1": 1.0, "l2": 2.0, "linf": np.inf}
@@ -44,7 +44,6 @@ _DUAL = {"l1": np.inf, "l2": 2.0, "linf": 1.0}
 # feasibility tolerance (1e-10, on data scaled to entries ≤ 1) cannot tell a smaller margin from 0.
 SEPARABLE_TOL = 1e-9
 # The generator's margin, in units of the teacher's unit normal (the data's standard deviation).
-MARGIN_RANGE = Range(0, 1e100, why="a distance in units of the data's standard deviation")
 _LP_OPTIONS = {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10}
 
 
@@ -350,38 +349,3 @@ def margin_record(X, y, w, references: dict[str, MaxMargin] | None = None) -> di
 
 # ---------------------------------------------------------------------------------------------------
 # Data
-
-
-def separable_gaussian(n: int, d: int, k: int, *, seed: int = 0, margin: float = 0.0,
-                       signs: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Separable classification data: `X_ij ~ N(0, 1)`, a k-sparse teacher `w_t` with entries `±1/√k`
-    (`+` unless `signs`; `‖w_t‖₂ = 1`), `y = sign(X w_t)`. Returns `(X, y, w_t)`.
-
-    `margin > 0` keeps only points at distance ≥ `margin` from the teacher's hyperplane: each point's
-    component `s = ⟨x_i, w_t⟩` is redrawn from the normal law conditioned on `|s| ≥ margin` (a monotone
-    map of `|s|`, so `margin = 0` changes nothing and the same seed gives the same points otherwise), the
-    data's law being that of Gaussian points with the closer ones dropped, with exactly n points."""
-    import scipy.special  # only here: `import mdflow` does not pay for scipy
-
-    for key, value in (("n", n), ("d", d), ("k", k), ("seed", seed)):
-        RANGES[f"problem.{key}"].check(key, value)
-    MARGIN_RANGE.check("margin", margin)
-    if k > d:
-        raise InputError(f"k={k}: must be <= d={d}")
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, d))
-    w_t = np.zeros(d)
-    values = np.full(k, 1.0 / np.sqrt(k))
-    support = rng.choice(d, size=k, replace=False)
-    if signs:
-        values *= rng.choice([-1.0, 1.0], size=k)
-    w_t[support] = values
-    s = X @ w_t
-    y = np.where(s >= 0, 1.0, -1.0)
-    if margin > 0:
-        # P(|S| > t | |S| ≥ m) = Φ(−t)/Φ(−m) for S ~ N(0, 1); matching it to P(|s| > |s_i|) = 2Φ(−|s_i|)
-        # in log space (`log_ndtr`, `ndtri_exp`) stays exact in the far tails.
-        log_tail = np.log(2.0) + scipy.special.log_ndtr(-np.abs(s)) + scipy.special.log_ndtr(-float(margin))
-        new = -scipy.special.ndtri_exp(np.minimum(log_tail, scipy.special.log_ndtr(-float(margin))))
-        X += np.outer(y * new - s, w_t)
-    return X, y, w_t

@@ -16,7 +16,6 @@ import numpy as np
 
 from .._config import Config, RunSpec
 from .._errors import InputError
-from .._flows import make_flow
 from .._io import atomic_write_json, stream_npz
 from .._problem import Problem
 from .._solver.solve import STATUSES, Solution, SolvePolicy, status_name
@@ -107,22 +106,18 @@ def _sweep_size(config: Config, policy: SolvePolicy, duals: bool, chunk_size: in
 
 
 def build_flow(spec: RunSpec, problem: Problem, config: Config, *, track_identity: bool = False):
-    """The flow object of one run: the spec's parameters, unset ones from the `[flows]` table
-    (`flows.a` for frozen SSD: "grad0" means the flow's own default `|g(0)|`)."""
-    fixed = {**config["flows"], "a": None if config["flows"]["a"] == "grad0" else config["flows"]["a"]}
-    params = {name: fixed.get(name) if value is None else value for name, value in spec.params}
-    return make_flow(spec.flow, problem, track_identity=track_identity, options=config["flows"], **params)
+    """The flow object of one run (`Config.flow`: on the config's model, unset parameters from `[flows]`)."""
+    return config.flow(spec, problem, track_identity=track_identity)
 
 
 def run_axes(config: Config) -> list[str]:
     """The labels that identify a run: flow, seed, then every run parameter of the config's flows
-    (their `axes`, first appearance first; `mdflow.load` indexes runs by them)."""
-    from .._flows import PRIMAL_FLOWS
-
+    (their `axes`, first appearance first), and `weight_decay` where the config sweeps it (any value
+    but the default 0; every record carries it); `mdflow.load` indexes runs by them."""
     axes = ["flow", "seed", "eps", "alpha"]
-    for kind in config["flows"]["kinds"]:
-        axes += [a for a in PRIMAL_FLOWS[kind].axes if a not in axes]
-    return axes
+    for cls in config.flow_classes.values():
+        axes += [a for a in cls.axes if a not in axes]
+    return [*axes, *(["weight_decay"] if config.weight_decay_values != [0.0] else [])]
 
 
 def _finite_or_none(x) -> float | None:
@@ -195,7 +190,7 @@ def _chunk_result(
         flow = flows[i]
         w_final = np.asarray(one.w_final)
         record = run_record(specs[i], one, chunk.solver, wall / len(chunk.runs))
-        record["chunk"] = chunk.index
+        record.update(model=flow.model.params(), loss=problem.loss_function.name, chunk=chunk.index)
         arrays["w_final"].append(w_final)
         arrays["loss"].append(np.asarray(one.loss))
         arrays["rel_residual"].append(np.asarray(one.rel_residual))

@@ -163,10 +163,13 @@ SYMBOLS = {"eps": "ε", "alpha": "α", "tau1": "τ₁", "tau2": "τ₂", "a": "a
 
 def flow_name(kind: str) -> str:
     """A flow's human-readable name (its class's `label`; the kind itself if unknown)."""
-    from .._flows import PRIMAL_FLOWS
+    from .._errors import InputError
+    from .._flows import resolve_flow
 
-    cls = PRIMAL_FLOWS.get(kind)
-    return kind if cls is None else cls.label
+    try:
+        return resolve_flow(kind).label
+    except InputError:
+        return kind
 
 
 def run_label(rec: dict, formats: dict[str, Callable[[float], str]] | None = None) -> str:

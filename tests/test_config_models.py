@@ -1,0 +1,286 @@
+"""Models, losses and weight decay from the config, and plugin flows (`flows.kinds` import paths): what
+the config refuses before any work, what the records carry, and the worked plugin example of
+docs/api.md (`docs/examples/tanh_sign.py`) against an independent scipy integration."""
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY, tiny_config, toml_text, write_tiny_data
+
+import mdflow
+from mdflow._config import SCHEMA, from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "docs" / "examples"
+CLASSIFICATION = {"kind": "separable_gaussian", "loss": "logistic"}
+
+
+def refused(match: str, **tables):
+    with pytest.raises(mdflow.InputError, match=match):
+        from_dict(tiny_config(**tables))
+
+
+# --- config keys ---------------------------------------------------------------------------------
+
+
+def test_defaults_are_todays_runs():
+    """Unset, the new keys are today's model and loss; every run spec carries λ = 0, and the hash of a
+    config that spells the defaults out is that of one that leaves them unset (stores keep their identity)."""
+    config = from_dict(tiny_config())
+    assert config.loss == "squared" and config.model() == mdflow.make_flow("gf", config.problem(), alpha=0.1).model
+    assert config.model().params() == {"parametrization": "diagonal", "depth": 2}
+    assert all(spec.get("weight_decay") == 0.0 for spec in config.run_specs())
+    spelled = from_dict(tiny_config(problem={"loss": "squared"}, model={"parametrization": "diagonal", "depth": 2},
+                                    grid={"weight_decay": [0.0]}))
+    assert spelled.hash() == config.hash()
+    for other in ({"problem": CLASSIFICATION, "solve": {"stop_rel_residual": None}}, {"model": {"depth": 3}},
+                  {"model": {"parametrization": "linear"}}, {"grid": {"weight_decay": [0.0, 0.1]}}):
+        raw = tiny_config(**other)
+        raw["solve"] = {k: v for k, v in raw["solve"].items() if v is not None}
+        assert from_dict(raw).hash() != config.hash(), other
+
+
+def test_weight_decay_is_a_run_axis():
+    config = from_dict(tiny_config(grid={"weight_decay": [0.0, 0.1]}))
+    specs = config.run_specs()
+    assert len(specs) == 2 * (1 + 2)  # (GF α) + (SSD ε × α), each × λ
+    assert {spec.get("weight_decay") for spec in specs} == {0.0, 0.1}
+    assert len({spec.key() for spec in specs}) == len(specs)
+    flow = config.flow(specs[1], config.problem())
+    assert float(flow.weight_decay) == specs[1].get("weight_decay")
+
+
+def test_model_and_alpha_range():
+    linear = from_dict(tiny_config(model={"parametrization": "linear"}, grid={"alpha": [0.0, 0.5]}))
+    assert linear["model"]["depth"] == 1 and linear.model().params() == {"parametrization": "linear", "depth": 1}
+    assert linear.alpha_values == [0.0, 0.5]  # the linear model may start at 0
+    assert from_dict(tiny_config(model={"depth": 3})).model().depth == 3
+    refused(r"grid\.alpha=0\.0: must be in", grid={"alpha": [0.0]})  # the diagonal network needs α > 0
+    refused(r"model\.depth=2: the linear model has depth 1", model={"parametrization": "linear", "depth": 2})
+    refused(r"model\.depth=1: the diagonal network needs depth >= 2", model={"depth": 1})
+    refused(r"model\.parametrization='deep': expected one of", model={"parametrization": "deep"})
+    refused(r"model\.width: unknown key", model={"width": 3})
+
+
+def test_loss_and_stop_keys_are_checked_before_work():
+    classification = {"problem": CLASSIFICATION, "solve": {"stop_rel_residual": None}}
+    raw = tiny_config(**classification)
+    del raw["solve"]["stop_rel_residual"]
+    config = from_dict({**raw, "solve": {**raw["solve"], "stop_loss": 1e-3}})
+    policy = config.solve_policy()
+    assert policy.stop_loss == 1e-3 and policy.stop_rel_residual is None
+    assert from_dict({**raw, "output": {"save": "final"}}).stop_rel_residual() is None  # END_POINT_STOP: squared only
+    refused(r"solve\.stop_rel_residual=1e-06: the logistic loss never interpolates", problem=CLASSIFICATION)
+    refused(r"solve\.stop_loss=0\.001: the squared loss stops at interpolation", solve={"stop_loss": 1e-3})
+    refused(r"problem\.loss='logistic': needs labels ±1, but problem\.kind = 'sparse_gaussian'",
+            problem={"loss": "logistic"})
+    refused(r"problem\.loss='hinge': expected one of", problem={"loss": "hinge"})
+    with pytest.raises(mdflow.InputError, match=r"analysis\.kkt=true: .* logistic loss"):
+        from_dict({**raw, "analysis": {"kkt": True}})
+    refused(r"problem\.signs: does not apply to problem\.kind = 'separable_gaussian'",
+            problem={"kind": "separable_gaussian", "signs": True})
+
+
+def test_separable_gaussian():
+    problem = mdflow.separable_gaussian(20, 50, 4, seed=3)
+    X, y, w = (np.asarray(a) for a in (problem.X, problem.y, problem.w_star))
+    assert problem.loss_function.name == "logistic" and set(np.unique(y)) <= {-1.0, 1.0}
+    np.testing.assert_array_equal(y, np.where(X @ w >= 0, 1.0, -1.0))  # the teacher separates the data
+    assert np.count_nonzero(w) == 4 and np.allclose(np.abs(w[w != 0]), 0.5)
+    assert mdflow.separable_gaussian(20, 50, 4, seed=3, loss="exponential").loss_function.name == "exponential"
+    with pytest.raises(mdflow.InputError, match=r"n=0: must be in"):
+        mdflow.separable_gaussian(0, 50, 4)
+    with pytest.raises(mdflow.InputError, match=r"problem\.loss='hinge'"):
+        mdflow.separable_gaussian(20, 50, 4, loss="hinge")
+    config = from_dict(tiny_config(problem={**CLASSIFICATION, "seed": 3}, solve={"stop_rel_residual": None}))
+    made = config.problem(5)
+    assert made.loss_function.name == "logistic" and made.n == TINY["problem"]["n"]
+    np.testing.assert_array_equal(made.X, mdflow.separable_gaussian(10, 30, 3, seed=5).X)
+
+
+def test_file_labels_must_suit_the_loss(tmp_path):
+    """A data file with real labels under a classification loss: `InputError` naming the file and the loss,
+    exit 2 from the CLI, before anything is solved."""
+    write_tiny_data(tmp_path)
+    raw = tiny_config(problem={"kind": "file", "path": "data.npz", "loss": "logistic"})
+    del raw["problem"]["n"], raw["problem"]["d"], raw["problem"]["k"], raw["solve"]["stop_rel_residual"]
+    config_path = tmp_path / "c.toml"
+    config_path.write_text(toml_text(raw))
+    with pytest.raises(mdflow.InputError, match=r"problem\.path='.*data\.npz': the logistic loss needs labels"):
+        mdflow.load_config(config_path).problem()
+    from mdflow.cli import main
+
+    assert main(["run", str(config_path), "--out", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_duals_refused_where_the_flow_has_none():
+    refused(r"flow 'gf' \(.*grid\.weight_decay=0\.1\) has no dual to check against: GF with weight decay",
+            flows={"kinds": ["gf"], "duals": True}, grid={"weight_decay": [0.0, 0.1]})
+    refused(r"flow 'ssd' \(model\.parametrization='linear'.*\) has no dual .*: SSD on the linear model",
+            flows={"kinds": ["ssd"], "duals": True}, model={"parametrization": "linear"})
+    from_dict(tiny_config(flows={"kinds": ["gf", "ssd_frozen"], "duals": True}))  # depth 2, squared: exact pairs
+
+
+# --- plugins ---------------------------------------------------------------------------------------
+
+
+def _module(tmp_path, monkeypatch, name: str, body: str) -> str:
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(body))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name
+
+
+def test_plugin_entries_that_name_no_flow(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    refused(r"flows\.kinds\[0\]='no_such_module:X': cannot import", flows={"kinds": ["no_such_module:X"]})
+    refused(r"flows\.kinds\[1\]='tanh_sign:Nope': module 'tanh_sign' has no 'Nope'",
+            flows={"kinds": ["gf", "tanh_sign:Nope"]})
+    refused(r"'tanh_sign:jnp': jnp is not a primal flow", flows={"kinds": ["tanh_sign:jnp"]})
+    refused(r"'mdflow:AbstractPrimalFlow': .* not a concrete flow: missing kind, label, axes, local_field",
+            flows={"kinds": ["mdflow:AbstractPrimalFlow"]})
+    refused(r"'mdflow._flows:GF': the same flow as 'gf'", flows={"kinds": ["gf", "mdflow._flows:GF"]})
+    refused(r"flows\.kinds\[0\]='tanh': unknown flow", flows={"kinds": ["tanh"]})
+    # A module whose flow misses a declaration does not import: the class fails as it is created.
+    name = _module(tmp_path, monkeypatch, "no_label", """
+        import mdflow
+        class NoLabel(mdflow.GF):
+            kind = "no_label"
+            label = None
+        class NoKind(mdflow.AbstractPrimalFlow):
+            label = "x"
+            axes = ("alpha",)
+            def local_field(self, t, y, g):
+                return -g * y
+    """)
+    refused(rf"'{name}:NoKind': cannot import '{name}' \(TypeError: flow class {name}\.NoLabel: missing declaration",
+            flows={"kinds": [f"{name}:NoKind"]})
+
+
+def test_a_flow_class_missing_a_declaration_fails_naming_it():
+    with pytest.raises(TypeError, match=r"flow class .*NoAxes: missing declaration\(s\) axes"):
+        class NoAxes(mdflow.AbstractPrimalFlow):
+            kind = "no_axes"
+            label = "no axes"
+
+            def local_field(self, t, y, g):
+                return -g * y
+
+    with pytest.raises(TypeError, match=r"NoKind: missing declaration\(s\) kind, label"):
+        class NoKind(mdflow.AbstractPrimalFlow):
+            axes = ("alpha",)
+
+            def local_field(self, t, y, g):
+                return -g * y
+
+    class AbstractMine(mdflow.AbstractPrimalFlow):  # abstract (equinox's naming): no declarations needed
+        pass
+
+    class StillAbstract(mdflow.AbstractPrimalFlow):  # `local_field` left abstract
+        label = "x"
+
+    with pytest.raises(TypeError, match="local_field"):
+        StillAbstract(0.1)
+
+
+def test_plugin_axes_are_grid_keys(tmp_path, monkeypatch):
+    name = _module(tmp_path, monkeypatch, "with_beta", """
+        from typing import ClassVar
+        import jax.numpy as jnp
+        import mdflow
+        class Beta(mdflow.AbstractPrimalFlow):
+            beta: object
+            kind: ClassVar[str] = "beta"
+            label: ClassVar[str] = "β flow"
+            axes: ClassVar[tuple] = ("alpha", "beta")
+            def local_field(self, t, y, g):
+                return -self.beta * self.model.jacobian(y, True) * g
+    """)
+    config = from_dict(tiny_config(flows={"kinds": ["gf", f"{name}:Beta"]}, grid={"beta": [1.0, 2.0]}))
+    specs = [s for s in config.run_specs() if s.flow == f"{name}:Beta"]
+    assert [s.get("beta") for s in specs] == [1.0, 2.0]
+    assert float(config.flow(specs[1], config.problem()).beta) == 2.0
+    from mdflow._execution.run import run_axes
+
+    assert run_axes(config) == ["flow", "seed", "eps", "alpha", "beta"]
+    refused(r"grid\.beta: flow 'with_beta:Beta' needs it", flows={"kinds": [f"{name}:Beta"]})
+    refused(r"grid\.beta: unknown key", grid={"beta": 1.0})  # no flow of flows.kinds takes β
+    refused(r"grid\.beta\[1\]='x': expected a number", flows={"kinds": [f"{name}:Beta"]}, grid={"beta": [1.0, "x"]})
+
+
+# --- the worked example (docs/api.md, "Your own flow") ---------------------------------------------
+
+
+def _tanh_reference(problem, eps, alpha, ts):
+    """w(t) of `θ̇ = −tanh((∂w/∂θ)·g/ε)` on the depth-2 network, in NumPy, integrated by scipy's Radau."""
+    from scipy.integrate import solve_ivp
+
+    X, y = np.asarray(problem.X), np.asarray(problem.y)
+    d = X.shape[1]
+
+    def field(t, z):
+        u, v = z[:d], z[d:]
+        g = problem.scale * (X.T @ (X @ (u * u - v * v) - y))
+        return np.concatenate([-np.tanh(2 * u * g / eps), np.tanh(2 * v * g / eps)])
+
+    z0 = np.full(2 * d, alpha)
+    sol = solve_ivp(field, (0.0, ts[-1]), z0, method="Radau", t_eval=ts, rtol=1e-12, atol=1e-14)
+    assert sol.success
+    u, v = sol.y[:d], sol.y[d:]
+    return (u * u - v * v).T
+
+
+def test_tanh_sign_example_runs_from_its_config(tmp_path, monkeypatch):
+    """docs/examples/tanh_sign.toml through `mdflow run` (in-process), read back with `mdflow.load`: its
+    runs match an independent scipy integration of the flow's NumPy field, the records carry the model,
+    loss and weight decay, and `mdflow.sweep` from Python gives the same trajectories."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    from tanh_sign import TanhSign
+
+    from mdflow.cli import main
+
+    out = tmp_path / "out"
+    assert main(["run", str(EXAMPLES / "tanh_sign.toml"), "--out", str(out)]) == 0
+    ds = mdflow.load(out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert all(r["model"] == {"parametrization": "diagonal", "depth": 2} and r["loss"] == "squared"
+               and r["weight_decay"] == 0.0 for r in summary["runs"])
+    assert set(ds["loss_function"].values) == {"squared"} and set(ds["model.depth"].values) == {2}
+    config = mdflow.load_config(EXAMPLES / "tanh_sign.toml")
+    problem, ts = config.problem(), ds["t"].values
+    tanh = ds.sel(flow="tanh_sign:TanhSign")
+    assert tanh.sizes["run"] == 2 and set(tanh["status"].values) == {"ok"}
+    for eps in (0.1, 1.0):
+        w = tanh.sel(eps=eps)["w"].values.squeeze()
+        np.testing.assert_allclose(w, _tanh_reference(problem, eps, 0.1, ts), rtol=0, atol=1e-6)
+    # From Python: the same flows, one sweep (the config's chunk program).
+    flows = [TanhSign(0.1, eps) for eps in (0.1, 1.0)]
+    sol = mdflow.sweep(flows, problem, config.solve_policy(), chunk_size=2)
+    for j, eps in enumerate((0.1, 1.0)):
+        np.testing.assert_allclose(sol.ws[j], tanh.sel(eps=eps)["w"].values.squeeze(), rtol=0, atol=1e-12)
+
+
+def test_example_config_is_in_the_schema():
+    """The example config uses only schema keys (its plugin import path aside)."""
+    import tomllib
+
+    raw = tomllib.loads((EXAMPLES / "tanh_sign.toml").read_text())
+    assert all(key in SCHEMA[table] for table, keys in raw.items() for key in keys)
+    assert "tanh_sign:TanhSign" in raw["flows"]["kinds"]
+    assert "tanh_sign" not in sys.modules or sys.modules["tanh_sign"].TanhSign.kind == "tanh_sign"
+
+
+def test_weight_decay_runs_are_labelled(tmp_path):
+    """A swept `grid.weight_decay`: each record carries its λ, `mdflow.load` indexes by it, and λ > 0
+    changes the run (TINY's programs: λ is traced)."""
+    raw = tiny_config(grid={"weight_decay": [0.0, 0.5]})
+    records, _ = mdflow.execute(from_dict(raw), tmp_path / "out", log=lambda _: None)
+    assert sorted({r["weight_decay"] for r in records}) == [0.0, 0.5]
+    ds = mdflow.load(tmp_path / "out")
+    assert "weight_decay" in ds.indexes["run"].names
+    w = {lam: ds.sel(flow="gf", weight_decay=lam)["w_final"].values for lam in (0.0, 0.5)}
+    assert np.linalg.norm(w[0.5]) < np.linalg.norm(w[0.0])  # decay shrinks the end point
