@@ -21,18 +21,6 @@ class InputError(ValueError):
     """Bad user input (config key, data file, parameter value); the message names it."""
 
 
-def require_x64() -> None:
-    """Refuse to solve without float64: in float32 mdflow's solves report `ok` far outside their
-    tolerance (docs/design.md, "Process-wide settings"). mdflow never turns x64 on in a user's program."""
-    import jax
-
-    if not jax.config.jax_enable_x64:
-        raise InputError(
-            "jax_enable_x64=False: mdflow solves in float64 only; call "
-            "jax.config.update(\"jax_enable_x64\", True) at the start of your program, before creating arrays "
-            "(the mdflow command does this itself)")
-
-
 def check_time_grid(ts) -> None:
     """`ts` (a concrete 1-D array of save times) must be finite, non-decreasing, with `ts[0] < ts[-1]`:
     the host-side form of diffrax's runtime save-time checks (see the module docstring)."""

@@ -314,9 +314,8 @@ def separable_gaussian(
     if not np.all(np.isfinite(margins)):
         raise InputError(f"noise={noise!r}: Xw* + noise·z has {int(np.sum(~np.isfinite(margins)))} non-finite value(s)")
     y = np.where(margins >= 0, 1.0, -1.0)
-    with warnings.catch_warnings():
-        if n < d:
-            warnings.simplefilter("ignore")
+    with warnings.catch_warnings():  # n >= d is an ordinary classification setting
+        warnings.simplefilter("ignore")
         X, y = validate_data(X, y, source="separable_gaussian")
     return Problem(jnp.asarray(X), jnp.asarray(y), normalization, jnp.asarray(w_star), loss_function=loss_function)
 

@@ -271,7 +271,7 @@ def test_code_references_resolve(source, code_index):
       INSTANCE   `instance.attribute` where `Instance` is a class mdflow defines: `config.solve_policy()`
                  is `Config.solve_policy`.
       MODULE     a public module's name first, that of an mdflow module without its underscore or of a
-                 benchmarks script: `rosenbrock.StiffSwitch`, `plan.Layout()`,
+                 benchmarks script: `rosenbrock.StiffSwitch`, `executor.run_calls()`,
                  `vmap_policy.CountingSwitch`, when the name after it is capitalized, was written as a call,
                  or is a name some module of mdflow or benchmarks/ defines at top level; record fields that
                  share a module's name (`stages.t_warm_measured`, `kkt.hypentropy.stationarity`) are not.
@@ -292,7 +292,7 @@ def test_the_reference_check_rejects_what_moved(code_index, tmp_path):
         "`mdflow._execution.plan.effective_vmap_width`, `_execution.plan.Layout.solver`, `_solver/solve.py`,\n"
         "`tests/test_docs.py::test_the_reference_check_rejects_what_moved`, `StiffSwitch.batched`, `_body`,\n"
         "`solve.rtol`, `grid.tau1`, `sweep.chunk_size` (config keys), `problem.scale` (`Problem.scale`),\n"
-        "`rosenbrock.StiffSwitch`, `plan.Layout()`, `linear.CoordinatewiseJacobian`, `docs/sweeps.md`,\n"
+        "`rosenbrock.StiffSwitch`, `executor.run_calls()`, `rosenbrock.Rodas4`, `docs/sweeps.md`,\n"
         "`vmap_policy.CountingSwitch`, `benchmarks/vmap_policy.py`, `mdflow.solve`, `_execution.store`,\n"
         "`summary.json`, `jax.lax.map` (not mdflow's), `x.shape`, `stages.t_warm_measured` (a record field),\n"
         "`analysis.w_l1` (a stored array), `config.solve_policy()` (`Config.solve_policy`).\n"

@@ -164,7 +164,7 @@ def test_the_parser_sees_every_kind_of_import():
     assert {"_solver.rosenbrock", "_solver.policy", "_flows", "_errors"} <= ours  # `from . import rosenbrock`
     assert {"diffrax", "optimistix", "equinox"} <= theirs  # function-local and `if TYPE_CHECKING:`
     assert "" in IMPORTS["_execution.run"][0]  # `from .. import __version__`, inside a function
-    assert _MODULE_OF["solve"] == "_solver.solve" and _layer("_solver.solve") == 2
+    assert _MODULE_OF["solve"] == "_execution.executor" and _layer("_execution.executor") == 4
 
 
 def _design_layers() -> list[str]:

@@ -34,7 +34,7 @@ import equinox as eqx
 import numpy as np
 from jaxtyping import Float
 
-from .._errors import RANGES, InputError
+from .._errors import InputError
 from .._problem import _check_values
 
 NORMS: dict[str, float] = {"l1": 1.0, "l2": 2.0, "linf": np.inf}

@@ -121,7 +121,7 @@ def _solve_call(
     always sees a batch of `chunk_size`: the same compiled function for every call, and per-run results
     that do not depend on the device count. Returns one batched `Solution` (NumPy arrays, real members
     only) per chunk, and the call's `CallTiming` (the program is compiled before the call, so compile and
-    solve are timed apart). `ts`: the save grid (default `policy.time_grid()`; a traced control, so any
+    solve are timed apart). `ts`: the save grid (default `SolvePolicy.time_grid()`; a traced control, so any
     grid of the same length reuses the program).
     """
     chunks = [list(c) for c in chunks]

@@ -22,13 +22,23 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from .._errors import InputError, check_time_grid, require_x64
+from .._errors import InputError, check_time_grid
 from .._flows import AbstractFlow
 from .._problem import Problem
 from .policy import SolvePolicy
 
 if TYPE_CHECKING:
     import diffrax
+
+def require_x64() -> None:
+    """Refuse to solve without float64: in float32 mdflow's solves report `ok` far outside their
+    tolerance (docs/design.md, "Process-wide settings"). mdflow never turns x64 on in a user's program."""
+    if not jax.config.jax_enable_x64:
+        raise InputError(
+            "jax_enable_x64=False: mdflow solves in float64 only; call "
+            "jax.config.update(\"jax_enable_x64\", True) at the start of your program, before creating arrays "
+            "(the mdflow command does this itself)")
+
 
 class RunStatus(enum.IntEnum):
     """A run's outcome, stored as its integer code (`Solution.status`) and recorded by name
@@ -90,7 +100,7 @@ SHARED_MODE_MIN_WIDTH = 8
 
 
 def choose_solver(policy: SolvePolicy, flow: AbstractFlow, *, vmap_width: int = 1) -> str:
-    """The solver name a run uses, the one place it is chosen: `policy.solver`, or for `"auto"` the
+    """The solver name a run uses, the one place it is chosen: `SolvePolicy.solver`, or for `"auto"` the
     switching solver `"tsit5_rodas4"` (`StiffSwitch`), and `"tsit5_rodas4_shared"`
     (`StiffSwitch(shared_mode=True)`) where the run is one of `vmap_width` ≥ `SHARED_MODE_MIN_WIDTH`
     members vmapped together (the width a chunk actually runs with: `_execution.plan.Layout.solver`).
@@ -163,7 +173,7 @@ class SolveControls(eqx.Module):
 
     @classmethod
     def of(cls, policy: SolvePolicy, problem: Problem, ts=None) -> SolveControls:
-        """The controls for `policy` on `problem` (save grid `ts`, default `policy.time_grid()`)."""
+        """The controls for `policy` on `problem` (save grid `ts`, default `SolvePolicy.time_grid()`)."""
         require_x64()  # every solve passes here first
         dtype = problem.X.dtype
         if ts is not None and not isinstance(ts, jax.core.Tracer):
