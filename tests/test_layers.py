@@ -25,19 +25,17 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("_config", "_config_doc"),
     ("_execution.*",),
     ("_analysis.*",),
-    ("_execution.run", "_load"),
+    ("_load",),
     ("_plotting.*",),
+    ("_execution.run",),
     ("cli",),
 )
 # Of the solver layer, the config layer may import only the policy (no diffrax behind a config).
 CONFIG_MAY_IMPORT = {"_solver.policy"}
 
-# (importer, imported) pairs against the table that are known and belong to work in progress (the
-# plan/executor split of `execute`: drawing leaves `_execution/run.py`). Exact: a pair that disappears
-# must leave this set too.
-KNOWN_VIOLATIONS = {
-    ("_execution.run", "_plotting.plot"),  # `execute` draws the figures
-}
+# (importer, imported) pairs against the table that are known and belong to work in progress; none
+# today. Exact: a pair that disappears must leave this set too.
+KNOWN_VIOLATIONS: set[tuple[str, str]] = set()
 
 # Third-party packages a module must not reach through its own imports and those of the mdflow
 # modules it imports (transitively).
