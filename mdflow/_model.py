@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._errors import RANGES, InputError
+from ._errors import InputError
 
 Rows = Float[Array, "R d"]
 
@@ -38,7 +38,7 @@ class AbstractModel(eqx.Module):
     num_rows: ClassVar[int]
     # Whether flows whose update is proportional to `∂w/∂θ` keep θ's sign (log coordinates allowed).
     keeps_sign: ClassVar[bool]
-    # The range of α (a key of `RANGES`).
+    # The range of α (a key of `RANGES`; flows check their α against it).
     alpha_range: ClassVar[str]
 
     @property
@@ -61,10 +61,6 @@ class AbstractModel(eqx.Module):
     @abc.abstractmethod
     def jacobian_size(self, rows: Rows, log: bool) -> Rows:
         """`|∂w/∂θ|`."""
-
-    def check_alpha(self, alpha) -> None:
-        """`InputError` naming α unless every entry lies in this model's range."""
-        RANGES[self.alpha_range].check_array("alpha", alpha)
 
     def params(self) -> dict[str, object]:
         """What a run record says of the model."""
