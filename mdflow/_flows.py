@@ -342,6 +342,8 @@ class AbstractPrimalFlow(AbstractFlow):
             return "weight decay moves the end point off the interpolating set"
         if gradient_flow_potential(self) is None:
             return f"no potential is known on the {_model_name(self.model)}"
+        if _concrete(self.alpha) and np.any(np.asarray(self.initial_weights(problem)) != 0):
+            return "the potentials' minimizers are taken from w(0) = 0; this run starts at w(0) = α ≠ 0"
         return None
 
     @property

@@ -221,6 +221,10 @@ def test_analyses_say_why_they_do_not_apply():
     assert build("ssd", sq, MODELS["diag3"], 0.0).potentials(sq).keys() == {"gf_potential"}
     assert build("ssd_frozen", logit, MODELS["diag2"], 0.0).why_no_dual(logit) is None
     assert "no mirror map" in build("adam", sq, MODELS["linear"], 0.0).why_no_dual(sq)
+    # the linear model from θ(0) = α ≠ 0: its GF limit is the projection of α·1, not the min-norm point
+    assert "w(0) = α ≠ 0" in build("gf", sq, MODELS["linear"], 0.0).why_no_kkt(sq)
+    at_zero = mdflow.make_flow("gf", sq, model=mdflow.Linear(), alpha=0.0)
+    assert at_zero.why_no_kkt(sq) is None and at_zero.potentials(sq).keys() == {"gf_potential"}
 
 
 # ---------------------------------------------------------------------------------------------------
