@@ -4,20 +4,25 @@ any loss of the problem, with decoupled weight decay.
 
 A flow is a small `eqx.Module` whose numeric parameters (ε, α, a, τ1, τ2, λ) are array fields, so they
 are traced under `jit`/`vmap` and changing them never recompiles; its model (and the model's depth) is
-static. A flow declares everything the rest of mdflow asks of it, so nothing else dispatches on its type:
+static. A flow declares everything the rest of mdflow asks of it, so nothing else dispatches on its type.
+The classes follow equinox's abstract/final pattern (tests/test_style.py): a method is abstract or
+concrete and never overridden, a class is abstract or final. A concrete flow implements `local_field`
+and declares data (class variables); each optional feature is an abstract interface it subclasses:
 
-- the numerics: `init(problem)` (state of shape `(K, d)`), `weights(y, problem)`, `vector_field`,
-  the coordinatewise `local_field(t, y, g)` that the structured stiff solver linearizes, and
-  `controlled(y)`, the rows the step-size controller sees;
+- the numerics: `local_field(t, y, g)`, coordinatewise, which the structured stiff solver linearizes;
+  `init(problem)` (state of shape `(K, d)`), `weights`, `vector_field` and `controlled(y)` (the rows the
+  step-size controller sees) follow from `keeps_sign` and `moments` (extra rows per row of θ);
 - its run parameters: `axes` (the config grid axes it takes besides `weight_decay`, in record order),
-  `options` (static switches read from the `[flows]` table), `build` (validated construction) and
-  `params()` (records);
-- its dual: `mirror(problem)` (the mirror map of the dual it is compared with, or None; `why_no_dual`)
-  and `exact_dual` (whether that pair is exact, so `not_equivalent` there is a defect);
-- its analyses: `potentials(problem)` (mirror maps whose KKT errors are reported; `why_no_kkt`),
-  `with_identity()` and `final_identity_error` (the E3 states, SSD at depth 2 only), sign-descent-like
-  flows (`AbstractSignDescent`: the stage analysis), `has_discrete` with `discrete_optimizer(η)` (the
-  optax optimizer whose iterates follow the flow).
+  `optional_axes` with `defaults`, `coordinate_axes`, `options` (static switches read from the
+  `[flows]` table), `build` (validated construction) and `params()` (records);
+- its dual: `AbstractDualPair` (`mirror_map(problem)`, read by `mirror` and `why_no_dual`) and
+  `exact_dual` (whether that pair is exact, so `not_equivalent` there is a defect);
+- its analyses: `potentials(problem)` (the model's potential, and SSD's for an `AbstractSSDGeometry`
+  flow; `why_no_kkt`), the E3 states (`AbstractTracksIdentity`: `with_identity()`, SSD at depth 2
+  only), the stage analysis (`AbstractSignDescent`), `analysis.discrete` (`AbstractDiscreteCounterpart`:
+  `discrete_optimizer(η)`, the optax optimizer whose iterates follow the flow);
+- its compiled program: `AbstractFamilyMember` flows (GF, SSD, frozen SSD) are integrated as a member
+  of `SSDFamily` (`integrand`).
 
 Primal flows are *coordinatewise*: `ẏ[:, i]` depends on `y[:, i]`, `t` and the gradient `g_i` only;
 the Jacobian of the full field is block-diagonal plus rank n through `Xᵀ diag(h) X` (h the loss
