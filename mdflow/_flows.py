@@ -699,8 +699,9 @@ class AbstractEMAFlow(AbstractSSDGeometry, AbstractDiscreteCounterpart):
 
     eps: eqx.AbstractVar[Float[Array, ""]]
     tau2: eqx.AbstractVar[Float[Array, ""]]
+    tau1: eqx.AbstractVar[Float[Array, ""]]  # 0 without momentum
     bias_correction: eqx.AbstractVar[bool]  # static; True as optax's Adam
-    # Subclasses also provide `tau1` (0 without momentum) and `moments` (2 with momentum, else 1).
+    # Subclasses also set `moments` (2 with momentum, else 1).
 
     options: ClassVar[tuple[str, ...]] = ("bias_correction",)
     time_options: ClassVar[tuple[str, ...]] = ("bias_correction",)
