@@ -22,7 +22,9 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "_flows": (
         "GF", "SSD", "Adam", "RMSProp", "AbstractFlow", "AbstractPrimalFlow", "AbstractEMAFlow",
-        "AbstractSignDescent", "FrozenSSD", "PRIMAL_FLOWS", "check_parameter", "make_flow", "resolve_flow",
+        "AbstractSignDescent", "AbstractDualPair", "AbstractSSDGeometry", "AbstractTracksIdentity",
+        "AbstractDiscreteCounterpart", "AbstractFamilyMember", "FrozenSSD", "PRIMAL_FLOWS", "check_parameter",
+        "make_flow", "resolve_flow",
     ),
     "_model": ("AbstractModel", "Diagonal", "Linear", "MODELS", "make_model"),
     "_problem": (

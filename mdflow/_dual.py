@@ -63,6 +63,15 @@ class DualFlow(AbstractFlow):
     def params(self):
         return {**self.mirror.params(), "form": self.form, "mirror": self.mirror.kind}
 
+    def check_problem(self, problem: Problem) -> None:
+        """Nothing to check: `dual_flow` builds `theta0` from the problem."""
+
+    def controlled(self, y):
+        return y  # every entry drives the flow
+
+    def integrand(self, problem: Problem) -> DualFlow:
+        return self  # a dual is its own compiled program (one per mirror-map family)
+
 
 def dual_flow(mirror: AbstractMirrorMap, problem: Problem, *, form: str = "rho", w0=None) -> DualFlow:
     """The dual flow of `mirror` on `problem` started at `w0` (default `0`, the diagonal network's start;

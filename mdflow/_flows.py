@@ -4,20 +4,25 @@ any loss of the problem, with decoupled weight decay.
 
 A flow is a small `eqx.Module` whose numeric parameters (ε, α, a, τ1, τ2, λ) are array fields, so they
 are traced under `jit`/`vmap` and changing them never recompiles; its model (and the model's depth) is
-static. A flow declares everything the rest of mdflow asks of it, so nothing else dispatches on its type:
+static. A flow declares everything the rest of mdflow asks of it, so nothing else dispatches on its type.
+The classes follow equinox's abstract/final pattern (tests/test_style.py): a method is abstract or
+concrete and never overridden, a class is abstract or final. A concrete flow implements `local_field`
+and declares data (class variables); each optional feature is an abstract interface it subclasses:
 
-- the numerics: `init(problem)` (state of shape `(K, d)`), `weights(y, problem)`, `vector_field`,
-  the coordinatewise `local_field(t, y, g)` that the structured stiff solver linearizes, and
-  `controlled(y)`, the rows the step-size controller sees;
+- the numerics: `local_field(t, y, g)`, coordinatewise, which the structured stiff solver linearizes;
+  `init(problem)` (state of shape `(K, d)`), `weights`, `vector_field` and `controlled(y)` (the rows the
+  step-size controller sees) follow from `keeps_sign` and `moments` (extra rows per row of θ);
 - its run parameters: `axes` (the config grid axes it takes besides `weight_decay`, in record order),
-  `options` (static switches read from the `[flows]` table), `build` (validated construction) and
-  `params()` (records);
-- its dual: `mirror(problem)` (the mirror map of the dual it is compared with, or None; `why_no_dual`)
-  and `exact_dual` (whether that pair is exact, so `not_equivalent` there is a defect);
-- its analyses: `potentials(problem)` (mirror maps whose KKT errors are reported; `why_no_kkt`),
-  `with_identity()` and `final_identity_error` (the E3 states, SSD at depth 2 only), sign-descent-like
-  flows (`AbstractSignDescent`: the stage analysis), `has_discrete` with `discrete_optimizer(η)` (the
-  optax optimizer whose iterates follow the flow).
+  `optional_axes` with `defaults`, `coordinate_axes`, `options` (static switches read from the
+  `[flows]` table), `build` (validated construction) and `params()` (records);
+- its dual: `AbstractDualPair` (`mirror_map(problem)`, read by `mirror` and `why_no_dual`) and
+  `exact_dual` (whether that pair is exact, so `not_equivalent` there is a defect);
+- its analyses: `potentials(problem)` (the model's potential, and SSD's for an `AbstractSSDGeometry`
+  flow; `why_no_kkt`), the E3 states (`AbstractTracksIdentity`: `with_identity()`, SSD at depth 2
+  only), the stage analysis (`AbstractSignDescent`), `analysis.discrete` (`AbstractDiscreteCounterpart`:
+  `discrete_optimizer(η)`, the optax optimizer whose iterates follow the flow);
+- its compiled program: `AbstractFamilyMember` flows (GF, SSD, frozen SSD) are integrated as a member
+  of `SSDFamily` (`integrand`).
 
 Primal flows are *coordinatewise*: `ẏ[:, i]` depends on `y[:, i]`, `t` and the gradient `g_i` only;
 the Jacobian of the full field is block-diagonal plus rank n through `Xᵀ diag(h) X` (h the loss
@@ -25,6 +30,8 @@ curvature). A new flow touches this module (or a user's own module: docs/api.md)
 """
 
 import abc
+import dataclasses
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import equinox as eqx
@@ -123,19 +130,20 @@ class AbstractFlow(eqx.Module):
     def params(self) -> dict[str, Any]:
         """Scalar parameters for run records (None where a parameter is per coordinate)."""
 
+    @abc.abstractmethod
     def check_problem(self, problem: Problem) -> None:
         """`InputError` unless the flow's arrays fit `problem` (its d); `solve` asks before tracing."""
 
+    @abc.abstractmethod
     def controlled(self, y: State) -> State:
-        """The part of a state (or of an error estimate) the step-size controller's norm sees: all of
-        it, except auxiliary states that only record integrals along the run (see `AbstractPrimalFlow`)."""
-        return y
+        """The part of a state (or of an error estimate) the step-size controller's norm sees: the rows
+        that drive the flow, not auxiliary states that only record integrals along the run."""
 
+    @abc.abstractmethod
     def integrand(self, problem: Problem) -> "AbstractFlow":
         """The flow object the compiled solve integrates: the flow itself, or the member of a family
         it is a special case of, so that a family's flows share one compiled program (`SSDFamily`).
         Same state, same field, bit for bit."""
-        return self
 
 
 class AbstractPrimalFlow(AbstractFlow):
@@ -146,6 +154,11 @@ class AbstractPrimalFlow(AbstractFlow):
     `alpha` is the initialization scale (`u(0) = v(0) = α`, or `θ(0) = α` on the linear model; a scalar,
     or a `(d,)` vector for a per-coordinate initialization). `weight_decay` λ ≥ 0 is decoupled, as in
     AdamW: `θ̇ = −update − λθ` (for gradient flow the same as an L2 penalty `λ/2 ‖θ‖²`).
+
+    Every method here is concrete and final (equinox's abstract/final pattern): what differs between
+    flows is data (the class variables below) or an optional feature, declared by subclassing its
+    abstract interface (`AbstractDualPair`, `AbstractSSDGeometry`, `AbstractTracksIdentity`,
+    `AbstractDiscreteCounterpart`, `AbstractFamilyMember`), which these methods read.
     """
 
     alpha: Float[Array, "..."]
@@ -155,18 +168,29 @@ class AbstractPrimalFlow(AbstractFlow):
     # The config grid axes this flow takes (beyond the seed and `weight_decay`, which every flow takes),
     # in record order; `build` takes them.
     axes: ClassVar[tuple[str, ...]]
-    # Axes with a default when left unset (frozen SSD's `a`: `|g(0)|`).
+    # Axes with a default when left unset: the field's default, or one computed from the problem and
+    # `w(0)` by `defaults` (frozen SSD's `a`: `|g(w(0))|`).
     optional_axes: ClassVar[tuple[str, ...]] = ()
+    defaults: ClassVar[dict[str, Callable[[Problem, Array], Array]]] = {}
+    # Axes stored with one value per coordinate (`build` broadcasts a scalar; frozen SSD's `a`): never a
+    # scalar, so `params()` leaves them out.
+    coordinate_axes: ClassVar[tuple[str, ...]] = ()
     # Static switches of the flow, read from the `[flows]` table (e.g. `bias_correction`).
     options: ClassVar[tuple[str, ...]] = ()
+    # Static switches under which `local_field` depends on `t` (the EMA flows' `bias_correction`).
+    time_options: ClassVar[tuple[str, ...]] = ()
     # Whether the update is proportional to `∂w/∂θ` coordinatewise, so θ keeps its sign on a model that
     # allows it and log coordinates are valid (Adam's momentum lags the gradient: θ can cross zero).
     keeps_sign: ClassVar[bool] = True
+    # State rows per row of θ after θ's that drive the flow (the EMA flows' moment estimates).
+    moments: ClassVar[int] = 0
     # Human-readable name for tables and figure legends.
     label: ClassVar[str]
-    # Whether the paired dual reproduces the flow exactly (E1, E2): `not_equivalent` is then a defect.
+    # Whether the paired dual (`AbstractDualPair`) reproduces the flow exactly (E1, E2): `not_equivalent`
+    # is then a defect.
     exact_dual: ClassVar[bool] = False
-    # Whether the flow has a discrete optimizer counterpart (§7) for `analysis.discrete`.
+    # Whether the flow has a discrete optimizer counterpart (§7) for `analysis.discrete`
+    # (`AbstractDiscreteCounterpart`).
     has_discrete: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
@@ -189,9 +213,9 @@ class AbstractPrimalFlow(AbstractFlow):
 
     @classmethod
     def has_dual(cls) -> bool:
-        """Whether the flow has a paired dual on some model (`mirror`), so `mdflow check` / `flows.duals`
-        apply."""
-        return cls.mirror is not AbstractPrimalFlow.mirror
+        """Whether the flow has a paired dual on some model (`AbstractDualPair`), so `mdflow check` /
+        `flows.duals` apply."""
+        return issubclass(cls, AbstractDualPair)
 
     @property
     def num_rows(self) -> int:
@@ -217,7 +241,8 @@ class AbstractPrimalFlow(AbstractFlow):
               model: AbstractModel | None = None, **params) -> "AbstractPrimalFlow":
         """The flow from its run parameters (`axes`, and `weight_decay`) as float arrays of the problem's
         dtype, its `options` and its `model` (default the depth-2 diagonal network); each value is
-        validated by `__check_init__`. Unknown or missing parameters raise `InputError`."""
+        validated by `__check_init__`. Unknown or missing parameters raise `InputError`. With
+        `track_identity`, the flow with its E3 states where it has them (`with_identity`)."""
         options = {} if options is None else {k: v for k, v in options.items() if k in cls.options}
         takes = (*cls.axes, "weight_decay")
         unknown = sorted(k for k, v in params.items() if k not in takes and v is not None)  # None: unset
@@ -236,17 +261,19 @@ class AbstractPrimalFlow(AbstractFlow):
                 if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
                     raise InputError(f"{k}={v!r}: expected real numbers, got dtype {arr.dtype}")
             values[k] = jnp.asarray(v, dtype)
-        common = {"model": Diagonal() if model is None else model,
-                  "weight_decay": values.pop("weight_decay", jnp.zeros((), dtype))}
-        flow = cls._from_values(problem, values, track_identity=track_identity, options=options, common=common)
+        model = Diagonal() if model is None else model
+        for name, default in cls.defaults.items():
+            if values.get(name) is None:
+                values[name] = default(problem, _initial_weights(problem, model, values["alpha"]))
+        for name in cls.coordinate_axes:
+            if name in values and np.ndim(values[name]) == 0:
+                values[name] = jnp.broadcast_to(values[name], (problem.d,))
+        weight_decay = values.pop("weight_decay", jnp.zeros((), dtype))
+        flow = cls(**values, **options, model=model, weight_decay=weight_decay)  # validated: `__check_init__`
+        if track_identity:
+            flow = flow.with_identity() or flow
         flow.check_problem(problem)
         return flow
-
-    @classmethod
-    def _from_values(cls, problem: Problem, values: dict[str, Array], *, track_identity: bool, options: dict,
-                     common: dict):
-        del problem, track_identity
-        return cls(**values, **options, **common)
 
     def init(self, problem: Problem) -> State:
         alpha = jnp.broadcast_to(jnp.asarray(self.alpha, dtype=problem.X.dtype), (problem.d,))
@@ -259,7 +286,13 @@ class AbstractPrimalFlow(AbstractFlow):
 
     @property
     def num_components(self) -> int:
-        return self.num_rows
+        """Rows of the state: θ's, the `moments` rows per row of θ, then the E3 integrals if tracked."""
+        return self.num_controlled + (IDENTITY_ROWS if self.tracks_identity else 0)
+
+    @property
+    def num_controlled(self) -> int:
+        """Rows that drive the flow (θ's and its moments), first in the state."""
+        return self.num_rows * (1 + self.moments)
 
     def initial_weights(self, problem: Problem) -> Float[Array, " d"]:
         """`w(0)` (0 on the diagonal network; `α` on the linear model)."""
@@ -276,9 +309,9 @@ class AbstractPrimalFlow(AbstractFlow):
         return self.model.weights(y[: self.num_rows], self.log_coordinates)
 
     def controlled(self, y: State) -> State:
-        # Only θ's rows drive the flow; extra rows (SSD's E3 integrals) are read off, never fed back, so
-        # leaving them out of the error norm keeps the run the same with and without them.
-        return y[: self.num_rows]
+        # Only the rows that drive the flow: extra rows (SSD's E3 integrals) are read off, never fed back,
+        # so leaving them out of the error norm keeps the run the same with and without them.
+        return y[: self.num_controlled]
 
     def decayed(self, speed: State, y: State) -> State:
         """θ's rows of the field with the decoupled weight decay: `θ̇ − λθ`, i.e. `(log θ)˙ − λ`."""
@@ -292,20 +325,21 @@ class AbstractPrimalFlow(AbstractFlow):
 
     @property
     def autonomous(self) -> bool:
-        """Whether `local_field` ignores `t`."""
-        return True
+        """Whether `local_field` ignores `t`: unless one of its `time_options` is on."""
+        return not any(getattr(self, name) for name in self.time_options)
 
     def vector_field(self, t, y: State, problem: Problem) -> State:
         return self.local_field(t, y, problem.grad(self.weights(y)))
 
-    def discrete_optimizer(self, eta):
-        """The optax optimizer on θ whose iterates (step η, at `t = kη`) follow this flow as η → 0
-        (docs/math.md §7, §8; `_analysis/discrete.py`); only where `has_discrete`. Weight decay is
-        AdamW's: `θ ← θ − η(update + λθ)`."""
-        raise NotImplementedError(f"{type(self).__name__} has no discrete (optax) counterpart")
+    def integrand(self, problem: Problem) -> AbstractFlow:
+        if not isinstance(self, AbstractFamilyMember):
+            return self
+        eps, a, frozen = self.family_parameters()
+        return SSDFamily.member(problem, self.alpha, eps, a, frozen=frozen, track_identity=self.tracks_identity,
+                                model=self.model, weight_decay=self.weight_decay)
 
     def params(self) -> dict[str, Any]:
-        return {**{name: scalar_or_none(getattr(self, name)) for name in self.axes},
+        return {**{name: scalar_or_none(getattr(self, name)) for name in self.axes if name not in self.coordinate_axes},
                 "weight_decay": scalar_or_none(self.weight_decay)}
 
     def decays(self) -> bool:
@@ -313,9 +347,12 @@ class AbstractPrimalFlow(AbstractFlow):
         return _concrete(self.weight_decay) and bool(np.any(np.asarray(self.weight_decay) != 0))
 
     def mirror(self, problem: Problem):
-        """The mirror map of the dual flow this flow is compared with (docs/math.md §4), or None where
-        there is none on this model (`why_no_dual` says why)."""
-        return None
+        """The mirror map of the dual flow this flow is compared with (docs/math.md §4;
+        `AbstractDualPair.mirror_map`), or None where there is none on this model or with weight decay
+        (`why_no_dual` says why)."""
+        if not isinstance(self, AbstractDualPair) or self.decays():
+            return None
+        return self.mirror_map(problem)
 
     def why_no_dual(self, problem: Problem) -> str | None:
         """Why this flow, on its model and loss, has no paired dual (None where it has one)."""
@@ -328,11 +365,13 @@ class AbstractPrimalFlow(AbstractFlow):
     def potentials(self, problem: Problem) -> dict:
         """The mirror maps whose KKT errors at the end point are reported (§5): the gradient-flow
         potential of the model (the hypentropy `Q_α` at depth 2, Woodworth's depth-D potential, the
-        Euclidean map on the linear model), and the flow's own SSD potential where it has an ε at depth 2.
-        Empty where the analysis does not apply (`why_no_kkt`)."""
+        Euclidean map on the linear model), and at depth 2 the SSD potential of an `AbstractSSDGeometry`
+        flow. Empty where the analysis does not apply (`why_no_kkt`)."""
         if self.why_no_kkt(problem) is not None:
             return {}
-        return {"hypentropy" if self.model.depth == 2 else "gf_potential": gradient_flow_potential(self)}
+        maps = {"hypentropy" if self.model.depth == 2 else "gf_potential": gradient_flow_potential(self)}
+        own = _ssd_potential(self, problem) if isinstance(self, AbstractSSDGeometry) else None
+        return maps if own is None else {**maps, "ssd_potential": own}
 
     def why_no_kkt(self, problem: Problem) -> str | None:
         """Why the interpolation KKT analysis does not apply to this run (None where it does)."""
@@ -348,12 +387,69 @@ class AbstractPrimalFlow(AbstractFlow):
 
     @property
     def tracks_identity(self) -> bool:
-        """Whether the state carries the E3 integrals (`with_identity`)."""
-        return False
+        """Whether the state carries the E3 integrals (`AbstractTracksIdentity`, `with_identity`)."""
+        return isinstance(self, AbstractTracksIdentity) and self.track_identity
 
     def with_identity(self) -> "AbstractPrimalFlow | None":
-        """The same flow with the E3 integrals as extra states, or None where it has no E3 identity."""
-        return None
+        """The same flow with the E3 integrals as extra states, or None where it has no E3 identity (it
+        holds for an `AbstractTracksIdentity` flow on the depth-2 diagonal network only)."""
+        if not (isinstance(self, AbstractTracksIdentity) and _depth_two(self.model)):
+            return None
+        return dataclasses.replace(self, track_identity=True)
+
+
+# Rows of the E3 integrals `(Γ, J^u, J^v)` after the rows that drive the flow (`AbstractTracksIdentity`).
+IDENTITY_ROWS = 3
+
+
+class AbstractDualPair(AbstractPrimalFlow):
+    """A flow paired with a mirror-descent dual (docs/math.md §4), so `mdflow check` and `flows.duals`
+    apply: `mirror_map(problem)` is its mirror map where one exists on its model (None elsewhere; with
+    weight decay `mirror` has none). Set `exact_dual` where the pair is exact."""
+
+    @abc.abstractmethod
+    def mirror_map(self, problem: Problem):
+        """The mirror map of the paired dual on this model, or None where mdflow has none."""
+
+
+class AbstractSSDGeometry(AbstractPrimalFlow):
+    """A flow with a smoothing ε whose geometry at depth 2 is SSD's potential `Φ_{a,ε,α}` at some
+    magnitude `a` (SSD's and frozen SSD's own; the EMA flows' τ = 0 limit): `analysis.kkt` scores it
+    beside the model's gradient-flow potential."""
+
+    eps: eqx.AbstractVar[Float[Array, ""]]
+
+    @abc.abstractmethod
+    def ssd_magnitude(self, problem: Problem) -> Float[Array, " d"]:
+        """The magnitude `a` of the flow's SSD potential."""
+
+
+class AbstractTracksIdentity(AbstractPrimalFlow):
+    """A flow that can carry the E3 integrals `(Γ, J^u, J^v)` (docs/math.md §4) as `IDENTITY_ROWS` extra
+    states after the rows that drive it, on the depth-2 diagonal network (`with_identity`)."""
+
+    track_identity: eqx.AbstractVar[bool]  # static
+
+
+class AbstractDiscreteCounterpart(AbstractPrimalFlow):
+    """A flow with a discrete optimizer counterpart (§7, §8) for `analysis.discrete`."""
+
+    has_discrete: ClassVar[bool] = True
+
+    @abc.abstractmethod
+    def discrete_optimizer(self, eta):
+        """The optax optimizer on θ whose iterates (step η, at `t = kη`) follow this flow as η → 0
+        (docs/math.md §7, §8; `_analysis/discrete.py`). Weight decay is AdamW's:
+        `θ ← θ − η(update + λθ)`."""
+
+
+class AbstractFamilyMember(AbstractPrimalFlow):
+    """A special case of `SSDFamily`, integrated as its family member (`integrand`) so that GF, frozen
+    SSD and SSD share one compiled program; same state, same field, bit for bit."""
+
+    @abc.abstractmethod
+    def family_parameters(self) -> tuple[Any, Any, bool]:
+        """`(ε, a, frozen)` of the family member that is this flow."""
 
 
 def _model_name(model: AbstractModel) -> str:
@@ -373,7 +469,16 @@ def gradient_flow_potential(flow: AbstractPrimalFlow):
     return None
 
 
-class GF(AbstractPrimalFlow):
+def _ssd_potential(flow: AbstractSSDGeometry, problem: Problem):
+    """The flow's SSD potential `Φ_{a,ε,α}` on the depth-2 diagonal network (None on other models)."""
+    from ._mirror import SSDPotential
+
+    if not _depth_two(flow.model):
+        return None
+    return SSDPotential(flow.ssd_magnitude(problem), flow.eps, flow.alpha)
+
+
+class GF(AbstractDualPair, AbstractFamilyMember):
     """Gradient flow: `θ̇ = −∂L/∂θ = −(∂w/∂θ)·g` (on the depth-2 network `ṗ = −2g`, `q̇ = +2g`)."""
 
     kind: ClassVar[str] = "gf"
@@ -385,13 +490,12 @@ class GF(AbstractPrimalFlow):
         rows = y[: self.num_rows]
         return self.decayed(-(self.model.jacobian(rows, self.log_coordinates) * g), y)
 
-    def integrand(self, problem):
+    def family_parameters(self):
         # `|∂w/∂θ|·0 + 1 = 1` and `x / 1 = x` exactly: the family's field is GF's, bit for bit.
-        return SSDFamily.member(problem, self.alpha, 1.0, 0.0, frozen=True, model=self.model,
-                                weight_decay=self.weight_decay)
+        return 1.0, 0.0, True
 
-    def mirror(self, problem):
-        return None if self.decays() else gradient_flow_potential(self)
+    def mirror_map(self, problem):
+        return gradient_flow_potential(self)
 
 
 class AbstractSignDescent(AbstractPrimalFlow):
@@ -404,13 +508,9 @@ class AbstractSignDescent(AbstractPrimalFlow):
     def magnitude(self, g: Float[Array, " d"]) -> Float[Array, " d"]:
         """The gradient magnitude `m` in the denominators (`|g|`, or frozen at `a`)."""
 
-    def potentials(self, problem):
-        maps = super().potentials(problem)
-        own = self.mirror(problem) if self.model.depth == 2 and self.model.kind == "diagonal" else None
-        return {**maps, "ssd_potential": own} if maps and own is not None else maps
 
-
-class SSD(AbstractSignDescent):
+class SSD(AbstractSignDescent, AbstractSSDGeometry, AbstractDualPair, AbstractTracksIdentity,
+          AbstractDiscreteCounterpart, AbstractFamilyMember):
     """Smoothed sign descent flow (Adam with β1 = β2 = 0): `θ̇ = −G/(|G| + ε)`; on the depth-2 network
     `ṗ = −2g / (2u|g| + ε)`, `q̇ = +2g / (2v|g| + ε)`.
 
@@ -425,16 +525,11 @@ class SSD(AbstractSignDescent):
     kind: ClassVar[str] = "ssd"
     label: ClassVar[str] = "SSD"
     axes: ClassVar[tuple[str, ...]] = ("eps", "alpha")
-    has_discrete: ClassVar[bool] = True
 
     def __check_init__(self):
         check_parameter("eps", self.eps)
         if self.track_identity and not _depth_two(self.model):
             raise InputError("track_identity: the E3 identity holds on the depth-2 diagonal network only")
-
-    @classmethod
-    def _from_values(cls, problem, values, *, track_identity, options, common):
-        return cls(values["alpha"], values["eps"], track_identity and _depth_two(common["model"]), **common)
 
     def discrete_optimizer(self, eta):
         import optax
@@ -442,23 +537,8 @@ class SSD(AbstractSignDescent):
         return _decoupled(optax.adam(learning_rate=eta, b1=0.0, b2=0.0, eps=self.eps, eps_root=0.0), eta,
                           self.weight_decay)
 
-    @property
-    def num_components(self) -> int:
-        return self.num_rows + 3 if self.track_identity else self.num_rows
-
-    @property
-    def tracks_identity(self) -> bool:
-        return self.track_identity
-
-    def with_identity(self) -> "SSD | None":
-        if not _depth_two(self.model):
-            return None
-        return SSD(self.alpha, self.eps, track_identity=True, model=self.model, weight_decay=self.weight_decay)
-
-    def integrand(self, problem):
-        # `a` is unused: the magnitude is |g|.
-        return SSDFamily.member(problem, self.alpha, self.eps, 0.0, frozen=False, track_identity=self.track_identity,
-                                model=self.model, weight_decay=self.weight_decay)
+    def family_parameters(self):
+        return self.eps, 0.0, False  # `a` is unused: the magnitude is |g|
 
     def local_field(self, t, y, g):
         return sign_descent_field(self, y, g, self.magnitude(g), self.eps, self.track_identity)
@@ -467,13 +547,12 @@ class SSD(AbstractSignDescent):
         """The gradient magnitude in the denominators `2u·m + ε`: `|g|` (the stage analysis reads it)."""
         return jnp.abs(g)
 
-    def mirror(self, problem):
-        """`Φ_{|g(w(0))|,ε,α}` on the depth-2 network: exact only while `|g| = |g(0)|` (approximate pair)."""
-        from ._mirror import SSDPotential
+    def ssd_magnitude(self, problem):
+        return FrozenSSD.default_a(problem)
 
-        if self.decays() or not _depth_two(self.model):
-            return None
-        return SSDPotential(FrozenSSD.default_a(problem), self.eps, self.alpha)
+    def mirror_map(self, problem):
+        """`Φ_{|g(w(0))|,ε,α}` on the depth-2 network: exact only while `|g| = |g(0)|` (approximate pair)."""
+        return _ssd_potential(self, problem)
 
     def identity_terms(self, ys: Float[Array, "T 5 d"]) -> dict[str, Array]:
         """The E3 terms along a tracked trajectory: `(ε/2) log(u/α)`, `(ε/2) log(v/α)`, `Γ`, `J^u`,
@@ -490,7 +569,11 @@ class SSD(AbstractSignDescent):
         return 0.5 * float(self.eps) * (p - q) + 2 * gamma
 
 
-class FrozenSSD(AbstractSignDescent):
+def _frozen_default(problem: Problem, w0: Float[Array, " d"]) -> Float[Array, " d"]:
+    return FrozenSSD.default_a(problem, w0)
+
+
+class FrozenSSD(AbstractSignDescent, AbstractSSDGeometry, AbstractDualPair, AbstractFamilyMember):
     """SSD with the gradient magnitude in both denominators frozen at `a ≥ 0` (docs/math.md §2):
     `θ̇ = −G/(|∂w/∂θ|·a + ε)`; on the depth-2 network `ṗ = −2g / (2ua + ε)`, `q̇ = +2g / (2va + ε)`, an
     exact mirror flow (E2)."""
@@ -502,21 +585,14 @@ class FrozenSSD(AbstractSignDescent):
     label: ClassVar[str] = "frozen SSD"
     axes: ClassVar[tuple[str, ...]] = ("eps", "alpha", "a")
     exact_dual: ClassVar[bool] = True
+    # `a` defaults to `|g(w(0))|` and is per coordinate (a scalar is broadcast).
+    optional_axes: ClassVar[tuple[str, ...]] = ("a",)
+    defaults: ClassVar[dict[str, Callable[[Problem, Array], Array]]] = {"a": _frozen_default}
+    coordinate_axes: ClassVar[tuple[str, ...]] = ("a",)
 
     def __check_init__(self):
         check_parameter("eps", self.eps)
         check_parameter("a", self.a, per_coordinate=True)
-
-    optional_axes: ClassVar[tuple[str, ...]] = ("a",)
-
-    @classmethod
-    def _from_values(cls, problem, values, *, track_identity, options, common):
-        a = values.get("a")
-        if a is None:
-            a = cls.default_a(problem, _initial_weights(problem, common["model"], values["alpha"]))
-        elif np.ndim(a) == 0:
-            a = jnp.broadcast_to(a, (problem.d,))
-        return cls(values["alpha"], values["eps"], a, **common)  # another shape: `__check_init__`, `check_problem`
 
     @staticmethod
     def default_a(problem: Problem, w0=None) -> Float[Array, " d"]:
@@ -528,23 +604,17 @@ class FrozenSSD(AbstractSignDescent):
         """The magnitude in the denominators: the frozen `a`, whatever `g` is."""
         return jnp.broadcast_to(self.a, g.shape)
 
-    def integrand(self, problem):
-        return SSDFamily.member(problem, self.alpha, self.eps, self.a, frozen=True, model=self.model,
-                                weight_decay=self.weight_decay)
+    def family_parameters(self):
+        return self.eps, self.a, True
 
     def local_field(self, t, y, g):
         return sign_descent_field(self, y, g, self.magnitude(g), self.eps, False)
 
-    def params(self):
-        return {"eps": float(self.eps), "alpha": scalar_or_none(self.alpha),
-                "weight_decay": scalar_or_none(self.weight_decay)}
+    def ssd_magnitude(self, problem):
+        return self.a
 
-    def mirror(self, problem):
-        from ._mirror import SSDPotential
-
-        if self.decays() or not _depth_two(self.model):
-            return None
-        return SSDPotential(self.a, self.eps, self.alpha)
+    def mirror_map(self, problem):
+        return _ssd_potential(self, problem)
 
 
 def _depth_two(model: AbstractModel) -> bool:
@@ -569,7 +639,7 @@ def sign_descent_field(flow: AbstractPrimalFlow, y: State, g, magnitude, eps, tr
     return jnp.concatenate([speed, jnp.stack([g, magnitude * u * speed[0], magnitude * v * speed[1]])])
 
 
-class SSDFamily(AbstractPrimalFlow):
+class SSDFamily(AbstractTracksIdentity):
     """What GF, frozen SSD and SSD are integrated as, so that one compiled program solves all three
     (`integrand`): `sign_descent_field` with the magnitude `m = a` where `frozen`, else `m = |g|`,
     chosen by a traced value. GF is `frozen`, `a = 0`, `ε = 1` (`|∂w/∂θ|·0 + 1 = 1` exactly); frozen
@@ -595,10 +665,6 @@ class SSDFamily(AbstractPrimalFlow):
                    np.asarray(frozen), track_identity, model=Diagonal() if model is None else model,
                    weight_decay=_of_dtype(weight_decay, problem))
 
-    @property
-    def num_components(self) -> int:
-        return self.num_rows + 3 if self.track_identity else self.num_rows
-
     def local_field(self, t, y, g):
         magnitude = jnp.where(self.frozen, self.a, jnp.abs(g))
         return sign_descent_field(self, y, g, magnitude, self.eps, self.track_identity)
@@ -618,7 +684,7 @@ def _per_coordinate(x, problem: Problem) -> Array:
     return (np.broadcast_to if isinstance(x, np.ndarray) else jnp.broadcast_to)(x, (problem.d,))
 
 
-class AbstractEMAFlow(AbstractPrimalFlow):
+class AbstractEMAFlow(AbstractSSDGeometry, AbstractDiscreteCounterpart):
     """Adam-type flows (docs/math.md §8): exponential moving averages of the parameter gradient
     `G = (2u⊙g, −2v⊙g)` with time constants τ1 (first moment m) and τ2 (second moment s), the step
     `θ̇ = −m̂/(√ŝ + ε)` on `θ = (u, v)` and, with `bias_correction`, `m̂ = m/(1 − e^{−t/τ1})`,
@@ -626,7 +692,7 @@ class AbstractEMAFlow(AbstractPrimalFlow):
     average is the current value (`m ≡ G`, `s ≡ G²`); it is a traced value like any other, so τ = 0 and
     τ > 0 share one compiled program. `τ1 = τ2 = 0` is SSD.
 
-    State rows: `θ` (2 rows), then `m` (2 rows, if `momentum`), then `s` (2 rows), each a `(u, v)` pair,
+    State rows: `θ` (2 rows), then `m` (2 rows, with momentum: `moments = 2`), then `s` (2 rows), each a `(u, v)` pair,
     from `θ = α`, `m = s = 0`. In log coordinates (`log_coordinates`) the θ rows are `(log u, log v)`
     and the moments are stored relative to θ, `μ = m/θ` and `σ = s/θ²`, whose scale does not depend on
     how small u, v get: `μ̇ = (G/θ − μ)/τ1 − μ·(log θ)˙`, `σ̇ = ((G/θ)² − σ)/τ2 − 2σ·(log θ)˙`, with
@@ -635,57 +701,39 @@ class AbstractEMAFlow(AbstractPrimalFlow):
 
     eps: eqx.AbstractVar[Float[Array, ""]]
     tau2: eqx.AbstractVar[Float[Array, ""]]
+    tau1: eqx.AbstractVar[Float[Array, ""]]  # 0 without momentum
     bias_correction: eqx.AbstractVar[bool]  # static; True as optax's Adam
-    # Subclasses also provide `tau1` (0 without momentum).
-
-    momentum: ClassVar[bool]
+    # Subclasses also set `moments` (2 with momentum, else 1).
 
     options: ClassVar[tuple[str, ...]] = ("bias_correction",)
-    has_discrete: ClassVar[bool] = True
+    time_options: ClassVar[tuple[str, ...]] = ("bias_correction",)
 
     def __check_init__(self):
         check_parameter("eps", self.eps)
         check_parameter("tau1", self.tau1)
         check_parameter("tau2", self.tau2)
 
-    @property
-    def num_components(self) -> int:
-        return (3 if self.momentum else 2) * self.num_rows
-
-    @property
-    def autonomous(self) -> bool:
-        return not self.bias_correction
-
-    def controlled(self, y: State) -> State:
-        return y  # every row drives the flow
-
     def local_field(self, t, y, g):
-        R, log = self.num_rows, self.log_coordinates
+        R, log, momentum = self.num_rows, self.log_coordinates, self.moments == 2
         grad = self.model.jacobian(y[:R], log) * g  # G, or G/θ in log coordinates (moments relative to θ)
         s = y[-R:]
         s_hat = _corrected(t, self.tau2, s, grad * grad, self.bias_correction)
         root = jnp.exp(y[:R]) * _sqrt(s_hat) if log else _sqrt(s_hat)  # √ŝ
-        m = y[R : 2 * R] if self.momentum else None
-        m_hat = _corrected(t, self.tau1, m, grad, self.bias_correction) if self.momentum else grad
+        m = y[R : 2 * R] if momentum else None
+        m_hat = _corrected(t, self.tau1, m, grad, self.bias_correction) if momentum else grad
         speed = self.decayed(-m_hat / (root + self.eps), y)  # θ̇, or (log θ)˙ in log coordinates
         ds = (grad * grad - s) * _rate(self.tau2)
         rows = [speed]
-        if self.momentum:
+        if momentum:
             dm = (grad - m) * _rate(self.tau1)
             rows.append(dm - m * speed if log else dm)
         rows.append(ds - 2 * s * speed if log else ds)
         return jnp.concatenate(rows)
 
-    def potentials(self, problem):
-        """The model's gradient-flow potential and, for reference at depth 2, SSD's potential
-        `Φ_{|g(0)|,ε,α}` at the same ε, α (the τ = 0 flow's dual map): how far the EMAs move the limit
-        from SSD's geometry."""
-        from ._mirror import SSDPotential
-
-        maps = super().potentials(problem)
-        if not maps or not _depth_two(self.model):
-            return maps
-        return {**maps, "ssd_potential": SSDPotential(FrozenSSD.default_a(problem), self.eps, self.alpha)}
+    def ssd_magnitude(self, problem):
+        """`|g(0)|`: SSD's potential `Φ_{|g(0)|,ε,α}` at the same ε, α (the τ = 0 flow's dual map), for
+        reference at depth 2: how far the EMAs move the limit from SSD's geometry."""
+        return FrozenSSD.default_a(problem)
 
     def discrete_optimizer(self, eta):
         return _decoupled(self.scale_by(eta), eta, self.weight_decay)
@@ -721,7 +769,7 @@ class Adam(AbstractEMAFlow):
     kind: ClassVar[str] = "adam"
     label: ClassVar[str] = "Adam"
     axes: ClassVar[tuple[str, ...]] = ("eps", "alpha", "tau1", "tau2")
-    momentum: ClassVar[bool] = True
+    moments: ClassVar[int] = 2  # m and s
     keeps_sign: ClassVar[bool] = False
 
     def scale_by(self, eta):
@@ -752,7 +800,7 @@ class RMSProp(AbstractEMAFlow):
     kind: ClassVar[str] = "rmsprop"
     label: ClassVar[str] = "RMSProp"
     axes: ClassVar[tuple[str, ...]] = ("eps", "alpha", "tau2")
-    momentum: ClassVar[bool] = False
+    moments: ClassVar[int] = 1  # s only
 
     @property
     def tau1(self) -> Float[Array, ""]:

@@ -70,7 +70,7 @@ class SquaredLoss(AbstractLoss):
         pass
 
 
-class _MarginLoss(AbstractLoss):
+class _AbstractMarginLoss(AbstractLoss):
     """Classification losses of the margin `y·m` (labels ±1), stopped at a loss target."""
 
     stop_rule: ClassVar[str] = "loss"
@@ -83,7 +83,7 @@ class _MarginLoss(AbstractLoss):
             raise InputError(f"{source}: the {self.name} loss needs labels y in {{-1, +1}}; y[{i}] = {float(y[i])!r}")
 
 
-class LogisticLoss(_MarginLoss):
+class LogisticLoss(_AbstractMarginLoss):
     """`ℓ(m, y) = log(1 + e^{−ym})`."""
 
     name: ClassVar[str] = "logistic"
@@ -98,7 +98,7 @@ class LogisticLoss(_MarginLoss):
         return jax.nn.sigmoid(y * m) * jax.nn.sigmoid(-y * m)
 
 
-class ExponentialLoss(_MarginLoss):
+class ExponentialLoss(_AbstractMarginLoss):
     """`ℓ(m, y) = e^{−ym}`."""
 
     name: ClassVar[str] = "exponential"
