@@ -31,6 +31,7 @@ ARRAY_DIMS: dict[str, tuple[str, ...]] = {
     "loss": ("t",),
     "rel_residual": ("t",),
     "gap_w": ("t",),
+    **{f"{name}_{norm}": ("t",) for name in ("margin", "margin_ratio", "cosine") for norm in ("l1", "l2", "linf")},
     "analysis.stage_coords": ("stage_rank",),
     "analysis.t_warm_measured": ("stage_rank",),
     "analysis.t_warm_predicted": ("stage_rank",),
