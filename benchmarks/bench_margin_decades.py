@@ -10,7 +10,7 @@ max-margin references; then whether anything overflowed (non-finite w or loss) o
 or subnormal, or a gradient that is exactly 0 in float64), and the summary table of
 docs/benchmarks.md ("Margins over decades of time").
 
-    python benchmarks/bench_margin_decades.py               # about a minute on one CPU core
+    python benchmarks/bench_margin_decades.py               # under a minute on a CPU
     python benchmarks/bench_margin_decades.py --last 20     # decades up to 1e20 only
 """
 
@@ -26,7 +26,7 @@ jax.config.update("jax_enable_x64", True)
 import numpy as np  # noqa: E402
 
 import mdflow  # noqa: E402
-from mdflow._analysis.margins import NORMS, margin_record, max_margins  # noqa: E402
+from mdflow._analysis.margins import NORMS  # noqa: E402
 
 FLOWS = {  # label -> (kind, parameters)
     "GF": ("gf", {"alpha": 0.0}),
@@ -44,7 +44,7 @@ def main(argv=None) -> None:
 
     problem = mdflow.separable_gaussian(20, 60, 3, seed=0, loss="exponential")
     X, y = np.asarray(problem.X), np.asarray(problem.y)
-    refs = max_margins(X, y)
+    refs = mdflow.max_margins(X, y)
     print(f"separable_gaussian(20, 60, 3, seed=0, loss='exponential'); max margins: "
           + ", ".join(f"{k} {r.margin:.4g}" for k, r in refs.items()))
     decades = list(range(-2, args.last + 1))
@@ -65,7 +65,7 @@ def main(argv=None) -> None:
             steps = int(sol.num_steps)
             raw = float(np.min(y * (X @ w)))
             g = X.T @ (-y * np.exp(-y * (X @ w))) / X.shape[0]
-            ratios = margin_record(X, y, w, refs)["margin_ratio"]
+            ratios = mdflow.margin_record(X, y, w, refs)["margin_ratio"]
             loss = float(sol.final_loss)
             row = dict(t1=10.0 ** k, steps=steps, decade=steps - previous, status=mdflow.status_name(sol.status),
                        t_end=float(sol.t_end), loss=loss, raw=raw, g=float(np.max(np.abs(g))), ratios=ratios,
