@@ -396,6 +396,14 @@ class Config:
             seed=p["seed"] if seed is None else seed, normalization=p["normalization"],
         )
 
+    def data_label(self, seed: int | None = None) -> str:
+        """The config's data in a message: `problem.path='…'` for a file, else the generator and the seed
+        (`problem.kind='separable_gaussian', seed=3`)."""
+        p = self.raw["problem"]
+        if p["kind"] == "file":
+            return f"problem.path={str(self.data_path())!r}"
+        return f"problem.kind={p['kind']!r}, seed={p['seed'] if seed is None else seed}"
+
     def data_path(self) -> Path:
         """`problem.path`, relative to the config file's folder: an existing file, else `InputError`."""
         given = self.raw["problem"]["path"]

@@ -31,6 +31,7 @@ ARRAY_DIMS: dict[str, tuple[str, ...]] = {
     "loss": ("t",),
     "rel_residual": ("t",),
     "gap_w": ("t",),
+    **{f"{name}_{norm}": ("t",) for name in ("margin", "margin_ratio", "cosine") for norm in ("l1", "l2", "linf")},
     "analysis.stage_coords": ("stage_rank",),
     "analysis.t_warm_measured": ("stage_rank",),
     "analysis.t_warm_predicted": ("stage_rank",),
@@ -214,7 +215,9 @@ def load(results_dir: str | Path, *, arrays: bool = True):
       have dimension `eta`. With duals, the pair records of `equivalence.json` appear as `check.*`.
     - With `arrays=True` (default), every stored array with named dimensions: `w (run, t, coordinate)`,
       `w_final (run, coordinate)`, `loss`, `rel_residual`, `gap_w (run, t)`, `w_dual`, the
-      `analysis.*` arrays and the per-η lists above; `t` is a coordinate (the saved times).
+      `analysis.*` arrays, a classification run's margins over time (`margin_l1`, ...,
+      `margin_ratio_l2`, ..., `cosine_linf`: `(run, t)`) and the per-η lists above; `t` is a coordinate
+      (the saved times).
       `arrays=False` keeps only the run table, every variable on `run` alone (not the per-η lists:
       `to_dataframe` would repeat each run once per η), so `mdflow.load(dir, arrays=False).to_dataframe()`
       is the tidy one-row-per-run table.

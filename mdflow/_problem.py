@@ -348,7 +348,10 @@ def load_npz(path: str | Path, *, normalization: str = "mean", loss: str = "squa
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error
         why = "holds object arrays (pickled Python objects), not numbers" if "pickle" in str(exc) else str(exc)
         raise InputError(f"{name}: cannot read as .npz ({why})") from None
-    X, y = validate_data(arrays["X"], arrays["y"], source=name)
+    with warnings.catch_warnings():
+        if loss_function.stop_rule == "loss":  # n >= d is an ordinary classification setting
+            warnings.simplefilter("ignore")
+        X, y = validate_data(arrays["X"], arrays["y"], source=name)
     loss_function.check_labels(y, name)
     w_star = None
     if "w_star" in arrays:

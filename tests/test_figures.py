@@ -80,7 +80,7 @@ def synthesize(out_dir, config, *, d=40, num_ts=60, seed=0):
         if analysis["kkt"]:
             rec["kkt"] = _kkt(spec.flow, eps, alpha, rng)
         if analysis["stages"]:
-            if cls.has_stages:
+            if issubclass(cls, mdflow.AbstractSignDescent):
                 rec["stages"] = {"num_active": 5, "t_warm_measured": 2 * eps ** 0.5 * (1 + alpha),
                                  "t_warm_predicted": 1.8 * eps ** 0.5 * (1 + alpha),
                                  "t_warm_predicted_refined": 2.05 * eps ** 0.5 * (1 + alpha),

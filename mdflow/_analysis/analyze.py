@@ -16,23 +16,68 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from .._errors import InputError
 from .._problem import Problem
 
 NUM_STAGE_COORDS = 10
 
 _REFERENCE_CACHE: dict[str, dict[str, np.ndarray]] = {}
+_MARGIN_CACHE: dict[str, dict] = {}
+
+
+def _data_key(problem: Problem) -> str:
+    return hashlib.sha1(np.asarray(problem.X).tobytes() + np.asarray(problem.y).tobytes()).hexdigest()
+
+
+def _cached(cache: dict, problem: Problem, compute):
+    key = _data_key(problem)
+    if key not in cache:
+        if len(cache) > 16:
+            cache.clear()
+        cache[key] = compute()
+    return cache[key]
 
 
 def references_for(problem: Problem) -> dict[str, np.ndarray]:
     """The min-ℓ1/ℓ3/2/ℓ2 interpolators of a problem, cached by the hash of `(X, y)`."""
     from .interpolators import reference_interpolators
 
-    key = hashlib.sha1(np.asarray(problem.X).tobytes() + np.asarray(problem.y).tobytes()).hexdigest()
-    if key not in _REFERENCE_CACHE:
-        if len(_REFERENCE_CACHE) > 16:
-            _REFERENCE_CACHE.clear()
-        _REFERENCE_CACHE[key] = reference_interpolators(problem)
-    return _REFERENCE_CACHE[key]
+    return _cached(_REFERENCE_CACHE, problem, lambda: reference_interpolators(problem))
+
+
+def margin_references_for(problem: Problem, *, source: str = "data") -> dict:
+    """The ℓ1/ℓ2/ℓ∞ max-margin references of a classification problem (`max_margins`), cached by the hash
+    of `(X, y)`. Data that are not linearly separable through the origin: `InputError` naming `source`
+    (the config's data, e.g. `problem.kind='separable_gaussian' (seed 3)`) with `separability`'s reason."""
+    from .margins import _labelled, _max_margin, _separability
+
+    def compute():
+        Z = _labelled(np.asarray(problem.X), np.asarray(problem.y), source=source)
+        verdict, linf = _separability(Z)
+        if not verdict.separable:
+            raise InputError(f"{source}: {verdict.reason}; a classification loss has no margins to approach "
+                             "(its weights need not grow without bound)")
+        return {key: _max_margin(Z, key, linf) for key in ("l1", "l2", "linf")}
+
+    return _cached(_MARGIN_CACHE, problem, compute)
+
+
+def margin_fields(problem: Problem, solution) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """What every run of a classification problem records (`_execution.run`): the record fields
+    `margin`, `margin_ratio` and `cosine`, each `{l1, l2, linf}` of its final weights (`margin_record`,
+    NaN where w is 0 or not finite), and with a saved trajectory the same over time as arrays (T,)
+    `margin_l1`, ..., `margin_ratio_l1`, ..., `cosine_l1`, ... The max-margin references are the
+    problem's (`margin_references_for`, computed once per problem)."""
+    from .margins import margin_record, margins_over_time
+
+    X, y = np.asarray(problem.X), np.asarray(problem.y)
+    refs = margin_references_for(problem)
+    record = margin_record(X, y, np.asarray(solution.w_final), refs)
+    arrays: dict[str, np.ndarray] = {}
+    if solution.ws is not None:
+        over_time = margins_over_time(X, y, np.asarray(solution.ws), refs)
+        arrays = {f"{name}_{key}": values for name, field in over_time.items() for key, values in field.items()}
+    return record, arrays
 
 
 def _identity_state(problem: Problem, flow, solution, policy):

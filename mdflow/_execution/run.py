@@ -156,13 +156,19 @@ RunAnalysis = Callable[[RunSpec, Any, Problem, Solution, SolvePolicy], tuple[dic
 
 def _plan(config: Config, policy: SolvePolicy, duals: bool, layout: Layout) -> tuple[list[RunSpec], Plan]:
     """The config's runs and their plan: a problem per seed, a flow per run, chunks grouped by seed, flow
-    kind and the solver each chunk runs (`Plan.of`), sorted by `difficulty`."""
+    kind and the solver each chunk runs (`Plan.of`), sorted by `difficulty`. A classification problem's
+    max-margin references are computed here, once per seed: data that are not linearly separable are an
+    `InputError` naming them, before anything is solved or stored."""
     specs = config.run_specs()
     problems: dict[int, Problem] = {}
     flows = []
     for spec in specs:
         if spec.seed not in problems:
             problems[spec.seed] = config.problem(spec.seed)
+            if config.stop_rule == "loss":  # not separable: refused here, before any solve or store
+                from .._analysis.analyze import margin_references_for
+
+                margin_references_for(problems[spec.seed], source=config.data_label(spec.seed))
             if config["analysis"]["kkt"]:
                 from .._analysis.kkt import require_interpolators
 
@@ -191,6 +197,13 @@ def _chunk_result(
         w_final = np.asarray(one.w_final)
         record = run_record(specs[i], one, chunk.solver, wall / len(chunk.runs))
         record.update(model=flow.model.params(), loss=problem.loss_function.name, chunk=chunk.index)
+        if problem.stop_rule == "loss":  # classification: margins against the problem's max-margin references
+            from .._analysis.analyze import margin_fields
+
+            margins, margin_arrays = margin_fields(problem, one)
+            record.update({name: {k: _finite_or_none(v) for k, v in field.items()} for name, field in margins.items()})
+            for key, value in margin_arrays.items():
+                arrays.setdefault(key, []).append(value)
         arrays["w_final"].append(w_final)
         arrays["loss"].append(np.asarray(one.loss))
         arrays["rel_residual"].append(np.asarray(one.rel_residual))
