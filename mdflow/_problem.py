@@ -21,6 +21,17 @@ NORMALIZATIONS = ("mean", "sum")
 Margins = Float[Array, " n"]
 
 
+def require_x64() -> None:
+    """Refuse to solve without float64: in float32 mdflow's solves report `ok` far outside their
+    tolerance (docs/design.md, "Process-wide settings"). mdflow never turns x64 on in a user's program. The data generators and loader ask too: in float32 their
+    arrays would be rounded silently."""
+    if not jax.config.jax_enable_x64:
+        raise InputError(
+            "jax_enable_x64=False: mdflow solves in float64 only; call "
+            "jax.config.update(\"jax_enable_x64\", True) at the start of your program, before creating arrays "
+            "(the mdflow command does this itself)")
+
+
 class AbstractLoss(eqx.Module):
     """A loss of the form `Σ_i ℓ(m_i, y_i)` of the margins `m = Xw`: what the flows (its derivative),
     the structured stiff solver (its curvature, the `h` of `Xᵀ diag(h) X`), the duals (its derivative)
@@ -253,6 +264,7 @@ def sparse_gaussian(
     n: int, d: int, k: int, *, noise: float = 0.0, seed: int = 0, signs: bool = False, normalization: str = "mean"
 ) -> Problem:
     """Woodworth et al. (2020) data: `X_ij ~ N(0, 1)`, `w*` k-sparse with entries `±1/√k`, `y = Xw* + noise`."""
+    require_x64()
     for key, value in (("n", n), ("d", d), ("k", k), ("noise", noise), ("seed", seed)):
         RANGES[f"problem.{key}"].check(key, value)  # the config's ranges
     if k > d:
@@ -289,6 +301,7 @@ def separable_gaussian(
     component `s = ⟨x_i, w*⟩` is redrawn from the normal law conditioned on `|s| ≥ margin` (a monotone
     map of `|s|`, so `margin = 0` changes nothing and a seed gives the same points otherwise): Gaussian
     points with the closer ones dropped, exactly n of them."""
+    require_x64()
     for key, value in (("n", n), ("d", d), ("k", k), ("noise", noise), ("seed", seed), ("margin", margin)):
         RANGES[f"problem.{key}"].check(key, value)  # the config's ranges
     if k > d:
@@ -323,6 +336,7 @@ def separable_gaussian(
 def load_npz(path: str | Path, *, normalization: str = "mean", loss: str = "squared") -> Problem:
     """User data from an `.npz` with arrays `X` (n, d) and `y` (n,), optionally `w_star` (d,), under the
     loss named `loss` (`LOSSES`; a classification loss needs labels ±1: `InputError` naming the file)."""
+    require_x64()
     loss_function = make_loss(loss)
     path = Path(path)
     if not path.is_file():

@@ -42,14 +42,17 @@ def test_lazy_imports():
 @pytest.mark.filterwarnings("ignore:Explicitly requested dtype float64")  # the sweep builds its members first
 def test_solves_refuse_float32(small_problem):
     """With x64 off, every solve (`solve`, `solve_batch`, a sweep's chunks: all pass `SolveControls.of`)
-    stops with an `InputError` naming the setting, before any tracing (no program is compiled here)."""
+    and every data generator or loader (whose arrays would be rounded to float32) stops with an
+    `InputError` naming the setting, before any tracing (no program is compiled here)."""
     import jax
 
     flow = mdflow.make_flow("gf", small_problem, alpha=0.1)
     jax.config.update("jax_enable_x64", False)
     try:
         for call in (lambda: mdflow.solve(flow, small_problem, mdflow.SolvePolicy()),
-                     lambda: mdflow.sweep([flow], small_problem, mdflow.SolvePolicy(), chunk_size=1)):
+                     lambda: mdflow.sweep([flow], small_problem, mdflow.SolvePolicy(), chunk_size=1),
+                     lambda: mdflow.sparse_gaussian(10, 30, 3), lambda: mdflow.separable_gaussian(10, 30, 3),
+                     lambda: mdflow.load_npz("no-such-file.npz")):
             with pytest.raises(mdflow.InputError, match="jax_enable_x64"):
                 call()
     finally:

@@ -24,21 +24,11 @@ from jaxtyping import Array, Bool, Float, Int
 
 from .._errors import InputError, check_time_grid
 from .._flows import AbstractFlow
-from .._problem import Problem
+from .._problem import Problem, require_x64
 from .policy import SolvePolicy
 
 if TYPE_CHECKING:
     import diffrax
-
-def require_x64() -> None:
-    """Refuse to solve without float64: in float32 mdflow's solves report `ok` far outside their
-    tolerance (docs/design.md, "Process-wide settings"). mdflow never turns x64 on in a user's program."""
-    if not jax.config.jax_enable_x64:
-        raise InputError(
-            "jax_enable_x64=False: mdflow solves in float64 only; call "
-            "jax.config.update(\"jax_enable_x64\", True) at the start of your program, before creating arrays "
-            "(the mdflow command does this itself)")
-
 
 class RunStatus(enum.IntEnum):
     """A run's outcome, stored as its integer code (`Solution.status`) and recorded by name
