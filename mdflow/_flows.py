@@ -753,11 +753,11 @@ def _decoupled(optimizer, eta, weight_decay):
 class Adam(AbstractEMAFlow):
     """The Adam flow (docs/math.md §8): `ṁ = (G − m)/τ1`, `ṡ = (G² − s)/τ2`, `θ̇ = −m̂/(√ŝ + ε)`.
 
-    Linear coordinates `(u, v, m_u, m_v, s_u, s_v)`, by measurement: with momentum u or v crosses zero
-    (m lags G), which log coordinates cannot represent. It does so for about half of the usual
-    (η, α, ε) settings, more often the longer τ1 and the smaller α; where neither crosses, log
-    coordinates are more accurate at equal tolerances but take more steps (the runs, their outcome and
-    the command in docs/math.md §8).
+    Linear coordinates (θ, m, s; on the depth-2 network `(u, v, m_u, m_v, s_u, s_v)`): with momentum u or
+    v can cross zero (m lags G), which log coordinates cannot represent, and at the usual (η, α, ε)
+    settings it often does, the more so the longer τ1 and the smaller α. Where neither crosses, log
+    coordinates are more accurate at equal tolerances but take more steps (the runs, their counts and
+    the command: docs/math.md §8).
     """
 
     alpha: Float[Array, "..."] = eqx.field(converter=_as_float)
@@ -786,10 +786,10 @@ class RMSProp(AbstractEMAFlow):
     """The RMSProp flow (docs/math.md §8): Adam without a first moment (`τ1 = 0`, `m ≡ G`),
     `ṡ = (G² − s)/τ2`, `θ̇ = −G/(√ŝ + ε)`.
 
-    Log coordinates `(log u, log v, s_u/u², s_v/v²)`: without momentum `u̇ ∝ u`, so u and v keep their
-    sign and log coordinates are always valid; they keep the shrinking partner's relative accuracy
-    where it falls to 1e-42 (α = ε = 1e-3, sparse_gaussian(40, 200, 5)), far below any absolute
-    tolerance in linear coordinates (benchmarks/bench_adam_coordinates.py --flow rmsprop).
+    Log coordinates `(log u, log v, s_u/u², s_v/v²)` on the diagonal network: without momentum `u̇ ∝ u`,
+    so u and v keep their sign and log coordinates are always valid; they keep the relative accuracy of
+    the shrinking partner, which at small α and ε falls far below any absolute tolerance in linear
+    coordinates (how far, and the command: docs/math.md §8). On the linear model, linear coordinates.
     """
 
     alpha: Float[Array, "..."] = eqx.field(converter=_as_float)
