@@ -212,20 +212,18 @@ def human(seconds):
 
 
 def table(rows):
-    print("\n| case | T | mdflow solve s (compile s) | steps | mdflow error | loop at η0: error (at t) "
-          "| loop η for matched error | loop steps | loop time | loop / mdflow |")
+    print("\n| case | T | mdflow solve s (compile s) | mdflow steps | mdflow error | loop at η0: error (at t) "
+          "| loop at η0: time to T | loop η for mdflow's error | loop time at that η | loop / mdflow |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        extra = "" if r["how"] == "measured" else " (extrapolated)"
+        extra = "" if r["how"] == "measured" else ", extrapolated"
         print(f"| {r['case']} | {r['T']:.4g} | {r['mdflow_s']:.3g} ({r['compile_s']:.2g}) | {r['steps']} | "
-              f"{r['flow_err']:.1e} | η0={r['eta0']:g}: {r['eta0_err']:.1e} (t={r['eta0_t']:g}) | {r['eta_need']:.2g}"
-              f"{extra} | {r['loop_steps']:.2g} | {human(r['loop_s'])}{extra} | {r['ratio']:.2g}× |")
+              f"{r['flow_err']:.1e} | η0={r['eta0']:g}: {r['eta0_err']:.1e} (t={r['eta0_t']:g}) | {human(r['eta0_s'])} | "
+              f"{r['eta_need']:.2g} | {human(r['loop_s'])} ({r['loop_steps']:.2g} steps{extra}) | {r['ratio']:.2g}× |")
     print("\nLoop time per step (best of repeats): "
-          + "; ".join(sorted({f"{r['case']}: {r['per_step'] * 1e6:.3g} µs" for r in rows})))
+          + "; ".join(dict.fromkeys(f"{r['case']}: {r['per_step'] * 1e6:.3g} µs" for r in rows)))
     print("Fitted error slopes (log error vs log η): "
-          + "; ".join(sorted({f"{r['case']}: {r['slope']:.2f}" for r in rows if r['slope'] is not None})))
-    print("Loop time to T even at η0 (no accuracy asked): "
-          + "; ".join(f"{r['case']} T={r['T']:.4g}: {human(r['eta0_s'])}" for r in rows))
+          + "; ".join(f"{r['case']} T={r['T']:.4g}: {r['slope']:.2f}" for r in rows if r['slope'] is not None))
     print("Ratios loop / mdflow at matched accuracy: "
           + "; ".join(f"{r['case']} T={r['T']:.4g}: {r['ratio']:.2g}×" for r in rows))
 
