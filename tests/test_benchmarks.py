@@ -95,3 +95,30 @@ def test_work_precision_smoke(tmp_path):
     assert table.count("| GF | auto |") == 2 and "| scipy / auto, end | scipy / auto, traj |" in table
     assert re.search(r"^\| SSD ε=1e-2 \| 1e-06 \| [0-9.e-]+ \| [0-9.e+]+× \((LSODA|Radau)\) \|", table, re.M)  # a ratio row
     assert (tmp_path / "work_precision.png").stat().st_size > 10_000
+
+
+DISCRETE_PROXY = Path(__file__).parent.parent / "benchmarks" / "bench_discrete_proxy.py"
+
+
+@pytest.mark.e2e
+def test_discrete_proxy_smoke():
+    """The discrete-proxy benchmark at tiny sizes: every case's row, a reference confirmed by a second
+    solver far below the errors compared, the loops' errors first order in η and far above mdflow's at
+    its default tolerance, so the matched loop costs more than the flow."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    res = subprocess.run([sys.executable, str(DISCRETE_PROXY), "--smoke"], env=env, text=True,
+                         capture_output=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout
+    gaps = [float(g) for g in re.findall(r"at the same rtol differs by ([0-9.e+-]+) at T", out)]
+    assert len(gaps) == 3 and max(gaps) < 1e-12, out
+    rows = [line for line in out.splitlines() if re.match(r"\| \((a|b)\) ", line)]
+    assert [r.split("|")[1].strip()[:6] for r in rows] == ["(a) GF", "(b) GF", "(b) GF", "(b) Ad", "(b) Ad"], out
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        flow_err = float(cells[4])
+        loop_err = float(re.match(r"η0=[0-9.e-]+: ([0-9.e+-]+) ", cells[5]).group(1))
+        assert 0 < flow_err < 1e-8 and loop_err > 100 * flow_err, row
+        assert float(cells[9].rstrip("×")) > 1 and "extrapolated" in cells[8], row
+    slopes = [float(s) for s in re.findall(r": (-?[0-9.]+)(?=;|$)", out.split("Fitted error slopes")[1].splitlines()[0])]
+    assert len(slopes) == 5 and all(0.8 < s < 1.25 for s in slopes), out  # the loops' errors are O(η)
