@@ -60,7 +60,7 @@ def parse(argv=None):
     args = p.parse_args(argv)
     if args.smoke:
         args.reg, args.cls, args.times = [20, 60, 3], [10, 30, 3], [1e2, 1e4]
-        args.ladder, args.cap, args.repeats, args.rate_steps = 2, 2.0, 1, 2_000
+        args.ladder, args.cap, args.repeats, args.rate_steps = 2, 0.5, 1, 1_000
     return args
 
 
