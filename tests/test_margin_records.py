@@ -107,7 +107,9 @@ def test_classification_runs_record_margins(tmp_path):
     from mdflow.cli import main
 
     cfg = tmp_path / "c.toml"
-    cfg.write_text(toml_text(_classification(t1=1e12)))
+    raw = _classification(t1=1e12, t_min=1e-2)  # saved times from 1e-2: the ε transition is on the grid
+    raw["grid"]["eps"] = [1e-3, 0.1]  # ε = 1e-3 starts sign-like and turns GF-like on the way
+    cfg.write_text(toml_text(raw))
     out = tmp_path / "out"
     assert main(["run", str(cfg), "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -128,6 +130,25 @@ def test_classification_runs_record_margins(tmp_path):
         np.testing.assert_allclose(ds["margin_l2"].values[i, 1:], normalized_margin(X, y, ds["w"].values[i, 1:], 2),
                                    rtol=1e-12)
     assert all(0 < r["margin_ratio"]["l1"] <= 1 + 1e-9 for r in summary["runs"])
+    # the ε transition of the runs with an ε (docs/math.md §9): a time on the grid, and the margin ratios
+    # recorded for it are the stored ones at the last saved time before it; GF has none
+    ts = ds["t"].values
+    for i, run in enumerate(summary["runs"]):
+        transition = run["transition"]
+        if run["eps"] is None:
+            assert transition == {"t_gf_like": None, "margin_ratio_before": dict.fromkeys(NORMS)}
+            continue
+        t_star = transition["t_gf_like"]
+        assert t_star is not None and 0 <= t_star <= ts[-1], run
+        if t_star == 0:  # GF-like from the start (2α|g(0)| < ε): nothing before it
+            assert transition["margin_ratio_before"] == dict.fromkeys(NORMS), run
+            continue
+        k = int(np.nonzero(ts < t_star)[0][-1])
+        assert k > 0 and all(0 < transition["margin_ratio_before"][key] <= 1 + 1e-9 for key in NORMS), run
+        for key in NORMS:
+            assert transition["margin_ratio_before"][key] == pytest.approx(ds[f"margin_ratio_{key}"].values[i, k],
+                                                                           rel=1e-12)
+    assert next(r for r in summary["runs"] if r["eps"] == 1e-3)["transition"]["t_gf_like"] > 0.1  # it starts sign-like
     squared = tmp_path / "squared"
     records, _ = mdflow.execute(from_dict(tiny_config()), squared, log=lambda _: None)
     assert not any(k in r for r in records for k in ("margin", "margin_ratio", "cosine"))

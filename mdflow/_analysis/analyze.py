@@ -62,21 +62,36 @@ def margin_references_for(problem: Problem, *, source: str = "data") -> dict:
     return _cached(_MARGIN_CACHE, problem, compute)
 
 
-def margin_fields(problem: Problem, solution) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def margin_fields(problem: Problem, solution, flow=None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """What every run of a classification problem records (`_execution.run`): the record fields
     `margin`, `margin_ratio` and `cosine`, each `{l1, l2, linf}` of its final weights (`margin_record`,
     NaN where w is 0 or not finite), and with a saved trajectory the same over time as arrays (T,)
     `margin_l1`, ..., `margin_ratio_l1`, ..., `cosine_l1`, ... The max-margin references are the
-    problem's (`margin_references_for`, computed once per problem)."""
-    from .margins import margin_record, margins_over_time
+    problem's (`margin_references_for`, computed once per problem). With `flow` given, also
+    `transition` = `{t_gf_like, margin_ratio_before}`: for a flow with an ε and a saved trajectory, when
+    it becomes GF-like (`_analysis/transition.py`) and its margin ratios at the last saved time before
+    (None elsewhere)."""
+    from .margins import NORMS, margin_record, margins_over_time
 
     X, y = np.asarray(problem.X), np.asarray(problem.y)
     refs = margin_references_for(problem)
     record = margin_record(X, y, np.asarray(solution.w_final), refs)
     arrays: dict[str, np.ndarray] = {}
+    over_time = None
     if solution.ws is not None:
         over_time = margins_over_time(X, y, np.asarray(solution.ws), refs)
         arrays = {f"{name}_{key}": values for name, field in over_time.items() for key, values in field.items()}
+    if flow is not None:
+        transition = {"t_gf_like": None, "margin_ratio_before": dict.fromkeys(NORMS)}
+        if hasattr(flow, "eps") and solution.ys is not None:
+            from .transition import transition_record
+
+            found = transition_record(problem, flow, solution.ts, solution.ys)
+            transition["t_gf_like"] = found["t_gf_like"]
+            if found["index_before"] is not None:
+                k = found["index_before"]
+                transition["margin_ratio_before"] = {key: float(over_time["margin_ratio"][key][k]) for key in NORMS}
+        record["transition"] = transition
     return record, arrays
 
 

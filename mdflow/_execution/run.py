@@ -121,6 +121,8 @@ def run_axes(config: Config) -> list[str]:
 
 
 def _finite_or_none(x) -> float | None:
+    if x is None:
+        return None
     x = float(x)
     return x if np.isfinite(x) else None
 
@@ -200,8 +202,12 @@ def _chunk_result(
         if problem.stop_rule == "loss":  # classification: margins against the problem's max-margin references
             from .._analysis.analyze import margin_fields
 
-            margins, margin_arrays = margin_fields(problem, one)
+            margins, margin_arrays = margin_fields(problem, one, flow)
+            transition = margins.pop("transition")
             record.update({name: {k: _finite_or_none(v) for k, v in field.items()} for name, field in margins.items()})
+            record["transition"] = {"t_gf_like": _finite_or_none(transition["t_gf_like"]),
+                                    "margin_ratio_before": {k: _finite_or_none(v) for k, v in
+                                                            transition["margin_ratio_before"].items()}}
             for key, value in margin_arrays.items():
                 arrays.setdefault(key, []).append(value)
         arrays["w_final"].append(w_final)
