@@ -106,14 +106,16 @@ def test_discrete_proxy_smoke():
     solver far below the errors compared, the loops' errors first order in η and far above mdflow's at
     its default tolerance, so the matched loop costs more than the flow."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    res = subprocess.run([sys.executable, str(DISCRETE_PROXY), "--smoke"], env=env, text=True,
+    # The classification case only (its GF and Adam rows, two horizons): the regression case is the same
+    # code on another problem, and its programs would double the smoke test's compilation.
+    res = subprocess.run([sys.executable, str(DISCRETE_PROXY), "--smoke", "--cases", "b"], env=env, text=True,
                          capture_output=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout
     gaps = [float(g) for g in re.findall(r"at the same rtol differs by ([0-9.e+-]+) at T", out)]
-    assert len(gaps) == 3 and max(gaps) < 1e-12, out
+    assert len(gaps) == 2 and max(gaps) < 1e-12, out
     rows = [line for line in out.splitlines() if re.match(r"\| \((a|b)\) ", line)]
-    assert [r.split("|")[1].strip()[:6] for r in rows] == ["(a) GF", "(b) GF", "(b) GF", "(b) Ad", "(b) Ad"], out
+    assert [r.split("|")[1].strip()[:6] for r in rows] == ["(b) GF", "(b) GF", "(b) Ad", "(b) Ad"], out
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         flow_err = float(cells[4])
@@ -121,4 +123,4 @@ def test_discrete_proxy_smoke():
         assert 0 < flow_err < 1e-8 and loop_err > 100 * flow_err, row
         assert float(cells[9].rstrip("×")) > 1 and "extrapolated" in cells[8], row
     slopes = [float(s) for s in re.findall(r": (-?[0-9.]+)(?=;|$)", out.split("Fitted error slopes")[1].splitlines()[0])]
-    assert len(slopes) == 5 and all(0.8 < s < 1.25 for s in slopes), out  # the loops' errors are O(η)
+    assert len(slopes) == 4 and all(0.8 < s < 1.25 for s in slopes), out  # the loops' errors are O(η)
