@@ -27,9 +27,6 @@ from ._errors import InputError
 
 Rows = Float[Array, "R d"]
 
-PARAMETRIZATIONS = ("diagonal", "linear")
-
-
 class AbstractModel(eqx.Module):
     """A coordinatewise parametrization `w(θ)`; see the module docstring."""
 
@@ -138,6 +135,7 @@ class Linear(AbstractModel):
 
 
 MODELS: dict[str, type[AbstractModel]] = {cls.kind: cls for cls in (Diagonal, Linear)}
+PARAMETRIZATIONS = tuple(MODELS)  # the config's `model.parametrization` values
 
 
 def make_model(parametrization: str = "diagonal", depth: int | None = None) -> AbstractModel:

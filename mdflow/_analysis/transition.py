@@ -22,7 +22,9 @@ def update_magnitude(flow, problem: Problem, ys) -> np.ndarray:
     """`(T, R, d)`: the magnitude each coordinate of θ divides by before adding ε, on saved states `ys`
     `(T, K, d)`: `|∂w/∂θ|·m` with `m` the flow's gradient magnitude (`magnitude`: `|g|`, or frozen SSD's
     `a`) where it has one, else `|g|` (Adam, RMSProp: `√ŝ` follows `|G|`)."""
-    magnitude = getattr(flow, "magnitude", jnp.abs)
+    from .._flows import AbstractSignDescent
+
+    magnitude = flow.magnitude if isinstance(flow, AbstractSignDescent) else jnp.abs
 
     def one(y):
         rows = y[: flow.num_rows]
