@@ -1,4 +1,4 @@
-"""`mdflow plot` draws F1–F8 from a stored results folder alone: no solver may run; and what a reader
+"""`mdflow plot` draws F1–F8 (and F4's companions) from a stored results folder alone: no solver may run; and what a reader
 sees is checked: no overlapping text, no legend over data, distinguishable legend colours, fonts ≥ 7 pt."""
 
 import json
@@ -62,6 +62,7 @@ def synthesize(out_dir, config, *, d=40, num_ts=60, seed=0):
     truth = np.zeros(d)
     truth[:5] = rng.standard_normal(5) * 2
     runs, ws, w_finals = [], [], []
+    margin_arrays: dict[str, list] = {}
     for i, spec in enumerate(specs):
         cls = PRIMAL_FLOWS[spec.flow]
         eps, alpha = spec.eps, spec.alpha
@@ -100,6 +101,14 @@ def synthesize(out_dir, config, *, d=40, num_ts=60, seed=0):
                                    "slope": 1.0 + 0.02 * rng.standard_normal(), "t1": 2.0}
             else:
                 rec["discrete"] = {"skipped": f"{spec.flow} has no discrete optimizer"}
+        if config.stop_rule == "loss":  # classification: margins over time (plausible shapes, no solve)
+            rec["model"] = config.model().params()
+            curves = _margin_curves(spec.flow, eps, spec.get("weight_decay") or 0.0, ts)
+            for key in ("l1", "l2", "linf"):
+                margin_arrays.setdefault(f"margin_ratio_{key}", []).append(curves[key])
+            rec["margin_ratio"] = {key: float(curves[key][-1]) for key in curves}
+            rec["transition"] = {"t_gf_like": None if eps is None else 1.0 + 10 * eps ** 0.1,
+                                 "margin_ratio_before": dict.fromkeys(curves)}
         runs.append(rec)
         ws.append(w)
         w_finals.append(w_final)
@@ -112,6 +121,7 @@ def synthesize(out_dir, config, *, d=40, num_ts=60, seed=0):
     duals = flows_table["duals"]
     if config["output"]["save"] == "trajectories":
         arrays.append(("w", lambda: w))
+        arrays += [(key, lambda v=np.stack(v): v) for key, v in margin_arrays.items()]
         if duals:
             dual_ok = np.array([PRIMAL_FLOWS[r["flow"]].exact_dual or r["flow"] in ("gf", "ssd") for r in runs])
             w_dual = np.where(dual_ok[:, None, None], w * (1 + 1e-8 * rng.standard_normal(w.shape)), np.nan)
@@ -128,6 +138,47 @@ def synthesize(out_dir, config, *, d=40, num_ts=60, seed=0):
 
     with Store.open(out_dir, {"synthetic": seed}, {}, []) as store:
         return store.commit(write)
+
+
+def _margin_curves(flow, eps, decay, ts) -> dict[str, np.ndarray]:
+    """Plausible margin ratios over time: GF rises toward the ℓ2 max margin like 1 − 1/log t; a flow with
+    an ε peaks in ℓ∞ near t ≈ 1, higher for smaller ε, then drifts toward ℓ2; weight decay levels off."""
+    x = np.log10(np.maximum(ts, 1e-30))
+    rise = 1 - 1 / (1 + np.maximum(x + 2, 0))
+    peak = 0.0 if eps is None else (0.5 - 0.05 * np.log10(eps)) * np.exp(-((x - 0.5) / 2.5) ** 2)
+    level = 1.0 if decay == 0 else 0.9 - decay
+    return {"l1": 0.6 * rise * level, "l2": rise * level, "linf": np.clip(0.45 * rise * level + peak, -0.1, 0.99)}
+
+
+def test_f8_margins_draws_each_flow_and_model(tmp_path, monkeypatch):
+    """F8 on a classification sweep (GF, SSD and Adam at 3 ε × 3 λ): per panel one line for GF and for
+    SSD at each ε without weight decay, one for Adam at its smallest ε and one per λ > 0 (AdamW); a
+    transition circle per sign-like line; it reads well; a squared-loss folder has no F8."""
+    import mdflow._plotting.figures as figures
+    from mdflow._config import from_dict
+
+    raw = {"problem": {"kind": "separable_gaussian", "loss": "exponential", "n": 10, "d": 20},
+           "model": {"parametrization": "linear"}, "flows": {"kinds": ["gf", "ssd", "adam"]},
+           "grid": {"eps": [1e-2, 1e-4, 1e-8], "alpha": [0.0], "weight_decay": [0.0, 0.01, 0.1]},
+           "solve": {"t1": 1e16, "t_min": 1e-4, "num_ts": 80}, "output": {"figures": False}}
+    data = figures.load_folder(synthesize(tmp_path / "c", from_dict(raw)))
+    drawn = {}
+    monkeypatch.setattr(figures, "save", lambda fig, stem: drawn.setdefault(Path(stem).name, fig) and [stem])
+    assert figures.f8_margins(data, tmp_path / "f8")
+    fig = drawn["f8"]
+    assert len(fig.axes) == 3
+    for ax in fig.axes:
+        data_lines = [line for line in ax.get_lines() if len(line.get_xdata()) > 2]  # not the ratio-1 guide
+        assert len(data_lines) == 1 + 3 + 1 + 2, len(data_lines)  # GF, SSD × 3 ε, Adam, AdamW × 2 λ
+        circles = [line for line in ax.get_lines() if len(line.get_xdata()) == 1 and line.get_marker() == "o"]
+        assert len(circles) == 3 + 1  # SSD × 3, Adam: where the gradient fell below ε
+    legend = " ".join(t.get_text() for t in fig.legends[0].get_texts())
+    for label in ("GF", "SSD", "Adam", "AdamW, λ = 0.01", "AdamW, λ = 0.1", "ε = 10⁻⁸"):
+        assert label in legend, legend
+    assert "weight decay drawn for Adam only" in fig._suptitle.get_text()
+    assert_reads_well(drawn)
+    squared = figures.load_folder(synthesize(tmp_path / "s", from_dict({"output": {"figures": False}})))
+    assert figures.f8_margins(squared, tmp_path / "none") == []
 
 
 def _entry(value):
@@ -240,7 +291,7 @@ def test_figures_skip_what_the_folder_lacks(tmp_path):
              rel_residual=np.ones((1, 5)))
     assert plot_paper_figures(tmp_path) == []
     assert set(FIGURES) == {"f1_trajectories", "f2_equivalence_gap", "f3_kkt_error", "f4_geometry", "f5_stages",
-                            "f6_discrete", "f7_ema", "f8_alpha_sweep"}
+                            "f6_discrete", "f7_ema", "f4_alpha_sweep", "f8_margins"}
 
 
 @pytest.mark.slow
@@ -292,7 +343,7 @@ def test_every_panel_is_labelled(stored, monkeypatch):
     data = figures.load_folder(stored)
     for fn in FIGURES.values():
         fn(data, stored / "x")
-    assert len(drawn) == 8  # F1–F7 and the F4 heat map (two α values: no F8)
+    assert len(drawn) == 8  # F1–F7 and the F4 heat map (two α values: no α sweep; squared loss: no F8)
     legends = []
     for fig in drawn:
         texts = [t.get_text() for part in _parts(fig) for t in part.texts]
@@ -602,7 +653,7 @@ def test_200_run_sweep_reads_well(tmp_path, monkeypatch):
 
     synthesize(tmp_path, from_dict(SWEEP_200))
     drawn = draw_all(tmp_path, monkeypatch)
-    assert set(drawn) >= ({*EXPECTED, "f8_alpha_sweep"} - {"f7_ema"})  # F7 needs Adam runs
+    assert set(drawn) >= ({*EXPECTED, "f4_alpha_sweep"} - {"f7_ema"})  # F7 needs Adam runs
     assert "α = " in drawn["loss"]._suptitle.get_text() and "of 8 values" in drawn["loss"]._suptitle.get_text()
     assert "of 200 runs" in drawn["coordinates"]._suptitle.get_text()
     assert drawn["f1_trajectories"]._suptitle.get_text().startswith("3 of ")
@@ -680,8 +731,8 @@ def test_a_failed_drawing_is_one_line_and_exit_4(stored, monkeypatch, capsys):
 
 
 def test_geometry_and_alpha_sweep_draw_every_flow(tmp_path, monkeypatch):
-    """F4 and F8 draw every flow with an end point: GF, SSD, Adam and RMSProp (Adam's runs were once
-    not drawn); F8 appears with three α values and has one line per (flow, ε)."""
+    """F4 and its α sweep draw every flow with an end point: GF, SSD, Adam and RMSProp (Adam's runs were
+    once not drawn); the α sweep appears with three α values and has one line per (flow, ε)."""
     import mdflow._plotting.figures as figures
     from mdflow._config import from_dict
     from mdflow._plotting.style import FLOW_STYLES
@@ -691,8 +742,8 @@ def test_geometry_and_alpha_sweep_draw_every_flow(tmp_path, monkeypatch):
     data = figures.load_folder(synthesize(tmp_path, from_dict(raw)))
     drawn = {}
     monkeypatch.setattr(figures, "save", lambda fig, stem: drawn.setdefault(Path(stem).name, fig) and [stem])
-    assert figures.f4_geometry(data, tmp_path / "f4") and figures.f8_alpha_sweep(data, tmp_path / "f8")
-    for name in ("f4", "f8"):  # F4: a line per (flow, α) against ε; F8: a line per (flow, ε) against α
+    assert figures.f4_geometry(data, tmp_path / "f4") and figures.f4_alpha_sweep(data, tmp_path / "f8")
+    for name in ("f4", "f8"):  # F4: a line per (flow, α) against ε; its α sweep: a line per (flow, ε) against α
         fig = drawn[name]
         legend = " ".join(t.get_text() for t in fig.legends[0].get_texts())
         assert all(label in legend for label in ("GF", "SSD", "Adam", "RMSProp")), legend
@@ -702,8 +753,8 @@ def test_geometry_and_alpha_sweep_draw_every_flow(tmp_path, monkeypatch):
             assert sum(line.get_marker() == marker and len(line.get_xdata()) > 1 for line in ax.get_lines()) == (
                 3 if name == "f4" else 2), (name, kind)
     assert_reads_well(drawn)
-    assert figures.f8_alpha_sweep({**data, "summary": {**data["summary"], "runs": [
-        r for r in data["summary"]["runs"] if r["alpha"] != 1.0]}}, tmp_path / "f8") == []  # two α: no F8
+    assert figures.f4_alpha_sweep({**data, "summary": {**data["summary"], "runs": [
+        r for r in data["summary"]["runs"] if r["alpha"] != 1.0]}}, tmp_path / "f8") == []  # two α: no α sweep
 
 
 @pytest.mark.slow

@@ -8,17 +8,21 @@ when the folder lacks what the figure needs (so `mdflow plot` draws whatever a r
 - F2 `f2_equivalence_gap`: `||w_primal(t) − w_dual(t)|| / max(||w_primal(t)||, floor)` vs t, one panel
   per α, colour ε, line style the flow (needs `gap_w`, or `w` and `w_dual`: `flows.duals = true`);
 - F3 `f3_kkt_error`: relative KKT stationarity vs ε, one panel per potential, colour α, style the flow;
-- F4 `f4_geometry` + `f4_geometry_heatmap`: norm ratios to the min-ℓ1/ℓ3/2/ℓ2 interpolators and
+- F4 `f4_geometry` + `f4_geometry_heatmap` + `f4_alpha_sweep`: norm ratios to the min-ℓ1/ℓ3/2/ℓ2 interpolators and
   `‖w∞ − w*‖/‖w*‖` vs ε, colour α, style the flow (GF a horizontal line); heat maps of the ℓ1 ratio and
-  the distance to `w*` over ε × α, one row per flow;
+  the distance to `w*` over ε × α, one row per flow; with ≥ 3 α values the kernel-to-rich transition
+  (Woodworth et al.): `‖w∞‖₁ / ‖w_ℓ1‖₁` and the distance to the min-ℓ2 interpolator against α, per flow;
 - F5 `f5_stages`: stage times measured (markers) vs predicted (lines) vs ε;
 - F6 `f6_discrete`: optimizer vs flow error vs η, colour ε, style the flow, slope-1 guide; overshooting
   step sizes hollow;
 - F7 `f7_ema`: how Adam's EMA time constants move the implicit bias: norm ratios (ℓ1, ℓ3/2, ℓ∞) and
   `‖w∞ − w*‖/‖w*‖` against τ2 (colour ε, marker τ1; when τ2 was swept) and against ε (colour τ2,
   marker τ1), SSD (τ1 = τ2 = 0) as the reference (needs `analysis.kkt` on Adam runs);
-- F8 `f8_alpha_sweep`: the kernel-to-rich transition (Woodworth et al.): `‖w∞‖₁ / ‖w_ℓ1‖₁` and the
-  distance to the min-ℓ2 interpolator against α, per flow (needs ≥ 3 α values with `analysis.kkt`).
+- F8 `f8_margins`: classification (§9–§10): the ℓ1, ℓ2 and ℓ∞ margin ratios against log t, one row per
+  model, GF black, SSD coloured by ε, Adam at its smallest ε (optax's default 1e-8) dashed and AdamW
+  (the same Adam with decoupled weight decay λ > 0) marked per λ; a circle where a sign-like flow's
+  gradient fell below ε (`transition.t_gf_like`) (needs margin arrays: a classification loss with
+  `output.save = "trajectories"`).
 
 Encodings (`style.py`): an ordered parameter is a colour (palette and legend for up to six values, a
 colour map and colour bar beyond); flows are line styles and markers; legends sit outside the axes;
@@ -95,7 +99,7 @@ def spread(items: list, k: int) -> list:
 
 def _one_ema_setting(runs, formats) -> tuple[list[dict], str]:
     """The runs with, for each EMA flow (Adam, RMSProp), only those at its most common (τ1, τ2) (F3, F4,
-    F6, F8 draw one setting; F7 draws them all), and the note saying which when a flow had more."""
+    F6 draw one setting; F7 draws them all), and the note saying which when a flow had more."""
     keep, notes = runs, []
     for kind in ("adam", "rmsprop"):
         mine = [(r.get("tau1"), r.get("tau2")) for r in runs if r["flow"] == kind]
@@ -539,8 +543,8 @@ def f7_ema(data, stem) -> list[Path]:
     return save(fig, stem)
 
 
-def f8_alpha_sweep(data, stem, *, min_alphas: int = 3) -> list[Path]:
-    """F8 (module docstring): Woodworth's kernel-to-rich transition against α, one line per flow and ε."""
+def f4_alpha_sweep(data, stem, *, min_alphas: int = 3) -> list[Path]:
+    """F4's α companion (module docstring): Woodworth's kernel-to-rich transition against α, one line per flow and ε."""
     runs = [r for r in _runs(data) if _get(r, "kkt")]
     if len(_values(runs, "alpha")) < min_alphas:
         return []
@@ -568,9 +572,113 @@ def f8_alpha_sweep(data, stem, *, min_alphas: int = 3) -> list[Path]:
     return save(fig, stem)
 
 
+MARGIN_PANELS = (("l1", r"$\ell_1$ margin ratio $\gamma_1(w)/\gamma_1^*$"),
+                 ("l2", r"$\ell_2$ margin ratio $\gamma_2(w)/\gamma_2^*$"),
+                 ("linf", r"$\ell_\infty$ margin ratio $\gamma_\infty(w)/\gamma_\infty^*$"))
+
+
+def model_title(model: dict | None) -> str:
+    """A run's model in words, from its record's `model` (`linear model`, `depth-2 diagonal network`)."""
+    if not model:
+        return "model"
+    if model.get("parametrization") == "linear":
+        return "linear model"
+    return f"depth-{model.get('depth')} {model.get('parametrization', 'model')} network"
+
+
+def _margin_lines(runs: list[int], records: list[dict], formats) -> tuple[list[tuple[int, dict]], list[str]]:
+    """The runs F8 draws of one model, each with its line style, and the notes on what it left out: GF
+    and SSD (every ε) without weight decay, at the model's smallest α; Adam at its most common (τ1, τ2)
+    and smallest ε (optax's default is 1e-8), without weight decay and at each λ > 0 (AdamW)."""
+    recs = [records[i] for i in runs]
+    alphas = _values(recs, "alpha")
+    notes = [selection("α", alphas[:1], alphas, formats["alpha"])]
+    mine = [i for i in runs if records[i]["alpha"] == alphas[0]]
+    kept, ema_note = _one_ema_setting([records[i] for i in mine], formats)
+    notes.append(ema_note)
+    kept_ids = {id(r) for r in kept}
+    mine = [i for i in mine if id(records[i]) in kept_ids]
+    decay = lambda i: records[i].get("weight_decay") or 0.0  # noqa: E731
+    adam = [i for i in mine if records[i]["flow"] == "adam"]
+    adam_eps = min((records[i]["eps"] for i in adam), default=None)
+    lines = []
+    for i in mine:
+        rec = records[i]
+        if rec["flow"] == "adam":
+            if rec["eps"] == adam_eps:
+                lines.append((i, rec))
+        elif decay(i) == 0.0 and rec["flow"] in ("gf", "ssd"):
+            lines.append((i, rec))
+    if any(decay(i) > 0 for i in mine if records[i]["flow"] != "adam"):
+        notes.append("weight decay drawn for Adam only")
+    return lines, [n for n in notes if n]
+
+
+def f8_margins(data, stem, *, floor: float = -0.05) -> list[Path]:
+    """F8 (module docstring): margin ratios against log t, one row per model, one column per norm."""
+    from matplotlib.lines import Line2D
+
+    traj, records = data["traj"], data["summary"]["runs"]
+    if not all(f"margin_ratio_{key}" in traj for key, _ in MARGIN_PANELS):
+        return []
+    formats = _formats(data)
+    ts = traj["ts"]
+    models: dict[str, list[int]] = {}
+    for i, rec in enumerate(records):
+        if rec is not None and np.isfinite(traj["margin_ratio_l2"][i]).any():
+            models.setdefault(model_title(rec.get("model")), []).append(i)
+    if not models:
+        return []
+    rows = {title: _margin_lines(runs, records, formats) for title, runs in models.items()}
+    drawn = [rec for lines, _ in rows.values() for _, rec in lines]
+    eps_values = [r["eps"] for r in drawn if r["flow"] == "ssd"] + [r["eps"] for r in drawn if r["flow"] == "adam"]
+    colors = Encoding("ε", eps_values, fmt=formats["eps"])
+    decays = Encoding("λ", [r["weight_decay"] for r in drawn if r["flow"] == "adam" and r.get("weight_decay")])
+    fig, axes = figure(3, len(rows), width=FULL_WIDTH, height=2.1 * len(rows) + 0.9, sharex=True, sharey=True)
+    keep = ts > 0
+    every = max(1, int(keep.sum()) // 10)
+    transitions = False
+    for row, (title, (lines, _)) in zip(axes, rows.items()):
+        for ax, (key, label) in zip(row, MARGIN_PANELS):
+            ratio = traj[f"margin_ratio_{key}"]
+            for i, rec in lines:
+                y = ratio[i][keep]
+                lam = rec.get("weight_decay") or 0.0
+                style = {"color": "k" if rec["eps"] is None else colors.color(rec["eps"]),
+                         "linestyle": flow_style(rec["flow"])["linestyle"], "lw": 1.2 if rec["flow"] == "gf" else 0.9}
+                if lam > 0:
+                    style.update(color="0.35", linestyle="-.", marker=decays.marker(lam), markevery=every, ms=3,
+                                 markerfacecolor="white")
+                ax.semilogx(ts[keep], y, **style)
+                t_like = _get(rec, "transition", "t_gf_like")
+                if t_like and lam == 0.0 and ts[keep][0] <= t_like <= ts[keep][-1]:
+                    y_at = np.interp(np.log(t_like), np.log(ts[keep]), y)
+                    ax.plot([t_like], [y_at], "o", ms=4, mfc="none", mec=style["color"], mew=0.9, zorder=4)
+                    transitions = True
+            ax.axhline(1.0, color="0.6", lw=0.6, ls=":", zorder=1)
+            ax.set_ylim(floor, 1.04)
+            ax.set_title(label)
+            limit_ticks(ax)
+        row[0].set_ylabel(f"{title}\nmargin ratio" if len(rows) > 1 else "margin ratio")
+    for ax in axes[-1]:
+        ax.set_xlabel(TIME)
+    handles = _flow_handles([k for k in _kinds(drawn) if k in ("gf", "ssd", "adam")], markers=False, gf_black=True)
+    handles += colors.handles(lw=0.9)
+    handles += [Line2D([], [], color="0.35", ls="-.", marker=decays.marker(v), ms=3, markerfacecolor="white", lw=0.9,
+                       label=f"AdamW, {decays.label(v)}") for v in decays.values]
+    if transitions:
+        handles.append(Line2D([], [], ls="none", marker="o", ms=4, mfc="none", mec="0.2",
+                              label="gradient below ε (GF-like after)"))
+    colors.colorbar(fig, axes[:, -1])
+    legend_below(fig, handles, ncol=min(len(handles), 5))
+    notes = sorted({n for _, row_notes in rows.values() for n in row_notes})
+    note(fig, "; ".join(notes))
+    return save(fig, stem)
+
+
 FIGURES = {"f1_trajectories": f1_trajectories, "f2_equivalence_gap": f2_equivalence_gap,
            "f3_kkt_error": f3_kkt_error, "f4_geometry": f4_geometry, "f5_stages": f5_stages,
-           "f6_discrete": f6_discrete, "f7_ema": f7_ema, "f8_alpha_sweep": f8_alpha_sweep}
+           "f6_discrete": f6_discrete, "f4_alpha_sweep": f4_alpha_sweep, "f7_ema": f7_ema, "f8_margins": f8_margins}
 
 
 def plot_paper_figures(out_dir: str | Path, data: dict | None = None) -> list[Path]:
