@@ -13,13 +13,16 @@ import hashlib
 import itertools
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._errors import RANGES, InputError, Range, short_repr
 from ._io import json_hash
 from ._solver.policy import SolvePolicy, check_solver
+
+if TYPE_CHECKING:
+    from ._model import AbstractModel
 
 _REQUIRED = object()
 
@@ -113,8 +116,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "normalization": Key((str,), "mean", _one_of("mean", "sum")),
     },
     "model": {
-        "parametrization": Key((str,), "diagonal", _parametrization),
-        "depth": Key((int,), 2, _range("model.depth")),
+        "parametrization": Key((str, list), "diagonal", _parametrization),
+        "depth": Key((int, list), 2, _range("model.depth")),
     },
     "flows": {
         "kinds": Key((list,), ["gf", "ssd"]),
@@ -265,11 +268,13 @@ def _no_duplicates(name: str, values: list) -> None:
 class RunSpec:
     """One primal run of a sweep: the flow kind (a built-in kind or a plugin's import path), its run
     parameters (the flow's `axes`, in order, then `weight_decay`; a value None means the flow's default,
-    e.g. frozen SSD's `a` from `flows.a`) and the problem seed."""
+    e.g. frozen SSD's `a` from `flows.a`), the problem seed, and the label of its model where the
+    config compares several (`Config.models`; None: the config's one model)."""
 
     flow: str
     params: tuple[tuple[str, float | None], ...]
     seed: int
+    model: str | None = None
 
     def get(self, name: str) -> float | None:
         return dict(self.params).get(name)
@@ -283,10 +288,18 @@ class RunSpec:
         return self.get("alpha")
 
     def key(self) -> str:
-        """A stable identifier: flow, ε, α, seed, then the flow's other parameters that are set."""
+        """A stable identifier: flow, ε, α, seed, then the flow's other parameters that are set, then the
+        model where the config has several (`|model=linear`)."""
         key = f"{self.flow}|eps={self.eps!r}|alpha={self.alpha!r}|seed={self.seed}"
         rest = "".join(f"|{k}={v!r}" for k, v in self.params if k not in ("eps", "alpha") and v is not None)
-        return key + rest
+        return key + rest + ("" if self.model is None else f"|model={self.model}")
+
+    @property
+    def plan_kind(self) -> str:
+        """What the plan groups runs by besides seed and solver (`Plan.of`'s `kinds`): the flow kind, and
+        the model where the config has several (`ssd|model=linear`), so that a chunk, and the program
+        it runs, never holds two models."""
+        return self.flow if self.model is None else f"{self.flow}|model={self.model}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,11 +325,17 @@ class Config:
 
     @property
     def alpha_values(self) -> list[float]:
-        """`grid.alpha` in the model's range (the linear model may start at 0)."""
-        from ._model import MODELS
-
-        model = MODELS[self.raw["model"]["parametrization"]]
-        return expand_axis("grid.alpha", self.raw["grid"]["alpha"], range_key=model.alpha_range)
+        """`grid.alpha` in the range of every model (the linear model may start at 0, the diagonal
+        network needs α > 0); with several models an error names the model."""
+        models = list(self.models().values())
+        for model in models:
+            try:
+                values = expand_axis("grid.alpha", self.raw["grid"]["alpha"], range_key=model.alpha_range)
+            except InputError as exc:
+                if len(models) == 1:
+                    raise
+                raise InputError(f"{exc} (for the model {model.label!r})") from None
+        return values
 
     @property
     def weight_decay_values(self) -> list[float]:
@@ -329,12 +348,29 @@ class Config:
 
         return {kind: resolve_flow(kind, name=f"flows.kinds[{i}]") for i, kind in enumerate(self.raw["flows"]["kinds"])}
 
-    def model(self):
-        """The model of every run (`[model]`: `make_model`)."""
+    def models(self) -> dict[str, AbstractModel]:
+        """The config's models by label (`AbstractModel.label`), in order: for each
+        `model.parametrization`, the linear model, or the diagonal network at each `model.depth`."""
         from ._model import make_model
 
         m = self.raw["model"]
-        return make_model(m["parametrization"], None if m["parametrization"] == "linear" else m["depth"])
+        kinds = m["parametrization"] if isinstance(m["parametrization"], list) else [m["parametrization"]]
+        depths = m["depth"] if isinstance(m["depth"], list) else [m["depth"]]
+        models = [make_model(kind, None if kind == "linear" else depth)
+                  for kind in kinds for depth in ([None] if kind == "linear" else depths)]
+        return {model.label: model for model in models}
+
+    def model(self, label: str | None = None) -> AbstractModel:
+        """The model of a run: the one labelled `label` (a `RunSpec.model`), or, with None, the config's
+        only model."""
+        models = self.models()
+        if label is None:
+            if len(models) > 1:
+                raise InputError(f"model: the config has several models ({list(models)}); name one")
+            return next(iter(models.values()))
+        if label not in models:
+            raise InputError(f"model={label!r}: not a model of the config ({list(models)})")
+        return models[label]
 
     @property
     def loss(self) -> str:
@@ -371,14 +407,17 @@ class Config:
         return self._nonnegative_axis(name) or [None]
 
     def run_specs(self) -> list[RunSpec]:
-        """The expanded grid, in config order: flows × seeds × the flow's axes (`axes` of its class,
-        e.g. ε × α, × `grid.a` for frozen SSD; GF has no ε axis) × `grid.weight_decay` (every flow's)."""
+        """The expanded grid, in config order: models (where the config has several) × flows × seeds ×
+        the flow's axes (`axes` of its class, e.g. ε × α, × `grid.a` for frozen SSD; GF has no ε axis)
+        × `grid.weight_decay` (every flow's)."""
+        models = list(self.models())
         specs = []
-        for kind, cls in self.flow_classes.items():
-            axes = (*cls.axes, "weight_decay")
-            for seed in self.seeds:
-                for values in itertools.product(*(self.axis_values(name) for name in axes)):
-                    specs.append(RunSpec(kind, tuple(zip(axes, values)), seed))
+        for model in models if len(models) > 1 else [None]:
+            for kind, cls in self.flow_classes.items():
+                axes = (*cls.axes, "weight_decay")
+                for seed in self.seeds:
+                    for values in itertools.product(*(self.axis_values(name) for name in axes)):
+                        specs.append(RunSpec(kind, tuple(zip(axes, values)), seed, model))
         return specs
 
     def problem(self, seed: int | None = None):
@@ -431,8 +470,9 @@ class Config:
 
     def check_duals(self) -> None:
         """Every flow of `flows.kinds` has a dual to be checked against (`mdflow check`, `flows.duals`) on
-        the config's model and loss at every `grid.weight_decay`: `flow.why_no_dual` of each (flow, λ),
-        built cheaply on a one-sample problem of the loss (the answer depends on the shapes' kinds only)."""
+        each of the config's models, under its loss, at every `grid.weight_decay`: `flow.why_no_dual` of
+        each (model, flow, λ), built cheaply on a one-sample problem of the loss (the answer depends on the
+        shapes' kinds only)."""
         import numpy as np
 
         from ._flows import PRIMAL_FLOWS
@@ -448,29 +488,28 @@ class Config:
         d = len(a) if isinstance(a, list) else 1
         problem = Problem(np.ones((1, d)), np.ones(1), self.raw["problem"]["normalization"],
                           loss_function=make_loss(self.loss))
-        model = self.model()
-        m = self.raw["model"]
-        where = (f"model.parametrization={m['parametrization']!r}, model.depth={model.depth}, "
-                 f"problem.loss={self.loss!r}")
-        for kind in classes:
-            first = RunSpec(kind, (), 0)
-            for decay in self.weight_decay_values:
-                params = tuple((name, self.axis_values(name)[0]) for name in classes[kind].axes)
-                spec = dataclasses.replace(first, params=(*params, ("weight_decay", decay)))
-                why = self.flow(spec, problem).why_no_dual(problem)
-                if why is not None:
-                    raise InputError(f"flows.kinds: flow {kind!r} ({where}, grid.weight_decay={decay!r}) has no dual "
-                                     f"to check against: {why}")
+        models = self.models()
+        for label, model in models.items():
+            where = f"model.parametrization={model.kind!r}, model.depth={model.depth}, problem.loss={self.loss!r}"
+            for kind in classes:
+                first = RunSpec(kind, (), 0, label if len(models) > 1 else None)
+                for decay in self.weight_decay_values:
+                    params = tuple((name, self.axis_values(name)[0]) for name in classes[kind].axes)
+                    spec = dataclasses.replace(first, params=(*params, ("weight_decay", decay)))
+                    why = self.flow(spec, problem).why_no_dual(problem)
+                    if why is not None:
+                        raise InputError(f"flows.kinds: flow {kind!r} ({where}, grid.weight_decay={decay!r}) has no "
+                                         f"dual to check against: {why}")
 
     def flow(self, spec: RunSpec, problem, *, track_identity: bool = False):
         """The flow object of one run: the spec's parameters, unset ones from the `[flows]` table
-        (`flows.a` for frozen SSD: "grad0" means the flow's own default `|g(0)|`), on the config's model."""
+        (`flows.a` for frozen SSD: "grad0" means the flow's own default `|g(0)|`), on the spec's model."""
         from ._flows import make_flow
 
         flows = self.raw["flows"]
         fixed = {**flows, "a": None if flows["a"] == "grad0" else flows["a"]}
         params = {name: fixed.get(name) if value is None else value for name, value in spec.params}
-        return make_flow(spec.flow, problem, track_identity=track_identity, options=flows, model=self.model(),
+        return make_flow(spec.flow, problem, track_identity=track_identity, options=flows, model=self.model(spec.model),
                          **params)
 
     def solve_policy(self, *, duals: bool | None = None, **overrides):
@@ -662,16 +701,42 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
 
 
 def _check_model(raw: dict[str, dict[str, Any]], data: dict[str, Any]) -> None:
-    """`[model]`: the diagonal network has depth D >= 2; the linear model has depth 1 (its `depth` is 1
-    when left unset)."""
+    """`[model]`: one model, or several to compare (`Config.models`). `parametrization` is a name or a
+    non-empty list of distinct names; `depth` the diagonal network's depth D >= 2, or a non-empty list
+    of distinct depths (one diagonal network each); the linear model has depth 1 (its `depth` is 1 when
+    it is the only parametrization and `depth` is unset). A list of one value is that value, so the
+    config is today's one-model config (same hash, same runs)."""
+    from ._model import PARAMETRIZATIONS
+
     model = raw["model"]
     depth_given = "depth" in data.get("model", {})
-    if model["parametrization"] == "linear":
-        if depth_given and model["depth"] != 1:
-            raise InputError(f"model.depth={model['depth']!r}: the linear model has depth 1; remove it")
+    kinds, depths = model["parametrization"], model["depth"]
+    if isinstance(kinds, list):
+        if not kinds:
+            raise InputError("model.parametrization=[]: needs at least one parametrization")
+        for i, kind in enumerate(kinds):
+            if kind not in PARAMETRIZATIONS:
+                raise InputError(f"model.parametrization[{i}]={short_repr(kind)}: expected one of "
+                                 f"{list(PARAMETRIZATIONS)}")
+        if len(set(kinds)) < len(kinds):
+            raise InputError(f"model.parametrization={kinds!r}: duplicate parametrization (the same runs would be "
+                             "computed twice)")
+        kinds = model["parametrization"] = kinds[0] if len(kinds) == 1 else kinds
+    if "diagonal" not in (kinds if isinstance(kinds, list) else [kinds]):  # the linear model only
+        if depth_given and depths != 1:
+            raise InputError(f"model.depth={short_repr(depths)}: the linear model has depth 1; remove it")
         model["depth"] = 1
-    elif model["depth"] < 2:
-        raise InputError(f"model.depth={model['depth']!r}: the diagonal network needs depth >= 2")
+        return
+    for i, depth in enumerate(depths if isinstance(depths, list) else [depths]):
+        name = f"model.depth[{i}]" if isinstance(depths, list) else "model.depth"
+        RANGES["model.depth"].check(name, depth)
+        if depth < 2:
+            raise InputError(f"{name}={depth!r}: the diagonal network needs depth >= 2")
+    if isinstance(depths, list):
+        if not depths:
+            raise InputError("model.depth=[]: needs at least one depth")
+        _no_duplicates("model.depth", depths)
+        model["depth"] = depths[0] if len(depths) == 1 else depths
 
 
 def _check_loss(raw: dict[str, dict[str, Any]], data: dict[str, Any]) -> None:

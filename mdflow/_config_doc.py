@@ -15,7 +15,12 @@ from ._solver.policy import SOLVER_NAMES
 
 TABLES = {
     "problem": "The data and the loss ([math.md](math.md) §1, §9).",
-    "model": "The parametrization `w(θ)` every flow runs on ([math.md](math.md) §9).",
+    "model": "The parametrization `w(θ)` the flows run on ([math.md](math.md) §9): one model, or several to "
+             "compare in one sweep (lists below). With several, every run of the grid is made on each model, in "
+             "the order of `model.parametrization` (the diagonal network at each `model.depth`); a run's key "
+             "ends in `|model=<label>`, its record carries `model_label` and `mdflow.load` indexes by `model`. "
+             "The labels: `\"linear\"`, `\"diagonal-D<depth>\"` (e.g. `\"diagonal-D2\"`). A list of one "
+             "value is that value.",
     "flows": "Which primal flows to solve, and whether to pair each run with its dual ([math.md](math.md) §2–§4). "
              "An entry of `flows.kinds` may also be a plugin, the import path `\"package.module:ClassName\"` of "
              "a subclass of `mdflow.AbstractPrimalFlow` ([api.md](api.md#your-own-flow)); its own `axes` are "
@@ -50,9 +55,11 @@ DESCRIPTIONS = {
     "problem.seed": "seed of the generated problem (overridden per run by `grid.seed`)",
     "problem.normalization": "`\"mean\"`: L = ‖Xw − y‖²/(2n); `\"sum\"`: L = ‖Xw − y‖²/2",
     "model.parametrization": "`\"diagonal\"` (`w = u^D − v^D`, `u(0) = v(0) = α`) or `\"linear\"` "
-                             "(`w = θ`, `θ(0) = α ≥ 0`)",
-    "model.depth": "the diagonal network's depth D ≥ 2 (one compiled program per depth); the linear model "
-                   "has depth 1 (left unset, it is 1)",
+                             "(`w = θ`, `θ(0) = α ≥ 0`), or a list of distinct ones (`[\"linear\", "
+                             "\"diagonal\"]`): a sweep on each",
+    "model.depth": "the diagonal network's depth D ≥ 2 (one compiled program per depth), or a list of distinct "
+                   "depths (one diagonal network each); the linear model has depth 1 (left unset, it is 1; a "
+                   "depth list with only `\"linear\"` is an error)",
     "flows.kinds": "primal flows to solve: any of `\"gf\"`, `\"ssd\"`, `\"ssd_frozen\"` (§2), `\"adam\"`, "
                    "`\"rmsprop\"` (§8), or a plugin's import path `\"package.module:ClassName\"`. With "
                    "`flows.duals` (and `mdflow check`) each (flow, model, loss, weight decay) must have a "
@@ -60,7 +67,8 @@ DESCRIPTIONS = {
     "flows.dual_form": "dual ODE: `\"rho\"` (n-dimensional) or `\"theta\"` (d-dimensional) (§3)",
     "grid.eps": "stability constants ε > 0 of SSD, frozen SSD, Adam and RMSProp",
     "grid.alpha": "initialization scales α (`u(0) = v(0) = α` on the diagonal network: α > 0; `θ(0) = α` "
-                  "on the linear model: α ≥ 0, `RANGES[\"grid.alpha_linear\"]`)",
+                  "on the linear model: α ≥ 0, `RANGES[\"grid.alpha_linear\"]`); with several models, in "
+                  "the range of each",
     "grid.weight_decay": "decoupled weight decay λ ≥ 0 of every flow (`θ̇ = −update − λθ`, as AdamW); a run "
                          "axis: every record carries it, `mdflow.load` indexes by it where it is swept",
     "solve.solver": "`\"auto\"` (= `\"tsit5_rodas4\"`: Tsit5, switching to Rodas4 while stiff; in vmapped "

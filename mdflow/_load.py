@@ -2,7 +2,7 @@
 
 Every run is one entry of the `run` dimension, indexed by a `pandas.MultiIndex` over its run parameters
 (`flow, seed, eps, alpha`, plus `a` when `grid.a` was swept, `tau1`, `tau2` for Adam, also when set in
-`[flows]`), so `ds.sel(flow="ssd", eps=1e-2)` picks
+`[flows]`, `model` when the config compared several models), so `ds.sel(flow="ssd", eps=1e-2)` picks
 runs by label instead of by row number. Scalar record fields become variables on `run` (nested
 analysis fields with dotted names, e.g. `kkt.hypentropy.stationarity`); stored arrays keep their
 names and get named dimensions (`t`, `coordinate`, ...). Nothing is solved.
@@ -22,6 +22,10 @@ from ._errors import InputError
 # The levels of the `run` index: these four, then the other run parameters a results set lists in
 # `summary["run_axes"]` (e.g. frozen SSD's `a`), each only when some run has a value for it.
 RUN_AXES = ("flow", "seed", "eps", "alpha")
+# The record field a run axis reads where the two names differ: a record's `model` is its model's
+# parameters (`{parametrization, depth}`), the `model` axis of a folder that compares several models
+# is the model's label (`model_label`: "linear", "diagonal-D2").
+AXIS_FIELDS = {"model": "model_label"}
 
 # Dimensions of the stored arrays after the leading `run` axis (`ts` has none: it is the `t` axis).
 ARRAY_DIMS: dict[str, tuple[str, ...]] = {
@@ -185,11 +189,12 @@ def _array_dims(key: str, value: np.ndarray, num_ts: int, d: int | None) -> tupl
 def _run_index(runs: list[dict[str, Any]], run_axes: list[str], source: Path):
     import pandas as pd
 
-    axes = list(RUN_AXES) + [a for a in run_axes[len(RUN_AXES):] if any(r.get(a) is not None for r in runs)]
+    axes = list(RUN_AXES) + [a for a in run_axes[len(RUN_AXES):]
+                             if any(r.get(AXIS_FIELDS.get(a, a)) is not None for r in runs)]
 
     def level(axis):
-        values = [r.get(axis) for r in runs]
-        if axis == "flow":
+        values = [r.get(AXIS_FIELDS.get(axis, axis)) for r in runs]
+        if axis in ("flow", "model"):
             return [str(v) for v in values]
         if axis == "seed":
             return [int(v) for v in values]
@@ -206,8 +211,9 @@ def load(results_dir: str | Path, *, arrays: bool = True):
     `xarray.Dataset`, without solving anything.
 
     - Dimension `run`, indexed by a MultiIndex over `flow, seed, eps, alpha` (and `a` when `grid.a` was
-      swept, `tau1`, `tau2` with Adam runs, from `[flows]` when not swept: `run_records`); a flow without
-      a parameter has the label NaN (GF's `eps`). Select with `ds.sel(flow="ssd", eps=1e-2)`.
+      swept, `tau1`, `tau2` with Adam runs, from `[flows]` when not swept: `run_records`; `model`, the
+      model's label, when the config compared several); a flow without a parameter has the label NaN
+      (GF's `eps`). Select with `ds.sel(flow="ssd", eps=1e-2)`, `ds.sel(model="linear")`.
     - A variable on `run` for every scalar record field, nested analysis fields flattened with dotted
       names (`kkt.hypentropy.stationarity`, `stages.t_warm_measured`, ...); missing values are NaN
       (numbers) or "" (strings). The record's final `rel_residual` is `final_rel_residual` (the name
@@ -234,13 +240,14 @@ def load(results_dir: str | Path, *, arrays: bool = True):
     # Sets written before `run_axes` was recorded had at most frozen SSD's `a` beyond the four.
     axes = summary.get("run_axes", [*RUN_AXES, "a"])
     index = _run_index(runs, axes, out_dir / "summary.json")
+    indexed = {AXIS_FIELDS.get(a, a) for a in axes}  # the record fields the index holds
     fields: dict[str, list[Any]] = {}
     for i, rec in enumerate(runs):
-        flat = flatten({k: v for k, v in rec.items() if k not in axes})
+        flat = flatten({k: v for k, v in rec.items() if k not in indexed})
         for key, value in flat.items():
             fields.setdefault(key, [None] * len(runs))[i] = value
     for pair in summary.get("pairs", []):
-        flat = flatten({k: v for k, v in pair.items() if k not in (*axes, "run_index")}, "check.")
+        flat = flatten({k: v for k, v in pair.items() if k not in (*indexed, "run_index")}, "check.")
         for key, value in flat.items():
             fields.setdefault(key, [None] * len(runs))[pair["run_index"]] = value
     variables: dict[str, tuple] = {}

@@ -43,6 +43,12 @@ class AbstractModel(eqx.Module):
     def depth(self) -> int:
         """D: `w` is homogeneous of degree D in θ."""
 
+    @property
+    @abc.abstractmethod
+    def label(self) -> str:
+        """A short stable name (`"linear"`, `"diagonal-D2"`): what names the model in a run's key, a
+        record and `mdflow.load`'s `model` label where a config compares several models."""
+
     @abc.abstractmethod
     def init(self, alpha: Float[Array, " d"]) -> Rows:
         """`θ(0)` (linear coordinates) from the per-coordinate initialization scale."""
@@ -83,6 +89,10 @@ class Diagonal(AbstractModel):
     def depth(self) -> int:
         return int(self.order)
 
+    @property
+    def label(self) -> str:
+        return f"diagonal-D{self.depth}"
+
     def init(self, alpha):
         return jnp.stack([alpha, alpha])
 
@@ -120,6 +130,10 @@ class Linear(AbstractModel):
     @property
     def depth(self) -> int:
         return 1
+
+    @property
+    def label(self) -> str:
+        return "linear"
 
     def init(self, alpha):
         return alpha[None]

@@ -139,7 +139,8 @@ def cmd_check(args) -> int:
          + f"{len(verified)} of {len(pairs)} pair(s) verified, {len(failed)} exact pair(s) not equivalent"
          + (f", {len(unsolved)} not solved" if unsolved else ""))
     for p in failed + undecided:
-        _log(f"  {p['flow']} eps={p['eps']} alpha={p['alpha']}: {p['verdict']}: {p['reason']}")
+        on = f" on {p['model_label']}" if "model_label" in p else ""  # a config that compares several models
+        _log(f"  {p['flow']}{on} eps={p['eps']} alpha={p['alpha']}: {p['verdict']}: {p['reason']}")
     if failed:
         return EXIT_NOT_EQUIVALENT
     if not verified or unsolved or undecided:

@@ -126,6 +126,102 @@ def test_duals_refused_where_the_flow_has_none():
     from_dict(tiny_config(flows={"kinds": ["gf", "ssd_frozen"], "duals": True}))  # depth 2, squared: exact pairs
 
 
+# --- several models in one config --------------------------------------------------------------------
+
+SEVERAL = {"parametrization": ["linear", "diagonal"], "depth": [2, 3]}
+
+
+def test_several_models_expand_the_grid_on_each():
+    """Every run of the one-model grid on each model, in order, its key ending in the model's label; the
+    flow of a run is on its model; `run_axes` gains `model` only with several."""
+    from mdflow._execution.run import run_axes
+
+    one, several = from_dict(tiny_config()), from_dict(tiny_config(model=SEVERAL))
+    assert list(several.models()) == ["linear", "diagonal-D2", "diagonal-D3"]
+    assert [type(m) for m in several.models().values()] == [mdflow.Linear, mdflow.Diagonal, mdflow.Diagonal]
+    base, specs = one.run_specs(), several.run_specs()
+    assert all(spec.model is None and spec.plan_kind == spec.flow for spec in base)
+    assert base[1].key() == "ssd|eps=0.1|alpha=0.1|seed=0|weight_decay=0.0"  # one model: today's keys
+    assert [(s.flow, s.params, s.seed, s.model) for s in specs] == [
+        (s.flow, s.params, s.seed, label) for label in several.models() for s in base]
+    assert [s.key() for s in specs] == [s.key() + f"|model={label}" for label in several.models() for s in base]
+    assert specs[1].plan_kind == "ssd|model=linear"
+    problem = several.problem()
+    for spec in specs:
+        assert several.flow(spec, problem).model == several.model(spec.model)
+    assert several.model("diagonal-D3").depth == 3 and one.model() == mdflow.Diagonal(2)
+    with pytest.raises(mdflow.InputError, match=r"model: the config has several models"):
+        several.model()
+    assert run_axes(one) == ["flow", "seed", "eps", "alpha"]
+    assert run_axes(several) == ["flow", "seed", "eps", "alpha", "model"]
+    depths = from_dict(tiny_config(model={"depth": [3, 2]}))  # one parametrization, several depths
+    assert list(depths.models()) == ["diagonal-D3", "diagonal-D2"]
+
+
+def test_a_list_of_one_model_is_todays_config():
+    """`[model]` lists of one value: the one-model config, hash (store identity) and runs included."""
+    for scalar, listed in (({}, {"parametrization": ["diagonal"], "depth": [2]}),
+                           ({"depth": 3}, {"depth": [3]}),
+                           ({"parametrization": "linear"}, {"parametrization": ["linear"]})):
+        a, b = from_dict(tiny_config(model=scalar)), from_dict(tiny_config(model=listed))
+        assert a.hash() == b.hash() and a.to_json() == b.to_json() and a.run_specs() == b.run_specs(), listed
+
+
+@pytest.mark.parametrize("model, grid, match", [
+    ({"parametrization": []}, {}, r"model\.parametrization=\[\]: needs at least one"),
+    ({"parametrization": ["linear", "linear"]}, {}, r"model\.parametrization=\['linear', 'linear'\]: duplicate"),
+    ({"parametrization": ["linear", "deep"]}, {}, r"model\.parametrization\[1\]='deep': expected one of"),
+    ({"parametrization": ["linear", 3]}, {}, r"model\.parametrization\[1\]=3: expected one of"),
+    ({"parametrization": "linear", "depth": [2, 3]}, {}, r"model\.depth=\[2, 3\]: the linear model has depth 1"),
+    ({"parametrization": ["linear"], "depth": [2]}, {}, r"model\.depth=\[2\]: the linear model has depth 1"),
+    ({"depth": []}, {}, r"model\.depth=\[\]: needs at least one depth"),
+    ({"depth": [2, 2]}, {}, r"model\.depth: duplicate value 2"),
+    ({"depth": [2, 1]}, {}, r"model\.depth\[1\]=1: the diagonal network needs depth >= 2"),
+    ({"depth": [2, 2.5]}, {}, r"model\.depth\[1\]=2\.5: expected an integer"),
+    ({"depth": [2, True]}, {}, r"model\.depth\[1\]=True: expected an integer"),
+    ({"depth": [2, 101]}, {}, r"model\.depth\[1\]=101: must be in \[1, 100\]"),
+    ({"parametrization": ["linear", "diagonal"], "depth": 1}, {}, r"model\.depth=1: the diagonal network needs"),
+    ({"depth": "2"}, {}, r"model\.depth='2': expected int or list"),
+    # α = 0 suits the linear model, not the diagonal network: the error names the model
+    ({"parametrization": ["linear", "diagonal"]}, {"alpha": [0.0, 0.1]},
+     r"grid\.alpha=0\.0: must be in .* \(for the model 'diagonal-D2'\)"),
+])
+def test_bad_model_lists_are_refused(model, grid, match):
+    refused(match, model=model, grid=grid)
+
+
+def test_several_models_alpha_and_duals_are_checked_on_each():
+    assert from_dict(tiny_config(model={"parametrization": ["linear"]}, grid={"alpha": [0.0]})).alpha_values == [0.0]
+    # GF has a dual on both models; SSD none on the linear one, named with its model
+    from_dict(tiny_config(model={"parametrization": ["linear", "diagonal"]}, flows={"kinds": ["gf"], "duals": True}))
+    refused(r"flow 'ssd' \(model\.parametrization='linear', model\.depth=1, .*\) has no dual .*: SSD on the linear",
+            model={"parametrization": ["diagonal", "linear"]}, flows={"kinds": ["ssd"], "duals": True})
+
+
+def test_chunks_never_mix_models():
+    """The plan (no solve) groups by model too: every chunk's runs share seed, flow and model, and the
+    chunk names its group (`RunSpec.plan_kind`, in the manifest and progress lines)."""
+    from mdflow._execution.plan import Layout
+    from mdflow._execution.run import _plan
+
+    config = from_dict(tiny_config(model={"parametrization": ["linear", "diagonal"]}, sweep={"chunk_size": 4}))
+    specs, plan = _plan(config, config.solve_policy(), False, Layout.of(4))
+    assert [c.flow for c in plan.chunks] == ["gf|model=linear", "ssd|model=linear", "gf|model=diagonal-D2",
+                                             "ssd|model=diagonal-D2"]
+    for chunk in plan.chunks:
+        assert {specs[i].plan_kind for i in chunk.runs} == {chunk.flow}
+        assert {plan.flows[i].model for i in chunk.runs} == {config.model(specs[chunk.runs[0]].model)}
+    assert sorted(i for c in plan.chunks for i in c.runs) == list(range(len(specs)))
+
+
+def test_run_labels_name_the_model_where_a_folder_has_several():
+    from mdflow._plotting.style import run_label
+
+    rec = {"flow": "ssd", "eps": 0.01, "alpha": 0.1, "model": {"parametrization": "linear", "depth": 1}}
+    assert run_label(rec) == "SSD, ε = 10⁻², α = 0.1"
+    assert run_label({**rec, "model_label": "linear"}) == "SSD on linear, ε = 10⁻², α = 0.1"
+
+
 # --- plugins ---------------------------------------------------------------------------------------
 
 

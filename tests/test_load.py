@@ -159,3 +159,25 @@ def test_tidy_table_has_one_row_per_run_with_discrete_etas(tmp_path):
     ds = mdflow.load(tmp_path)  # the per-η lists are there with the arrays
     assert ds["discrete.errors"].dims == ("run", "eta")
     np.testing.assert_array_equal(ds["discrete.errors"].values[3], [4e-3, 8e-3])
+
+
+def test_several_models_are_a_level_of_the_run_index(tmp_path):
+    """A folder that compares models (`run_axes` ends in `model`): the same (flow, ε, α, seed) once per
+    model, told apart by the `model` level (the records' `model_label`); the model's parameters stay
+    variables, the label is not repeated as one; pairs land on their runs."""
+    models = {"linear": {"parametrization": "linear", "depth": 1},
+              "diagonal-D2": {"parametrization": "diagonal", "depth": 2}}
+    runs = [{"flow": "gf", "eps": None, "alpha": 0.1, "seed": 0, "model": params, "model_label": label,
+             "status": "ok", "t_end": float(i)} for i, (label, params) in enumerate(models.items())]
+    arrays = {"ts": np.linspace(0, 1, 3), "w_final": np.arange(6.0).reshape(2, 3), "loss": np.ones((2, 3))}
+    pairs = [{"run_index": 1, "flow": "gf", "model_label": "diagonal-D2", "max_rel_gap_w": 3e-9}]
+    summary = {"config": {}, "versions": {}, "runs": runs, "run_axes": ["flow", "seed", "eps", "alpha", "model"]}
+    _commit(tmp_path, summary, arrays, pairs)
+    ds = mdflow.load(tmp_path)
+    assert list(ds.indexes["run"].names) == ["flow", "seed", "eps", "alpha", "model"]
+    assert list(ds["model"].values) == ["linear", "diagonal-D2"]
+    one = ds.sel(model="diagonal-D2").squeeze("run")
+    assert one["t_end"].item() == 1.0 and one["model.depth"].item() == 2 and one["check.max_rel_gap_w"].item() == 3e-9
+    np.testing.assert_array_equal(one["w_final"].values, [3.0, 4.0, 5.0])
+    assert "model_label" not in ds and "check.model_label" not in ds
+    assert list(ds["model.parametrization"].values) == ["linear", "diagonal"]

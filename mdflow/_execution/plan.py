@@ -174,7 +174,8 @@ class Layout:
 
 @dataclasses.dataclass(frozen=True)
 class Chunk:
-    """A batch of runs solved together: same problem (`seed`), flow kind and solver."""
+    """A batch of runs solved together: same problem (`seed`), flow kind (a config's: `RunSpec.plan_kind`,
+    with the model where the config has several) and solver."""
 
     index: int
     seed: int

@@ -97,7 +97,7 @@ def _sweep_size(config: Config, policy: SolvePolicy, duals: bool, chunk_size: in
                               jax.ShapeDtypeStruct((1,), np.float64)).shape[0]
 
     specs = config.run_specs()
-    first = {spec.flow: spec for spec in reversed(specs)}  # one flow per kind suffices
+    first = {spec.plan_kind: spec for spec in reversed(specs)}  # one flow per kind (and model) suffices
     num_ts = policy.num_ts
     extra = (num_ts * d + num_ts if duals else 0) + (8 * d if config["analysis"]["kkt"] else 0)
     return sweep_size(num_runs=len(specs), d=d, n=n, num_ts=num_ts, state_rows=max(rows(s) for s in first.values()),
@@ -112,12 +112,14 @@ def build_flow(spec: RunSpec, problem: Problem, config: Config, *, track_identit
 
 def run_axes(config: Config) -> list[str]:
     """The labels that identify a run: flow, seed, then every run parameter of the config's flows
-    (their `axes`, first appearance first), and `weight_decay` where the config sweeps it (any value
-    but the default 0; every record carries it); `mdflow.load` indexes runs by them."""
+    (their `axes`, first appearance first), `weight_decay` where the config sweeps it (any value
+    but the default 0; every record carries it), and `model` where it has several models (a record's
+    `model_label`); `mdflow.load` indexes runs by them."""
     axes = ["flow", "seed", "eps", "alpha"]
     for cls in config.flow_classes.values():
         axes += [a for a in cls.axes if a not in axes]
-    return [*axes, *(["weight_decay"] if config.weight_decay_values != [0.0] else [])]
+    return [*axes, *(["weight_decay"] if config.weight_decay_values != [0.0] else []),
+            *(["model"] if len(config.models()) > 1 else [])]
 
 
 def _finite_or_none(x) -> float | None:
@@ -136,6 +138,7 @@ def run_record(spec: RunSpec, sol: Solution, solver: str, wall_s: float) -> dict
         "alpha": spec.alpha,
         "seed": spec.seed,
         **{k: v for k, v in spec.params if k not in ("eps", "alpha") and v is not None},
+        **({} if spec.model is None else {"model_label": spec.model}),  # where the config has several models
         "status": status_name(sol.status),
         "solver": solver,
         "num_steps": int(sol.num_steps),
@@ -158,9 +161,10 @@ RunAnalysis = Callable[[RunSpec, Any, Problem, Solution, SolvePolicy], tuple[dic
 
 def _plan(config: Config, policy: SolvePolicy, duals: bool, layout: Layout) -> tuple[list[RunSpec], Plan]:
     """The config's runs and their plan: a problem per seed, a flow per run, chunks grouped by seed, flow
-    kind and the solver each chunk runs (`Plan.of`), sorted by `difficulty`. A classification problem's
-    max-margin references are computed here, once per seed: data that are not linearly separable are an
-    `InputError` naming them, before anything is solved or stored."""
+    kind (with the model where there are several: `RunSpec.plan_kind`) and the solver each chunk runs
+    (`Plan.of`), sorted by `difficulty`. A classification problem's max-margin references are computed
+    here, once per seed: data that are not linearly separable are an `InputError` naming them, before
+    anything is solved or stored."""
     specs = config.run_specs()
     problems: dict[int, Problem] = {}
     flows = []
@@ -177,7 +181,7 @@ def _plan(config: Config, policy: SolvePolicy, duals: bool, layout: Layout) -> t
                 require_interpolators(problems[spec.seed])
         # E3 states ride along when the dual check or the KKT error E needs them (no second solve).
         flows.append(build_flow(spec, problems[spec.seed], config, track_identity=duals or config["analysis"]["kkt"]))
-    plan = Plan.of(flows, problems, policy, layout, seeds=[s.seed for s in specs], kinds=[s.flow for s in specs],
+    plan = Plan.of(flows, problems, policy, layout, seeds=[s.seed for s in specs], kinds=[s.plan_kind for s in specs],
                    costs=[difficulty(s.eps, s.alpha) for s in specs])
     return specs, plan
 
@@ -229,8 +233,9 @@ def _chunk_result(
             for key in ("w_dual", "gap_w"):  # the dual trajectory and gap(t), for figures F1/F2
                 arrays.setdefault(key, []).append(pair_arrays[key])
             pair["run_index"] = i
-            # The run's labels beyond ε, α (e.g. a swept `a`), so pairs index like their runs.
-            pair.update({k: v for k, v in specs[i].params if k not in ("eps", "alpha") and v is not None})
+            # The run's labels beyond ε, α (e.g. a swept `a`, the model), so pairs index like their runs.
+            pair.update({k: v for k, v in specs[i].params if k not in ("eps", "alpha") and v is not None},
+                        **({} if specs[i].model is None else {"model_label": specs[i].model}))
             record["identity_residual"] = pair.get("identity_residual")
             pairs.append(pair)
         records.append(record)

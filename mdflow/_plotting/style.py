@@ -174,9 +174,12 @@ def flow_name(kind: str) -> str:
 
 def run_label(rec: dict, formats: dict[str, Callable[[float], str]] | None = None) -> str:
     """A run's legend or title label naming ε and α: `SSD, ε = 10⁻², α = 0.1` (GF has no ε; Adam and
-    RMSProp add τ₁, τ₂); `formats`: each parameter's format (`number_format`), `number` by default."""
+    RMSProp add τ₁, τ₂), and the model where the folder compares several (the record's `model_label`:
+    `SSD on linear, ε = 10⁻², α = 0.1`); `formats`: each parameter's format (`number_format`), `number`
+    by default."""
     formats = formats or {}
-    parts = [flow_name(rec["flow"])]
+    model = rec.get("model_label")
+    parts = [flow_name(rec["flow"]) + ("" if model is None else f" on {model}")]
     for key in ("eps", "alpha", "tau1", "tau2"):
         if rec.get(key) is not None:
             parts.append(param(SYMBOLS[key], rec[key], formats.get(key, number)))
