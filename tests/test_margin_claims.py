@@ -95,7 +95,8 @@ def test_linear_model_claims():
                            chunk_size=len(flows))
     status = [mdflow.status_name(s) for s in stopped.status]
     assert status == ["ok"] * 4 + ["not_interpolated"] * 3, status
-    assert np.all(stopped.stopped[:4]) and np.all(stopped.t_end[:4] < T1_LINEAR) and np.all(stopped.t_end[4:] == T1_LINEAR)
+    assert np.all(stopped.stopped[:4]) and np.all(stopped.t_end[:4] < T1_LINEAR)
+    assert np.all(stopped.t_end[4:] == T1_LINEAR)
     np.testing.assert_allclose(stopped.y_final[4:], sol.y_final[4:], rtol=1e-12)
     assert np.all(stopped.final_loss[4:] > 1e-3)
 
@@ -112,7 +113,8 @@ def test_depth_two_network_claims():
     problem = mdflow.separable_gaussian(10, 30, 3, seed=0, loss="logistic")
     refs = max_margins(np.asarray(problem.X), np.asarray(problem.y))
     flows = [mdflow.make_flow("gf", problem, alpha=a) for a in ALPHAS]
-    sol = mdflow.sweep(flows, problem, policy("tsit5", t1=T1_DIAGONAL, t_min=1e-2), chunk_size=TINY["sweep"]["chunk_size"])
+    sol = mdflow.sweep(flows, problem, policy("tsit5", t1=T1_DIAGONAL, t_min=1e-2),
+                       chunk_size=TINY["sweep"]["chunk_size"])
     assert [mdflow.status_name(s) for s in sol.status] == ["ok"] * len(flows)
     ts = np.asarray(sol.ts[0])
     l1 = [_ratios(problem, np.asarray(sol.ws[i]), refs)["l1"] for i in range(len(flows))]

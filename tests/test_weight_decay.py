@@ -48,7 +48,8 @@ def test_weight_decay_kkt_of_a_known_kkt_point():
     assert weight_decay_kkt(problem, flow, np.array([[1.0, -1.0]])) == {"linf": 1.0, "residual": 0.0}
     off = weight_decay_kkt(problem, flow, np.array([[0.5, -1.0]]))
     assert off["linf"] == 1.0 and off["residual"] == pytest.approx(0.5, rel=1e-14)
-    assert weight_decay_kkt(problem, mdflow.make_flow("gf", problem, model=mdflow.Linear(), alpha=0.0), np.ones((1, 2))) is None
+    undecayed = mdflow.make_flow("gf", problem, model=mdflow.Linear(), alpha=0.0)
+    assert weight_decay_kkt(problem, undecayed, np.ones((1, 2))) is None
 
 
 @pytest.mark.parametrize("kind, params", [("ssd", {"eps": 1e-3}), ("adam", {"eps": 1e-3, "tau1": 0.1, "tau2": 1.0})])
