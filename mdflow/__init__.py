@@ -43,6 +43,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "MaxMargin", "Separability", "margin_record", "margins_over_time", "max_margin", "max_margins",
         "normalized_margin", "separability",
     ),
+    "_analysis.weight_decay": ("box_kkt_residual", "weight_decay_kkt"),
     "_load": ("load",),
     "_config": ("Config",),
     "_execution.run": ("execute",),

@@ -372,7 +372,10 @@ def test_example_config_is_in_the_schema():
 
 def test_weight_decay_runs_are_labelled(tmp_path):
     """A swept `grid.weight_decay`: each record carries its λ, `mdflow.load` indexes by it, and λ > 0
-    changes the run (TINY's programs: λ is traced)."""
+    changes the run (TINY's programs: λ is traced). The runs with λ > 0, and only they, record
+    `weight_decay_kkt` (`λ‖θ‖∞` and the box's KKT residual, docs/math.md §9), labelled in `mdflow.load`;
+    their interpolation stop is out of reach (decay keeps the end point off the interpolating set): none
+    of them ends `ok`."""
     raw = tiny_config(grid={"weight_decay": [0.0, 0.5]})
     records, _ = mdflow.execute(from_dict(raw), tmp_path / "out", log=lambda _: None)
     assert sorted({r["weight_decay"] for r in records}) == [0.0, 0.5]
@@ -380,3 +383,12 @@ def test_weight_decay_runs_are_labelled(tmp_path):
     assert "weight_decay" in ds.indexes["run"].names
     w = {lam: ds.sel(flow="gf", weight_decay=lam)["w_final"].values for lam in (0.0, 0.5)}
     assert np.linalg.norm(w[0.5]) < np.linalg.norm(w[0.0])  # decay shrinks the end point
+    for r in records:
+        assert ("weight_decay_kkt" in r) == (r["weight_decay"] > 0), r
+        if r["weight_decay"] > 0:
+            assert not r["stopped"] and r["status"] != "ok", r  # never claims to have interpolated
+            assert 0 < r["weight_decay_kkt"]["linf"] < 1 and r["weight_decay_kkt"]["residual"] >= 0, r
+    decayed = ds.sel(weight_decay=0.5)
+    for key in ("linf", "residual"):
+        assert np.all(np.isnan(ds.sel(weight_decay=0.0)[f"weight_decay_kkt.{key}"].values))
+        assert np.all(np.isfinite(decayed[f"weight_decay_kkt.{key}"].values))

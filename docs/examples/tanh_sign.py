@@ -3,8 +3,9 @@
     θ̇ = −tanh(G/ε) − λθ,   G = (∂w/∂θ)·g,   g = ∇L(w),
 
 coordinatewise, in linear coordinates on every model. As ε → 0 it tends to sign descent `−sign(G)`;
-for |G| ≪ ε it is gradient flow slowed by 1/ε. Use it from Python (`mdflow.solve`, `mdflow.sweep`) or
-from a config by its import path, `kinds = ["tanh_sign:TanhSign"]`, with this folder on `PYTHONPATH`.
+for |G| ≪ ε it is gradient flow with its time scaled by 1/ε. Use it from Python (`mdflow.solve`,
+`mdflow.sweep`) or from a config by its import path, `kinds = ["tanh_sign:TanhSign"]`, with this folder
+on `PYTHONPATH`.
 """
 
 from typing import ClassVar

@@ -3,10 +3,10 @@
 A sign-like flow divides the parameter gradient `G = (∂w/∂θ)·g` by a magnitude plus ε: SSD and the
 Adam-type flows by about `|G|` (`√ŝ` tracks `|G|`), frozen SSD by `|∂w/∂θ|·a`. While that magnitude is far
 above ε the update is sign-like (`≈ −sign(G)`); once it falls below ε in every coordinate the update is
-`≈ −G/ε`, gradient flow slowed by `1/ε`, and stays so while the gradient keeps shrinking (as it does on
-separable data, where the loss decays to 0). The transition time is the first saved time from which
-the largest coordinate's magnitude stays below ε, located between grid points by linear interpolation
-of its logarithm in `log t`.
+`≈ −G/ε`, gradient flow with its time scaled by `1/ε` (faster than GF for ε < 1), and stays so while the
+gradient keeps shrinking (as it does on separable data, where the loss decays to 0). The transition time
+is the first saved time from which the largest coordinate's magnitude stays below ε, located between
+grid points by linear interpolation of its logarithm in `log t`.
 """
 
 from __future__ import annotations

@@ -214,6 +214,11 @@ def _chunk_result(
                                                             transition["margin_ratio_before"].items()}}
             for key, value in margin_arrays.items():
                 arrays.setdefault(key, []).append(value)
+        if flow.decays():  # the end point against the KKT conditions of the box ‖θ‖∞ ≤ 1/λ (docs/math.md §9)
+            from .._analysis.weight_decay import weight_decay_kkt
+
+            kkt = weight_decay_kkt(problem, flow, one.y_final)
+            record["weight_decay_kkt"] = {k: _finite_or_none(v) for k, v in kkt.items()}
         arrays["w_final"].append(w_final)
         arrays["loss"].append(np.asarray(one.loss))
         arrays["rel_residual"].append(np.asarray(one.rel_residual))
