@@ -33,7 +33,6 @@ def _increasing(x):
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")  # `difficulty` of α = 0 (the sweep's plan)
 def test_linear_model_claims():
     """On the linear model (from w(0) = 0, to t = 1e12, one compiled program: Rodas4, as the decayed runs'
     steady states are stiff at small ε; it compiles faster than `auto`'s switch):

@@ -55,7 +55,8 @@ def difficulty(eps: float | None, alpha) -> float:
 
     Both terms were fitted to Tsit5 step counts (docs/solvers.md, "Measured choices").
     """
-    inv_alpha = float(np.mean(1.0 / np.asarray(alpha, dtype=np.float64)))
+    with np.errstate(divide="ignore"):  # α = 0 (the linear model from w(0) = 0): 1/α = inf, the hardest
+        inv_alpha = float(np.mean(1.0 / np.asarray(alpha, dtype=np.float64)))
     if eps is None:
         return inv_alpha
     eps = float(eps)
