@@ -101,8 +101,10 @@ def synthesize(out_dir, config, *, d=40, num_ts=60, seed=0):
                                    "slope": 1.0 + 0.02 * rng.standard_normal(), "t1": 2.0}
             else:
                 rec["discrete"] = {"skipped": f"{spec.flow} has no discrete optimizer"}
+        if spec.model is not None:  # a config comparing several models
+            rec["model_label"] = spec.model
         if config.stop_rule == "loss":  # classification: margins over time (plausible shapes, no solve)
-            rec["model"] = config.model().params()
+            rec["model"] = config.model(spec.model).params()
             curves = _margin_curves(spec.flow, eps, spec.get("weight_decay") or 0.0, ts)
             for key in ("l1", "l2", "linf"):
                 margin_arrays.setdefault(f"margin_ratio_{key}", []).append(curves[key])
@@ -150,23 +152,27 @@ def _margin_curves(flow, eps, decay, ts) -> dict[str, np.ndarray]:
     return {"l1": 0.6 * rise * level, "l2": rise * level, "linf": np.clip(0.45 * rise * level + peak, -0.1, 0.99)}
 
 
-def test_f8_margins_draws_each_flow_and_model(tmp_path, monkeypatch):
-    """F8 on a classification sweep (GF, SSD and Adam at 3 ε × 3 λ): per panel one line for GF and for
-    SSD at each ε without weight decay, one for Adam at its smallest ε and one per λ > 0 (AdamW); a
-    transition circle per sign-like line; it reads well; a squared-loss folder has no F8."""
+@pytest.mark.parametrize("models", [["linear"], ["linear", "diagonal"]])
+def test_f8_margins_draws_each_flow_and_model(models, tmp_path, monkeypatch):
+    """F8 on a classification sweep (GF, SSD and Adam at 3 ε × 3 λ, on one model or two): a row per
+    model; per panel one line for GF and for SSD at each ε without weight decay, one for Adam at its
+    smallest ε and one per λ > 0 (AdamW); a transition circle per sign-like line; it reads well; a
+    squared-loss folder has no F8."""
     import mdflow._plotting.figures as figures
     from mdflow._config import from_dict
 
     raw = {"problem": {"kind": "separable_gaussian", "loss": "exponential", "n": 10, "d": 20},
-           "model": {"parametrization": "linear"}, "flows": {"kinds": ["gf", "ssd", "adam"]},
-           "grid": {"eps": [1e-2, 1e-4, 1e-8], "alpha": [0.0], "weight_decay": [0.0, 0.01, 0.1]},
+           "model": {"parametrization": models}, "flows": {"kinds": ["gf", "ssd", "adam"]},
+           "grid": {"eps": [1e-2, 1e-4, 1e-8], "alpha": [0.01], "weight_decay": [0.0, 0.01, 0.1]},
            "solve": {"t1": 1e16, "t_min": 1e-4, "num_ts": 80}, "output": {"figures": False}}
     data = figures.load_folder(synthesize(tmp_path / "c", from_dict(raw)))
     drawn = {}
     monkeypatch.setattr(figures, "save", lambda fig, stem: drawn.setdefault(Path(stem).name, fig) and [stem])
     assert figures.f8_margins(data, tmp_path / "f8")
     fig = drawn["f8"]
-    assert len(fig.axes) == 3
+    assert len(fig.axes) == 3 * len(models)
+    rows = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    assert len(rows) == len(models) and ("linear model" in rows[0]) == (len(models) > 1), rows
     for ax in fig.axes:
         data_lines = [line for line in ax.get_lines() if len(line.get_xdata()) > 2]  # not the ratio-1 guide
         assert len(data_lines) == 1 + 3 + 1 + 2, len(data_lines)  # GF, SSD × 3 ε, Adam, AdamW × 2 λ
