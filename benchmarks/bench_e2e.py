@@ -19,6 +19,14 @@ the dual calls' `dual_compile_s` / `dual_solve_s` are added).
 
     .venv/bin/python benchmarks/bench_e2e.py            # all cases (a few minutes)
     .venv/bin/python benchmarks/bench_e2e.py --only sweep32 --skip-scipy
+    .venv/bin/python benchmarks/bench_e2e.py --startup 3   # `mdflow check` start-up, per program
+
+`--startup N` times `mdflow check` of the built-in quickstart N times cold (each on a new, empty cache
+directory) and N times warm (on the last cold run's cache, a new output folder), each with the load
+average before it and the process's CPU time (user + sys, less noisy than wall time on a shared
+machine), and tables every program the last cold and warm processes built: its trace, lowering and XLA
+compile (warm: the persistent cache's load), from `jax.monitoring`, the wall and CPU seconds of its
+whole build, and the other functions and eager operations compiled besides. Figures are drawn in a background process (not timed).
 
 Whole-process times depend on the machine's load: run it on an otherwise idle machine.
 """
@@ -154,15 +162,112 @@ def scipy_case(work: Path, t1: float) -> tuple[float, float]:
     return wall, float(np.max(rel))
 
 
+# A `mdflow check` process that also records, into the JSON file argv[1], what it compiled: each chunk
+# program the executor built (its label, how it got it, the seconds of each phase) and every other
+# compile (`jax.monitoring` events), plus the seconds its imports took.
+STARTUP_CHILD = r"""
+import json, os, sys, time
+start = time.perf_counter()
+os.environ.setdefault("EQX_ON_ERROR", "nan")
+import jax.monitoring
+events, current = [], [None]
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, secs, **kw: events.append((current[0], event.rsplit("/", 1)[-1], kw.get("fun_name", ""), secs)))
+from mdflow import cli
+from mdflow._execution import executor, run
+imported = time.perf_counter() - start
+built, build = [], executor._compiled_solver
+
+def label(args, static):
+    member = args[0]
+    mirror = member.mirror if type(member).__name__ == "DualFlow" else None
+    what = type(member).__name__ + (f"[{type(mirror).__name__}]" if mirror is not None else "")
+    rows = getattr(member, "track_identity", None)
+    return what + (" + E3 rows" if rows else "") + f", {static['solver_name']}"
+
+def timed(args, static):
+    current[0] = len(built)
+    built.append({"program": label(args, static)})
+    cpu = time.process_time()
+    program, secs = build(args, static)
+    built[current[0]].update(build_s=secs, build_cpu_s=time.process_time() - cpu, source=program.source if secs else "")
+    if not secs:
+        built.pop()
+    current[0] = None
+    return program, secs
+
+executor._compiled_solver = timed
+code = cli.main(sys.argv[2:])
+with open(sys.argv[1], "w") as f:
+    json.dump({"import_s": imported, "wall_s": time.perf_counter() - start, "programs": built, "events": events}, f)
+sys.stdout.flush(); sys.stderr.flush()
+os._exit(code)
+"""
+
+
+def startup(repeats: int, work: Path) -> None:
+    """`--startup`: cold and warm `mdflow check` of the quickstart; prints the timings and program tables."""
+    import resource
+
+    rows, records = [], {}
+    for phase in ("cold",) * repeats + ("warm",) * repeats:
+        i = sum(r[0] == phase for r in rows)
+        cache = work / f"cache-{i}" if phase == "cold" else work / f"cache-{repeats - 1}"
+        env = dict(os.environ, MDFLOW_CACHE_DIR=str(cache))
+        env.pop("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", None)  # the CLI's own setting
+        record, load = work / f"{phase}-{i}.json", os.getloadavg()[0]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", STARTUP_CHILD, str(record), "check", "--out",
+                               str(work / f"out-{phase}-{i}")], env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if proc.returncode != 0:
+            sys.exit(f"mdflow check failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        records[phase] = json.loads(record.read_text())
+        rows.append((phase, wall, cpu, load, records[phase]["import_s"]))
+        print(f"done: {phase} {i + 1}/{repeats}", file=sys.stderr, flush=True)
+    print("| `mdflow check` (quickstart) | whole process (s) | CPU user+sys (s) | load average before | imports (s) |")
+    print("|---|---|---|---|---|")
+    for phase, wall, cpu, load, imported in rows:
+        print(f"| {phase} | {wall:.2f} | {cpu:.2f} | {load:.2f} | {imported:.2f} |")
+    for phase, record in records.items():
+        print(f"\nPrograms of the last {phase} process (seconds; XLA compile: from the persistent cache when warm):\n")
+        print("| program | got | trace | lower | XLA compile | build total | build CPU |")
+        print("|---|---|---|---|---|---|---|")
+        phases = {"jaxpr_trace_duration": "trace", "jaxpr_to_mlir_module_duration": "lower",
+                  "backend_compile_duration": "compile"}
+        for k, prog in enumerate(record["programs"]):
+            secs = {v: sum(e[3] for e in record["events"] if e[0] == k and e[1] == key and e[2] in ("_body", "jit(_body)"))
+                    for key, v in phases.items()}  # the program's own events, not those of functions it traces
+            print(f"| {prog['program']} | {prog['source']} | {secs['trace']:.2f} | {secs['lower']:.2f} | "
+                  f"{secs['compile']:.2f} | {prog['build_s']:.2f} | {prog['build_cpu_s']:.2f} |")
+        others: dict[str, list[float]] = {}
+        for owner, event, fun, secs in record["events"]:
+            if owner is None and event == "backend_compile_duration":
+                others.setdefault(fun, []).append(secs)
+        big = {f: v for f, v in others.items() if f.startswith("jit(_")}  # named functions; else eager ops
+        small = [x for f, v in others.items() if f not in big for x in v]
+        for fun, v in sorted(big.items(), key=lambda kv: -sum(kv[1])):
+            print(f"| {fun} (outside the executor) | | | | {sum(v):.2f} | | |")
+        print(f"| {len(small)} eager operations (outside the executor) | | | | {sum(small):.2f} | | |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", choices=["quickstart", "sweep32", "check"], action="append")
     p.add_argument("--skip-scipy", action="store_true")
     p.add_argument("--t1", type=float, default=1e5, help="horizon of the sweep32 runs")
     p.add_argument("--scipy-child", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--startup", type=int, metavar="N", help="time `mdflow check` start-up instead, N cold + N warm")
     args = p.parse_args()
     if args.scipy_child:
         scipy_child(args.scipy_child[0], args.scipy_child[1], float(args.scipy_child[2]))
+        return
+    if args.startup:
+        with tempfile.TemporaryDirectory(prefix="mdflow-bench-startup-") as tmp:
+            startup(args.startup, Path(tmp))
         return
     cases = args.only or ["quickstart", "sweep32", "check"]
     rows = []

@@ -165,6 +165,29 @@ def test_exact_pairs_agree_to_1e9_at_the_check_settings(small_problem, kind, eps
         assert before["max_rel_gap_w"] > 1e-9 and before["t_max_gap"] < 1e-3, before
 
 
+def test_gf_beside_tracked_ssd_runs_its_program_bit_for_bit(small_problem):
+    """A plan whose SSD runs track the E3 integrals (a check's) runs its GF chunks with those rows too
+    (`Plan.identity_rows`): one program for both kinds (same integrand structure and shapes), and GF's
+    solution is bit for bit the one it gets alone, its states cut back to its own rows."""
+    import jax
+
+    from mdflow._execution.executor import _integrand
+
+    pol = _policy(20.0)  # the programs of `ssd_pairs` and `test_early_stop_...` (nothing new to compile)
+    gf = mdflow.make_flow("gf", small_problem, alpha=0.1)
+    ssd = mdflow.make_flow("ssd", small_problem, eps=0.1, alpha=0.01, track_identity=True)
+    plan = Plan.of([gf, ssd], {0: small_problem}, pol, Layout.of(2), kinds=["gf", "ssd"])
+    assert plan.identity_rows and not Plan.of([gf], {0: small_problem}, pol, Layout.of(2)).identity_rows
+    members = [_integrand(f, small_problem, plan.identity_rows) for f in (gf, ssd)]
+    shapes = [(jax.tree.structure(m), [np.shape(x) for x in jax.tree.leaves(m)]) for m in members]
+    assert shapes[0] == shapes[1]
+    solved = {done.chunk.flow: done.solution for call in run_calls(plan) for done in call}
+    alone = sweep([gf], small_problem, pol, chunk_size=2)
+    assert solved["gf"].ys.shape == alone.ys.shape and solved["ssd"].ys.shape[2] == alone.ys.shape[2] + 3
+    for key, value in vars(alone).items():
+        np.testing.assert_array_equal(getattr(solved["gf"], key), value, err_msg=key)
+
+
 def test_batched_pairs_equal_single_pair_records(small_problem):
     """`solve_pairs` on a padded chunk (what `mdflow check` runs for a sweep call) gives, run for run,
     the records and arrays `pair_record` gives for the run alone: bit for bit on CPU, where a chunk's

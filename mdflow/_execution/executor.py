@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from .._flows import AbstractFlow
+from .._flows import AbstractFlow, SSDFamily
 from .._problem import Problem
 from .._solver.solve import Solution, SolveControls, SolvePolicy, _solve, check_arguments, choose_solver
 from .plan import AXIS, Chunk, Layout, Plan, flow_difficulty
@@ -111,9 +111,18 @@ def num_programs() -> int:
     return _num_programs
 
 
+def _integrand(flow: AbstractFlow, problem: Problem, identity_rows: bool) -> AbstractFlow:
+    """What the compiled solve integrates for `flow` (`AbstractFlow.integrand`), with `identity_rows` an
+    `SSDFamily` member with its E3 rows (`Plan.identity_rows`) where its model has them."""
+    member = flow.integrand(problem)
+    if identity_rows and isinstance(member, SSDFamily) and not member.track_identity:
+        return member.with_identity() or member
+    return member
+
+
 def _solve_call(
     chunks: Sequence[Sequence[AbstractFlow]], problem: Problem, policy: SolvePolicy, layout: Layout, solver: str,
-    ts=None,
+    ts=None, *, identity_rows: bool = False,
 ) -> tuple[list[Solution], CallTiming]:
     """Solve up to one chunk per device in one call: chunk `i` (same-type flows, at most `chunk_size`)
     runs on device `i` as its own vmapped batch (or its members in sequence: `Layout.width`). Every chunk
@@ -122,7 +131,8 @@ def _solve_call(
     that do not depend on the device count. Returns one batched `Solution` (NumPy arrays, real members
     only) per chunk, and the call's `CallTiming` (the program is compiled before the call, so compile and
     solve are timed apart). `ts`: the save grid (default `SolvePolicy.time_grid()`; a traced control, so any
-    grid of the same length reuses the program).
+    grid of the same length reuses the program). `identity_rows`: see `Plan.identity_rows`; each chunk's
+    solution has the state rows of its own flows.
     """
     chunks = [list(c) for c in chunks]
     mesh, chunk_size = layout.mesh, layout.chunk_size
@@ -138,7 +148,7 @@ def _solve_call(
     # Host arrays: device_put then places each device's slice directly (also for multi-host meshes).
     # Each member as its family's integrand (`AbstractFlow.integrand`): GF, frozen SSD and SSD chunks
     # share one compiled program.
-    members = [jax.tree.map(np.asarray, f.integrand(problem)) for c in padded for f in c]
+    members = [jax.tree.map(np.asarray, _integrand(f, problem, identity_rows)) for c in padded for f in c]
     batched = jax.tree.map(lambda *xs: np.stack(xs), *members)  # on the host: no eager device ops
     controls = SolveControls.of(policy, problem, ts)
     problem = problem.as_data()  # generated and loaded data of one shape: one program
@@ -153,8 +163,19 @@ def _solve_call(
     sol = Solution(**{f.name: fields.get(f.name) for f in dataclasses.fields(Solution)})
     timing = CallTiming(compile_s=compile_s, solve_s=time.perf_counter() - start,
                         program=program.source if compile_s else "")
-    return [jax.tree.map(lambda x, i=i, m=len(c): x[i * chunk_size:i * chunk_size + m], sol)
-            for i, c in enumerate(chunks)], timing
+    own = [c[0].integrand(problem) for c in chunks]
+    rows = [m.num_components if identity_rows and isinstance(m, SSDFamily) else None for m in own]
+    return [_own_rows(jax.tree.map(lambda x, i=i, m=len(c): x[i * chunk_size:i * chunk_size + m], sol), k)
+            for i, (c, k) in enumerate(zip(chunks, rows))], timing
+
+
+def _own_rows(sol: Solution, rows: int | None) -> Solution:
+    """A batched solution with its states cut to their first `rows` rows (None: as it is): the rows of
+    the flows solved, without the E3 rows `identity_rows` added."""
+    if rows is None or sol.y_final.shape[1] == rows:
+        return sol
+    return dataclasses.replace(sol, y_final=sol.y_final[:, :rows],
+                               ys=None if sol.ys is None else sol.ys[:, :, :rows])
 
 
 def index(batch, i):
@@ -189,7 +210,7 @@ def run_calls(plan: Plan) -> Iterator[list[SolvedChunk]]:
     for call in plan.calls():
         first = call[0]
         sols, timing = _solve_call([plan.members(c) for c in call], plan.problems[first.seed], plan.policy,
-                                   plan.layout, first.solver, plan.ts)
+                                   plan.layout, first.solver, plan.ts, identity_rows=plan.identity_rows)
         per_run = timing.solve_s / sum(len(c.runs) for c in call)
         yield [SolvedChunk(chunk, sol, timing, per_run * len(chunk.runs)) for chunk, sol in zip(call, sols)]
 

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from .._flows import AbstractFlow
+from .._flows import AbstractFlow, AbstractPrimalFlow
 from .._problem import Problem
 from .._solver.solve import EXPLICIT_SOLVERS, SolvePolicy, choose_solver
 
@@ -222,6 +222,10 @@ def batches(plan: Sequence[Chunk], ndev: int) -> list[list[Chunk]]:
 class Plan:
     """Runs (`flows[i]` on `problems[seed of run i]`) cut into `chunks`, each with its solver, solved
     under `policy` on `layout`, on the save grid `ts` (None: the policy's). `executor.run_calls` runs it.
+    `identity_rows`: every `SSDFamily` member is integrated with the E3 rows (`Plan.of` sets it when some
+    run tracks them), so that GF, frozen SSD and tracked SSD chunks share one program; the rows change no
+    other result, bit for bit (`controlled`, `CoordinatewiseJacobian.factor`), and the executor drops them
+    from the solutions of the runs that did not ask for them.
 
     Build one with `Plan.of`; `only` and `under` give the same runs' plan for some of its chunks, or
     under another policy (the check's coarse re-solves), with the same chunks and calls."""
@@ -232,6 +236,7 @@ class Plan:
     policy: SolvePolicy
     layout: Layout
     ts: np.ndarray | None = None
+    identity_rows: bool = False
 
     @classmethod
     def of(
@@ -241,7 +246,8 @@ class Plan:
     ) -> Plan:
         """Group the runs by (seed, kind, solver: `Layout.solver`), first appearance first, and cut each
         group into chunks of `layout.chunk_size`, easiest (`costs`) first. Defaults: every run on seed 0,
-        its kind the flow's class name, its cost `flow_difficulty`."""
+        its kind the flow's class name, its cost `flow_difficulty`. `identity_rows` when a run tracks
+        the E3 integrals."""
         flows = tuple(flows)
         seeds = [0] * len(flows) if seeds is None else list(seeds)
         kinds = [type(f).__name__ for f in flows] if kinds is None else list(kinds)
@@ -251,7 +257,8 @@ class Plan:
             groups.setdefault((seeds[i], kinds[i], layout.solver(policy, flow)), []).append(i)
         chunks = plan_chunks([(key, runs, [costs[i] for i in runs]) for key, runs in groups.items()],
                              layout.chunk_size)
-        return cls(tuple(chunks), flows, problems, policy, layout, ts)
+        identity_rows = any(isinstance(f, AbstractPrimalFlow) and f.tracks_identity for f in flows)
+        return cls(tuple(chunks), flows, problems, policy, layout, ts, identity_rows)
 
     def calls(self) -> list[list[Chunk]]:
         """The chunks by call: consecutive chunks of one (seed, kind, solver), one per device (`batches`)."""
