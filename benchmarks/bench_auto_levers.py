@@ -165,6 +165,8 @@ LEVERS = {
     "lin": (dict(lin=True), {}),
     "lin rtol 1e-7": (dict(lin=True, rtol=1e-7, atol=1e-9), {}),
     "lin to_stiff 0.2": (dict(lin=True, to_stiff=0.2), {}),
+    "lin rtol 3e-8": (dict(lin=True, rtol=3e-8, atol=3e-10), {}),
+    "lin to_stiff 0.2 rtol 3e-8": (dict(lin=True, to_stiff=0.2, rtol=3e-8, atol=3e-10), {}),
     "rodas4 lin": (dict(lin=True, start_stiff=True, to_explicit=-1.0), {}),
     "rodas4 lin rtol 3e-8": (dict(lin=True, start_stiff=True, to_explicit=-1.0, rtol=3e-8, atol=3e-10), {}),
     "rodas4 lin rtol 1e-7": (dict(lin=True, start_stiff=True, to_explicit=-1.0, rtol=1e-7, atol=1e-9), {}),
