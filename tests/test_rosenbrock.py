@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import mdflow
-from mdflow._solver.rosenbrock import RODAS3, RODAS4, Rodas3, Rodas4, StiffSwitch
+from mdflow._solver.rosenbrock import RODAS3, RODAS4, Rodas3, Rodas4, RosenbrockInterpolation, StiffSwitch
 from mdflow._solver.solve import FlowArgs, _field
 
 
@@ -181,6 +181,32 @@ def test_dense_output_ends_and_order(solver):
         errs.append(np.max(np.abs(np.asarray(ys[1:-1]) - exact(t0 + np.asarray(thetas[1:-1]) * h, y_init)), axis=1))
     slopes = np.polyfit(np.log(hs), np.log(np.array(errs)), 1)[0]
     assert np.all(slopes >= 3.7), slopes
+
+
+def test_dense_output_of_a_stiff_component_at_rest():
+    """A long step (hλ = 1e10) over stiff components near rest, `y' = −λ(y − y*)` from `y* + δ`: the
+    cubic Hermite through `h·f(y0) = −hλδ` overshoots by about `hλδ/4` (here 2.5e3 against a state of 1;
+    saved trajectories of steady states once showed it), so Rodas4's default dense output takes its own
+    continuous extension on such components, within the step's own change δ of the exact `y* + δe^{−λt}`
+    (≈ y*) inside it (measured 9.3e-7 for δ = 1e-6), while a
+    smooth component in the same step keeps the Hermite bit for bit (the two interpolants differ there)."""
+    lam, ystar, delta = 1e10, 1.0, 1e-6
+    term = diffrax.ODETerm(lambda t, y, args: jnp.stack([-lam * (y[0] - ystar), -y[1]]))
+    y0, h = jnp.array([ystar + delta, 1.0]), 1.0
+    thetas = jnp.array([0.25, 0.5, 0.75])
+
+    def evaluate(solver):
+        y1, _, dense, _, _ = solver.step(term, 0.0, h, y0, None, solver.init(term, 0.0, h, y0, None), False)
+        interp = solver.interpolation_cls(t0=0.0, t1=h, **dense)
+        return jax.vmap(interp.evaluate)(thetas * h)
+
+    default, extension = (np.asarray(jax.jit(evaluate, static_argnums=0)(s)) for s in
+                          (Rodas4(jacobian="dense"), Rodas4(jacobian="dense", dense_output="extension")))
+    assert np.max(np.abs(default[:, 0] - ystar)) <= delta, default[:, 0]
+    k_hermite = RosenbrockInterpolation.hermite_k(y0, y0, h * term.vf(0.0, y0, None), h * term.vf(0.0, y0, None))
+    assert np.max(np.abs(np.asarray(k_hermite)[:, 0])) > 1e3  # what the Hermite alone would overshoot by
+    assert not np.array_equal(default[:, 1], extension[:, 1])  # the smooth component: not the extension …
+    np.testing.assert_allclose(default[:, 1], np.exp(-np.asarray(thetas)), rtol=1e-2)  # … but the Hermite, accurate
 
 
 @pytest.mark.parametrize("solver", [Rodas4(), pytest.param(StiffSwitch(Rodas4()), marks=pytest.mark.slow), Rodas3()],

@@ -21,7 +21,8 @@ ends. By default (`dense_output="hermite"`) it is the cubic Hermite through `(y0
 (`dense_output="extension"`: `q0`, `q1` from the stages, `rodas.f`'s dense-output coefficients, which
 satisfy the order-3 conditions at every θ; tested). On the saved grid the Hermite is the more
 accurate of the two with Rodas4 (`benchmarks/bench_dense_output.py`, numbers in docs/solvers.md), so
-it is the default.
+it is the default, except on a stiff component near rest, where its end slopes overshoot and Rodas4
+takes its extension for that component (`_stiff_safe`).
 
 The linear solves come from a *Jacobian strategy*:
 
@@ -204,7 +205,8 @@ class AbstractRosenbrock(diffrax.AbstractAdaptiveSolver):
     - `jacobian`: `"structured"` (Woodbury; the term must be a coordinatewise flow's field with
       `args.flow`, `args.problem`, as `mdflow.solve` passes) or `"dense"` (any field).
     - `dense_output`: `"hermite"` (the cubic Hermite through both ends' slopes, measured the more
-      accurate on the saved grid) or `"extension"` (the method's own continuous extension, Rodas4).
+      accurate on the saved grid; with a continuous extension, that on stiff components at rest:
+      `_stiff_safe`) or `"extension"` (the method's own continuous extension, Rodas4).
     """
 
     jacobian: str = eqx.field(static=True, default="dense")
@@ -270,11 +272,28 @@ class AbstractRosenbrock(diffrax.AbstractAdaptiveSolver):
         f1 = terms.vf(t1, y1, args)
         # A non-finite trial step is rejected (not a failure): the controller shrinks the step.
         y_error = jtu.tree_map(lambda x: jnp.where(_all_finite(y1), x, jnp.inf), y_error)
+        extension = None if tab.dense is None else jtu.tree_map(
+            lambda a, b: jnp.stack([a, b]), _axpy(tab.dense[0], ks), _axpy(tab.dense[1], ks))
         if self.dense_output == "hermite":
             k = RosenbrockInterpolation.hermite_k(y0, y1, _scale(h, f0), _scale(h, f1))
+            if extension is not None:
+                k = jtu.tree_map(_stiff_safe, y0, y1, k, extension)
         else:
-            k = jtu.tree_map(lambda a, b: jnp.stack([a, b]), _axpy(tab.dense[0], ks), _axpy(tab.dense[1], ks))
+            k = extension
         return y1, y_error, dict(y0=y0, y1=y1, k=k), f1, jac
+
+
+def _stiff_safe(y0, y1, hermite, extension):
+    """The Hermite's `(q0, q1)` per component, or the method's own continuous extension where the two
+    disagree by more than the extension's deviation from the chord plus the chord itself (and a floor of
+    1e-8 of the state): there the end slopes `h·f(y0)`, `h·f(y1)` are far larger than the step's change,
+    as in a stiff component at rest (`h·f = hλ(y − y*)` with `hλ ≫ 1`), and the cubic through them
+    overshoots by orders of magnitude, while the extension, built from the L-stable stages, does not.
+    Elsewhere the Hermite is kept, bit for bit (the more accurate of the two on smooth steps,
+    docs/solvers.md)."""
+    size = jnp.max(jnp.abs(extension), axis=0) + jnp.abs(y1 - y0) + 1e-8 * (jnp.abs(y0) + jnp.abs(y1))
+    wild = jnp.max(jnp.abs(hermite - extension), axis=0) > size
+    return jnp.where(wild, extension, hermite)
 
 
 def _time_derivative(terms, t0, y0, args):
