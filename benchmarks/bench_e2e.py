@@ -142,6 +142,10 @@ def scipy_child(problem_npz: str, out_npz: str, t1: float) -> None:
 
 def scipy_case(work: Path, t1: float) -> tuple[float, float]:
     """Whole-process wall of the scipy loop, and the worst relative end-point difference to mdflow."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)  # the problem is generated here, in float64 as mdflow's
+
     import mdflow
     from mdflow._config import load
 
