@@ -381,13 +381,14 @@ def format_table(records: list[dict]) -> str:
     """A text table of pair records, one row each, with a legend under it that explains the columns."""
     with_a = any("a" in r for r in records)  # frozen magnitudes swept by `grid.a`
     with_model = any("model_label" in r for r in records)  # a config that compares several models
-    header = ("flow", *(("model",) if with_model else ()), "eps", "alpha", *(("a",) if with_a else ()), "gap_w", "gap_coarse", "factor", "gap_dual",
-              "identity", "delta", "verdict")
+    header = ("flow", *(("model",) if with_model else ()), "eps", "alpha", *(("a",) if with_a else ()),
+              "gap_w", "gap_coarse", "factor", "gap_dual", "identity", "delta", "verdict")
     rows = [header]
     for r in records:
         factor = r.get("gap_factor")
         rows.append((
-            str(r["flow"]), *((str(r.get("model_label", "")),) if with_model else ()), _fmt(r.get("eps")), _fmt(r.get("alpha")), *((_fmt(r.get("a")),) if with_a else ()),
+            str(r["flow"]), *((str(r.get("model_label", "")),) if with_model else ()),
+            _fmt(r.get("eps")), _fmt(r.get("alpha")), *((_fmt(r.get("a")),) if with_a else ()),
             _fmt(r.get("max_rel_gap_w")), _fmt(r.get("max_rel_gap_w_coarse")),
             "-" if factor is None else f"{factor:.3g}", _fmt(r.get("max_rel_gap_dual")),
             _fmt(r.get("identity_residual")), _fmt(r.get("assumption_residual")), str(r["verdict"]),

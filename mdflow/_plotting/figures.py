@@ -596,20 +596,12 @@ def _margin_lines(runs: list[int], records: list[dict], formats) -> tuple[list[t
     mine = [i for i in runs if records[i]["alpha"] == alphas[0]]
     kept, ema_note = _one_ema_setting([records[i] for i in mine], formats)
     notes.append(ema_note)
-    kept_ids = {id(r) for r in kept}
-    mine = [i for i in mine if id(records[i]) in kept_ids]
-    decay = lambda i: records[i].get("weight_decay") or 0.0  # noqa: E731
-    adam = [i for i in mine if records[i]["flow"] == "adam"]
-    adam_eps = min((records[i]["eps"] for i in adam), default=None)
-    lines = []
-    for i in mine:
-        rec = records[i]
-        if rec["flow"] == "adam":
-            if rec["eps"] == adam_eps:
-                lines.append((i, rec))
-        elif decay(i) == 0.0 and rec["flow"] in ("gf", "ssd"):
-            lines.append((i, rec))
-    if any(decay(i) > 0 for i in mine if records[i]["flow"] != "adam"):
+    kept = [(i, records[i]) for i in mine if any(records[i] is r for r in kept)]
+    adam_eps = min((rec["eps"] for _, rec in kept if rec["flow"] == "adam"), default=None)
+    lines = [(i, rec) for i, rec in kept
+             if (rec["eps"] == adam_eps if rec["flow"] == "adam"
+                 else rec["flow"] in ("gf", "ssd") and not rec.get("weight_decay"))]
+    if any(rec.get("weight_decay") for _, rec in kept if rec["flow"] != "adam"):
         notes.append("weight decay drawn for Adam only")
     return lines, [n for n in notes if n]
 
