@@ -291,8 +291,17 @@ class RunSpec:
         """A stable identifier: flow, ε, α, seed, then the flow's other parameters that are set, then the
         model where the config has several (`|model=linear`)."""
         key = f"{self.flow}|eps={self.eps!r}|alpha={self.alpha!r}|seed={self.seed}"
-        rest = "".join(f"|{k}={v!r}" for k, v in self.params if k not in ("eps", "alpha") and v is not None)
+        rest = "".join(f"|{k}={v!r}" for k, v in self.other_params().items())
         return key + rest + ("" if self.model is None else f"|model={self.model}")
+
+    def other_params(self) -> dict[str, float]:
+        """The run parameters beyond ε and α that are set (e.g. a swept `a`, τ, λ), in order."""
+        return {k: v for k, v in self.params if k not in ("eps", "alpha") and v is not None}
+
+    def labels(self) -> dict[str, Any]:
+        """What a run's record and its pair record say of the run beyond flow, ε, α and seed:
+        `other_params`, and `model_label` where the config compares several models."""
+        return {**self.other_params(), **({} if self.model is None else {"model_label": self.model})}
 
     @property
     def plan_kind(self) -> str:

@@ -137,8 +137,7 @@ def run_record(spec: RunSpec, sol: Solution, solver: str, wall_s: float) -> dict
         "eps": spec.eps,
         "alpha": spec.alpha,
         "seed": spec.seed,
-        **{k: v for k, v in spec.params if k not in ("eps", "alpha") and v is not None},
-        **({} if spec.model is None else {"model_label": spec.model}),  # where the config has several models
+        **spec.labels(),  # the other run parameters set, and the model where the config has several
         "status": status_name(sol.status),
         "solver": solver,
         "num_steps": int(sol.num_steps),
@@ -239,8 +238,7 @@ def _chunk_result(
                 arrays.setdefault(key, []).append(pair_arrays[key])
             pair["run_index"] = i
             # The run's labels beyond ε, α (e.g. a swept `a`, the model), so pairs index like their runs.
-            pair.update({k: v for k, v in specs[i].params if k not in ("eps", "alpha") and v is not None},
-                        **({} if specs[i].model is None else {"model_label": specs[i].model}))
+            pair.update(specs[i].labels())
             record["identity_residual"] = pair.get("identity_residual")
             pairs.append(pair)
         records.append(record)
