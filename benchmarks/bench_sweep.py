@@ -17,6 +17,13 @@ Default: the reference sweep of the README's benchmark table, primal SSD over 16
     .venv/bin/python benchmarks/bench_sweep.py --quick         # 4 ε × 2 α, n=40, d=200
     .venv/bin/python benchmarks/bench_sweep.py --scipy-runs 16 # scipy on 16 runs, extrapolated
     .venv/bin/python benchmarks/bench_sweep.py --cpu-devices 2 --chunk-size 8   # one chunk per core
+    .venv/bin/python benchmarks/bench_sweep.py --cpu-devices 2 --chunk-size 4 --errors --mdflow-rtol 1e-7
+
+`--errors` measures every run's end-point error, mdflow's (a) and scipy's (c), against a reference at
+that run's own stop time (mdflow Rodas4 at rtol 1e-12 without a stop, `work_precision.reference_at`),
+relative to the reference's norm, and prints their median and maximum: the speed-up is at equal
+accuracy only where (a)'s errors are at most (c)'s. `--mdflow-rtol` runs (a) and (b) at another rtol
+than scipy (atol scaled with it), to compare at matched accuracy.
 """
 
 from __future__ import annotations
@@ -59,6 +66,10 @@ def parse():
     p.add_argument("--t1", type=float, default=1e5)
     p.add_argument("--rtol", type=float, default=1e-8)
     p.add_argument("--atol", type=float, default=1e-10)
+    p.add_argument("--mdflow-rtol", type=float, default=None,
+                   help="rtol of (a) and (b) (default --rtol; atol scaled by the same factor)")
+    p.add_argument("--errors", action="store_true",
+                   help="end-point errors of (a) and (c) against a Rodas4 reference at rtol 1e-12")
     p.add_argument("--solver", default="auto")
     p.add_argument("--chunk-size", type=int, default=16)
     p.add_argument("--repeats", type=int, default=1, help="best of N for (a), (a') and (b)")
@@ -126,6 +137,25 @@ def scipy_run(problem, eps, alpha, args):
     return wall, weights(sol.y[:, -1]), sol
 
 
+def end_point_errors(flows, problem, sol_a, w_a, ends_c, args):
+    """(a)'s and (c)'s end-point errors on the runs scipy solved, each against the reference at its own
+    stop time, relative to the reference's norm there (`work_precision.reference_at`, Rodas4 at rtol
+    1e-12 without a stop)."""
+    import types
+
+    import work_precision
+
+    ref_args = types.SimpleNamespace(num_ts=50, t_min=1e-6, ref_rtol=1e-12, t1=args.t1, max_steps=500_000,
+                                     stop=args.stop)
+    err_a, err_c = [], []
+    for i, (t_c, w_c) in ends_c.items():
+        t_a = float(sol_a.t_end[i])
+        at = work_precision.reference_at(flows[i], problem, [t_a, t_c], ref_args)
+        err_a.append(np.linalg.norm(w_a[i] - at[t_a]) / np.linalg.norm(at[t_a]))
+        err_c.append(np.linalg.norm(w_c - at[t_c]) / np.linalg.norm(at[t_c]))
+    return np.array(err_a), np.array(err_c)
+
+
 def lax_map_sweep(flows, problem, policy, chunk_size):
     """All runs in one compiled call: `lax.map` over the sorted runs, `chunk_size` at a time."""
     order = sorted(range(len(flows)), key=lambda i: _plan.flow_difficulty(flows[i]))
@@ -149,13 +179,14 @@ def main():
     alpha_values = np.geomspace(*args.alpha_range, args.num_alpha)
     grid = [(float(e), float(a)) for e in eps_values for a in alpha_values]
     flows = [md.make_flow("ssd", problem, eps=e, alpha=a) for e, a in grid]
-    policy = md.SolvePolicy(solver=args.solver, rtol=args.rtol, atol=args.atol, t1=args.t1, num_ts=50,
-                            stop_rel_residual=args.stop, save="final")
+    rtol = args.rtol if args.mdflow_rtol is None else args.mdflow_rtol
+    policy = md.SolvePolicy(solver=args.solver, rtol=rtol, atol=args.atol * rtol / args.rtol, t1=args.t1,
+                            num_ts=50, stop_rel_residual=args.stop, save="final")
     solvers = sorted({md.choose_solver(policy, f) for f in flows})
     R = len(flows)
     print(f"sweep: SSD, {args.num_eps} eps in {list(args.eps_range)} x {args.num_alpha} alpha in "
           f"{list(args.alpha_range)} = {R} runs; n={args.n}, d={args.d}, k={args.k}; rtol={args.rtol}, "
-          f"atol={args.atol}, t1={args.t1:g}, stop at rel. residual {args.stop:g}; solver={args.solver} -> "
+          f"atol={args.atol} (mdflow: rtol={policy.rtol}, atol={policy.atol:g}), t1={args.t1:g}, stop at rel. residual {args.stop:g}; solver={args.solver} -> "
           f"{solvers}; chunk_size={args.chunk_size}; devices={jax.device_count()}", flush=True)
 
     # One representative run per solver ("auto" may pick different solvers for different ε).
@@ -216,12 +247,13 @@ def main():
         order = sorted(range(R), key=lambda i: _plan.flow_difficulty(flows[i]))
         m = R if args.scipy_runs is None else min(args.scipy_runs, R)
         picked = sorted({order[int(j)] for j in np.linspace(0, R - 1, m).round()})
-        wall_c_measured, diffs, ok = 0.0, [], 0
+        wall_c_measured, diffs, ok, ends_c = 0.0, [], 0, {}
         for i in picked:
             wall, w, sol = scipy_run(problem, *grid[i], args)
             wall_c_measured += wall
             ok += sol.status == 1
             diffs.append(np.max(np.abs(w - w_a[i])))
+            ends_c[i] = (float(sol.t[-1]), w)
             print(f"  scipy eps={grid[i][0]:.3g} alpha={grid[i][1]:.3g}: {wall:.2f} s, nfev={sol.nfev}, "
                   f"t_end={sol.t[-1]:.4g} (mdflow t_end={float(sol_a.t_end[i]):.4g})", flush=True)
         if len(picked) == R:
@@ -232,6 +264,19 @@ def main():
             note = f"measured {wall_c_measured:.1f} s on {len(picked)} runs, extrapolated"
         note += f"; {ok}/{len(picked)} stopped by the event; max |w_scipy - w_a| = {max(diffs):.1e}"
         rows.append(("(c) scipy solve_ivp LSODA loop", wall_c, note))
+        if args.errors:
+            err_a, err_c = end_point_errors(flows, problem, sol_a, w_a, ends_c, args)
+            keys = list(ends_c)
+
+            def summary(err):
+                worst = keys[int(np.argmax(err))]
+                return (f"end-point error median {np.median(err):.1e}, max {np.max(err):.1e} (ε = "
+                        f"{grid[worst][0]:.3g}, α = {grid[worst][1]:.3g})")
+
+            rows[0] = rows[0][:2] + (rows[0][2] + f"; {summary(err_a)} on the runs of (c)",)
+            rows[-1] = rows[-1][:2] + (rows[-1][2] + f"; {summary(err_c)}",)
+            for i, ea, ec in zip(keys, err_a, err_c):
+                print(f"  error ε={grid[i][0]:.3g} α={grid[i][1]:.3g}: mdflow {ea:.1e}, scipy {ec:.1e}")
 
     print()
     print(f"| method | wall (s) | vs (a) | notes |")
