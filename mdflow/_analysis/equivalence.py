@@ -302,8 +302,11 @@ def pair_plan(plan: Plan, chunks: Sequence[Chunk], *, dual_form: str = "rho") ->
     layout = plan.layout
     problem = plan.problems[chunks[0].seed]
     duals = [paired_dual(f, problem, form=dual_form) for chunk in chunks for f in plan.members(chunk)]
+    # Sized by the plan's fullest chunk, not `chunk_size`: a sweep smaller than one chunk spreads its
+    # duals over the devices too (and every call of the plan keeps one program per mirror family).
+    fullest = max(len(chunk.runs) for chunk in plan.chunks)
     # Each dual's position as its cost: the chunks keep the primals' order (no sorting by difficulty).
-    return Plan.of(duals, {0: problem}, plan.policy, Layout(dual_chunk_size(layout.chunk_size, layout.mesh),
+    return Plan.of(duals, {0: problem}, plan.policy, Layout(dual_chunk_size(fullest, layout.mesh),
                                                            layout.mesh, layout.vmap_width),
                    kinds=["dual"] * len(duals), costs=range(len(duals)), ts=plan.ts)
 
@@ -385,8 +388,8 @@ def solve_pairs(
 
 
 def dual_chunk_size(chunk_size: int, mesh: Mesh) -> int:
-    """The chunk size of the dual solves behind a sweep of `chunk_size` on `mesh`: a primal call's runs
-    (up to one chunk per device) spread over all devices, `ceil(chunk_size / devices)`, and at least 2
+    """The chunk size of the dual solves behind a sweep whose chunks hold up to `chunk_size` runs on
+    `mesh`: a primal chunk's runs spread over all devices, `ceil(chunk_size / devices)`, and at least 2
     (a chunk of one member is a vmap of one, which rounds differently from members in sequence; with
     2, `pair_record` and a sweep's pairs agree bit for bit on CPU)."""
     return max(2, -(-chunk_size // mesh.devices.size))
