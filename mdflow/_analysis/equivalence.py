@@ -313,10 +313,11 @@ def pair_plan(plan: Plan, chunks: Sequence[Chunk], *, dual_form: str = "rho") ->
 
 def prepare_pairs(plan: Plan, pool: Executor, *, dual_form: str = "rho") -> list[Future]:
     """The `pair_plan` of each call of `plan`, made in `pool` (a worker thread), which then builds their
-    programs (`prepare`) and compiles the call's comparison (`_compare`), call by call, before the
+    programs (`prepare`) call by call, then compiles each call's comparison (`_compare`), all before the
     primals need them: XLA's compilation releases the GIL, so these compile on one core while the
-    primal program compiles, and the primals solve, on the other. Returns one future per call, done
-    once its pair plan is made (`solve_pairs(..., dual_plan=future.result())`)."""
+    primal program compiles, and the primals solve, on the other. The solve programs come first: a
+    call's comparison is needed after its duals are solved. Returns one future per call, done once its
+    pair plan is made (`solve_pairs(..., dual_plan=future.result())`)."""
 
     def ahead(call, future):
         try:
@@ -325,19 +326,24 @@ def prepare_pairs(plan: Plan, pool: Executor, *, dual_form: str = "rho") -> list
             future.set_exception(error)
             return
         future.set_result(duals)
-        _prepare_call(plan, call, duals)
+        prepare(duals)
 
-    futures = []
-    for call in plan.calls():
-        futures.append(Future())
-        pool.submit(ahead, call, futures[-1])
+    def compare(call, future):
+        if future.exception() is None:
+            _prepare_compare(plan, call, future.result())
+
+    calls = plan.calls()
+    futures = [Future() for _ in calls]
+    for call, future in zip(calls, futures):
+        pool.submit(ahead, call, future)
+    for call, future in zip(calls, futures):
+        pool.submit(compare, call, future)
     return futures
 
 
-def _prepare_call(plan: Plan, call: Sequence[Chunk], duals: Plan) -> None:
-    """The programs of a call's pairs, built ahead (`prepare_pairs`): the duals' solve and `_compare`
-    (lowered and compiled for arguments shaped like a solved pair's; a call's runs share one variant)."""
-    prepare(duals)
+def _prepare_compare(plan: Plan, call: Sequence[Chunk], duals: Plan) -> None:
+    """`_compare` of a call's pairs, lowered and compiled ahead (`prepare_pairs`) for arguments shaped
+    like a solved pair's (a call's runs share one variant)."""
     problem, flow, dual = plan.problems[call[0].seed], plan.members(call[0])[0], duals.flows[0]
     num_ts = plan.policy.num_ts if plan.ts is None else len(plan.ts)
     ys = [np.zeros((num_ts, *jax.eval_shape(f.init, problem).shape), problem.X.dtype) for f in (flow, dual)]
