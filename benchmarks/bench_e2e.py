@@ -24,9 +24,11 @@ the dual calls' `dual_compile_s` / `dual_solve_s` are added).
 `--startup N` times `mdflow check` of the built-in quickstart N times cold (each on a new, empty cache
 directory) and N times warm (on the last cold run's cache, a new output folder), each with the load
 average before it and the process's CPU time (user + sys, less noisy than wall time on a shared
-machine), and tables every program the last cold and warm processes built: its trace, lowering and XLA
-compile (warm: the persistent cache's load), from `jax.monitoring`, the wall and CPU seconds of its
-whole build, and the other functions and eager operations compiled besides. Figures are drawn in a background process (not timed).
+machine), and tables every program the last cold and warm processes built: the thread that built it
+(the duals' programs are built in a worker thread while the primal compiles and solves), when its build
+started (seconds after the process started), its trace, lowering and XLA compile (warm: the persistent
+cache's load), from `jax.monitoring`, the wall seconds of its whole build, and the other functions and
+eager operations compiled besides. Figures are drawn in a background process (not timed).
 
 Whole-process times depend on the machine's load: run it on an otherwise idle machine.
 """
@@ -167,20 +169,23 @@ def scipy_case(work: Path, t1: float) -> tuple[float, float]:
 
 
 # A `mdflow check` process that also records, into the JSON file argv[1], what it compiled: each chunk
-# program the executor built (its label, how it got it, the seconds of each phase) and every other
-# compile (`jax.monitoring` events), plus the seconds its imports took.
+# program the executor built (its label, the thread that built it, when it started, how it got it, the
+# seconds of each phase) and every other compile (`jax.monitoring` events), plus the seconds its imports
+# took. The duals' programs are built in a worker thread (`prepare_pairs`), so events are attributed by
+# thread.
 STARTUP_CHILD = r"""
-import json, os, sys, time
+import json, os, sys, threading, time
 start = time.perf_counter()
 os.environ.setdefault("EQX_ON_ERROR", "nan")
 import jax.monitoring
-events, current = [], [None]
+events, current = [], {}
 jax.monitoring.register_event_duration_secs_listener(
-    lambda event, secs, **kw: events.append((current[0], event.rsplit("/", 1)[-1], kw.get("fun_name", ""), secs)))
+    lambda event, secs, **kw: events.append((current.get(threading.get_ident()), event.rsplit("/", 1)[-1],
+                                             kw.get("fun_name", ""), secs)))
 from mdflow import cli
 from mdflow._execution import executor, run
 imported = time.perf_counter() - start
-built, build = [], executor._compiled_solver
+built, build, lock = [], executor.build_program, threading.Lock()
 
 def label(args, static):
     member = args[0]
@@ -189,18 +194,20 @@ def label(args, static):
     rows = getattr(member, "track_identity", None)
     return what + (" + E3 rows" if rows else "") + f", {static['solver_name']}"
 
-def timed(args, static):
-    current[0] = len(built)
-    built.append({"program": label(args, static)})
-    cpu = time.process_time()
-    program, secs = build(args, static)
-    built[current[0]].update(build_s=secs, build_cpu_s=time.process_time() - cpu, source=program.source if secs else "")
-    if not secs:
-        built.pop()
-    current[0] = None
-    return program, secs
+def timed(name, fn, args, static):
+    thread = threading.current_thread().name
+    with lock:
+        k = len(built)
+        built.append({"program": label(args, static), "thread": "main" if thread == "MainThread" else "worker",
+                      "start_s": time.perf_counter() - start})
+    current[threading.get_ident()] = k
+    t0 = time.perf_counter()
+    program = build(name, fn, args, static)
+    built[k].update(build_s=time.perf_counter() - t0, source=program.source)
+    current[threading.get_ident()] = None
+    return program
 
-executor._compiled_solver = timed
+executor.build_program = timed
 code = cli.main(sys.argv[2:])
 with open(sys.argv[1], "w") as f:
     json.dump({"import_s": imported, "wall_s": time.perf_counter() - start, "programs": built, "events": events}, f)
@@ -238,15 +245,15 @@ def startup(repeats: int, work: Path) -> None:
         print(f"| {phase} | {wall:.2f} | {cpu:.2f} | {load:.2f} | {imported:.2f} |")
     for phase, record in records.items():
         print(f"\nPrograms of the last {phase} process (seconds; XLA compile: from the persistent cache when warm):\n")
-        print("| program | got | trace | lower | XLA compile | build total | build CPU |")
-        print("|---|---|---|---|---|---|---|")
+        print("| program | got | thread | starts at | trace | lower | XLA compile | build total |")
+        print("|---|---|---|---|---|---|---|---|")
         phases = {"jaxpr_trace_duration": "trace", "jaxpr_to_mlir_module_duration": "lower",
                   "backend_compile_duration": "compile"}
         for k, prog in enumerate(record["programs"]):
             secs = {v: sum(e[3] for e in record["events"] if e[0] == k and e[1] == key and e[2] in ("_body", "jit(_body)"))
                     for key, v in phases.items()}  # the program's own events, not those of functions it traces
-            print(f"| {prog['program']} | {prog['source']} | {secs['trace']:.2f} | {secs['lower']:.2f} | "
-                  f"{secs['compile']:.2f} | {prog['build_s']:.2f} | {prog['build_cpu_s']:.2f} |")
+            print(f"| {prog['program']} | {prog['source']} | {prog['thread']} | {prog['start_s']:.2f} | "
+                  f"{secs['trace']:.2f} | {secs['lower']:.2f} | {secs['compile']:.2f} | {prog['build_s']:.2f} |")
         others: dict[str, list[float]] = {}
         for owner, event, fun, secs in record["events"]:
             if owner is None and event == "backend_compile_duration":
@@ -254,8 +261,8 @@ def startup(repeats: int, work: Path) -> None:
         big = {f: v for f, v in others.items() if f.startswith("jit(_")}  # named functions; else eager ops
         small = [x for f, v in others.items() if f not in big for x in v]
         for fun, v in sorted(big.items(), key=lambda kv: -sum(kv[1])):
-            print(f"| {fun} (outside the executor) | | | | {sum(v):.2f} | | |")
-        print(f"| {len(small)} eager operations (outside the executor) | | | | {sum(small):.2f} | | |")
+            print(f"| {fun} (outside the executor) | | | | | | {sum(v):.2f} | |")
+        print(f"| {len(small)} eager operations (outside the executor) | | | | | | {sum(small):.2f} | |")
 
 
 def main() -> None:

@@ -216,3 +216,40 @@ def test_batched_pairs_equal_single_pair_records(small_problem):
             np.testing.assert_array_equal(batched_arrays[key], single_arrays[key], err_msg=key)
     # Non-trivial pairs: true SSD is not its dual, the gaps differ between runs.
     assert solved[0].fine.num_steps != solved[1].fine.num_steps
+
+
+def test_pairs_prepared_ahead_in_a_worker_thread(small_problem, fresh_programs):
+    """`prepare_pairs` (what `mdflow check` runs in a worker thread while the primals compile and solve)
+    makes each call's pair plan and builds its programs before the solves need them: the solves build
+    nothing more (one program each, counted once), the first call to use a program reports its build
+    time and later ones none, and the pairs are bit for bit those made without it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mdflow._analysis.equivalence import pair_record_from, prepare_pairs, solve_pairs
+    from mdflow._execution import executor
+
+    policy = _policy(20.0)  # the programs of `ssd_pairs` and the test above (nothing new to compile)
+    flows = [mdflow.make_flow("ssd", small_problem, eps=e, alpha=a, track_identity=True)
+             for e, a in ((0.1, 0.01), (1.0, 0.1))]
+    plan = Plan.of(flows, {0: small_problem}, policy, Layout.of(2), costs=range(len(flows)))
+    (chunk,) = plan.chunks
+    before = executor.num_programs()
+    with ThreadPoolExecutor(1) as pool:
+        (ahead,) = prepare_pairs(plan, pool)
+        (call,) = run_calls(plan)  # the primal program, built here while the worker builds the dual's
+        primals = call[0].solution
+        (solved,), calls = solve_pairs(plan, [(chunk, primals)], dual_plan=ahead.result())
+    assert executor.num_programs() - before == 2  # the primal's and the dual's, each built once
+    assert call[0].timing.compile_s > 0 and call[0].timing.program
+    assert calls.fine_dual.compile_s > 0 and calls.fine_dual.program
+    assert calls.coarse_dual.compile_s == 0 and calls.coarse_primal.compile_s == 0
+    (plain,), _ = solve_pairs(plan, [(chunk, primals)])  # the pair plan made here, the programs reused
+    assert executor.num_programs() - before == 2
+    for j, flow in enumerate(flows):
+        primal = index(primals, j)
+        ahead_record, ahead_arrays = pair_record_from(solved[j], small_problem, flow, primal, policy)
+        plain_record, plain_arrays = pair_record_from(plain[j], small_problem, flow, primal, policy)
+        assert ahead_record.pop("dual_wall_s") > 0 and plain_record.pop("dual_wall_s") > 0
+        assert ahead_record == plain_record
+        for key in plain_arrays:
+            np.testing.assert_array_equal(ahead_arrays[key], plain_arrays[key], err_msg=key)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from concurrent.futures import Executor, Future
 
 import equinox as eqx
 import jax
@@ -23,7 +24,7 @@ from jax.sharding import Mesh
 
 from .._dual import DualFlow, dual_flow
 from .._errors import RANGES, InputError
-from .._execution.executor import CallTiming, index, run_calls
+from .._execution.executor import CallTiming, index, prepare, run_calls
 from .._execution.plan import Chunk, Layout, Plan, make_mesh
 from .._flows import AbstractPrimalFlow
 from .._problem import Problem
@@ -293,9 +294,65 @@ class PairCalls:
         return CallTiming.total(self.calls).program
 
 
+def pair_plan(plan: Plan, chunks: Sequence[Chunk], *, dual_form: str = "rho") -> Plan:
+    """The plan of the duals paired with the runs of `chunks` (one call of `plan`), as `solve_pairs`
+    solves them: spread over every device in chunks of `dual_chunk_size`, in the primals' order, under
+    the plan's policy. It needs no primal solution, so the duals' programs can be built (`prepare`)
+    before or while the primals are solved."""
+    layout = plan.layout
+    problem = plan.problems[chunks[0].seed]
+    duals = [paired_dual(f, problem, form=dual_form) for chunk in chunks for f in plan.members(chunk)]
+    # Sized by the plan's fullest chunk, not `chunk_size`: a sweep smaller than one chunk spreads its
+    # duals over the devices too (and every call of the plan keeps one program per mirror family).
+    fullest = max(len(chunk.runs) for chunk in plan.chunks)
+    # Each dual's position as its cost: the chunks keep the primals' order (no sorting by difficulty).
+    return Plan.of(duals, {0: problem}, plan.policy, Layout(dual_chunk_size(fullest, layout.mesh),
+                                                           layout.mesh, layout.vmap_width),
+                   kinds=["dual"] * len(duals), costs=range(len(duals)), ts=plan.ts)
+
+
+def prepare_pairs(plan: Plan, pool: Executor, *, dual_form: str = "rho") -> list[Future]:
+    """The `pair_plan` of each call of `plan`, made in `pool` (a worker thread), which then builds their
+    programs (`prepare`) call by call, then compiles each call's comparison (`_compare`), all before the
+    primals need them: XLA's compilation releases the GIL, so these compile on one core while the
+    primal program compiles, and the primals solve, on the other. The solve programs come first: a
+    call's comparison is needed after its duals are solved. Returns one future per call, done once its
+    pair plan is made (`solve_pairs(..., dual_plan=future.result())`)."""
+
+    def ahead(call, future):
+        try:
+            duals = pair_plan(plan, call, dual_form=dual_form)
+        except BaseException as error:  # noqa: BLE001 - `solve_pairs` makes the plan again, and raises
+            future.set_exception(error)
+            return
+        future.set_result(duals)
+        prepare(duals)
+
+    def compare(call, future):
+        if future.exception() is None:
+            _prepare_compare(plan, call, future.result())
+
+    calls = plan.calls()
+    futures = [Future() for _ in calls]
+    for call, future in zip(calls, futures):
+        pool.submit(ahead, call, future)
+    for call, future in zip(calls, futures):
+        pool.submit(compare, call, future)
+    return futures
+
+
+def _prepare_compare(plan: Plan, call: Sequence[Chunk], duals: Plan) -> None:
+    """`_compare` of a call's pairs, lowered and compiled ahead (`prepare_pairs`) for arguments shaped
+    like a solved pair's (a call's runs share one variant)."""
+    problem, flow, dual = plan.problems[call[0].seed], plan.members(call[0])[0], duals.flows[0]
+    num_ts = plan.policy.num_ts if plan.ts is None else len(plan.ts)
+    ys = [np.zeros((num_ts, *jax.eval_shape(f.init, problem).shape), problem.X.dtype) for f in (flow, dual)]
+    _compare.lower(flow, dual, problem, *ys, jnp.asarray(0.0, problem.X.dtype)).compile()
+
+
 def solve_pairs(
     plan: Plan, primals: Sequence[tuple[Chunk, Solution]], *, dual_form: str = "rho",
-    ratio: float = TOLERANCE_RATIO,
+    ratio: float = TOLERANCE_RATIO, dual_plan: Plan | None = None,
 ) -> tuple[list[list[SolvedPair]], PairCalls]:
     """The solves behind the pair records of one call of `plan`: each of its chunks, solved (`primals`:
     `(chunk, batched solution)`, as the executor yields them), gets its paired duals solved under the
@@ -306,25 +363,25 @@ def solve_pairs(
     policy (`Plan.under`: the call's chunks, layout and solver, so its compiled program: tolerances are
     traced controls); the fine and the coarse duals as a plan of their own spread over every device, in
     chunks of `dual_chunk_size`, one program per mirror-map family for both (a call of one chunk would
-    leave the other devices solving a copy). Returns one `SolvedPair` per run, by chunk, and the
-    timings; a pair's `wall_s` is its share of its fine dual call's solve time (compilation excluded).
+    leave the other devices solving a copy). `dual_plan`: their `pair_plan` (of `dual_form`), if made
+    already (`prepare_pairs`). Returns one
+    `SolvedPair` per run, by chunk, and the timings; a pair's `wall_s` is its share of its fine dual
+    call's solve time (compilation excluded).
     """
     if not primals:
         raise ValueError("solve_pairs needs at least one chunk")
     ts = np.asarray(primals[0][1].ts)[0]
     if any(not np.array_equal(np.asarray(sol.ts), np.broadcast_to(ts, np.shape(sol.ts))) for _, sol in primals):
         raise ValueError("solve_pairs: the primals of one call must share their time grid")
-    policy, layout = plan.policy, plan.layout
-    problem = plan.problems[primals[0][0].seed]
-    duals = [paired_dual(f, problem, form=dual_form) for chunk, _ in primals for f in plan.members(chunk)]
-    coarse_policy = coarse(policy, ratio)
-    # Each dual's position as its cost: the chunks keep the primals' order (no sorting by difficulty).
-    dual_plan = Plan.of(duals, {0: problem}, policy, Layout(dual_chunk_size(layout.chunk_size, layout.mesh),
-                                                            layout.mesh, layout.vmap_width),
-                        kinds=["dual"] * len(duals), costs=range(len(duals)), ts=ts)
+    chunks = [chunk for chunk, _ in primals]
+    if dual_plan is None:
+        dual_plan = pair_plan(plan, chunks, dual_form=dual_form)
+    dual_plan = dataclasses.replace(dual_plan, ts=ts)
+    duals = list(dual_plan.flows)
+    coarse_policy = coarse(plan.policy, ratio)
     fine, fine_timing, walls = _solve_each(dual_plan)
     coarse_dual, dual_timing, _ = _solve_each(dual_plan.under(coarse_policy))
-    again = dataclasses.replace(plan.only([chunk for chunk, _ in primals]).under(coarse_policy), ts=ts)
+    again = dataclasses.replace(plan.only(chunks).under(coarse_policy), ts=ts)
     (call,) = run_calls(again)  # the chunks of one call: one call again
     primal_timing = call[0].timing
     pairs, k = [], 0
@@ -337,8 +394,8 @@ def solve_pairs(
 
 
 def dual_chunk_size(chunk_size: int, mesh: Mesh) -> int:
-    """The chunk size of the dual solves behind a sweep of `chunk_size` on `mesh`: a primal call's runs
-    (up to one chunk per device) spread over all devices, `ceil(chunk_size / devices)`, and at least 2
+    """The chunk size of the dual solves behind a sweep whose chunks hold up to `chunk_size` runs on
+    `mesh`: a primal chunk's runs spread over all devices, `ceil(chunk_size / devices)`, and at least 2
     (a chunk of one member is a vmap of one, which rounds differently from members in sequence; with
     2, `pair_record` and a sweep's pairs agree bit for bit on CPU)."""
     return max(2, -(-chunk_size // mesh.devices.size))

@@ -17,6 +17,7 @@ matrix-vector vs matrix-matrix kernels). One device is the same code path with a
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -65,8 +66,9 @@ def _body_fields(*args, **static) -> dict[str, Any]:
 
 
 # Programs built for the chunk solve, by call signature (`_compiled_solver`), and how many were built.
-_compiled: dict[Any, Any] = {}
+_compiled: dict[Any, _Built] = {}
 _num_programs = 0
+_lock = threading.Lock()  # guards `_compiled` (`prepare` builds programs from a worker thread)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,21 +90,58 @@ class CallTiming:
                    ", ".join(dict.fromkeys(t.program for t in timings if t.program)))
 
 
+class _Built:
+    """A program being built or built (`_compiled_solver`): `done` is set once `program` (or `error`)
+    is there; `build_s` is how long its build took, reported by the first call that uses it."""
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.program: Program | None = None
+        self.error: BaseException | None = None
+        self.build_s = 0.0
+        self.reported = False
+
+
 def _compiled_solver(args: tuple, static: dict[str, Any]) -> tuple[Program, float]:
-    """The compiled chunk solve for these arguments, and the seconds spent building it now (0 when this
-    process built it before). Compiling ahead of the call is what lets `CallTiming` time the two apart."""
+    """The compiled chunk solve for these arguments, and the seconds its build took when this is the
+    first call to use it (else 0): built now, or ahead by `prepare` (in a worker thread; waited for
+    if still building). Compiling ahead of the call is what lets `CallTiming` time the two apart."""
+    built = _build(args, static)
+    with _lock:
+        first, built.reported = not built.reported, True
+    return built.program, built.build_s if first else 0.0
+
+
+def _build(args: tuple, static: dict[str, Any]) -> _Built:
+    """The program of `_compiled_solver`'s arguments: the one this process built (or is building, in
+    another thread: waited for), else built now."""
     global _num_programs
     dynamic, rest = eqx.partition(args, eqx.is_array)
     leaves = jax.tree.leaves(dynamic)
     key = (jax.tree.structure(dynamic), tuple((x.shape, x.dtype, x.sharding) for x in leaves),
            jax.tree.structure(rest), tuple(jax.tree.leaves(rest)), tuple(sorted(static.items())))
-    if key in _compiled:
-        return _compiled[key], 0.0
+    with _lock:
+        built = _compiled.get(key)
+        owner = built is None
+        if owner:
+            built = _compiled[key] = _Built()
+    if not owner:
+        built.done.wait()
+        return _build(args, static) if built.error is not None else built
     start = time.perf_counter()
-    program = build_program("mdflow._execution.executor._body", _body_fields, args, static)
-    _compiled[key] = program
-    _num_programs += 1
-    return program, time.perf_counter() - start
+    try:
+        built.program = build_program("mdflow._execution.executor._body", _body_fields, args, static)
+    except BaseException as error:
+        with _lock:  # the next call builds it again (and meets the error itself)
+            _compiled.pop(key, None)
+        built.error = error
+        raise
+    finally:
+        built.build_s = time.perf_counter() - start
+        built.done.set()
+    with _lock:
+        _num_programs += 1
+    return built
 
 
 def num_programs() -> int:
@@ -135,6 +174,25 @@ def _solve_call(
     solution has the state rows of its own flows.
     """
     chunks = [list(c) for c in chunks]
+    args, static = _call_args(chunks, problem, policy, layout, solver, ts, identity_rows=identity_rows)
+    program, compile_s = _compiled_solver(args, static)
+    start = time.perf_counter()
+    fields = jax.tree.map(_to_host, program(args))
+    sol = Solution(**{f.name: fields.get(f.name) for f in dataclasses.fields(Solution)})
+    timing = CallTiming(compile_s=compile_s, solve_s=time.perf_counter() - start,
+                        program=program.source if compile_s else "")
+    chunk_size = layout.chunk_size
+    own = [c[0].integrand(problem) for c in chunks]
+    rows = [m.num_components if identity_rows and isinstance(m, SSDFamily) else None for m in own]
+    return [_own_rows(jax.tree.map(lambda x, i=i, m=len(c): x[i * chunk_size:i * chunk_size + m], sol), k)
+            for i, (c, k) in enumerate(zip(chunks, rows))], timing
+
+
+def _call_args(
+    chunks: Sequence[Sequence[AbstractFlow]], problem: Problem, policy: SolvePolicy, layout: Layout, solver: str,
+    ts=None, *, identity_rows: bool = False,
+) -> tuple[tuple, dict[str, Any]]:
+    """The arguments (on the devices) and static arguments of `_solve_call`'s program."""
     mesh, chunk_size = layout.mesh, layout.chunk_size
     ndev = mesh.devices.size
     if not 1 <= len(chunks) <= ndev or any(not 1 <= len(c) <= chunk_size for c in chunks):
@@ -154,19 +212,9 @@ def _solve_call(
     problem = problem.as_data()  # generated and loaded data of one shape: one program
     batched, real = jax.device_put((batched, real), NamedSharding(mesh, P(AXIS)))
     problem, controls = jax.device_put((problem, controls), NamedSharding(mesh, P()))
-    args = (batched, real, problem, controls)
     static = dict(mesh=mesh, vmap_width=vmap_width, solver_name=solver, max_steps=policy.max_steps,
                   keep_states=policy.save == "trajectory")
-    program, compile_s = _compiled_solver(args, static)
-    start = time.perf_counter()
-    fields = jax.tree.map(_to_host, program(args))
-    sol = Solution(**{f.name: fields.get(f.name) for f in dataclasses.fields(Solution)})
-    timing = CallTiming(compile_s=compile_s, solve_s=time.perf_counter() - start,
-                        program=program.source if compile_s else "")
-    own = [c[0].integrand(problem) for c in chunks]
-    rows = [m.num_components if identity_rows and isinstance(m, SSDFamily) else None for m in own]
-    return [_own_rows(jax.tree.map(lambda x, i=i, m=len(c): x[i * chunk_size:i * chunk_size + m], sol), k)
-            for i, (c, k) in enumerate(zip(chunks, rows))], timing
+    return (batched, real, problem, controls), static
 
 
 def _own_rows(sol: Solution, rows: int | None) -> Solution:
@@ -213,6 +261,18 @@ def run_calls(plan: Plan) -> Iterator[list[SolvedChunk]]:
                                    plan.layout, first.solver, plan.ts, identity_rows=plan.identity_rows)
         per_run = timing.solve_s / sum(len(c.runs) for c in call)
         yield [SolvedChunk(chunk, sol, timing, per_run * len(chunk.runs)) for chunk, sol in zip(call, sols)]
+
+
+def prepare(plan: Plan) -> None:
+    """Build the program of every call of `plan` (traced or loaded, and compiled), without solving:
+    `run_calls` of this plan, or of any plan whose calls have the same program (e.g. `Plan.under`,
+    another save grid of the same length), then finds them built. Safe to run in a worker thread while
+    the caller solves: a call that needs a program still being built waits for it, and the first call
+    to use a program reports its build time (`CallTiming.compile_s`) as if it had built it."""
+    for call in plan.calls():
+        first = call[0]
+        _build(*_call_args([plan.members(c) for c in call], plan.problems[first.seed], plan.policy, plan.layout,
+                           first.solver, plan.ts, identity_rows=plan.identity_rows))
 
 
 def run_plan(plan: Plan) -> Iterator[SolvedChunk]:

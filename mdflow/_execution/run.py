@@ -8,6 +8,7 @@ import hashlib
 import platform
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -247,14 +248,18 @@ def _chunk_result(
     return meta, {k: np.stack(v) for k, v in arrays.items()}
 
 
-def _solve_call_pairs(plan: Plan, call, progress: Progress, dual_form: str):
-    """The dual solves of one primal call's runs (`solve_pairs`), by chunk, and their timing."""
+def _solve_call_pairs(plan: Plan, call, progress: Progress, dual_form: str, duals: Future | None):
+    """The dual solves of one primal call's runs (`solve_pairs`), by chunk, and their timing. `duals`:
+    their `pair_plan`, being made ahead (`prepare_pairs`); where that failed, it is made here again
+    (and the error, if any, raised here)."""
     from .._analysis.equivalence import solve_pairs
 
     runs = sum(len(done.chunk.runs) for done in call)
     names = ", ".join(f"{done.chunk.index + 1}" for done in call)
     progress.note(f"chunk(s) {names}/{progress.total_chunks} solved; dual solves of their {runs} run(s)")
-    return solve_pairs(plan, [(done.chunk, done.solution) for done in call], dual_form=dual_form)
+    plan_ahead = None if duals is None or duals.exception() is not None else duals.result()
+    return solve_pairs(plan, [(done.chunk, done.solution) for done in call], dual_form=dual_form,
+                       dual_plan=plan_ahead)
 
 
 def _failures(records) -> dict[str, int]:
@@ -292,7 +297,8 @@ def execute(
     (compile excluded; `summary.json` totals both under `sweep`).
     With duals on, every run is paired with its dual and checked (`equivalence.json`): the pairs of each
     call are solved right after it on the same engine (`solve_pairs`), their `dual_compile_s`,
-    `dual_solve_s` stored like the primal's and totalled under `sweep`.
+    `dual_solve_s` stored like the primal's and totalled under `sweep`; their programs are built ahead,
+    in a worker thread, while the primals compile and solve (`prepare_pairs`).
     Returns `(records, pairs)` in config order.
     """
     out_dir = Path(out_dir)
@@ -426,16 +432,30 @@ def _solve_pending(pending: Plan, job: _Job, results: dict[int, dict[str, Any]])
     chunk (`_finish_chunk`) into `results`. Returns the `CallTiming` of every primal call and the
     `PairCalls` of every call's duals."""
     calls, dual_calls = [], []
-    for call in run_calls(pending):
-        calls.append(call[0].timing)
-        paired, dual_timing = [None] * len(call), None
-        if job.duals:
-            paired, dual_timing = _solve_call_pairs(pending, call, job.progress, job.config["flows"]["dual_form"])
-            dual_calls.append(dual_timing)
-        call_runs = sum(len(done.chunk.runs) for done in call)
-        for done, solved_pairs in zip(call, paired):
-            dual_share = 0.0 if dual_timing is None else dual_timing.solve_s * len(done.chunk.runs) / call_runs
-            results[done.chunk.index] = _finish_chunk(pending, done, solved_pairs, dual_timing, dual_share, job)
+    dual_form = job.config["flows"]["dual_form"]
+    # The duals' programs are built in a worker thread while the primals compile and solve (one process
+    # of a multi-process job builds its programs in call order, as the others do).
+    pool = ThreadPoolExecutor(1, thread_name_prefix="mdflow-duals") if job.duals and jax.process_count() == 1 else None
+    try:
+        ahead = None
+        if pool is not None:
+            from .._analysis.equivalence import prepare_pairs
+
+            ahead = prepare_pairs(pending, pool, dual_form=dual_form)
+        for k, call in enumerate(run_calls(pending)):
+            calls.append(call[0].timing)
+            paired, dual_timing = [None] * len(call), None
+            if job.duals:
+                paired, dual_timing = _solve_call_pairs(pending, call, job.progress, dual_form,
+                                                        None if ahead is None else ahead[k])
+                dual_calls.append(dual_timing)
+            call_runs = sum(len(done.chunk.runs) for done in call)
+            for done, solved_pairs in zip(call, paired):
+                dual_share = 0.0 if dual_timing is None else dual_timing.solve_s * len(done.chunk.runs) / call_runs
+                results[done.chunk.index] = _finish_chunk(pending, done, solved_pairs, dual_timing, dual_share, job)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
     return calls, dual_calls
 
 
