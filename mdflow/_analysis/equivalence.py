@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from .._dual import DualFlow, dual_flow
+from .._dual import DUAL_FORMS, DualFlow, dual_flow
 from .._errors import RANGES, InputError
 from .._execution.executor import CallTiming, index, prepare, run_calls
 from .._execution.plan import Chunk, Layout, Plan, make_mesh
@@ -38,6 +38,16 @@ def paired_dual(flow: AbstractPrimalFlow, problem: Problem, *, form: str = "rho"
     why = flow.why_no_dual(problem)
     if why is not None:
         raise InputError(f"flows.duals: {why} (flow {flow.kind!r})")
+    if form not in DUAL_FORMS:
+        raise InputError(f"flows.dual_form={form!r}: expected one of {DUAL_FORMS}")
+    return _paired_dual(flow, problem, form)
+
+
+@eqx.filter_jit
+def _paired_dual(flow: AbstractPrimalFlow, problem: Problem, form: str) -> DualFlow:
+    """`paired_dual` as one compiled program per flow type, problem shape and form: the mirror map's
+    parameters (SSD's `a = |g(w(0))|`), `w(0)` and `θ(0) = ∇Φ(w(0))` in one call instead of some thirty
+    eager operations, each compiled on its own in every process."""
     return dual_flow(flow.mirror(problem), problem, form=form, w0=flow.initial_weights(problem))
 
 
@@ -58,18 +68,18 @@ def _rel(diff, ref, floor):
 
 
 @eqx.filter_jit
-def _compare(flow, dual, problem, ys_primal, ys_dual, floor):
-    """Gaps over time; for identity-tracking SSD the E3 residual and the assumption residual δ."""
+def _compare(flow, dual, problem, ys_primal, ys_dual, floor, w_only: bool = False):
+    """Gaps over time; for identity-tracking SSD the E3 residual and the assumption residual δ. `w_only`:
+    the weights and their gap alone (what the coarse solves of a pair are judged on; the dual gap costs
+    ∇Φ at every saved point, by Newton for the SSD potential)."""
     w_p = jax.vmap(lambda y: flow.weights(y, problem))(ys_primal)
     w_d = jax.vmap(lambda y: dual.weights(y, problem))(ys_dual)
+    out = {"w_primal": w_p, "w_dual": w_d, "gap_w": _rel(w_p - w_d, w_p, floor)}
+    if w_only:
+        return out
     theta_d = jax.vmap(lambda y: dual.theta(y, problem))(ys_dual)
     theta_p = jax.vmap(dual.mirror.grad)(w_p)
-    out = {
-        "w_primal": w_p,
-        "w_dual": w_d,
-        "gap_w": _rel(w_p - w_d, w_p, floor),
-        "gap_dual": _rel(theta_p - theta_d, theta_d, floor),
-    }
+    out["gap_dual"] = _rel(theta_p - theta_d, theta_d, floor)
     if flow.tracks_identity:
         e3 = flow.identity_terms(ys_primal)
         eu, ev, gamma, j_u, j_v = (e3[k] for k in ("eu", "ev", "gamma", "j_u", "j_v"))
@@ -98,10 +108,12 @@ VERDICTS = ("equivalent", "not_equivalent", "inconclusive")
 TOLERANCE_RATIO = 100.0
 
 
-def _pair_arrays(flow, dual, problem, primal: Solution, dual_sol: Solution, floor: float) -> dict[str, np.ndarray]:
+def _pair_arrays(flow, dual, problem, primal: Solution, dual_sol: Solution, floor: float,
+                 w_only: bool = False) -> dict[str, np.ndarray]:
     """`_compare` of one primal and dual solution, gaps kept only on the common window."""
     floor_arr = jnp.asarray(floor, problem.X.dtype)
-    arrays = {k: np.asarray(v) for k, v in _compare(flow, dual, problem, primal.ys, dual_sol.ys, floor_arr).items()}
+    compared = _compare(flow, dual, problem, primal.ys, dual_sol.ys, floor_arr, w_only)
+    arrays = {k: np.asarray(v) for k, v in compared.items()}
     arrays["ts"] = np.asarray(primal.ts)
     # Compare like with like: after either side stops its saved state is held while the other still
     # moves, so gaps count only on the common window [0, min(t_end)].
@@ -217,7 +229,7 @@ def pair_record_from(
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """`pair_record` of a pair already solved (`solve_pairs`): the comparison and the verdict only."""
     arrays = _pair_arrays(flow, solved.dual, problem, primal, solved.fine, floor)
-    gap_coarse = _max_gap(_pair_arrays(flow, solved.dual, problem, *solved.coarse, floor)["gap_w"])
+    gap_coarse = _max_gap(_pair_arrays(flow, solved.dual, problem, *solved.coarse, floor, w_only=True)["gap_w"])
     statuses = {"primal_status": status_name(primal.status), "dual_status": status_name(solved.fine.status),
                 "coarse_status": max((status_name(c.status) for c in solved.coarse), key=_badness)}
     max_gap = _max_gap(arrays["gap_w"])
@@ -347,7 +359,8 @@ def _prepare_compare(plan: Plan, call: Sequence[Chunk], duals: Plan) -> None:
     problem, flow, dual = plan.problems[call[0].seed], plan.members(call[0])[0], duals.flows[0]
     num_ts = plan.policy.num_ts if plan.ts is None else len(plan.ts)
     ys = [np.zeros((num_ts, *jax.eval_shape(f.init, problem).shape), problem.X.dtype) for f in (flow, dual)]
-    _compare.lower(flow, dual, problem, *ys, jnp.asarray(0.0, problem.X.dtype)).compile()
+    for w_only in (False, True):  # the fine and the coarse solves' comparisons
+        _compare.lower(flow, dual, problem, *ys, jnp.asarray(0.0, problem.X.dtype), w_only).compile()
 
 
 def solve_pairs(
