@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import itertools
 import tomllib
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -706,7 +707,30 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
         config.check_duals()
     if raw["analysis"]["discrete"]:
         _check_discrete(config)
+    _warn_loose_stop(config)
     return config
+
+
+# The largest ε at which a loose tolerance was measured to stall above a tighter stop
+# (benchmarks/bench_loose_rtol.py, docs/benchmarks.md "Loose tolerances at small ε").
+LOOSE_STOP_EPS = 1e-5
+
+
+def _warn_loose_stop(config: Config) -> None:
+    """A warning, not an error (gradient flow reaches such a stop), where a flow with ε ≤ `LOOSE_STOP_EPS`
+    would stop at a relative residual below its rtol: the residual of SSD and Adam can stall above the
+    stop, at a fraction of rtol, until `solve.max_steps` (docs/solvers.md)."""
+    for duals in dict.fromkeys((config.raw["flows"]["duals"], False)):  # the check's tolerances, and run's
+        policy = config.solve_policy(duals=duals)
+        stop = policy.stop_rel_residual
+        takes_eps = any("eps" in cls.axes for cls in config.flow_classes.values())
+        if stop is None or stop >= policy.rtol or not takes_eps or min(config.eps_values) > LOOSE_STOP_EPS:
+            continue
+        warnings.warn(f"solve.stop_rel_residual={stop!r} is below solve.rtol={policy.rtol!r} with ε down to "
+                      f"{min(config.eps_values):g}: at small ε the residual of SSD and Adam can stall above such "
+                      "a stop until solve.max_steps; set solve.rtol at or below the stop (docs/solvers.md)",
+                      stacklevel=3)
+        return
 
 
 def _check_model(raw: dict[str, dict[str, Any]], data: dict[str, Any]) -> None:

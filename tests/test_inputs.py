@@ -105,3 +105,26 @@ def test_config_from_dict_refuses_numbers_too_large_for_a_float():
     """Issue 25, item 13 (and 6): an integer of 400 digits is out of range, not an OverflowError."""
     with pytest.raises(InputError, match=r"^solve.t1=100000000000\.\.\.\(401 digits\): must be in \(0, 1e\+30\]"):
         mdflow.config_from_dict({"solve": {"t1": 10**400}})
+
+
+@pytest.mark.parametrize("solve, eps, warns", [
+    ({"rtol": 1e-4, "atol": 1e-6}, [1e-6, 0.1], True),   # a stop below rtol at small ε: may stall
+    ({"rtol": 1e-4, "atol": 1e-6}, [1e-3], False),       # ε above the stall's range
+    ({"rtol": 1e-7, "atol": 1e-9}, [1e-6], False),       # rtol below the stop (1e-6)
+    ({"rtol": 1e-4, "atol": 1e-6, "stop_rel_residual": False}, [1e-6], False),  # no stop
+])
+def test_a_stop_below_rtol_at_small_eps_warns(solve, eps, warns):
+    """docs/solvers.md: at small ε a residual stop below rtol can stall (benchmarks/bench_loose_rtol.py);
+    the config says so when it is read, and only then (gradient flow alone never warns)."""
+    import warnings
+
+    from conftest import tiny_config
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from_dict(tiny_config(solve=solve, grid={"eps": eps, "alpha": [0.1]}))
+        from_dict(tiny_config(solve=solve, flows={"kinds": ["gf"]}, grid={"alpha": [0.1]}))
+    messages = [str(w.message) for w in caught if "stall" in str(w.message)]
+    assert len(messages) == (1 if warns else 0), messages
+    if warns:
+        assert "solve.stop_rel_residual=1e-06" in messages[0] and "solve.rtol=0.0001" in messages[0]
