@@ -720,17 +720,19 @@ def _warn_loose_stop(config: Config) -> None:
     """A warning, not an error (gradient flow reaches such a stop), where a flow with ε ≤ `LOOSE_STOP_EPS`
     would stop at a relative residual below its rtol: the residual of SSD and Adam can stall above the
     stop, at a fraction of rtol, until `solve.max_steps` (docs/solvers.md)."""
+    if not any("eps" in cls.axes for cls in config.flow_classes.values()):
+        return
+    eps = min(config.eps_values)
+    if eps > LOOSE_STOP_EPS:
+        return
     for duals in dict.fromkeys((config.raw["flows"]["duals"], False)):  # the check's tolerances, and run's
         policy = config.solve_policy(duals=duals)
         stop = policy.stop_rel_residual
-        takes_eps = any("eps" in cls.axes for cls in config.flow_classes.values())
-        if stop is None or stop >= policy.rtol or not takes_eps or min(config.eps_values) > LOOSE_STOP_EPS:
-            continue
-        warnings.warn(f"solve.stop_rel_residual={stop!r} is below solve.rtol={policy.rtol!r} with ε down to "
-                      f"{min(config.eps_values):g}: at small ε the residual of SSD and Adam can stall above such "
-                      "a stop until solve.max_steps; set solve.rtol at or below the stop (docs/solvers.md)",
-                      stacklevel=3)
-        return
+        if stop is not None and stop < policy.rtol:
+            warnings.warn(f"solve.stop_rel_residual={stop!r} is below solve.rtol={policy.rtol!r} with ε down to "
+                          f"{eps:g}: at small ε the residual of SSD and Adam can stall above such a stop until "
+                          "solve.max_steps; set solve.rtol at or below the stop (docs/solvers.md)", stacklevel=3)
+            return
 
 
 def _check_model(raw: dict[str, dict[str, Any]], data: dict[str, Any]) -> None:
@@ -739,8 +741,6 @@ def _check_model(raw: dict[str, dict[str, Any]], data: dict[str, Any]) -> None:
     of distinct depths (one diagonal network each); the linear model has depth 1 (its `depth` is 1 when
     it is the only parametrization and `depth` is unset). A list of one value is that value, so the
     config is today's one-model config (same hash, same runs)."""
-    from ._model import PARAMETRIZATIONS
-
     model = raw["model"]
     depth_given = "depth" in data.get("model", {})
     kinds, depths = model["parametrization"], model["depth"]
@@ -748,9 +748,8 @@ def _check_model(raw: dict[str, dict[str, Any]], data: dict[str, Any]) -> None:
         if not kinds:
             raise InputError("model.parametrization=[]: needs at least one parametrization")
         for i, kind in enumerate(kinds):
-            if kind not in PARAMETRIZATIONS:
-                raise InputError(f"model.parametrization[{i}]={short_repr(kind)}: expected one of "
-                                 f"{list(PARAMETRIZATIONS)}")
+            if problem := _parametrization(kind):  # the schema's check of one name
+                raise InputError(f"model.parametrization[{i}]={short_repr(kind)}: {problem}")
         if len(set(kinds)) < len(kinds):
             raise InputError(f"model.parametrization={kinds!r}: duplicate parametrization (the same runs would be "
                              "computed twice)")
